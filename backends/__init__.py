@@ -1,0 +1,1 @@
+"""Built-in backend plugins, registered through the ``harness`` entry-point group."""

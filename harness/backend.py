@@ -1,0 +1,140 @@
+"""The Backend / Session contract every backend plugin implements.
+
+A backend never sees Hydra config: it receives its typed options dataclass
+(``options_type``), validated by the core before ``probe`` or ``prepare`` is called.
+A scenario never imports a concrete backend: it only talks to this contract.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Mapping
+
+import numpy as np
+
+from harness.errors import Unsupported
+from harness.timing import Timer, WallClockTimer
+
+Batch = Mapping[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class Availability:
+    """Result of :meth:`Backend.probe`: can this backend run on this machine now?"""
+
+    available: bool
+    reason: str = ""
+    devices: tuple[str, ...] = ()
+    versions: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend can do, declared up front so the core can refuse cleanly.
+
+    ``consumes`` lists the artifact formats the backend prepares, in order of
+    preference (``"onnx"``, ``"torch"``, or a plugin's own IR built from one of them).
+    ``tolerance`` maps precision to the max abs output difference against the eager
+    fp32 reference that the backend promises (the output-validation gate).
+    """
+
+    precisions: frozenset[str] = frozenset({"fp32"})
+    consumes: tuple[str, ...] = ("onnx",)
+    training: bool = False
+    recipes: frozenset[str] = frozenset()
+    tolerance: Mapping[str, float] = field(default_factory=lambda: {"fp32": 1e-3})
+
+
+@dataclass
+class Artifact:
+    """A model in the form a backend consumes, produced by the artifact pipeline.
+
+    ``onnx_path`` is set for ONNX artifacts, ``module`` for torch ones. ``input_names``
+    and ``output_names`` name the batch keys the model takes and the outputs it gives.
+    """
+
+    name: str
+    input_names: tuple[str, ...]
+    output_names: tuple[str, ...]
+    onnx_path: Path | None = None
+    module: Any = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class Session(abc.ABC):
+    """A prepared, reusable model on a device.
+
+    ``run`` returns only when the device has finished the work; syncing is the
+    session's job (and its timer's), never the caller's.
+    """
+
+    device: str = "cpu"
+    timer: Timer = WallClockTimer()
+
+    def load(self, batch: Batch) -> Any:
+        """Turn a host batch into backend-native inputs (kept out of the timed region)."""
+        return dict(batch)
+
+    @abc.abstractmethod
+    def run(self, inputs: Any) -> Any:
+        """Run one inference on ``load``-ed inputs and return backend-native outputs."""
+
+    @abc.abstractmethod
+    def fetch(self, outputs: Any) -> dict[str, np.ndarray]:
+        """Copy outputs of :meth:`run` to host numpy arrays, keyed by output name."""
+
+    def memory(self) -> dict[str, float]:
+        """Peak memory figures in MiB that the backend can measure (may be empty)."""
+        return {}
+
+    def close(self) -> None:
+        """Release device resources. Sessions are also closed when garbage-collected."""
+
+
+class Backend(abc.ABC):
+    """A backend plugin: probes its runtime and prepares sessions for artifacts."""
+
+    name: ClassVar[str]
+    options_type: ClassVar[type]
+
+    def __init__(self, options: Any) -> None:
+        self.options = options
+
+    @classmethod
+    @abc.abstractmethod
+    def probe(cls, options: Any) -> Availability:
+        """Say whether the backend can run here, with a one-line reason when it cannot.
+
+        Must not raise for a missing library or device: that is ``available=False``.
+        """
+
+    @abc.abstractmethod
+    def capabilities(self) -> Capabilities:
+        """Declare precisions, consumed formats, training and recipe support."""
+
+    @abc.abstractmethod
+    def prepare(self, artifact: Artifact, precision: str) -> Session:
+        """Build a ready-to-run session for ``artifact`` at ``precision``."""
+
+    def version(self) -> str:
+        """Version of the runtime library this backend drives."""
+        return "unknown"
+
+    def device(self) -> str:
+        """The device sessions run on, e.g. ``cpu`` or ``cuda:0``."""
+        return "cpu"
+
+    def device_info(self) -> dict[str, Any]:
+        """Accelerator fingerprint (name, memory, driver) for the record; empty on CPU."""
+        return {}
+
+    def check_precision(self, precision: str) -> None:
+        """Raise :class:`Unsupported` unless ``precision`` is declared in capabilities."""
+        supported = self.capabilities().precisions
+        if precision not in supported:
+            raise Unsupported(
+                f"backend '{self.name}' does not support precision '{precision}'",
+                f"use one of: {', '.join(sorted(supported))}",
+            )

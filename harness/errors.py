@@ -1,0 +1,57 @@
+"""User-facing errors.
+
+Every failure a user can cause or meet (bad config, missing hardware, a recipe a
+backend cannot do) is a :class:`HarnessError`. The CLI prints it as one line naming
+the problem and the fix, records the matching status, and exits non-zero without a
+traceback. Anything else is a bug and keeps its traceback under ``HYDRA_FULL_ERROR=1``.
+"""
+
+from __future__ import annotations
+
+STATUSES = ("ok", "unavailable", "unsupported", "failed", "timeout", "mismatch")
+
+
+class HarnessError(Exception):
+    """A problem with a one-line explanation and, when known, the fix."""
+
+    status = "failed"
+    exit_code = 1
+
+    def __init__(self, problem: str, fix: str | None = None) -> None:
+        super().__init__(problem)
+        self.problem = problem
+        self.fix = fix
+
+    def one_line(self) -> str:
+        text = self.problem if not self.fix else f"{self.problem} (fix: {self.fix})"
+        return " ".join(text.split())
+
+
+class ConfigError(HarnessError):
+    """The configuration names something that does not exist or has a bad value."""
+
+    exit_code = 2
+
+
+class Unavailable(HarnessError):
+    """The backend is installed but cannot run here (library or device missing)."""
+
+    status = "unavailable"
+    exit_code = 3
+
+
+class Unsupported(HarnessError):
+    """The backend cannot do what the scenario asks (precision, recipe, training)."""
+
+    status = "unsupported"
+    exit_code = 4
+
+
+class Mismatch(HarnessError):
+    """The backend's outputs differ from the eager fp32 reference beyond tolerance."""
+
+    status = "mismatch"
+    exit_code = 5
+
+#: Exit code of the CLI for each record status (0 only when every run is ``ok``).
+EXIT_CODES = {"ok": 0, "failed": 1, "unavailable": 3, "unsupported": 4, "mismatch": 5, "timeout": 6}

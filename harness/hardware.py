@@ -1,0 +1,70 @@
+"""Hardware and software fingerprints stamped on every record.
+
+The fingerprint is stable across runs on one kind of machine (CPU model + cores,
+accelerator name + memory + driver), so reports can group records by machine kind;
+``hardware.label`` lets users name a machine themselves.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import socket
+import sys
+from importlib import metadata
+from typing import Any, Mapping
+
+import psutil
+
+
+def cpu_model() -> str:
+    """Marketing name of the CPU (from /proc/cpuinfo on Linux)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.lower().startswith(("model name", "hardware", "cpu model")):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def fingerprint(cpu: str, cores: int, accelerator: Mapping[str, Any] | None) -> str:
+    """Short stable id of a machine kind: the same CPU+cores+accelerator gives the same id."""
+    acc = accelerator or {}
+    key = "|".join([cpu, str(cores), str(acc.get("name", "")), str(acc.get("memory_mib", "")), str(acc.get("driver", ""))])
+    return hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+def describe(accelerator: Mapping[str, Any] | None = None, label: str | None = None) -> dict[str, Any]:
+    """The record's ``hardware`` section."""
+    cpu = cpu_model()
+    cores = os.cpu_count() or 1
+    return {
+        "cpu_model": cpu,
+        "cores": cores,
+        "physical_cores": psutil.cpu_count(logical=False) or cores,
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "arch": platform.machine(),
+        "os": f"{platform.system()} {platform.release()}",
+        "hostname": socket.gethostname(),
+        "accelerator": dict(accelerator) if accelerator else None,
+        "label": label,
+        "fingerprint": fingerprint(cpu, cores, accelerator),
+    }
+
+
+SOFTWARE_PACKAGES = ("harness", "torch", "transformers", "onnx", "onnxruntime", "onnxscript", "numpy", "hydra-core", "pluggy")
+
+
+def software(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Versions of Python and the libraries that shape a measurement."""
+    versions = {"python": sys.version.split()[0]}
+    for name in SOFTWARE_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    versions.update(extra or {})
+    return versions

@@ -1,0 +1,66 @@
+"""The Markdown report: tables via pandas/tabulate, figures as PNG files beside it."""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+import pandas as pd
+
+from harness.report.build import Report
+
+PLOTS_DIR = "plots"
+
+
+def _cell(value: object) -> str:
+    """Record text made inert in Markdown: HTML escaped, pipes and newlines kept out of tables."""
+    return html.escape(str(value), quote=False).replace("|", "\\|").replace("\n", " ")
+
+
+def _table(frame: pd.DataFrame) -> str:
+    safe = frame.map(_cell)
+    safe.columns = [_cell(column) for column in frame.columns]
+    return safe.to_markdown(index=False, disable_numparse=True)
+
+
+def render(report: Report, plots_dir: str = PLOTS_DIR) -> str:
+    """Markdown text; figures are referenced as ``<plots_dir>/<name>.png``."""
+    lines = [f"# {_cell(report.title)}", ""]
+    lines.append(f"Generated {report.generated} from {report.record_count} record(s) in: " + ", ".join(f"`{_cell(p)}`" for p in report.inputs))
+    if report.baseline:
+        lines.append(f"\nSpeedup is throughput relative to the baseline `{_cell(report.baseline)}` (same model and workload; same machine when it has one).")
+    lines += [f"\n> {_cell(note)}" for note in report.notes]
+    if not report.machines.empty:
+        lines += ["", "## Machines", "", _table(report.machines)]
+    if not report.overview.empty:
+        lines += ["", "## Throughput by machine (samples/s, median)", "", _table(report.overview)]
+    for section in report.sections:
+        lines += ["", f"## {_cell(section.title)}", "", _table(section.table)]
+        lines += [f"\n![{_cell(figure.title)}]({plots_dir}/{figure.name}.png)" for figure in section.figures]
+    if report.accuracy:
+        lines += ["", "## Accuracy vs throughput", ""]
+        lines += [f"![{_cell(figure.title)}]({plots_dir}/{figure.name}.png)\n" for figure in report.accuracy]
+    if report.training:
+        lines += ["", "## Training", ""]
+        lines += [f"![{_cell(figure.title)}]({plots_dir}/{figure.name}.png)\n" for figure in report.training]
+    if not report.problems.empty:
+        lines += ["", "## Runs without a valid measurement", "", _table(report.problems)]
+    if report.skipped:
+        lines += ["", "## Skipped files", ""] + [f"- {_cell(item)}" for item in report.skipped]
+    return "\n".join(lines) + "\n"
+
+
+def write(report: Report, out_dir: Path, name: str = "report.md") -> list[Path]:
+    """Write the Markdown file and its PNG figures; return every path written."""
+    plots = out_dir / PLOTS_DIR
+    written = []
+    figures = [figure for section in report.sections for figure in section.figures] + report.accuracy + report.training
+    if figures:
+        plots.mkdir(parents=True, exist_ok=True)
+    for figure in figures:
+        path = plots / f"{figure.name}.png"
+        path.write_bytes(figure.png)
+        written.append(path)
+    target = out_dir / name
+    target.write_text(render(report), encoding="utf-8")
+    return [target, *written]

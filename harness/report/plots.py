@@ -1,0 +1,181 @@
+"""Report figures, rendered headless to PNG bytes.
+
+Figures are built on ``matplotlib.figure.Figure`` and saved through the Agg
+canvas, never through pyplot, so a report works without a display and leaves no
+global figure state behind. Labels come from records (backend names, machine
+labels), so mathtext is switched off: a ``$`` in a label is text, not a formula.
+"""
+
+from __future__ import annotations
+
+import io
+from contextlib import contextmanager
+from typing import Iterator, Mapping, Sequence
+
+import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+from harness.report import summary as s
+
+STYLE = {
+    "text.parse_math": False,
+    "font.size": 9,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+}
+DPI = 100
+
+
+@contextmanager
+def _style() -> Iterator[None]:
+    with matplotlib.rc_context(STYLE):
+        yield
+
+
+def _png(figure: Figure) -> bytes:
+    FigureCanvasAgg(figure)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def machine_colors(machines: Sequence[str]) -> dict[str, tuple[float, ...]]:
+    """One colour per machine, the same in every figure of a report."""
+    palette = matplotlib.colormaps["tab10"]
+    return {machine: palette(i % palette.N) for i, machine in enumerate(sorted(set(map(str, machines))))}
+
+
+def config_label(backend: object, precision: object, device: object) -> str:
+    """``onnxruntime fp32 (cpu)``: how one backend configuration is named on an axis."""
+    label = f"{backend} {precision}"
+    return f"{label} ({device})" if isinstance(device, str) and device else label
+
+
+def throughput_chart(rows: pd.DataFrame, title: str, colors: Mapping[str, object]) -> bytes:
+    """Grouped bars: median samples/s per backend configuration, one bar per machine.
+
+    ``rows`` is aggregated (see :func:`summary.aggregate_repeats`); whiskers span
+    min–max over repeats.
+    """
+    rows = rows.assign(
+        _config=[config_label(*values) for values in rows[["backend.name", "scenario.precision", "backend.device"]].itertuples(index=False)],
+        machine=rows["machine"].astype(str),
+    )
+    configs = sorted(rows["_config"].unique())
+    machines = sorted(rows["machine"].unique())
+    width = 0.8 / len(machines)
+    positions = np.arange(len(configs))
+    with _style():
+        figure = Figure(figsize=(max(6.0, 1.2 * len(configs) * max(1, len(machines)) ** 0.5 + 2), 3.6))
+        axes = figure.add_subplot()
+        for i, machine in enumerate(machines):
+            mine = rows[rows["machine"] == machine].set_index("_config").reindex(configs)
+            median = mine[s.THROUGHPUT].to_numpy(dtype=float)
+            low = mine.get(f"{s.THROUGHPUT}.min", mine[s.THROUGHPUT]).to_numpy(dtype=float)
+            high = mine.get(f"{s.THROUGHPUT}.max", mine[s.THROUGHPUT]).to_numpy(dtype=float)
+            errors = np.nan_to_num(np.vstack([median - low, high - median]))
+            axes.bar(
+                positions - 0.4 + width * (i + 0.5),
+                np.nan_to_num(median),
+                width,
+                yerr=errors,
+                capsize=3,
+                label=machine,
+                color=colors.get(machine),
+            )
+        axes.set_xticks(positions, configs, rotation=20, ha="right")
+        axes.set_ylabel("samples/s (median; whiskers min–max)")
+        axes.set_title(title)
+        axes.legend(title="machine", fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        return _png(figure)
+
+
+def latency_chart(samples: Mapping[tuple[str, str], Sequence[float]], title: str, colors: Mapping[str, object]) -> bytes:
+    """Box plot of raw latency samples per (configuration, machine); repeats pooled.
+
+    A log axis is used when the fastest and slowest medians are far apart, so a
+    slow CPU run does not flatten every accelerator box into a line.
+    """
+    keys = sorted(samples)
+    data = [np.asarray(samples[key], dtype=float) for key in keys]
+    with _style():
+        figure = Figure(figsize=(8.0, 1.0 + 0.45 * len(keys)))
+        axes = figure.add_subplot()
+        boxes = axes.boxplot(
+            data,
+            orientation="horizontal",
+            tick_labels=[f"{config} @ {machine}" for config, machine in keys],
+            patch_artist=True,
+            flierprops={"markersize": 2, "alpha": 0.4},
+            medianprops={"color": "black"},
+        )
+        for patch, (_, machine) in zip(boxes["boxes"], keys):
+            patch.set_facecolor(colors.get(machine, "lightgray"))
+            patch.set_alpha(0.7)
+        medians = [float(np.median(values)) for values in data if values.size]
+        if medians and min(medians) > 0 and max(medians) / min(medians) > 30:
+            axes.set_xscale("log")
+        axes.invert_yaxis()
+        axes.set_xlabel("latency per batch (ms)")
+        axes.set_title(title)
+        return _png(figure)
+
+
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
+
+
+def accuracy_chart(rows: pd.DataFrame, front: pd.Series, title: str, colors: Mapping[str, object]) -> bytes:
+    """Accuracy against throughput: colour is the machine, marker the backend configuration.
+
+    The Pareto front (no other point is both faster and more accurate) is ringed,
+    joined and labelled; other points stay unlabelled so labels never pile up.
+    """
+    configs = [config_label(backend, precision, None) for backend, precision in zip(rows["backend.name"], rows["scenario.precision"])]
+    rows = rows.assign(_config=configs, machine=rows["machine"].astype(str))
+    markers = {config: MARKERS[i % len(MARKERS)] for i, config in enumerate(sorted(set(configs)))}
+    with _style():
+        figure = Figure(figsize=(7.5, 4.2))
+        axes = figure.add_subplot()
+        for (machine, config), mine in rows.groupby(["machine", "_config"], sort=True):
+            axes.scatter(mine[s.THROUGHPUT], mine[s.ACCURACY], color=colors.get(machine), marker=markers[config], s=45, zorder=3)
+        best = rows[front].sort_values(s.THROUGHPUT)
+        axes.plot(best[s.THROUGHPUT], best[s.ACCURACY], color="black", linewidth=1, linestyle="--", zorder=2)
+        axes.scatter(best[s.THROUGHPUT], best[s.ACCURACY], s=180, facecolors="none", edgecolors="black", zorder=4)
+        for _, row in best.iterrows():
+            axes.annotate(
+                f"{row['_config']} @ {row['machine']}",
+                (row[s.THROUGHPUT], row[s.ACCURACY]),
+                textcoords="offset points",
+                xytext=(6, 6),
+                fontsize=7,
+            )
+        handles = [Line2D([], [], color=colors.get(machine), marker="o", linestyle="", label=machine) for machine in sorted(set(rows["machine"]))]
+        handles += [Line2D([], [], color="gray", marker=markers[config], linestyle="", label=config) for config in markers]
+        handles.append(Line2D([], [], color="black", marker="o", markerfacecolor="none", markersize=11, linestyle="--", label="Pareto front"))
+        axes.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        axes.set_xlabel("throughput (samples/s, median)")
+        axes.set_ylabel("accuracy (median)")
+        axes.set_title(title)
+        axes.margins(x=0.12, y=0.12)
+        return _png(figure)
+
+
+def training_chart(curves: Mapping[str, Sequence[Sequence[float]]], title: str) -> bytes:
+    """Loss against step, one line per training run (``metrics.training.loss_curve``)."""
+    with _style():
+        figure = Figure(figsize=(7.0, 3.8))
+        axes = figure.add_subplot()
+        for label in sorted(curves):
+            points = np.asarray(curves[label], dtype=float).reshape(-1, 2)
+            axes.plot(points[:, 0], points[:, 1], label=label, linewidth=1.2)
+        axes.set_xlabel("step")
+        axes.set_ylabel("loss")
+        axes.set_title(title)
+        axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        return _png(figure)

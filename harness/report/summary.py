@@ -1,0 +1,182 @@
+"""The numbers behind a report: repeats aggregated, speedups, Pareto fronts.
+
+Pure functions over DataFrames in the shape :func:`harness.results.load` returns
+(dotted column names), so each is unit tested on a small hand-made table and the
+renderers (terminal, Markdown, HTML) never compute anything themselves.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+THROUGHPUT = "metrics.throughput.samples_per_s"
+LATENCY_P50 = "metrics.latency_ms.p50"
+LATENCY_P99 = "metrics.latency_ms.p99"
+ACCURACY = "metrics.accuracy.value"
+RELATIVE_ACCURACY = "metrics.accuracy.relative"
+MODEL_SIZE = "model.size_bytes"
+MFU = "metrics.mfu"
+
+#: The metrics a report summarises; the ones a frame lacks are left out.
+METRICS: tuple[str, ...] = (THROUGHPUT, LATENCY_P50, LATENCY_P99, ACCURACY, RELATIVE_ACCURACY, MODEL_SIZE, MFU)
+
+#: Runs agreeing on all of these are repeats of one configuration.
+CONFIG_KEYS: tuple[str, ...] = (
+    "model.name",
+    "scenario.name",
+    "scenario.kind",
+    "scenario.precision",
+    "scenario.batch_size",
+    "scenario.seq_len",
+    "backend.name",
+    "backend.device",
+    "machine",
+)
+
+#: Configurations agreeing on these do the same work per sample, so their
+#: throughputs can be divided: a speedup is only computed within one workload.
+WORKLOAD_KEYS: tuple[str, ...] = ("model.name", "scenario.kind", "scenario.batch_size", "scenario.seq_len")
+
+#: Short names accepted in ``--baseline`` filters; any other key is a column name.
+FILTER_ALIASES: Mapping[str, str] = {
+    "backend": "backend.name",
+    "device": "backend.device",
+    "precision": "scenario.precision",
+    "scenario": "scenario.name",
+    "kind": "scenario.kind",
+    "batch_size": "scenario.batch_size",
+    "seq_len": "scenario.seq_len",
+    "model": "model.name",
+    "machine": "machine",
+}
+
+
+def aggregate_repeats(
+    frame: pd.DataFrame,
+    keys: Sequence[str] = CONFIG_KEYS,
+    metrics: Sequence[str] = METRICS,
+) -> pd.DataFrame:
+    """One row per configuration: ``runs`` (count), and per metric its median, min and max.
+
+    The median is the headline because one noisy repeat must not move it; min and
+    max (columns ``<metric>.min`` / ``<metric>.max``) show how far repeats disagree.
+    Metrics missing from ``frame`` are skipped; missing keys are an error.
+    """
+    keys = list(keys)
+    present = [name for name in metrics if name in frame.columns]
+    grouped = frame.groupby(keys, dropna=False, sort=True)
+    counts = grouped.size().rename("runs")
+    if not present:
+        return counts.reset_index()
+    stats = grouped[present].agg(["median", "min", "max"])
+    stats.columns = [metric if stat == "median" else f"{metric}.{stat}" for metric, stat in stats.columns]
+    return pd.concat([counts, stats], axis=1).reset_index()
+
+
+def parse_filter(text: str) -> dict[str, str]:
+    """``'backend=onnxruntime,precision=fp32'`` -> ``{'backend.name': 'onnxruntime', ...}``.
+
+    Keys may be the short names in :data:`FILTER_ALIASES` or any dotted column name.
+    Raises ``ValueError`` with a readable message on a malformed filter.
+    """
+    wanted: dict[str, str] = {}
+    for part in filter(None, (piece.strip() for piece in text.split(","))):
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"expected key=value in filter, got {part!r}")
+        wanted[FILTER_ALIASES.get(key.strip(), key.strip())] = value.strip()
+    if not wanted:
+        raise ValueError(f"empty filter {text!r}")
+    return wanted
+
+
+def matches(frame: pd.DataFrame, wanted: Mapping[str, str]) -> pd.Series:
+    """Rows whose columns equal every ``wanted`` value, compared as text (``32`` matches 32.0)."""
+    mask = pd.Series(True, index=frame.index)
+    for column, value in wanted.items():
+        if column not in frame.columns:
+            return pd.Series(False, index=frame.index)
+        mask &= frame[column].map(_as_text) == value
+    return mask
+
+
+def _as_text(value: object) -> str:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return ""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def speedup_vs_baseline(
+    summary: pd.DataFrame,
+    baseline: Mapping[str, str],
+    *,
+    workload: Sequence[str] = WORKLOAD_KEYS,
+    metric: str = THROUGHPUT,
+    machine: str = "machine",
+    scenario: str = "scenario.name",
+) -> pd.DataFrame:
+    """Add ``speedup`` (``metric`` / baseline's ``metric``), ``baseline`` and ``baseline.machine``.
+
+    For each row the baseline is a row matching the ``baseline`` filter with the same
+    ``workload`` keys; preferred on the same machine (hardware differences would
+    otherwise hide in the ratio), else taken from another machine, whose name
+    ``baseline.machine`` then reports. Among equals the same scenario wins, then
+    the first in sort order. Rows with no baseline get NaN.
+    """
+    out = summary.copy()
+    is_base = matches(out, baseline)
+    out["baseline"] = is_base
+    speedups: list[float] = []
+    base_machines: list[object] = []
+    bases = out[is_base]
+    for _, row in out.iterrows():
+        candidates = bases[_same_keys(bases, row, [key for key in workload if key in out.columns])]
+        if candidates.empty:
+            speedups.append(np.nan)
+            base_machines.append(None)
+            continue
+        rank = pd.DataFrame(
+            {
+                "other_machine": candidates[machine] != row[machine],
+                "other_scenario": (candidates[scenario] != row[scenario]) if scenario in out.columns else False,
+                "machine": candidates[machine].map(_as_text),
+            },
+            index=candidates.index,
+        )
+        chosen = candidates.loc[rank.sort_values(["other_machine", "other_scenario", "machine"], kind="stable").index[0]]
+        speedups.append(float(row[metric]) / float(chosen[metric]) if chosen[metric] else np.nan)
+        base_machines.append(chosen[machine])
+    out["speedup"] = speedups
+    out["baseline.machine"] = base_machines
+    return out
+
+
+def _same_keys(frame: pd.DataFrame, row: pd.Series, keys: Sequence[str]) -> pd.Series:
+    """Rows of ``frame`` equal to ``row`` on ``keys``, counting missing == missing."""
+    mask = pd.Series(True, index=frame.index)
+    for key in keys:
+        value = row[key]
+        mask &= frame[key].isna() if pd.isna(value) else (frame[key] == value)
+    return mask
+
+
+def pareto_front(frame: pd.DataFrame, x: str = THROUGHPUT, y: str = ACCURACY) -> pd.Series:
+    """True for rows no other row beats on both ``x`` and ``y`` (both maximised).
+
+    A row is dominated when another is at least as good on both and strictly better
+    on one. Rows missing either value are never on the front.
+    """
+    xs = pd.to_numeric(frame[x], errors="coerce").to_numpy(dtype=float)
+    ys = pd.to_numeric(frame[y], errors="coerce").to_numpy(dtype=float)
+    valid = ~(np.isnan(xs) | np.isnan(ys))
+    vx, vy = xs[valid], ys[valid]
+    at_least = (vx[None, :] >= vx[:, None]) & (vy[None, :] >= vy[:, None])
+    better = (vx[None, :] > vx[:, None]) | (vy[None, :] > vy[:, None])
+    front = np.zeros(len(frame), dtype=bool)
+    front[valid] = ~(at_least & better).any(axis=1)
+    return pd.Series(front, index=frame.index, name="pareto")

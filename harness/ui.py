@@ -1,0 +1,78 @@
+"""Terminal output: the plugin header, stage messages, progress and the result table.
+
+Results go to stdout; stage messages and progress go to stderr so a pipe of stdout
+stays clean. Progress is redrawn only when the measurement loop reports (no
+background refresh thread competing for the cores being measured).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+# Piped output gets a wide console so tables are not truncated to 80 columns.
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, highlight=False)
+
+
+def error(message: str) -> None:
+    """One-line error on stderr, the way every user-facing failure is reported."""
+    err.print(f"[bold red]harness: error:[/] {escape(message)}", soft_wrap=True)
+
+
+def warning(message: str) -> None:
+    err.print(f"[yellow]harness: {escape(message)}[/]", soft_wrap=True)
+
+
+def stage(message: str) -> None:
+    err.print(f"[dim]· {escape(message)}[/]", soft_wrap=True)
+
+
+def progress(label: str, count: int, elapsed_s: float) -> None:
+    if sys.stderr.isatty():
+        sys.stderr.write(f"\r  {label}: {count} calls, {elapsed_s:.1f} s ")
+        sys.stderr.flush()
+
+
+def end_progress() -> None:
+    if sys.stderr.isatty():
+        sys.stderr.write("\r\033[K")
+        sys.stderr.flush()
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    return str(value)
+
+
+def record_table(records: list[dict[str, Any]]) -> Table:
+    """The summary table: one row per record."""
+    table = Table(title="harness results", title_justify="left")
+    for column in ("status", "backend", "scenario", "precision", "batch", "p50 ms", "p99 ms", "samples/s", "accuracy"):
+        table.add_column(column, justify="right" if column in ("batch", "p50 ms", "p99 ms", "samples/s", "accuracy") else "left")
+    for rec in records:
+        metrics = rec.get("metrics") or {}
+        latency = metrics.get("latency_ms") or {}
+        throughput = metrics.get("throughput") or {}
+        accuracy = (metrics.get("accuracy") or {}).get("value")
+        status = rec["status"]
+        colour = "green" if status == "ok" else "red"
+        table.add_row(
+            f"[{colour}]{status}[/]",
+            escape(rec["backend"]["name"]),
+            escape(rec["scenario"]["name"]),
+            escape(rec["scenario"]["precision"]),
+            _fmt(rec["scenario"].get("batch_size")),
+            _fmt(latency.get("p50"), 3),
+            _fmt(latency.get("p99"), 3),
+            _fmt(throughput.get("samples_per_s"), 1),
+            _fmt(accuracy, 4),
+        )
+    return table

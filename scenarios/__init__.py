@@ -1,0 +1,1 @@
+"""Built-in scenario kinds, registered through the ``harness`` entry-point group."""

@@ -1,0 +1,55 @@
+"""Shared fixtures: an isolated artifact cache, tiny models, and the real CLI in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BIN = Path(sys.executable).parent
+FAST = ["model=bert_tiny", "scenario.seq_len=32", "scenario.warmup_iters=2", "scenario.min_iters=5", "scenario.min_duration_s=0.2"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every test shares one fresh artifact cache, never the user's."""
+    root = tmp_path_factory.mktemp("harness-cache")
+    os.environ["HARNESS_CACHE"] = str(root)
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    return root
+
+
+def run_cli(*args: str, cwd: Path, command: str = "harness", env: dict[str, str] | None = None, timeout: int = 600) -> subprocess.CompletedProcess[str]:
+    """Run an installed console script the way a user would."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([str(BIN / command), *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def records_in(folder: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    from harness.models import ModelOptions, load_model
+
+    options = ModelOptions(
+        name="bert_tiny",
+        config=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, vocab_size=30522),
+    )
+    return load_model(options)
+
+
+@pytest.fixture(scope="session")
+def tiny_batch():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    ids = rng.integers(5, 1000, size=(3, 16)).astype(np.int64)
+    mask = np.ones_like(ids)
+    mask[0, 12:] = 0
+    return {"input_ids": ids, "attention_mask": mask}
