@@ -43,6 +43,8 @@ from harness import cache
 from harness.backend import Artifact, Availability, Backend, Batch, Capabilities, Session
 from harness.errors import ConfigError, HarnessError, Unavailable, Unsupported
 from harness.hookspecs import hookimpl
+from harness.timing import CudaEventTimer
+from harness.hardware import cuda_device_info
 
 if TYPE_CHECKING:
     from harness.registry import Registry
@@ -628,20 +630,6 @@ def torch_dtype_name(trt_dtype: Any) -> str:
         raise Unsupported(f"tensorrt I/O tensor type {name} has no torch equivalent here") from None
 
 
-def parse_driver_version(text: str) -> str | None:
-    """The NVIDIA kernel-module version from ``/proc/driver/nvidia/version`` text."""
-    match = re.search(r"Kernel Module(?: for [\w-]+)?\s+(\d+(?:\.\d+)+)", text)
-    return match.group(1) if match else None
-
-
-def _driver_version() -> str:
-    try:
-        with open("/proc/driver/nvidia/version", encoding="utf-8") as handle:
-            return parse_driver_version(handle.read()) or "unknown"
-    except OSError:
-        return "unknown"
-
-
 def _atomic_write(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     try:
@@ -655,50 +643,6 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 
 # --- timing --------------------------------------------------------------------------
-
-
-class CudaEventTimer:
-    """Times a call with ``torch.cuda.Event`` pairs recorded on a CUDA stream.
-
-    Generic for any CUDA backend: give it the stream the work is enqueued on (None =
-    the current stream). The start event is recorded before ``fn``; the end event is
-    recorded after it, unless ``fn`` calls :meth:`mark_done` right after enqueueing,
-    in which case the end is recorded there, before ``fn`` blocks on the stream. That
-    keeps the host's wake-up from a stream sync out of the device time while ``fn``
-    still returns only once the work is done (the Session contract).
-    """
-
-    def __init__(self, stream: Any = None) -> None:
-        self.stream = stream
-        self._events: tuple[Any, Any] | None = None
-        self._timing = False
-        self._marked = False
-
-    def _pair(self) -> tuple[Any, Any]:
-        if self._events is None:
-            import torch
-
-            self._events = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
-        return self._events
-
-    def mark_done(self) -> None:
-        """Record the end event now (no-op outside :meth:`time`)."""
-        if self._timing and not self._marked:
-            self._pair()[1].record(self.stream)
-            self._marked = True
-
-    def time(self, fn: Callable[..., Any], *args: Any) -> tuple[Any, float]:
-        start, end = self._pair()
-        self._timing, self._marked = True, False
-        start.record(self.stream)
-        try:
-            result = fn(*args)
-        finally:
-            self._timing = False
-        if not self._marked:
-            end.record(self.stream)
-        end.synchronize()
-        return result, start.elapsed_time(end) / 1000.0
 
 
 # --- session -------------------------------------------------------------------------
@@ -877,17 +821,7 @@ class TensorRTBackend(Backend):
         return f"cuda:{self.options.device_index}"
 
     def device_info(self) -> dict[str, Any]:
-        import torch
-
-        props = torch.cuda.get_device_properties(self.options.device_index)
-        return {
-            "name": props.name,
-            "memory_mib": int(props.total_memory // 2**20),
-            "compute_capability": f"{props.major}.{props.minor}",
-            "multiprocessors": props.multi_processor_count,
-            "driver": _driver_version(),
-            "cuda_runtime": str(torch.version.cuda),
-        }
+        return cuda_device_info(self.options.device_index)
 
     # -- prepare --------------------------------------------------------------------
 

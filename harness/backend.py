@@ -93,6 +93,34 @@ class Session(abc.ABC):
         """Release device resources. Sessions are also closed when garbage-collected."""
 
 
+class TrainingSession(abc.ABC):
+    """A model being trained on a device (only backends with ``capabilities().training``).
+
+    ``train_step`` runs forward, backward and the optimizer update for one batch and
+    returns the loss once the device is done, so the scenario can time steps with
+    the session's timer exactly like inference calls.
+    """
+
+    device: str = "cpu"
+    timer: Timer = WallClockTimer()
+
+    def load(self, batch: Batch) -> Any:
+        """Turn a host batch (features and ``labels``) into backend-native inputs."""
+        return dict(batch)
+
+    @abc.abstractmethod
+    def train_step(self, inputs: Any) -> float:
+        """One optimisation step on ``load``-ed inputs; returns the loss as a float."""
+
+    @abc.abstractmethod
+    def predict(self, inputs: Any) -> np.ndarray:
+        """Logits for ``load``-ed inputs in eval mode, as a host array."""
+
+    def memory(self) -> dict[str, float]:
+        """Peak memory figures in MiB that the backend can measure (may be empty)."""
+        return {}
+
+
 class Backend(abc.ABC):
     """A backend plugin: probes its runtime and prepares sessions for artifacts."""
 
@@ -117,6 +145,28 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def prepare(self, artifact: Artifact, precision: str) -> Session:
         """Build a ready-to-run session for ``artifact`` at ``precision``."""
+
+    def compress(self, artifact: Artifact, recipe: Any, calibration: Any) -> Artifact:
+        """Realise a compression ``recipe`` (quantization, precision conversion) the way
+        this backend does best, from ``calibration`` batches; return the new artifact.
+
+        Backends list the recipes they realise in ``capabilities().recipes``; the default
+        refuses, so a recipe is never silently skipped.
+        """
+        raise Unsupported(
+            f"backend '{self.name}' has no compression recipe '{getattr(recipe, 'name', recipe)}'",
+            "pick a backend that lists it in harness-backends, or drop the recipe",
+        )
+
+    def prepare_training(self, module: Any, plan: Any) -> TrainingSession:
+        """Move ``module`` to the device and set up ``plan`` (optimizer, schedule, AMP).
+
+        Only for backends whose capabilities declare ``training``; the default refuses.
+        """
+        raise Unsupported(
+            f"backend '{self.name}' cannot train: it runs inference only",
+            "train with backend=pytorch (or another backend that declares training)",
+        )
 
     def version(self) -> str:
         """Version of the runtime library this backend drives."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
+import re
 import socket
 import sys
 from importlib import metadata
@@ -68,3 +69,32 @@ def software(extra: Mapping[str, str] | None = None) -> dict[str, str]:
             continue
     versions.update(extra or {})
     return versions
+
+
+def parse_driver_version(text: str) -> str | None:
+    """The NVIDIA kernel-module version from ``/proc/driver/nvidia/version`` text."""
+    match = re.search(r"Kernel Module(?: for [\w-]+)?\s+(\d+(?:\.\d+)+)", text)
+    return match.group(1) if match else None
+
+
+def nvidia_driver_version() -> str:
+    try:
+        with open("/proc/driver/nvidia/version", encoding="utf-8") as handle:
+            return parse_driver_version(handle.read()) or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def cuda_device_info(index: int = 0) -> dict[str, Any]:
+    """Accelerator fingerprint of CUDA device ``index`` (name, memory, SMs, driver, CUDA)."""
+    import torch
+
+    props = torch.cuda.get_device_properties(index)
+    return {
+        "name": props.name,
+        "memory_mib": int(props.total_memory // 2**20),
+        "compute_capability": f"{props.major}.{props.minor}",
+        "multiprocessors": props.multi_processor_count,
+        "driver": nvidia_driver_version(),
+        "cuda_runtime": str(torch.version.cuda),
+    }

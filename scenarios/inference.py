@@ -19,7 +19,7 @@ from harness.hookspecs import hookimpl
 from harness.measure import MeasurePlan, measure
 from harness.scenario import RunContext, Scenario, ScenarioResult
 
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+PRECISIONS = ("fp32", "tf32", "fp16", "bf16", "int8")
 
 
 @dataclass

@@ -18,13 +18,14 @@ import pytest
 from onnx import TensorProto, helper
 
 from harness.backend import Artifact
+from harness.hardware import parse_driver_version
+from harness.timing import CudaEventTimer
 from harness.errors import ConfigError, Unavailable, Unsupported
 from harness.registry import Registry
 from harness.backends import tensorrt as trt_backend
 from harness.backends.tensorrt import (
     REASON_NO_CUDA,
     REASON_NOT_INSTALLED,
-    CudaEventTimer,
     TensorRTBackend,
     TensorRTOptions,
     check_version,
@@ -35,7 +36,6 @@ from harness.backends.tensorrt import (
     onnx_has_qdq,
     onnx_input_dims,
     onnx_sha256,
-    parse_driver_version,
     parse_version,
     pin_static_dims,
     precision_plan,
