@@ -4,12 +4,15 @@ Built once per process by :func:`load_plugins` (never at import time). A plugin 
 fails to import, targets another plugin-API major version, implements a hook that
 does not exist, or raises while registering is *reported* (``Plugins.problems``) and
 skipped; every other plugin keeps working. Set ``HARNESS_TRACE_HOOKS=1`` to print
-every hook call.
+every hook call. ``HARNESS_PLUGINS=pkg.module,other.module`` loads extra plugin modules
+without installing a package (like pytest's ``-p``): handy for local experiments and
+the test suite's fault-injection plugins.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
 import os
 import sys
 from dataclasses import dataclass, field
@@ -75,12 +78,15 @@ def _api_problem(module: Any) -> str | None:
 
 
 def _discover() -> Iterable[tuple[str, str, str, Any]]:
-    """Yield (name, package, version, loader) for every entry point of the group."""
+    """Yield (name, package, version, loader) for every entry point of the group,
+    then for every module named in ``HARNESS_PLUGINS``."""
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         dist = getattr(ep, "dist", None)
         package = dist.metadata["Name"] if dist is not None else "?"
         version = dist.version if dist is not None else "?"
         yield ep.name, package, version, ep.load
+    for module_name in filter(None, (m.strip() for m in os.environ.get("HARNESS_PLUGINS", "").split(","))):
+        yield module_name.rsplit(".", 1)[-1], module_name, "local", functools.partial(importlib.import_module, module_name)
 
 
 def load_plugins(extra: Iterable[tuple[str, Any]] = ()) -> Plugins:

@@ -100,3 +100,24 @@ def test_registration_error_does_not_stop_other_plugins():
 def test_unknown_scenario_kind_is_a_config_error():
     with pytest.raises(ConfigError):
         load_plugins().registry.scenario("nope")
+
+
+def test_harness_plugins_env_loads_a_module_without_installing(monkeypatch, tmp_path):
+    (tmp_path / "envplugin.py").write_text(
+        "from harness.hookspecs import hookimpl\n"
+        "from harness.backends.onnxruntime import OnnxRuntimeBackend\n"
+        "class Other(OnnxRuntimeBackend):\n    name = 'envaccel'\n"
+        "@hookimpl\ndef harness_register_backends(registry):\n    registry.add_backend(Other)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("HARNESS_PLUGINS", "envplugin")
+    plugins = load_plugins()
+    assert "envaccel" in plugins.registry.backends
+    assert plugins.registry.plugin_of("backends", "envaccel").package == "envplugin"
+
+
+def test_harness_plugins_env_with_missing_module_is_a_warning(monkeypatch):
+    monkeypatch.setenv("HARNESS_PLUGINS", "no_such_plugin_module")
+    plugins = load_plugins()
+    assert any(p.name == "no_such_plugin_module" and "import failed" in p.error for p in plugins.problems)
+    assert "onnxruntime" in plugins.registry.backends

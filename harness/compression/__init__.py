@@ -1,0 +1,1 @@
+"""Compression recipes: quantization, precision conversion, pruning."""
