@@ -50,3 +50,32 @@ def test_coefficient_of_variation_by_hand():
 def test_zero_time_throughput_is_an_error():
     with pytest.raises(ValueError):
         stats.samples_per_second(1, [0.0])
+
+
+def test_tukey_outliers_by_hand():
+    # 1..8 and 100: Q1 = 3, Q3 = 7 (linear), IQR 4 -> fences -3 and 13 -> one high outlier
+    o = stats.tukey_outliers([1, 2, 3, 4, 5, 6, 7, 8, 100])
+    assert (o.low, o.high) == (0, 1)
+    assert (o.lower_fence, o.upper_fence) == (pytest.approx(-3.0), pytest.approx(13.0))
+
+
+def test_bootstrap_interval_brackets_the_median_and_is_seeded():
+    import numpy as np
+
+    samples = list(np.random.default_rng(3).normal(10.0, 1.0, size=400))
+    ci = stats.bootstrap_interval(samples, 50)
+    assert ci.low < float(np.median(samples)) < ci.high
+    assert ci.high - ci.low < 0.5  # ~ 2 * 1.96 * 1.2533 * sigma / sqrt(n) = 0.25
+    assert ci == stats.bootstrap_interval(samples, 50)
+
+
+def test_bootstrap_of_constant_samples_is_zero_width():
+    ci = stats.bootstrap_interval([2.0, 2.0, 2.0], 99)
+    assert (ci.low, ci.high) == (2.0, 2.0)
+
+
+def test_noise_report_flags_high_variation():
+    quiet = stats.noise_report([10, 10.1, 9.9, 10.05, 9.95])
+    noisy = stats.noise_report([1, 10, 1, 10, 1, 10])
+    assert not quiet["noisy"] and noisy["noisy"]
+    assert noisy["cv_threshold"] == stats.NOISE_CV_THRESHOLD

@@ -1,0 +1,95 @@
+"""Roofline figures: measured peak FLOP/s per device and precision, FLOPs per sample, MFU.
+
+The peak is *measured* with a GEMM microbenchmark (torch.matmul, or torch._int_mm for
+int8) rather than taken from a datasheet, so MFU compares a model's throughput with
+what this machine demonstrably reaches. Peaks are cached per host fingerprint, device,
+precision and torch version. FLOPs per sample come from ``torch.utils.flop_counter``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Mapping
+
+import numpy as np
+
+from harness import cache
+
+#: GEMM size per device kind: big enough to be compute-bound, small enough to finish fast.
+GEMM_SIZE = {"cpu": 1024, "cuda": 8192}
+DTYPES = {"fp32": "float32", "tf32": "float32", "bf16": "bfloat16", "fp16": "float16", "int8": "int8"}
+
+
+def gemm_flops(n: int) -> float:
+    """FLOPs of one n x n x n matrix multiply: n^3 multiply-adds = 2 n^3 operations."""
+    return 2.0 * n**3
+
+
+def mfu(flops_per_sample: float, samples_per_s: float, peak_flops: float) -> float:
+    """Model FLOPs utilisation: achieved FLOP/s (FLOPs per sample x samples/s) over the peak."""
+    if peak_flops <= 0:
+        raise ValueError("peak FLOP/s must be positive")
+    return flops_per_sample * samples_per_s / peak_flops
+
+
+def measure_gemm_peak(precision: str, device: str = "cpu", size: int | None = None, min_duration_s: float = 1.0) -> float:
+    """Best FLOP/s of repeated n x n GEMMs at ``precision`` on ``device``."""
+    import torch
+
+    kind = "cuda" if device.startswith("cuda") else "cpu"
+    n = size or GEMM_SIZE[kind]
+    generator = torch.Generator().manual_seed(0)
+    if precision == "int8":
+        a = torch.randint(-128, 127, (n, n), dtype=torch.int8, generator=generator).to(device)
+        b = torch.randint(-128, 127, (n, n), dtype=torch.int8, generator=generator).to(device)
+        op = torch._int_mm
+    else:
+        dtype = getattr(torch, DTYPES[precision])
+        a = torch.randn(n, n, generator=generator).to(device=device, dtype=dtype)
+        b = torch.randn(n, n, generator=generator).to(device=device, dtype=dtype)
+        op = torch.matmul
+    previous_tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+    sync = torch.cuda.synchronize if kind == "cuda" else (lambda: None)
+    try:
+        op(a, b)
+        sync()
+        best = 0.0
+        started = time.perf_counter()
+        while time.perf_counter() - started < min_duration_s:
+            t0 = time.perf_counter()
+            op(a, b)
+            sync()
+            best = max(best, gemm_flops(n) / (time.perf_counter() - t0))
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous_tf32
+    return best
+
+
+def peak_flops(precision: str, device: str, fingerprint: str, cache_root: str | None = None) -> dict[str, Any]:
+    """The cached measured peak for (host, device, precision, torch version), measuring once."""
+    import torch
+
+    key = cache.content_key(fingerprint, device, precision, torch.__version__)
+    path = cache.entry("roofline", key, cache_root) / "peak.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    value = measure_gemm_peak(precision, device)
+    entry = {"precision": precision, "device": device, "flops_per_s": value, "method": "gemm", "torch": torch.__version__}
+    path.write_text(json.dumps(entry))
+    return entry
+
+
+def flops_per_sample(module: Any, batch: Mapping[str, np.ndarray]) -> float:
+    """FLOPs of one forward pass per sample, counted by ``torch.utils.flop_counter``."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    names = getattr(module, "input_names", tuple(batch))
+    tensors = {n: torch.from_numpy(np.ascontiguousarray(batch[n])) for n in names}
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        module(**tensors)
+    first = next(iter(tensors.values()))
+    return counter.get_total_flops() / first.shape[0]
