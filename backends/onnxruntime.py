@@ -2,6 +2,13 @@
 
 Consumes the exported ONNX file. Thread counts and the graph optimization level
 come from typed options; ``0`` threads lets ORT pick (one per physical core).
+
+Compression uses ORT's own tools (:mod:`harness.compression.onnx_quant`):
+``int8_dynamic`` (``quantize_dynamic``), ``int8_static`` (``quantize_static`` QDQ,
+S8S8, MinMax/Entropy/Percentile, optional per-channel), ``int8_qdq`` (the symmetric
+QDQ form TensorRT also consumes) and ``fp16`` (float16 conversion, fp32 inputs and
+outputs kept). ``int8`` in ``mode=auto`` follows ORT's guidance: dynamic for
+transformers, static QDQ for CNNs.
 """
 
 from __future__ import annotations
@@ -13,9 +20,17 @@ import numpy as np
 
 from harness.backend import Artifact, Availability, Backend, Capabilities, Session
 from harness.config import choice, require
+from harness.errors import Unsupported
 from harness.hookspecs import hookimpl
 
 OPT_LEVELS = ("disable", "basic", "extended", "all")
+RECIPES = frozenset({"int8_dynamic", "int8_static", "int8_qdq", "fp16"})
+#: ``mode=auto``: ORT's documented advice (dynamic for transformers, static for CNNs).
+AUTO_MODE = {"transformer": "dynamic", "cnn": "static"}
+#: Max abs logit difference against eager fp32 per precision (the output-validation
+#: gate). int8 is loose on purpose: it catches a broken graph, while the accuracy gate
+#: (``scenario.accuracy.min_relative``) judges whether the quantization is good enough.
+TOLERANCE = {"fp32": 1e-3, "fp16": 5e-2, "int8": 1.0}
 
 
 @dataclass
@@ -76,7 +91,20 @@ class OnnxRuntimeBackend(Backend):
         return Availability(True, devices=tuple(present), versions={cls.name: ort.__version__})
 
     def capabilities(self) -> Capabilities:
-        return Capabilities(precisions=frozenset({"fp32"}), consumes=("onnx",), tolerance={"fp32": 1e-3})
+        return Capabilities(precisions=frozenset(TOLERANCE), consumes=("onnx",), recipes=RECIPES, tolerance=TOLERANCE)
+
+    def compress(self, artifact: Artifact, recipe: Any, calibration: Any) -> Artifact:
+        """Realise ``recipe`` with ORT's quantization / conversion tools into ``calibration.workdir``."""
+        from harness.compression import onnx_quant
+        from harness.compression.recipes import resolve_auto
+
+        recipe = resolve_auto(recipe, AUTO_MODE)
+        if recipe.name not in RECIPES or artifact.onnx_path is None:
+            return super().compress(artifact, recipe, calibration)
+        out = calibration.workdir / "model.onnx"
+        details = onnx_quant.realise(artifact.onnx_path, out, recipe, calibration.batches)
+        meta = {**artifact.meta, "precision": recipe.precision, "recipe": details}
+        return Artifact(artifact.name, artifact.input_names, artifact.output_names, onnx_path=out, meta=meta)
 
     def version(self) -> str:
         import onnxruntime as ort
@@ -108,6 +136,11 @@ class OnnxRuntimeBackend(Backend):
         import onnxruntime as ort
 
         self.check_precision(precision)
+        if precision != "fp32" and artifact.meta.get("precision") != precision:
+            raise Unsupported(
+                f"onnxruntime runs {precision} from a {precision} ONNX, and this artifact is not one",
+                f"compress it first with one of the {precision} recipes: {', '.join(sorted(r for r in RECIPES if r.startswith(precision)))}",
+            )
         session = ort.InferenceSession(str(artifact.onnx_path), self.session_options(), providers=list(self.options.providers))
         return OnnxRuntimeSession(session, [o.name for o in session.get_outputs()], self.device())
 

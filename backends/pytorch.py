@@ -11,12 +11,14 @@ they report ``unavailable``.
 
 from __future__ import annotations
 
+import copy
+
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from harness.backend import Artifact, Availability, Backend, Capabilities, Session
+from harness.backend import Artifact, Availability, Backend, Capabilities, Session, TrainingSession
 from harness.config import choice, require
 from harness.errors import Unsupported
 from harness.hardware import cuda_device_info
@@ -25,7 +27,7 @@ from harness.timing import CudaEventTimer, WallClockTimer
 
 AUTOCAST = {"bf16": "bfloat16", "fp16": "float16"}
 #: Max abs logit difference against eager fp32 that each precision is allowed.
-TOLERANCE = {"fp32": 1e-4, "tf32": 5e-2, "bf16": 0.25, "fp16": 0.05}
+TOLERANCE = {"fp32": 1e-4, "tf32": 5e-2, "bf16": 0.25, "fp16": 0.05, "int8": 0.5}
 
 
 @dataclass
@@ -130,6 +132,149 @@ class PyTorchSession(Session):
         return figures
 
 
+class PyTorchTrainingSession(TrainingSession):
+    """A module being trained: optimizer, LR schedule, AMP and (world size > 1) DDP.
+
+    ``train_step`` is called once per micro-batch; every ``grad_accum_steps``-th call
+    clips, steps the optimizer (through the fp16 grad scaler when there is one) and
+    the schedule. Mixed precision is ``torch.autocast`` (bf16 on the CPU; bf16/fp16 on
+    CUDA); the loss is computed in fp32 on the float logits. On CUDA steps are timed
+    with CUDA events and ``train_step`` returns once the stream is done (the ``.item()``
+    of the loss syncs), like inference calls. A world size above 1 joins the torchrun
+    process group (gloo on the CPU, nccl on CUDA) and wraps the module in DDP; gradient
+    sync is skipped on the micro-batches that do not update.
+    """
+
+    def __init__(self, module: Any, plan: Any, device: str, compile_mode: str | None = None) -> None:
+        import torch
+        import torch.nn.functional as F
+
+        from harness.training.optim import build_optimizer, build_schedule
+
+        torch.manual_seed(plan.seed + plan.world.rank)  # dropout masks differ across ranks
+        self.plan = plan
+        self.device = device
+        self.cuda = is_cuda(device)
+        self.module = module.to(device).train()
+        self.model = self.module
+        self._owns_group = False
+        if plan.world.size > 1:
+            self.model = self._data_parallel()
+        if compile_mode is not None:
+            self.model = torch.compile(self.model, mode=compile_mode)
+        self.optimizer = build_optimizer(self.module, plan)
+        self.scheduler = build_schedule(self.optimizer, plan)
+        self.autocast = getattr(torch, AUTOCAST[plan.precision]) if plan.precision in AUTOCAST else None
+        self.scaler = torch.amp.GradScaler("cuda") if plan.precision == "fp16" else None
+        self.loss_fn = plan.loss or (lambda logits, inputs: F.cross_entropy(logits, inputs["labels"]))
+        self.stream = torch.cuda.current_stream(device) if self.cuda else None
+        self.timer = CudaEventTimer(self.stream) if self.cuda else WallClockTimer()
+        self.micro_batches = 0
+
+    def _data_parallel(self) -> Any:
+        import torch
+        import torch.distributed as dist
+        from torch.nn.parallel import DistributedDataParallel
+
+        if not dist.is_initialized():
+            try:
+                dist.init_process_group(backend="nccl" if self.cuda else "gloo")
+            except ValueError as exc:  # torch names the missing env variable
+                raise Unsupported(f"world size {self.plan.world.size} needs torchrun's environment: {exc}",
+                                  "launch through scenario.distributed.nproc_per_node") from None
+            self._owns_group = True
+        ids = [torch.device(self.device).index] if self.cuda else None
+        return DistributedDataParallel(self.module, device_ids=ids)
+
+    def _autocast(self) -> Any:
+        import contextlib
+
+        import torch
+
+        if self.autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type="cuda" if self.cuda else "cpu", dtype=self.autocast)
+
+    def load(self, batch: Any) -> dict[str, Any]:
+        import torch
+
+        return {k: torch.from_numpy(np.ascontiguousarray(v)).to(self.device) for k, v in batch.items()}
+
+    def train_step(self, inputs: dict[str, Any]) -> float:
+        import contextlib
+
+        import torch
+
+        self.micro_batches += 1
+        update = self.micro_batches % self.plan.grad_accum_steps == 0
+        no_sync = getattr(self.model, "no_sync", None)
+        sync = contextlib.nullcontext() if update or no_sync is None else no_sync()
+        with sync:
+            with self._autocast():
+                logits = self.model(**{n: inputs[n] for n in self.plan.input_names})
+            loss = self.loss_fn(logits.float(), inputs)
+            scaled = loss / self.plan.grad_accum_steps
+            (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+        if update:
+            if self.scaler is not None:
+                self.scaler.unscale_(self.optimizer)
+            if self.plan.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.plan.grad_clip)
+            if self.scaler is not None:
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scheduler.step()
+        if self.cuda:
+            self.timer.mark_done()
+        return float(loss.detach())
+
+    def predict(self, inputs: dict[str, Any]) -> np.ndarray:
+        import torch
+
+        self.module.eval()
+        try:
+            with torch.inference_mode(), self._autocast():
+                logits = self.module(**{n: inputs[n] for n in self.plan.input_names})
+            return logits.float().cpu().numpy()
+        finally:
+            self.module.train()
+
+    @property
+    def lr(self) -> float:
+        """The learning rate the next update will use (for the loss-curve logs)."""
+        return float(self.scheduler.get_last_lr()[0])
+
+    def memory(self) -> dict[str, float]:
+        if self.cuda:
+            import torch
+
+            return {"peak_allocated_mib": torch.cuda.max_memory_allocated(self.device) / 2**20}
+        import psutil
+
+        figures = {"rss_mib": psutil.Process().memory_info().rss / 2**20}
+        try:
+            import resource
+            import sys
+
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+            figures["peak_rss_mib"] = peak / (2**20 if sys.platform == "darwin" else 2**10)
+        except ImportError:  # no resource module (Windows): the current RSS is all there is
+            pass
+        return figures
+
+    def close(self) -> None:
+        """Leave the process group this session joined, after every rank got here."""
+        if self._owns_group:
+            import torch.distributed as dist
+
+            dist.barrier()
+            dist.destroy_process_group()
+            self._owns_group = False
+
+
 class PyTorchBackend(Backend):
     name = "pytorch"
     options_type = PyTorchOptions
@@ -150,13 +295,28 @@ class PyTorchBackend(Backend):
         return Availability(True, devices=("cpu",), versions=versions)
 
     def capabilities(self) -> Capabilities:
-        precisions = {"fp32", "bf16", "fp16"} | ({"tf32"} if is_cuda(self.options.device) else set())
+        cuda = is_cuda(self.options.device)
+        # int8: torch.ao dynamic quantization has CPU kernels only (fbgemm/x86, qnnpack).
+        precisions = {"fp32", "bf16", "fp16"} | ({"tf32"} if cuda else {"int8"})
         return Capabilities(
             precisions=frozenset(precisions),
             consumes=("torch",),
             training=True,
+            recipes=frozenset() if cuda else frozenset({"int8_dynamic"}),
             tolerance={p: TOLERANCE[p] for p in precisions},
         )
+
+    def compress(self, artifact: Artifact, recipe: Any, calibration: Any) -> Artifact:
+        """int8: ``torch.ao.quantization.quantize_dynamic`` on a copy of the module (CPU)."""
+        from harness.compression import torch_quant
+        from harness.compression.recipes import resolve_auto
+
+        if is_cuda(self.options.device) or artifact.module is None:
+            return super().compress(artifact, recipe, calibration)
+        recipe = resolve_auto(recipe, {"transformer": "dynamic", "cnn": "dynamic"})
+        module, details = torch_quant.realise(artifact.module, recipe)
+        meta = {**artifact.meta, "precision": "int8", "recipe": details, "size_bytes": details["size_bytes"]}
+        return Artifact(artifact.name, artifact.input_names, artifact.output_names, module=module, meta=meta)
 
     def version(self) -> str:
         import torch
@@ -181,16 +341,43 @@ class PyTorchBackend(Backend):
             torch.set_num_threads(self.options.threads)
         if artifact.module is None:
             raise Unsupported("the pytorch backend needs a torch module artifact")
+        if precision == "int8" and artifact.meta.get("precision") != "int8":
+            raise Unsupported("pytorch int8 runs a quantized module", "compress it first with the int8_dynamic recipe")
         if is_cuda(self.options.device):
             torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
             torch.backends.cudnn.allow_tf32 = precision == "tf32"
             torch.cuda.reset_peak_memory_stats(self.options.device)
-        module = artifact.module.to(self.options.device).eval()
+        # A copy on CUDA: the scenario keeps the original on the CPU for its eager reference.
+        source = copy.deepcopy(artifact.module) if is_cuda(self.options.device) else artifact.module
+        module = source.to(self.options.device).eval()
         if self.options.compile:
             compiled = torch.compile(module, mode=self.options.compile_mode)
             compiled.input_names = getattr(module, "input_names", None)
             module = compiled
         return PyTorchSession(module, self.options.device, artifact.output_names[0], precision, self.options.cuda_graphs)
+
+    def prepare_training(self, module: Any, plan: Any) -> PyTorchTrainingSession:
+        """Training with the plan's optimizer, schedule and precision; DDP when its world is > 1."""
+        import torch
+
+        self.check_precision(plan.precision)
+        cuda = is_cuda(self.options.device)
+        if plan.precision == "fp16" and not cuda:
+            raise Unsupported("fp16 mixed-precision training needs CUDA; the CPU's mixed precision is bf16",
+                              "use scenario.precision=bf16 on the CPU, or backend.device=cuda")
+        if self.options.cuda_graphs:
+            raise Unsupported("backend.cuda_graphs captures inference calls, not training steps",
+                              "drop backend.cuda_graphs for training")
+        if self.options.threads:
+            torch.set_num_threads(self.options.threads)
+        device = self.options.device
+        if cuda:
+            if plan.world.size > 1:
+                device = f"cuda:{plan.world.local_rank}"
+            torch.cuda.set_device(device)
+            torch.cuda.reset_peak_memory_stats(device)
+        compile_mode = self.options.compile_mode if self.options.compile else None
+        return PyTorchTrainingSession(module, plan, device, compile_mode)
 
 
 @hookimpl

@@ -825,6 +825,25 @@ class TensorRTBackend(Backend):
 
     # -- prepare --------------------------------------------------------------------
 
+    def compress(self, artifact: Artifact, recipe: Any, calibration: Any) -> Artifact:
+        """INT8 for TensorRT 10/11 is explicit quantization: a symmetric static Q/DQ ONNX
+        (the ``int8_qdq`` recipe, calibrated on real samples), which ``prepare`` parses."""
+        from harness.compression import onnx_quant
+        from harness.compression.recipes import resolve_auto
+
+        recipe = resolve_auto(recipe, {"transformer": "qdq", "cnn": "qdq"})
+        if recipe.name != "int8_qdq" or artifact.onnx_path is None:
+            return super().compress(artifact, recipe, calibration)
+        out = calibration.workdir / "model.onnx"
+        details = onnx_quant.realise(artifact.onnx_path, out, recipe, calibration.batches)
+        return Artifact(
+            artifact.name,
+            artifact.input_names,
+            artifact.output_names,
+            onnx_path=out,
+            meta={**artifact.meta, "precision": "int8", "recipe": details},
+        )
+
     def prepare(self, artifact: Artifact, precision: str) -> Session:
         """Build (or load from cache) an engine for ``artifact`` and open a session.
 

@@ -89,8 +89,33 @@ class Session(abc.ABC):
         """Peak memory figures in MiB that the backend can measure (may be empty)."""
         return {}
 
+    def metrics(self) -> dict[str, Any]:
+        """Backend-specific figures for the record (e.g. XLA compile vs execute time)."""
+        return {}
+
     def close(self) -> None:
         """Release device resources. Sessions are also closed when garbage-collected."""
+
+    #: How many calls :meth:`run_many` keeps in flight (1 = back to back).
+    in_flight: int = 1
+
+    def run_many(self, inputs: Any, min_calls: int, min_seconds: float) -> tuple[int, float]:
+        """Offline load: run calls on ``inputs`` until both ``min_calls`` and ``min_seconds``
+        are reached; return (calls completed, wall seconds from first start to last done).
+
+        The default runs them back to back. A backend with an asynchronous API (an
+        OpenVINO infer-request pool, several CUDA streams) overrides it to keep
+        ``in_flight`` calls going at once, which is how its own benchmark tool measures
+        throughput; throughput is then ``calls * batch / seconds``.
+        """
+        import time
+
+        started = time.perf_counter()
+        calls = 0
+        while calls < min_calls or time.perf_counter() - started < min_seconds:
+            self.run(inputs)
+            calls += 1
+        return calls, time.perf_counter() - started
 
 
 class TrainingSession(abc.ABC):
@@ -118,6 +143,10 @@ class TrainingSession(abc.ABC):
 
     def memory(self) -> dict[str, float]:
         """Peak memory figures in MiB that the backend can measure (may be empty)."""
+        return {}
+
+    def metrics(self) -> dict[str, Any]:
+        """Backend-specific figures for the record (e.g. XLA compile vs execute time)."""
         return {}
 
 
@@ -149,6 +178,12 @@ class Backend(abc.ABC):
     def compress(self, artifact: Artifact, recipe: Any, calibration: Any) -> Artifact:
         """Realise a compression ``recipe`` (quantization, precision conversion) the way
         this backend does best, from ``calibration`` batches; return the new artifact.
+
+        ``recipe`` is a :class:`harness.compression.recipes.Recipe` (``mode="auto"``: pick
+        this backend's best int8 recipe). ``calibration`` is a
+        :class:`harness.compression.calibration.Calibration`: real train batches, and the
+        ``workdir`` the compressed files go into (the pipeline caches that folder). Put
+        ``precision`` and the realised ``recipe`` details into the returned ``meta``.
 
         Backends list the recipes they realise in ``capabilities().recipes``; the default
         refuses, so a recipe is never silently skipped.

@@ -138,6 +138,9 @@ def _from_folder(path: str, options: ModelOptions) -> tuple[Any, str, Any]:
 def load_model(options: ModelOptions, checkpoint: str | None = None) -> LoadedModel:
     """Build the model ``options`` describe, from ``checkpoint`` (a folder) when given."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()  # no bars between the harness's stage lines
     folder = checkpoint or options.path
     tokenizer = None
     if folder:

@@ -119,11 +119,12 @@ def load_plugins(extra: Iterable[tuple[str, Any]] = ()) -> Plugins:
             continue
         if manager.is_registered(module) or manager.get_plugin(info.name) is not None:
             continue
-        manager.register(module, name=info.name)
         try:
-            manager.check_pending()
+            manager.register(module, name=info.name)  # raises for a hookimpl whose arguments are not in the spec
+            manager.check_pending()  # raises for a hookimpl that matches no spec
         except pluggy.PluginValidationError as exc:
-            manager.unregister(module)
+            if manager.is_registered(module):
+                manager.unregister(module)
             plugins.problems.append(PluginProblem(info.name, _one_line(exc)))
             continue
         plugins.infos.append(info)

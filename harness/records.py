@@ -69,7 +69,22 @@ def write(record: dict[str, Any], results_dir: str | os.PathLike[str]) -> Path:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_dir(folder)
     return target
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename itself durable: a record written is not lost to a power cut."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems cannot fsync a directory; the rename is still atomic
+        pass
+    finally:
+        os.close(fd)
 
 
 def read(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -4,12 +4,19 @@ It resolves the backend and scenario through the plugin registry, probes the
 backend, hands a :class:`RunContext` to the scenario and turns whatever happens
 (metrics, a :class:`HarnessError`, an unexpected exception) into a record. It never
 raises for a run that started: the record carries the status and the reason.
+
+An unexpected exception is a bug somewhere, so its reason names the stage the run
+was in and the plugin whose code raised it (found from the traceback), so the
+right maintainer gets the report. The full traceback stays in ``error.traceback``.
+It runs inside the isolated run process (:mod:`harness.launcher`) by default.
 """
 
 from __future__ import annotations
 
+import resource
 import traceback
 from dataclasses import asdict, is_dataclass
+from types import TracebackType
 from typing import Any, Callable
 
 from harness import hardware, records
@@ -60,21 +67,93 @@ def base_record(spec: RunSpec, plugins: Plugins) -> dict[str, Any]:
     }
 
 
+def _one_line(text: str, limit: int = 500) -> str:
+    return " ".join(text.split())[:limit]
+
+
+def _plugin_frame(tb: TracebackType | None, plugins: Plugins) -> tuple[str, str] | None:
+    """(plugin name, ``module.function``) of the innermost traceback frame in plugin code.
+
+    A plugin's code is its package (the top-level package of the module that
+    registered a backend or scenario); for the built-ins inside ``harness`` it is
+    just their own module, so a frame in the core is never blamed on a plugin.
+    """
+    owners: dict[str, str] = {}
+    for (table, name), info in plugins.registry.origin.items():
+        cls = (plugins.registry.backends if table == "backends" else plugins.registry.scenarios).get(name)
+        if cls is not None:
+            module = cls.__module__
+            owners[module if module.startswith("harness.") else module.split(".")[0]] = info.name
+    found = None
+    for frame, _ in traceback.walk_tb(tb):
+        module = frame.f_globals.get("__name__", "")
+        for prefix, plugin in owners.items():
+            if module == prefix or module.startswith(prefix + "."):
+                found = (plugin, f"{module}.{frame.f_code.co_name}")
+    return found
+
+
+def _failure_reason(exc: BaseException, stage: str, plugins: Plugins) -> str:
+    """One line for an unexpected exception: what, in which plugin, during which stage, and the fix."""
+    what = _one_line(f"{type(exc).__name__}: {exc}".rstrip(": "), 300)
+    where = f" during: {stage}" if stage else ""
+    if isinstance(exc, MemoryError):
+        limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+        cap = f" under an address-space limit of {limit // 2**20} MiB" if limit != resource.RLIM_INFINITY else ""
+        return (
+            f"out of memory ({what}){cap}{where} "
+            "(fix: use a smaller model or batch, or raise launcher.memory_limit_mb if it is set)"
+        )
+    origin = _plugin_frame(exc.__traceback__, plugins)
+    if origin is not None:
+        plugin, function = origin
+        info = next((p for p in plugins.infos if p.name == plugin), None)
+        package = f"{info.package} {info.version}" if info else plugin
+        return (
+            f"{what} (raised in {function} of plugin '{plugin}'){where} "
+            f"(fix: a bug in plugin '{plugin}' ({package}): report it with error.traceback from the record)"
+        )
+    return f"{what}{where} (fix: error.traceback in the record shows where; HARNESS_DEBUG=1 prints it)"
+
+
 def execute(
     spec: RunSpec,
     plugins: Plugins,
     status: Callable[[str], None] = print,
     progress: Callable[[str, int, float], None] | None = None,
+    on_stage: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Run ``spec`` and return its record (not yet written)."""
+    """Run ``spec`` and return its record (not yet written).
+
+    ``on_stage`` hears the runner's own stages (probing, starting the backend), which
+    are not worth a line on the terminal but name where a crash happened.
+    """
     record = base_record(spec, plugins)
-    plugins.hook.harness_run_start(spec=spec)
+    stage = ""
+
+    def tracked(message: str) -> None:
+        nonlocal stage
+        stage = message
+        status(message)
+
+    def enter(message: str) -> None:
+        nonlocal stage
+        stage = message
+        if on_stage is not None:
+            on_stage(message)
+
     try:
+        plugins.hook.harness_run_start(spec=spec)
         backend_cls = plugins.registry.backend(spec.backend_name)
+        enter(f"probing backend '{spec.backend_name}'")
         availability = backend_cls.probe(spec.backend_options)
         record["backend"]["version"] = availability.versions.get(spec.backend_name, "unknown")
         if not availability.available:
-            raise Unavailable(f"backend '{spec.backend_name}' is unavailable: {availability.reason}")
+            raise Unavailable(
+                f"backend '{spec.backend_name}' is unavailable: {availability.reason}",
+                "run it where that device or library is present, or pick a backend harness-backends lists as available",
+            )
+        enter(f"starting backend '{spec.backend_name}'")
         backend = backend_cls(spec.backend_options)
         record["backend"]["version"] = backend.version()
         record["backend"]["device"] = backend.device()
@@ -82,16 +161,19 @@ def execute(
         if accelerator:
             record["hardware"] = hardware.describe(accelerator, spec.hardware.label)
         scenario = plugins.registry.scenario(spec.scenario_kind)(spec.scenario_options)
-        ctx = RunContext(spec=spec, backend=backend, status=status, progress=progress)
+        ctx = RunContext(spec=spec, backend=backend, status=tracked, progress=progress)
+        enter(f"running scenario '{spec.scenario_name}'")
         result = scenario.run(ctx)
     except HarnessError as exc:
         record["status"] = exc.status
         record["reason"] = exc.one_line()
+        record["error"] = {"type": type(exc).__name__}
         return record
-    except Exception as exc:  # a bug or a runtime crash: keep the run's record and the trace
+    except (Exception, SystemExit) as exc:  # a bug or a runtime crash: keep the run's record and the trace
         record["status"] = "failed"
-        record["reason"] = " ".join(f"{type(exc).__name__}: {exc}".split())[:500]
-        record["error"] = {"traceback": traceback.format_exc().splitlines()[-30:]}
+        record["reason"] = _failure_reason(exc, stage, plugins)
+        record["error"] = {"type": type(exc).__name__, "traceback": traceback.format_exc().splitlines()[-40:]}
+        traceback.clear_frames(exc.__traceback__)  # let go of what the failed run held (memory)
         return record
     record["status"] = "ok"
     record["scenario"]["precision"] = result.precision

@@ -45,13 +45,23 @@ class RunContext:
         return self.spec.cache_dir
 
     def load_model(self, checkpoint: str | None = None) -> Any:
-        """The model the spec names, as an eval-mode :class:`harness.models.LoadedModel`."""
+        """The model the spec names, as an eval-mode :class:`harness.models.LoadedModel`.
+
+        ``checkpoint`` (else ``model.checkpoint``) is a folder or ``auto``: the cached
+        checkpoint of the family's train recipe, trained once when absent
+        (:func:`harness.checkpoints.resolve`).
+        """
+        from dataclasses import replace
+
+        from harness.checkpoints import resolve
         from harness.models import load_model
 
-        key = checkpoint or ""
+        key = checkpoint or self.spec.model.checkpoint or ""
         if key not in self._model_cache:
-            self.status(f"building model {self.spec.model.name}")
-            self._model_cache[key] = load_model(self.spec.model, checkpoint)
+            options = replace(self.spec.model, checkpoint=key or None)
+            folder = resolve(options, self.spec.dataset, self.cache_root, self.status, trainer=self.backend)
+            self.status(f"building model {self.spec.model.name}" + (f" from {folder}" if folder else ""))
+            self._model_cache[key] = load_model(self.spec.model, str(folder) if folder else None)
         return self._model_cache[key]
 
     def load_data(self, seq_len: int | None = None, tokenizer: Any = None) -> Any:
@@ -87,6 +97,17 @@ class RunContext:
             f"backend '{self.backend.name}' consumes {', '.join(formats)}, which the harness cannot produce",
             "declare 'onnx' or 'torch' in the backend's capabilities().consumes",
         )
+
+    def compressed(self, artifact: Artifact, recipe: Any, data: Any, source_key: str,
+                   batch_size: int = 8) -> tuple[Artifact, dict[str, Any]]:
+        """``artifact`` compressed by the backend with ``recipe`` (cached), plus stage metrics.
+
+        Calibration samples come from ``data``'s train split in batches of ``batch_size``;
+        see :func:`harness.compression.pipeline.compress`.
+        """
+        from harness.compression.pipeline import compress
+
+        return compress(self.backend, artifact, recipe, data, source_key, self.cache_root, self.status, batch_size)
 
 
 class Scenario(abc.ABC):

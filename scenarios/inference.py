@@ -1,17 +1,26 @@
-"""Inference scenario: validate outputs against eager fp32, then time single-stream calls.
+"""Inference scenario: (prune) -> export -> (compress) -> validate -> time -> score accuracy.
 
-Flow: build model -> data -> artifact (ONNX export when the backend consumes ONNX)
--> backend session -> output-validation gate -> warm-up + measurement -> metrics.
+Flow: build model -> data -> [pruning, before export] -> artifact (ONNX export when the
+backend consumes ONNX) -> [compression recipe for int8, or a backend's fp16/bf16
+conversion] -> backend session -> output-validation gate against the eager fp32 model
+that was exported -> warm-up + single-stream measurement (+ ``offline`` throughput with
+the session's ``run_many``) -> accuracy on the eval split beside the fp32 reference
+-> metrics. The work of each stage lives in :mod:`harness.compression` and
+:mod:`harness.accuracy`; this module only orders them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Optional
 
 import numpy as np
 
 from harness import stats
+from harness.accuracy import AccuracyGate, run_accuracy
+from harness.compression.pipeline import artifact_size
+from harness.compression.pruning import PruningOptions
+from harness.compression.recipes import QuantizationOptions, recipe_for
 from harness.config import choice, require
 from harness.errors import Mismatch
 from harness.export import eager_outputs
@@ -20,11 +29,34 @@ from harness.measure import MeasurePlan, measure
 from harness.scenario import RunContext, Scenario, ScenarioResult
 
 PRECISIONS = ("fp32", "tf32", "fp16", "bf16", "int8")
+LOADS = ("single_stream", "offline")
+
+
+@dataclass
+class AccuracyOptions:
+    """``scenario.accuracy.*``: score every run on the eval split (``limit`` rows, 0 = all).
+
+    ``min_relative``: the run is ``mismatch`` when its score falls below this fraction of
+    the fp32 reference (null = report only).
+    """
+
+    enabled: bool = True
+    limit: int = 0
+    min_relative: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        require(self.limit >= 0, "accuracy.limit", f"must be >= 0 (0 = the whole eval split), got {self.limit}")
+        require(self.min_relative is None or 0 < self.min_relative <= 1.5, "accuracy.min_relative",
+                f"must be in (0, 1.5] or null, got {self.min_relative}")
 
 
 @dataclass
 class InferenceOptions:
-    """``scenario.*`` keys of ``kind: inference``."""
+    """``scenario.*`` keys of ``kind: inference``.
+
+    ``load``: ``single_stream`` times one call at a time; ``offline`` also measures
+    throughput with as many calls in flight as the session sustains (``run_many``).
+    """
 
     precision: str = "fp32"
     batch_size: int = 8
@@ -34,9 +66,14 @@ class InferenceOptions:
     min_duration_s: float = 2.0
     max_duration_s: float = 60.0
     keep_samples: bool = True
+    load: str = "single_stream"
+    quantization: QuantizationOptions = field(default_factory=QuantizationOptions)
+    pruning: PruningOptions = field(default_factory=PruningOptions)
+    accuracy: AccuracyOptions = field(default_factory=AccuracyOptions)
 
     def __post_init__(self) -> None:
         choice(self.precision, PRECISIONS, "precision")
+        choice(self.load, LOADS, "load")
         require(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
         require(self.seq_len >= 2, "seq_len", f"must be >= 2, got {self.seq_len}")
         require(self.warmup_iters >= 0, "warmup_iters", f"must be >= 0, got {self.warmup_iters}")
@@ -65,6 +102,13 @@ def latency_metrics(samples_ms: list[float], batch_size: int, seq_len: int | Non
     }
 
 
+def offline_throughput(calls: int, seconds: float, batch_size: int) -> float:
+    """Offline throughput: samples of every completed call over the wall time they took."""
+    if seconds <= 0 or calls < 1:
+        raise ValueError("offline throughput needs at least one call and a positive duration")
+    return calls * batch_size / seconds
+
+
 class InferenceScenario(Scenario):
     kind = "inference"
     options_type = InferenceOptions
@@ -73,47 +117,99 @@ class InferenceScenario(Scenario):
         opts: InferenceOptions = self.options
         backend = ctx.backend
         backend.check_precision(opts.precision)
-        model = ctx.load_model()
-        data = ctx.load_data(opts.seq_len, model.tokenizer)
+        reference_model = ctx.load_model()
+        data = ctx.load_data(opts.seq_len, reference_model.tokenizer)
         seq_len = opts.seq_len if data.task == "text-classification" else None
         batch = data.sample_batch(opts.batch_size)
+        metrics: dict[str, Any] = {}
+
+        model = reference_model
+        if opts.pruning.enabled:
+            model, metrics["pruning"] = self._prune(ctx, reference_model)
         artifact, stage_metrics = ctx.artifact(model, data, batch)
+        metrics.update(stage_metrics)
+        recipe = recipe_for(opts.precision, opts.quantization, ctx.spec.model.family, backend.capabilities().recipes)
+        if recipe is not None:
+            source_key = stage_metrics["export"]["key"] if "export" in stage_metrics else model.weights_digest()
+            artifact, metrics["compression"] = ctx.compressed(artifact, recipe, data, source_key,
+                                                              opts.quantization.calibration_batch_size)
 
         ctx.status(f"preparing {backend.name} session ({opts.precision})")
         session = backend.prepare(artifact, opts.precision)
         inputs = session.load(batch)
-        got = session.fetch(session.run(inputs))[model.output_names[0]]
-        reference = eager_outputs(model, batch)
-        diff = float(np.max(np.abs(got.astype(np.float64) - reference)))
-        tolerance = backend.capabilities().tolerance.get(opts.precision, 1e-3)
-        validation = {"max_abs_diff": diff, "tolerance": tolerance}
-        if not diff <= tolerance:
-            raise Mismatch(
-                f"{backend.name} {opts.precision} outputs differ from eager fp32 by {diff:.3g} (tolerance {tolerance})",
-                "the backend's result is wrong at this precision; report it to the backend's maintainers",
-            )
+        metrics["validation"] = self._validate(session, inputs, model, batch, backend)
 
         ctx.status(f"measuring: {opts.warmup_iters} warm-up calls, then >= {opts.min_iters} calls and >= {opts.min_duration_s:g} s")
         plan = MeasurePlan(opts.warmup_iters, opts.min_iters, opts.min_duration_s, opts.max_duration_s)
         progress = (lambda n, s: ctx.progress("measuring", n, s)) if ctx.progress else None
         measurement = measure(session, inputs, plan, progress)
-        metrics = latency_metrics(measurement.samples_ms, opts.batch_size, seq_len, opts.keep_samples)
-        metrics.update(stage_metrics)
-        metrics["validation"] = validation
+        metrics.update(latency_metrics(measurement.samples_ms, opts.batch_size, seq_len, opts.keep_samples))
         metrics["window"] = {"start": measurement.started_at, "end": measurement.ended_at}
+        if opts.load == "offline":
+            self._offline(ctx, session, inputs, metrics, seq_len)
         memory = session.memory()
         if memory:
             metrics["memory_mib"] = memory
+        metrics.update(session.metrics())  # backend-specific sections, e.g. metrics.xla
+
+        if opts.accuracy.enabled:
+            ctx.status(f"scoring accuracy on the eval split ({opts.accuracy.limit or len(data.eval)} examples)")
+            metrics["accuracy"] = run_accuracy(session, reference_model, data, opts.batch_size, model.output_names[0],
+                                               opts.accuracy.limit, ctx.cache_root)
         session.close()
-        size = artifact.onnx_path.stat().st_size if artifact.onnx_path else None
+        gate = AccuracyGate(opts.accuracy.min_relative)
+        problem = gate.problem(metrics["accuracy"]) if opts.accuracy.enabled else None
+        if problem:
+            raise Mismatch(f"{backend.name} {opts.precision}: {problem}",
+                           "use a gentler recipe (scenario.quantization.*, scenario.pruning.*) or lower scenario.accuracy.min_relative")
         return ScenarioResult(
             precision=opts.precision,
             metrics=metrics,
             batch_size=opts.batch_size,
             seq_len=seq_len,
-            model={"params": model.params, "source": model.source, "size_bytes": size},
+            model={"params": model.params, "source": model.source, "size_bytes": artifact_size(artifact)},
             backend={"device": session.device},
         )
+
+    def _prune(self, ctx: RunContext, reference_model: Any) -> tuple[Any, dict[str, Any]]:
+        """The pruned (and fine-tuned) copy of the model; the reference stays untouched."""
+        from harness.checkpoints import training_backend
+        from harness.compression.pruning import prune
+
+        options = self.options.pruning
+        train_data = ctx.load_data(options.finetune_seq_len, reference_model.tokenizer)
+        trainer = training_backend(ctx.backend) if options.finetune_steps else None
+        return prune(reference_model, train_data, options, cache_root=ctx.cache_root, trainer=trainer, report=ctx.status)
+
+    def _validate(self, session: Any, inputs: Any, model: Any, batch: Any, backend: Any) -> dict[str, Any]:
+        """Outputs within the backend's tolerance of the eager fp32 model that was exported."""
+        precision = self.options.precision
+        got = session.fetch(session.run(inputs))[model.output_names[0]]
+        reference = eager_outputs(model, batch)
+        diff = float(np.max(np.abs(got.astype(np.float64) - reference)))
+        tolerance = backend.capabilities().tolerance.get(precision, 1e-3)
+        if not diff <= tolerance:
+            raise Mismatch(
+                f"{backend.name} {precision} outputs differ from eager fp32 by {diff:.3g} (tolerance {tolerance})",
+                "the backend's result is wrong at this precision; report it to the backend's maintainers",
+            )
+        return {"max_abs_diff": diff, "tolerance": tolerance}
+
+    def _offline(self, ctx: RunContext, session: Any, inputs: Any, metrics: dict[str, Any], seq_len: int | None) -> None:
+        """Offline throughput with the session's in-flight calls; single-stream figures kept beside it."""
+        opts: InferenceOptions = self.options
+        ctx.status(f"offline: {session.in_flight} call(s) in flight for >= {opts.min_duration_s:g} s")
+        session.run_many(inputs, max(1, opts.warmup_iters) * session.in_flight, 0.0)
+        calls, seconds = session.run_many(inputs, opts.min_iters, opts.min_duration_s)
+        per_s = offline_throughput(calls, seconds, opts.batch_size)
+        single = metrics["throughput"]["samples_per_s"]
+        metrics["throughput"] = {
+            "samples_per_s": per_s,
+            "tokens_per_s": stats.tokens_per_second(per_s, seq_len) if seq_len else None,
+            "load": "offline",
+            "single_stream_samples_per_s": single,
+        }
+        metrics["offline"] = {"calls": calls, "seconds": seconds, "in_flight": session.in_flight}
 
 
 @hookimpl

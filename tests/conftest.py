@@ -20,6 +20,8 @@ def isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("harness-cache")
     os.environ["HARNESS_CACHE"] = str(root)
     os.environ["HF_HUB_OFFLINE"] = "1"
+    # A private host lock, so the suite never queues behind a real measurement on this machine.
+    os.environ["HARNESS_LOCK_DIR"] = str(tmp_path_factory.mktemp("locks"))
     return root
 
 

@@ -76,3 +76,18 @@ def test_harness_backends_lists_builtins_as_available(tmp_path):
     assert proc.returncode == 0, proc.stderr
     rows = {line.split("│")[1].strip(): line for line in proc.stdout.splitlines() if line.startswith("│")}
     assert "yes" in rows["onnxruntime"] and "yes" in rows["pytorch"]
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["-m", "backend=a,b"], ["-m", "X=1", "backend=a,b"]),
+        (["backend=a", "--cfg", "job"], ["X=1", "backend=a", "--cfg", "job"]),
+        (["--cfg", "job"], ["--cfg", "job", "X=1"]),
+    ],
+)
+def test_extra_overrides_stay_in_the_override_group(args, expected):
+    from harness.cli import parse_args, with_overrides
+
+    assert with_overrides(args, parse_args(args), ["X=1"]) == expected
+    assert parse_args(expected) is not None

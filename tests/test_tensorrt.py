@@ -738,3 +738,23 @@ def test_build_and_run_real_engine(tmp_path, monkeypatch):
 
     info = backend.device_info()
     assert info["name"] and info["memory_mib"] > 0 and re.fullmatch(r"\d+\.\d+", info["compute_capability"])
+
+
+@pytest.mark.slow
+def test_compress_writes_a_symmetric_qdq_onnx_tensorrt_can_parse(tiny_model, tiny_batch, tmp_path):
+    """INT8 for TensorRT is explicit Q/DQ: compress needs no TensorRT, and its output
+    passes the same check prepare applies before building an engine."""
+    from harness.compression import recipes
+    from harness.compression.calibration import Calibration
+    from harness.export import export_onnx
+
+    exported = export_onnx(tiny_model, tiny_batch, str(tmp_path / "cache"))
+    artifact = Artifact(tiny_model.name, tiny_model.input_names, tiny_model.output_names, onnx_path=exported.path)
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    calibration = Calibration(batches=[tiny_batch], samples=3, fingerprint="t", workdir=workdir)
+    backend = TensorRTBackend(TensorRTOptions())
+    out = backend.compress(artifact, recipes.int8_qdq(3), calibration)
+    assert out.onnx_path.is_file() and out.meta["precision"] == "int8"
+    assert onnx_has_qdq(out.onnx_path)
+    assert trt_backend.qdq_problem(out.onnx_path) is None

@@ -1,0 +1,1 @@
+"""Hydra config shipped with the plugin (``pkg://harness_plugin_example.conf``)."""

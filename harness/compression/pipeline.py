@@ -1,0 +1,188 @@
+"""The compression stage of the artifact pipeline: recipe + calibration -> cached artifact.
+
+``torch module -> [prune] -> ONNX export (cached) -> [compress, backend-specific] -> session``.
+This module is the last arrow before the session. It checks that the backend lists
+the recipe (else ``unsupported``, never a silent fp32 run), draws real calibration
+samples, and caches what ``Backend.compress`` writes exactly like the export stage:
+under a key of backend + version + recipe + calibration fingerprint + source
+artifact key, so a second run reuses the file and any change rebuilds it.
+
+Torch-module artifacts (PyTorch dynamic int8) live in memory and quantize in seconds;
+they are rebuilt every run rather than pickled into the cache.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from harness import cache
+from harness.backend import Artifact, Backend
+from harness.compression.calibration import Calibration, fingerprint, sample_batches
+from harness.compression.recipes import Recipe
+from harness.errors import Unsupported
+
+#: Bump when the layout of a cache entry or the way a recipe is realised changes, so
+#: entries made by older code are not reused (library versions are in the key already).
+REVISION = 2
+_PATH = "$path"
+
+
+def check_supported(backend: Backend, recipe: Recipe) -> None:
+    """Raise :class:`Unsupported` unless ``backend`` lists ``recipe`` (any int8 one for ``auto``)."""
+    listed = backend.capabilities().recipes
+    ok = any(r.startswith("int8_") for r in listed) if recipe.name == "int8_auto" else recipe.name in listed
+    if not ok:
+        offered = ", ".join(sorted(listed)) or "none"
+        raise Unsupported(
+            f"backend '{backend.name}' has no compression recipe '{recipe.name}' (it offers: {offered})",
+            "pick one of its recipes with scenario.quantization.mode, or another backend",
+        )
+
+
+def files_size(folder: Path) -> int:
+    """Bytes on disk of a compressed artifact's files (its cache folder minus meta.json)."""
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and p.name != "meta.json")
+
+
+def _encode(value: Any, root: Path) -> Any:
+    if isinstance(value, Path):
+        return {_PATH: os.path.relpath(value, root)}
+    if isinstance(value, dict):
+        return {k: _encode(v, root) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_encode(v, root) for v in value]
+    return value
+
+
+def _decode(value: Any, root: Path) -> Any:
+    if isinstance(value, dict):
+        if set(value) == {_PATH}:
+            return root / value[_PATH]
+        return {k: _decode(v, root) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_decode(v, root) for v in value]
+    return value
+
+
+def _own_meta(compressed: Artifact, source: Artifact) -> dict[str, Any]:
+    """The meta keys ``compress`` added or changed: the rest (shapes) belongs to this run."""
+    return {k: v for k, v in compressed.meta.items() if k not in source.meta or source.meta[k] != v}
+
+
+def _restore(stored: Mapping[str, Any], source: Artifact, folder: Path) -> Artifact:
+    onnx = stored.get("onnx_path")
+    return Artifact(
+        source.name,
+        source.input_names,
+        source.output_names,
+        onnx_path=folder / onnx if onnx else None,
+        meta={**source.meta, **_decode(stored.get("meta", {}), folder)},
+    )
+
+
+def compress(
+    backend: Backend,
+    artifact: Artifact,
+    recipe: Recipe,
+    data: Any,
+    source_key: str,
+    cache_root: str | None = None,
+    status: Callable[[str], None] = print,
+    batch_size: int = 8,
+) -> tuple[Artifact, dict[str, Any]]:
+    """Realise ``recipe`` on ``artifact`` with ``backend``; return the artifact and stage metrics.
+
+    ``data`` is the run's :class:`harness.data.TaskData` (calibration comes from its
+    train split); ``source_key`` identifies the source artifact (the export key, or the
+    weights digest for torch artifacts).
+    """
+    check_supported(backend, recipe)
+    batches = sample_batches(data, recipe.calibration_samples, batch_size) if recipe.calibrated else []
+    samples = sum(len(next(iter(b.values()))) for b in batches)
+    calib_fp = fingerprint(batches)
+    key = cache.content_key("compressed", REVISION, backend.name, backend.version(), recipe.key(), calib_fp, source_key)
+
+    if artifact.module is not None and artifact.onnx_path is None:
+        with tempfile.TemporaryDirectory(prefix="harness-compress-") as tmp:
+            calibration = Calibration(batches, samples, calib_fp, Path(tmp))
+            status(f"compressing with {recipe.name} on {backend.name} (torch module, not cached)")
+            started = time.perf_counter()
+            out = backend.compress(artifact, recipe, calibration)
+            seconds = time.perf_counter() - started
+        return out, _metrics(out, recipe, calibration, seconds, cached=False, key=None, size=out.meta.get("size_bytes"))
+
+    final = cache.cache_dir(cache_root) / "compressed" / key
+    meta_path = final / "meta.json"
+    if meta_path.is_file():
+        stored = json.loads(meta_path.read_text())
+        out = _restore(stored["artifact"], artifact, final)
+        calibration = Calibration(batches, samples, calib_fp, final)
+        return out, _metrics(out, recipe, calibration, stored["seconds"], cached=True, key=key, size=files_size(final))
+
+    final.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=final.parent))
+    try:
+        calibration = Calibration(batches, samples, calib_fp, work)
+        status(f"compressing with {recipe.name} on {backend.name}"
+               + (f" ({samples} calibration samples)" if samples else "") + f" (cached afterwards under {final})")
+        started = time.perf_counter()
+        out = backend.compress(artifact, recipe, calibration)
+        seconds = time.perf_counter() - started
+        stored = {
+            "onnx_path": os.path.relpath(out.onnx_path, work) if out.onnx_path else None,
+            "meta": _encode(_own_meta(out, artifact), work),
+        }
+        (work / "meta.json").write_text(json.dumps({"key": key, "seconds": seconds, "recipe": recipe.describe(),
+                                                    "calibration": calibration.describe(), "artifact": stored}, indent=2))
+        if final.exists():
+            shutil.rmtree(final, ignore_errors=True)
+        try:
+            os.replace(work, final)
+        except OSError:  # another run finished the same entry first: use theirs
+            if not meta_path.is_file():
+                raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    out = _restore(stored, artifact, final)
+    calibration.workdir = final
+    return out, _metrics(out, recipe, calibration, seconds, cached=False, key=key, size=files_size(final))
+
+
+def _metrics(out: Artifact, recipe: Recipe, calibration: Calibration, seconds: float, cached: bool,
+             key: str | None, size: int | None) -> dict[str, Any]:
+    """``metrics.compression`` of the record: the requested and the realised recipe."""
+    realised = out.meta.get("recipe", {"name": recipe.name})
+    used = realised.get("calibrated", bool(calibration.samples))
+    return {
+        "requested": recipe.describe(),
+        "recipe": realised,
+        "calibration": calibration.describe() if used and calibration.samples else None,
+        "seconds": round(seconds, 3),
+        "cached": cached,
+        "key": key,
+        "size_bytes": size,
+    }
+
+
+def artifact_size(artifact: Artifact) -> int | None:
+    """Bytes on disk of what the session runs: the ONNX file, the OpenVINO IR (xml + bin),
+    or, for torch modules, the serialized state dict (what ``torch.save`` would write)."""
+    ir = artifact.meta.get("openvino_ir")
+    if ir:
+        xml = Path(ir)
+        return sum(p.stat().st_size for p in (xml, xml.with_suffix(".bin")) if p.is_file())
+    if artifact.onnx_path is not None:
+        return Path(artifact.onnx_path).stat().st_size
+    if "size_bytes" in artifact.meta:
+        return int(artifact.meta["size_bytes"])
+    if artifact.module is not None:
+        from harness.compression.torch_quant import state_size_bytes
+
+        return state_size_bytes(artifact.module)
+    return None

@@ -1,0 +1,278 @@
+"""One measurement at a time per host: an exclusive ``flock`` around each run.
+
+A scheduler (Slurm, Ray, two terminals) can place two benchmark jobs on one machine.
+Their measurement phases would then share cores, caches, memory bandwidth and the
+accelerator's power budget, and both sets of numbers would be wrong without any sign
+of it. So every run holds an exclusive lock on one file in a *host-local* folder while
+it builds, exports and measures; a second run on the same host waits for it.
+
+Why ``fcntl.flock`` on a file:
+
+- the kernel releases it when the holder exits in any way (crash, ``SIGKILL``, a
+  timeout kill), so a dead run never leaves the host locked;
+- it needs no daemon and works for any user and any launcher on the host;
+- a blocking ``flock`` costs nothing while it waits (no polling beside the holder's
+  measurement).
+
+The folder must be host-local: ``$HARNESS_LOCK_DIR`` or ``/tmp/harness-locks``. On NFS
+and similar filesystems Linux turns ``flock`` into a server-side lock shared by every
+client, which would serialise the whole cluster (or, on some filesystems, not lock at
+all), so a lock folder on a network filesystem is a configuration error.
+
+The lock only serialises harness runs. Other tenants' jobs are the scheduler's
+business: ask Slurm for the whole node (``--exclusive``, the ``harness_slurm`` launcher
+preset does) when numbers matter.
+
+What a run records (``HostLock.as_record()``): the lock path, the host, how long it
+waited, who held the lock when it started waiting, who it is (pid and Slurm job), and
+the wall-clock window in which it held the lock. Windows from one host never overlap; ``tests/test_hostlock.py`` checks
+that with concurrent processes and ``tests/test_slurm.py`` with two Slurm jobs.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import socket
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from harness.errors import ConfigError, HarnessError
+
+DEFAULT_DIR = "/tmp/harness-locks"
+LOCK_NAME = "measure.lock"
+#: Filesystems on which ``flock`` is not a host-local lock.
+NETWORK_FILESYSTEMS = frozenset(
+    {"nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "gpfs", "beegfs", "ceph", "fuse.glusterfs",
+     "glusterfs", "fuse.sshfs", "9p", "afs", "ocfs2", "gfs2", "fuse.juicefs", "fuse.s3fs", "panfs", "wekafs"}
+)
+#: Seconds between attempts when a timeout bounds the wait (blocking flock has none).
+_POLL_S = 0.2
+
+
+class LockTimeout(HarnessError):
+    """The host stayed busy with another run for longer than the run may wait."""
+
+    status = "timeout"
+    exit_code = 6
+
+
+@dataclass
+class HostLock:
+    """The lock one run held: where, on which host, how long it waited, and when it held it.
+
+    ``acquired_at``/``released_at`` are wall-clock seconds (``time.time()``), the clock
+    ``metrics.window`` uses too, so windows of different processes compare directly.
+    """
+
+    path: str
+    host: str
+    enabled: bool = True
+    waited_s: float = 0.0
+    acquired_at: float | None = None
+    released_at: float | None = None
+    holder_before: dict[str, Any] | None = None
+    owner: dict[str, Any] | None = None
+
+    def as_record(self) -> dict[str, Any]:
+        """The record's ``host_lock`` section."""
+        return {
+            "enabled": self.enabled,
+            "path": self.path,
+            "host": self.host,
+            "waited_s": round(self.waited_s, 6),
+            "acquired_at": self.acquired_at,
+            "released_at": self.released_at,
+            "holder_before": self.holder_before,
+            "owner": self.owner,
+        }
+
+
+def lock_path(path: str | os.PathLike[str] | None = None) -> Path:
+    """The lock file: ``path`` if given, else ``$HARNESS_LOCK_DIR/measure.lock``, else
+    ``/tmp/harness-locks/measure.lock``."""
+    if path is not None:
+        return Path(path)
+    return Path(os.environ.get("HARNESS_LOCK_DIR") or DEFAULT_DIR) / LOCK_NAME
+
+
+def filesystem_type(folder: str | os.PathLike[str], mounts: str | None = None) -> str | None:
+    """Type of the filesystem holding ``folder`` (longest mount-point prefix in ``/proc/mounts``).
+
+    ``mounts`` replaces the contents of ``/proc/mounts`` (for tests); None where unknown.
+    """
+    if mounts is None:
+        try:
+            mounts = Path("/proc/mounts").read_text(encoding="utf-8")
+        except OSError:
+            return None
+    target = os.path.realpath(folder)
+    best, best_type = "", None
+    for line in mounts.splitlines():
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = fields[1].replace("\\040", " ")
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):
+            best, best_type = point, fields[2]
+    return best_type
+
+
+def check_host_local(folder: str | os.PathLike[str], mounts: str | None = None) -> None:
+    """Raise :class:`ConfigError` when ``folder`` is on a network filesystem."""
+    fstype = filesystem_type(folder, mounts)
+    if fstype is not None and (fstype in NETWORK_FILESYSTEMS or fstype.split(".")[0] in NETWORK_FILESYSTEMS):
+        raise ConfigError(
+            f"host lock folder {folder} is on a network filesystem ({fstype}): a lock there is shared "
+            "by every node (or not a lock at all), not one per host",
+            f"export HARNESS_LOCK_DIR=<a host-local folder such as {DEFAULT_DIR}>",
+        )
+
+
+def _open_lock_file(path: Path) -> int:
+    """Open (creating) the lock file so that every user on the host can lock it."""
+    folder = path.parent
+    if not folder.is_dir():
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            os.chmod(folder, 0o1777)  # like /tmp: any user may lock, nobody may delete others' files
+        except PermissionError:
+            pass
+    check_host_local(folder)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot open the host lock file {path}: {exc.strerror}",
+            "export HARNESS_LOCK_DIR=<a folder this user can write>",
+        ) from exc
+    try:
+        os.fchmod(fd, 0o666)
+    except PermissionError:
+        pass  # another user created it; they made it shared the same way
+    return fd
+
+
+def _holder(fd: int) -> dict[str, Any] | None:
+    """What the current holder wrote into the lock file (informative: it may be mid-write)."""
+    try:
+        text = os.pread(fd, 4096, 0).decode("utf-8", errors="replace").strip()
+        return json.loads(text) if text else None
+    except (OSError, ValueError):
+        return None
+
+
+def _owner(host: str, since: float) -> dict[str, Any]:
+    """This process as a lock holder: pid, host, since when, and its scheduler job if any."""
+    me: dict[str, Any] = {"pid": os.getpid(), "host": host, "since": since}
+    for key in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "RAY_JOB_ID"):
+        if os.environ.get(key):
+            me[key.lower()] = os.environ[key]
+    return me
+
+
+def _announce(fd: int, me: dict[str, Any]) -> None:
+    """Write who holds the lock, so a waiting run can say what it waits for."""
+    data = (json.dumps(me) + "\n").encode()
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, data, 0)
+    except OSError:
+        pass
+
+
+def _describe(holder: dict[str, Any] | None) -> str:
+    if not holder:
+        return "another run"
+    job = f", Slurm job {holder['slurm_job_id']}" if holder.get("slurm_job_id") else ""
+    return f"pid {holder.get('pid')}{job}"
+
+
+@contextmanager
+def measurement_lock(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    timeout_s: float | None = None,
+    enabled: bool = True,
+    on_wait: Callable[[str], None] | None = None,
+) -> Iterator[HostLock]:
+    """Hold this host's measurement lock for the body of the ``with`` block.
+
+    ``timeout_s`` bounds the wait (None waits as long as the holder runs; its own run
+    timeout bounds that); on expiry :class:`LockTimeout` is raised. ``on_wait`` gets one
+    line when the lock is busy (e.g. the UI's stage printer). ``enabled=False`` yields
+    a record saying so and locks nothing. The yielded :class:`HostLock` gets its
+    ``released_at`` when the block ends.
+    """
+    host = socket.gethostname()
+    target = lock_path(path)
+    lock = HostLock(path=str(target), host=host, enabled=enabled)
+    if not enabled:
+        yield lock
+        return
+    fd = _open_lock_file(target)
+    try:
+        start = time.monotonic()
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            lock.holder_before = _holder(fd)
+            if on_wait is not None:
+                on_wait(f"waiting for the host measurement lock {target} (held by {_describe(lock.holder_before)})")
+            _wait(fd, target, timeout_s, start)
+        lock.waited_s = time.monotonic() - start
+        lock.acquired_at = time.time()
+        lock.owner = _owner(host, lock.acquired_at)
+        _announce(fd, lock.owner)
+        try:
+            yield lock
+        finally:
+            lock.released_at = time.time()
+            try:
+                os.ftruncate(fd, 0)
+            except OSError:
+                pass
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def _wait(fd: int, target: Path, timeout_s: float | None, start: float) -> None:
+    if timeout_s is None:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # sleeps in the kernel; retried after signals (PEP 475)
+        return
+    deadline = start + timeout_s
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+        if time.monotonic() >= deadline:
+            raise LockTimeout(
+                f"another run held the host measurement lock {target} for more than {timeout_s:g} s "
+                f"(now: {_describe(_holder(fd))})",
+                "wait for it to finish, raise the lock timeout, or give each job its own node (sbatch --exclusive)",
+            )
+        time.sleep(min(_POLL_S, max(0.0, deadline - time.monotonic())))
+
+
+def windows_overlap(windows: list[tuple[float, float]]) -> list[tuple[int, int]]:
+    """Index pairs of ``(start, end)`` windows that overlap (touching ends do not)."""
+    order = sorted(range(len(windows)), key=lambda i: windows[i][0])
+    clashes = []
+    for a_pos, a in enumerate(order):
+        for b in order[a_pos + 1 :]:
+            if windows[b][0] >= windows[a][1]:
+                break
+            clashes.append((a, b))
+    return clashes

@@ -1,0 +1,429 @@
+"""Run isolation: each run in its own spawned process, bounded in time and memory.
+
+Native runtimes segfault, deadlock their thread pools and run out of memory. If a
+run shared the CLI's process, one crash would end a 40-job sweep and lose the
+explanation with it. So by default (``launcher.isolation=process``) every run goes
+to a fresh child started with the ``spawn`` method (no inherited thread pools or
+CUDA contexts), and the parent turns whatever happens to the child into a record:
+
+- the child returns its record through a pipe;
+- death by a signal becomes ``failed`` naming the signal (``SIGSEGV``...);
+- a run longer than ``launcher.timeout_s`` gets its Python stack dumped (faulthandler
+  on ``SIGUSR1``), its process group killed, and a ``timeout`` record;
+- ``launcher.memory_limit_mb`` caps the child's address space (``RLIMIT_AS``), so a
+  runaway allocation is a ``MemoryError`` in the child, not a swapping machine;
+- the last lines the child wrote to stderr travel in the record (``error.stderr_tail``).
+
+The parent never competes with the run for the cores: it blocks in
+``multiprocessing.connection.wait`` on the result pipe, the child's stderr pipe and
+the process sentinel, with the time left as the timeout. It wakes only when the
+child writes a stage message (a few per run) or ends; there is no polling loop and
+no thread. The child sits in its own process group (a timeout kills its helpers
+too) and asks the kernel to kill it if the parent dies, so a killed sweep leaves
+no orphan measuring on the cores.
+
+``launcher.isolation=inline`` runs in the CLI's process, for debuggers and profilers.
+"""
+
+from __future__ import annotations
+
+import codecs
+import ctypes
+import faulthandler
+import multiprocessing
+import os
+import re
+import resource
+import signal
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+from typing import Any, Callable, Optional
+
+from harness.config import RunSpec, choice, require
+from harness.plugins import Plugins
+
+ISOLATIONS = ("process", "inline")
+#: Lines of the child's stderr kept in a failed record.
+TAIL_LINES = 30
+_TAIL_BYTES = 64 * 1024
+#: Seconds given to faulthandler to dump a hung child's stacks before the kill.
+_DUMP_GRACE_S = 2.0
+#: Seconds a child that already returned its record gets to exit on its own.
+_EXIT_GRACE_S = 30.0
+_PR_SET_PDEATHSIG = 1
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+@dataclass
+class LauncherOptions:
+    """The ``launcher`` config node: how each run is isolated and bounded.
+
+    ``timeout_s`` is wall-clock for the whole run (model build, export, measurement);
+    ``null`` waits forever. ``memory_limit_mb`` limits the child's virtual address
+    space; leave it ``null`` on GPUs, whose drivers reserve large address ranges.
+    """
+
+    isolation: str = "process"
+    timeout_s: Optional[float] = 600.0
+    memory_limit_mb: Optional[int] = None
+    host_lock: bool = True
+    host_lock_timeout_s: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        choice(self.isolation, ISOLATIONS, "isolation")
+        require(self.timeout_s is None or self.timeout_s > 0, "timeout_s", f"must be > 0 seconds or null, got {self.timeout_s}")
+        require(
+            self.memory_limit_mb is None or self.memory_limit_mb >= 64,
+            "memory_limit_mb",
+            f"must be >= 64 MiB or null, got {self.memory_limit_mb}",
+        )
+        require(
+            self.host_lock_timeout_s is None or self.host_lock_timeout_s > 0,
+            "host_lock_timeout_s",
+            f"must be > 0 seconds or null, got {self.host_lock_timeout_s}",
+        )
+
+
+def launch(
+    spec: RunSpec,
+    plugins: Plugins,
+    options: LauncherOptions,
+    status: Callable[[str], None] = print,
+    progress: Callable[[str, int, float], None] | None = None,
+) -> dict[str, Any]:
+    """Run ``spec`` as ``options`` say and return its record (not yet written). Never raises
+    for a run that started, except ``KeyboardInterrupt`` (after killing the child)."""
+    from harness.errors import HarnessError
+    from harness.hostlock import measurement_lock
+    from harness.runner import base_record, execute
+
+    # One measurement per host at a time (docs/fleet.md). The lock is taken here, in the
+    # parent, before the run's clock starts: waiting behind another job is not run time,
+    # and the whole run (build, export, measure) is covered, since all of it disturbs
+    # a neighbour's timings.
+    try:
+        with measurement_lock(enabled=options.host_lock, timeout_s=options.host_lock_timeout_s, on_wait=status) as lock:
+            started = time.monotonic()
+            if options.isolation == "inline":
+                record = execute(spec, plugins, status=status, progress=progress)
+                record["launcher"] = {"isolation": "inline", "wall_s": round(time.monotonic() - started, 3)}
+            else:
+                record = _run_in_child(spec, plugins, options, status, started)
+    except HarnessError as exc:  # lock timeout, or a lock folder on a network filesystem
+        record = base_record(spec, plugins)
+        record["status"], record["reason"] = exc.status, exc.one_line()
+        return record
+    record["host_lock"] = lock.as_record()
+    return record
+
+
+# --- parent side -------------------------------------------------------------------------
+
+
+class _StderrTail:
+    """Echoes the child's stderr bytes to ours and keeps the last ``_TAIL_BYTES``."""
+
+    def __init__(self) -> None:
+        self.buffer = bytearray()
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def feed(self, chunk: bytes) -> None:
+        self.buffer += chunk
+        del self.buffer[:-_TAIL_BYTES]
+        try:
+            sys.stderr.write(self.decoder.decode(chunk))
+            sys.stderr.flush()
+        except (OSError, ValueError):  # our stderr is gone; keep collecting the tail
+            pass
+
+    def lines(self) -> list[str]:
+        text = _ANSI.sub("", self.buffer.decode("utf-8", errors="replace"))
+        lines = [line.rstrip() for line in re.split(r"[\r\n]+", text)]
+        return [line[:400] for line in lines if line.strip()][-TAIL_LINES:]
+
+
+def _read_available(fd: int, tail: _StderrTail) -> bool:
+    """Read what the pipe holds now; return False at end of file."""
+    try:
+        chunk = os.read(fd, 65536)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    if not chunk:
+        return False
+    tail.feed(chunk)
+    return True
+
+
+def _drain(fd: int, tail: _StderrTail) -> None:
+    """Read everything left in the pipe without blocking (a grandchild may hold it open)."""
+    os.set_blocking(fd, False)
+    while _read_available(fd, tail):
+        try:
+            if not wait([fd], timeout=0):
+                return
+        except OSError:
+            return
+
+
+def _kill_group(process: multiprocessing.process.BaseProcess, sig: int = signal.SIGKILL) -> None:
+    """Signal the child's process group (its helpers too); the child if it has none yet.
+
+    Called only while the child is unreaped (running or a zombie), so its pid, which
+    is the group id, cannot have been reused by an unrelated process.
+    """
+    pid = process.pid
+    if pid is None:
+        return
+    try:
+        if os.getpgid(pid) == pid:
+            os.killpg(pid, sig)
+            return
+    except (ProcessLookupError, PermissionError):
+        pass
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _signal_name(number: int) -> tuple[str, str]:
+    try:
+        name = signal.Signals(number).name
+    except ValueError:
+        name = f"signal {number}"
+    return name, signal.strsignal(number) or name
+
+
+_SIGNAL_HINTS = {
+    "SIGKILL": "killed from outside: most often the kernel's out-of-memory killer",
+    "SIGSEGV": "a crash in native code (the backend's runtime or an extension)",
+    "SIGBUS": "a crash in native code (bad memory access)",
+    "SIGILL": "the runtime used a CPU instruction this machine does not have",
+    "SIGABRT": "the runtime aborted (a failed assertion or an uncaught C++ exception)",
+    "SIGFPE": "a crash in native code (arithmetic fault)",
+}
+
+
+def _run_in_child(spec: RunSpec, plugins: Plugins, options: LauncherOptions, status: Callable[[str], None], started: float) -> dict[str, Any]:
+    from harness.runner import base_record
+
+    ctx = multiprocessing.get_context("spawn")
+    result_r, result_w = ctx.Pipe(duplex=False)
+    err_r, err_w = ctx.Pipe(duplex=False)
+    tty = bool(getattr(sys.stderr, "isatty", lambda: False)())
+    process = ctx.Process(
+        target=_child_main,
+        args=(spec, options.memory_limit_mb, result_w, err_w, os.getpid(), tty),
+        name=f"harness-run-{spec.backend_name}",
+        daemon=False,
+    )
+    record = base_record(spec, plugins)
+    info: dict[str, Any] = {"isolation": "process", "timeout_s": options.timeout_s, "memory_limit_mb": options.memory_limit_mb}
+    record["launcher"] = info
+    try:
+        _start(process)
+    except Exception as exc:  # e.g. a plugin's options type that cannot be pickled
+        record["reason"] = (
+            f"could not start the run process: {type(exc).__name__}: {' '.join(str(exc).split())[:300]} "
+            "(fix: launcher.isolation=inline, or define the plugin's options type at module level)"
+        )
+        return record
+    finally:
+        result_w.close()
+        err_w.close()
+    info["pid"] = process.pid
+
+    tail = _StderrTail()
+    err_fd = err_r.fileno()
+    os.set_blocking(err_fd, False)
+    watched: list[Any] = [result_r, process.sentinel, err_fd]
+    deadline = None if options.timeout_s is None else started + options.timeout_s
+    returned: dict[str, Any] | None = None
+    crash: dict[str, Any] | None = None
+    last_stage = "starting"
+    timed_out = False
+    try:
+        while True:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ready = wait(watched, timeout=remaining)
+            if not ready:
+                timed_out = True
+                break
+            if err_fd in ready and not _read_available(err_fd, tail):
+                watched.remove(err_fd)
+            if result_r in ready or process.sentinel in ready:
+                messages, closed = _messages(result_r)
+                if closed and result_r in watched:
+                    watched.remove(result_r)
+                for kind, payload in messages:
+                    if kind == "stage":
+                        last_stage = payload
+                    elif kind == "record":
+                        returned = payload
+                    else:
+                        crash = payload
+            if returned is not None or crash is not None or process.sentinel in ready:
+                break
+        if timed_out:
+            _dump_stacks(process, err_fd, tail)
+            _kill_group(process)
+        elif not wait([process.sentinel], timeout=_EXIT_GRACE_S):
+            _kill_group(process)  # it returned its record but hangs on the way out
+        _kill_group(process)  # helpers the run left behind (the child is exited but unreaped)
+        process.join()
+    except BaseException:  # Ctrl-C or the sweep being stopped: never leave a run behind
+        _kill_group(process)
+        process.join()
+        raise
+    finally:
+        _drain(err_fd, tail)
+        result_r.close()
+        err_r.close()
+
+    info["exitcode"] = process.exitcode
+    info["wall_s"] = round(time.monotonic() - started, 3)
+    if returned is not None:
+        returned["launcher"] = {**info, **returned.get("launcher", {})}
+        return returned
+
+    record.setdefault("error", {})["stderr_tail"] = tail.lines()
+    where = f" during: {last_stage}"
+    if timed_out:
+        record["status"] = "timeout"
+        record["reason"] = (
+            f"run exceeded launcher.timeout_s={options.timeout_s:g} s and was killed{where} "
+            "(fix: raise launcher.timeout_s, or see error.stderr_tail in the record for the stack where it hung)"
+        )
+    elif crash is not None:
+        record["reason"] = crash["reason"]
+        record["error"]["traceback"] = crash.get("traceback", [])
+    elif process.exitcode is not None and process.exitcode < 0:
+        name, description = _signal_name(-process.exitcode)
+        hint = _SIGNAL_HINTS.get(name, "the run process was killed")
+        info["signal"] = name
+        record["reason"] = (
+            f"run process died from {name} ({description}){where}: {hint} "
+            "(fix: see error.stderr_tail in the record; launcher.isolation=inline runs it in-process for a debugger)"
+        )
+    else:
+        record["reason"] = (
+            f"run process exited with code {process.exitcode} without returning a record{where} "
+            "(fix: see error.stderr_tail in the record; a plugin may have called exit())"
+        )
+    return record
+
+
+def _start(process: multiprocessing.process.BaseProcess) -> None:
+    """``process.start()``, even inside a joblib (loky) worker.
+
+    A loky worker's global start method is ``loky``, which spawn copies into the
+    child's preparation data and a plain interpreter cannot resolve; for the
+    duration of the start the global method is a standard one, then restored.
+    """
+    method = multiprocessing.get_start_method(allow_none=True)
+    if method is None or method in multiprocessing.get_all_start_methods():
+        process.start()
+        return
+    multiprocessing.set_start_method("spawn", force=True)
+    try:
+        process.start()
+    finally:
+        multiprocessing.set_start_method(method, force=True)
+
+
+def _messages(conn: Connection) -> tuple[list[tuple[str, Any]], bool]:
+    """Every message the child has sent so far, and whether its end is closed.
+
+    The child may send stage messages, then its record, then exit, all before we wake.
+    """
+    received = []
+    try:
+        while conn.poll(0):
+            received.append(conn.recv())
+    except (EOFError, OSError):
+        return received, True
+    return received, False
+
+
+def _dump_stacks(process: multiprocessing.process.BaseProcess, err_fd: int, tail: _StderrTail) -> None:
+    """Ask the hung child's faulthandler for every thread's stack, collected into the tail."""
+    if process.pid is None:
+        return
+    try:
+        os.kill(process.pid, signal.SIGUSR1)
+    except ProcessLookupError:
+        return
+    until = time.monotonic() + _DUMP_GRACE_S
+    received = False
+    while (left := until - time.monotonic()) > 0:
+        # once the dump has started, a short quiet spell means it is complete
+        if not wait([err_fd], timeout=min(left, 0.3) if received else left):
+            return
+        if not _read_available(err_fd, tail):
+            return
+        received = True
+
+
+# --- child side ----------------------------------------------------------------------------
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Linux: have the kernel SIGKILL this process when the parent dies (no orphan runs)."""
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            return
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def _child_progress(label: str, count: int, elapsed_s: float) -> None:
+    sys.stderr.write(f"\r  {label}: {count} calls, {elapsed_s:.1f} s ")
+    sys.stderr.flush()
+
+
+def _child_main(spec: RunSpec, memory_limit_mb: int | None, result: Connection, err: Connection, parent_pid: int, tty: bool) -> None:
+    """Entry point of the run process: execute ``spec`` and send its record to the parent."""
+    try:
+        os.setpgid(0, 0)  # our own group: a timeout kills us and our helpers, not the CLI
+    except OSError:
+        pass
+    _die_with_parent(parent_pid)
+    os.dup2(err.fileno(), 2)
+    err.close()
+    if tty:
+        os.environ.setdefault("FORCE_COLOR", "1")  # the parent's terminal shows our colours
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    faulthandler.enable(all_threads=True)
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
+    if memory_limit_mb:
+        limit = memory_limit_mb * 2**20
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    try:
+        from harness import ui
+        from harness.plugins import load_plugins
+        from harness.runner import execute
+
+        def stage(message: str) -> None:
+            ui.stage(message)
+            result.send(("stage", message))
+
+        record = execute(spec, load_plugins(), status=stage, progress=_child_progress if tty else None,
+                         on_stage=lambda message: result.send(("stage", message)))
+        if tty:
+            sys.stderr.write("\r\033[K")
+        result.send(("record", record))
+    except BaseException as exc:  # the runner catches run errors; this is bootstrap failing
+        reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:500]
+        result.send(("crash", {"reason": f"run process failed before a record: {reason}", "traceback": traceback.format_exc().splitlines()[-30:]}))
+    finally:
+        result.close()
+        sys.stderr.flush()

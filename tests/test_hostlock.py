@@ -1,0 +1,217 @@
+"""The host measurement lock: concurrent runs on one host never overlap their measurements.
+
+Real processes contend for a real ``flock`` here: each worker process takes the lock,
+"measures" (spins the CPU while recording its wall-clock window, as ``measure()`` does)
+and prints what it recorded. The tests assert the recorded windows, never durations.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from harness.errors import ConfigError
+from harness.hostlock import (
+    DEFAULT_DIR,
+    LockTimeout,
+    check_host_local,
+    filesystem_type,
+    lock_path,
+    measurement_lock,
+    windows_overlap,
+)
+
+# One worker: announce it is ready, wait for the go file, then `rounds` times: take the lock
+# (touching `waiting` if it has to wait), touch `held`, record the window of a busy
+# "measurement" lasting `hold_s` or until the `until` file exists, release. Prints one JSON
+# line per round. Flag files are "-" when unused.
+WORKER = r"""
+import json, os, sys, time
+from pathlib import Path
+from harness.hostlock import measurement_lock
+
+lock, go, hold_s, rounds, held, waiting, until = sys.argv[1:8]
+hold_s, rounds = float(hold_s), int(rounds)
+flag = lambda name: None if name == "-" else Path(name)
+held, waiting, until, go = flag(held), flag(waiting), flag(until), Path(go)
+(go.parent / f"ready-{os.getpid()}").touch()
+while not go.exists():
+    time.sleep(0.005)
+for _ in range(rounds):
+    with measurement_lock(lock, on_wait=lambda line: waiting and waiting.touch()) as lock_held:
+        if held:
+            held.touch()
+        start = time.time()
+        while (until and not until.exists() and time.time() - start < 60) or (not until and time.time() - start < hold_s):
+            pass                                   # a CPU-bound "measurement"
+        end = time.time()
+    print(json.dumps({"pid": os.getpid(), "start": start, "end": end, "lock": lock_held.as_record()}), flush=True)
+"""
+
+
+def _worker(
+    lock: Path, go: Path, hold_s: float = 0.0, rounds: int = 1,
+    held: Path | None = None, waiting: Path | None = None, until: Path | None = None,
+) -> subprocess.Popen[str]:
+    flags = [str(f) if f else "-" for f in (held, waiting, until)]
+    args = [sys.executable, "-c", WORKER, str(lock), str(go), str(hold_s), str(rounds), *flags]
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _results(proc: subprocess.Popen[str]) -> list[dict]:
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def _wait_for(path: Path, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.01)
+
+
+# --- where the lock lives --------------------------------------------------------------------
+
+
+def test_lock_path_prefers_argument_then_env_then_tmp(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("HARNESS_LOCK_DIR", raising=False)
+    assert lock_path() == Path(DEFAULT_DIR) / "measure.lock"
+    monkeypatch.setenv("HARNESS_LOCK_DIR", str(tmp_path))
+    assert lock_path() == tmp_path / "measure.lock"
+    assert lock_path(tmp_path / "x.lock") == tmp_path / "x.lock"
+
+
+MOUNTS = """\
+overlay / overlay rw 0 0
+tmpfs /tmp tmpfs rw 0 0
+fs1:/export/home /shared nfs4 rw 0 0
+/dev/sdb1 /shared/scratch ext4 rw 0 0
+"""
+
+
+def test_filesystem_type_takes_the_longest_mount_prefix() -> None:
+    assert filesystem_type("/tmp/harness-locks", MOUNTS) == "tmpfs"
+    assert filesystem_type("/shared/results", MOUNTS) == "nfs4"
+    assert filesystem_type("/shared/scratch/locks", MOUNTS) == "ext4"
+    assert filesystem_type("/sharedx", MOUNTS) == "overlay"  # a prefix of the name is not a parent
+
+
+def test_network_filesystem_is_a_config_error_naming_the_fix() -> None:
+    with pytest.raises(ConfigError) as err:
+        check_host_local("/shared/locks", MOUNTS)
+    line = err.value.one_line()
+    assert "nfs4" in line and "HARNESS_LOCK_DIR" in line
+    check_host_local("/tmp/harness-locks", MOUNTS)
+    check_host_local("/shared/scratch/locks", MOUNTS)
+
+
+# --- one process ---------------------------------------------------------------------------
+
+
+def test_free_lock_records_its_window_and_owner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    before = time.time()
+    with measurement_lock(tmp_path / "locks" / "measure.lock") as held:
+        assert held.acquired_at is not None and held.released_at is None
+        holder = json.loads((tmp_path / "locks" / "measure.lock").read_text())
+        assert holder["pid"] == os.getpid()
+    record = held.as_record()
+    assert record["enabled"] is True and record["holder_before"] is None
+    assert record["owner"]["pid"] == os.getpid() and record["owner"]["slurm_job_id"] == "4242"
+    assert before <= record["acquired_at"] <= record["released_at"] <= time.time()
+    assert record["waited_s"] >= 0
+    assert (tmp_path / "locks" / "measure.lock").read_text() == ""  # holder info cleared on release
+
+
+def test_disabled_lock_locks_nothing(tmp_path: Path) -> None:
+    with measurement_lock(tmp_path / "locks" / "measure.lock", enabled=False) as held:
+        pass
+    assert held.as_record()["enabled"] is False and held.acquired_at is None
+    assert not (tmp_path / "locks").exists()
+
+
+def test_lock_is_released_when_the_body_raises(tmp_path: Path) -> None:
+    lock = tmp_path / "measure.lock"
+    with pytest.raises(RuntimeError):
+        with measurement_lock(lock):
+            raise RuntimeError("the run failed")
+    with measurement_lock(lock, timeout_s=1.0) as held:
+        assert held.holder_before is None
+
+
+# --- several processes on one host -----------------------------------------------------------
+
+
+def test_second_process_waits_for_the_first_and_names_it(tmp_path: Path) -> None:
+    lock, go = tmp_path / "measure.lock", tmp_path / "go"
+    first_holds, second_waits = tmp_path / "first-holds", tmp_path / "second-waits"
+    go.touch()
+    first = _worker(lock, go, held=first_holds, until=second_waits)  # holds until the second waits
+    _wait_for(first_holds)
+    second = _worker(lock, go, hold_s=0.1, waiting=second_waits)
+    (a,), (b,) = _results(first), _results(second)
+    assert b["lock"]["holder_before"]["pid"] == a["pid"]
+    assert b["lock"]["waited_s"] > 0
+    assert b["lock"]["acquired_at"] >= a["lock"]["released_at"]
+    assert windows_overlap([(a["start"], a["end"]), (b["start"], b["end"])]) == []
+
+
+def test_concurrent_processes_never_overlap_their_measurements(tmp_path: Path) -> None:
+    lock, go = tmp_path / "measure.lock", tmp_path / "go"
+    workers = [_worker(lock, go, hold_s=0.1, rounds=3) for _ in range(4)]
+    deadline = time.monotonic() + 120
+    while len(list(tmp_path.glob("ready-*"))) < len(workers):  # every interpreter is up
+        assert time.monotonic() < deadline and all(w.poll() is None for w in workers), "a worker did not start"
+        time.sleep(0.01)
+    go.touch()
+    rounds = [r for w in workers for r in _results(w)]
+    assert len(rounds) == 12 and len({r["pid"] for r in rounds}) == 4
+    assert windows_overlap([(r["start"], r["end"]) for r in rounds]) == []
+    assert windows_overlap([(r["lock"]["acquired_at"], r["lock"]["released_at"]) for r in rounds]) == []
+    assert any(r["lock"]["waited_s"] > 0 for r in rounds)  # released together, they did contend
+
+
+def test_a_killed_holder_frees_the_host(tmp_path: Path) -> None:
+    lock, go, held_flag = tmp_path / "measure.lock", tmp_path / "go", tmp_path / "holds"
+    go.touch()
+    holder = _worker(lock, go, hold_s=600, held=held_flag)
+    _wait_for(held_flag)
+    holder.send_signal(signal.SIGKILL)
+    holder.wait(timeout=30)
+    with measurement_lock(lock, timeout_s=30) as held:
+        assert held.acquired_at is not None
+
+
+def test_waiting_past_the_timeout_is_a_timeout_naming_the_holder(tmp_path: Path) -> None:
+    lock, go, held_flag = tmp_path / "measure.lock", tmp_path / "go", tmp_path / "holds"
+    go.touch()
+    holder = _worker(lock, go, hold_s=600, held=held_flag)
+    try:
+        _wait_for(held_flag)
+        messages: list[str] = []
+        with pytest.raises(LockTimeout) as err:
+            with measurement_lock(lock, timeout_s=0.3, on_wait=messages.append):
+                pytest.fail("the lock was held by another process")
+        assert err.value.status == "timeout" and err.value.exit_code == 6
+        assert f"pid {holder.pid}" in err.value.one_line()
+        assert len(messages) == 1 and f"pid {holder.pid}" in messages[0]
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+
+
+# --- the overlap check itself ----------------------------------------------------------------
+
+
+def test_windows_overlap_finds_exactly_the_overlapping_pairs() -> None:
+    windows = [(0.0, 1.0), (1.0, 2.0), (1.5, 3.0), (5.0, 6.0), (0.2, 0.4)]
+    assert sorted(tuple(sorted(p)) for p in windows_overlap(windows)) == [(0, 4), (1, 2)]
+    assert windows_overlap([]) == [] and windows_overlap([(0.0, 1.0)]) == []

@@ -1,0 +1,203 @@
+"""-m sweeps: job keys, resuming an interrupted sweep, the summary, and concurrent jobs.
+
+The CLI tests use the fault-injection plugins (``tests/faultplugins``) with
+``+scenario=quick``, which measures a small matmul and builds no model.
+``++key=value`` sets keys whether or not the primary config declares them yet.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import BIN, records_in, run_cli
+
+from harness import records, sweep
+
+TESTS = Path(__file__).parent
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def fault_env() -> dict[str, str]:
+    return {
+        "HARNESS_PLUGINS": "faultplugins.faulty",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")])),
+    }
+
+
+# --- units -------------------------------------------------------------------------------------
+
+
+def test_job_key_ignores_where_results_go_and_launcher_limits():
+    config = {"backend": {"name": "onnxruntime"}, "scenario": {"batch_size": 8}, "results_dir": "a", "cache_dir": None}
+    moved = {**config, "results_dir": "b", "cache_dir": "/c", "overwrite": True, "launcher": {"timeout_s": 5}}
+    assert sweep.job_key(config) == sweep.job_key(moved)
+    assert sweep.job_key(config) != sweep.job_key({**config, "scenario": {"batch_size": 16}})
+    assert len(sweep.job_key(config)) == 20
+
+
+def test_find_done_wants_an_ok_record_with_the_same_key(tmp_path):
+    from test_records import make_record
+
+    key = sweep.job_key({"x": 1})
+    records.write(make_record(status="failed", reason="boom", job_key=key), tmp_path)
+    records.write(make_record(job_key=sweep.job_key({"x": 2})), tmp_path)
+    (tmp_path / "garbage.json").write_text("{not json")
+    assert sweep.find_done(tmp_path, key) is None
+    done = records.write(make_record(job_key=key), tmp_path)
+    assert sweep.find_done(tmp_path, key) == done
+    assert sweep.find_done(tmp_path / "missing", key) is None
+
+
+def test_counts_line_and_summary():
+    outcomes = [
+        sweep.Outcome(0, ["backend=a"], "ok", 0, skipped=True, backend="a", scenario="s", p50_ms=1.0),
+        sweep.Outcome(1, ["backend=b"], "ok", 0, backend="b", scenario="s", p50_ms=2.0),
+        sweep.Outcome(2, ["backend=c"], "failed", 1, backend="c", scenario="s", reason="died from SIGSEGV"),
+    ]
+    assert sweep.counts_line(outcomes) == "sweep: 3 jobs: 2 ok (1 skipped: ok record already there), 1 failed"
+    assert sweep.counts_line(outcomes, expected=4).endswith("1 ended without a result")
+    from rich.console import Console
+
+    console = Console(width=200, record=True)
+    console.print(sweep.summary_table(outcomes))
+    text = console.export_text()
+    assert "SIGSEGV" in text and "ok (skipped)" in text
+
+
+def test_ledger_round_trip(tmp_path, monkeypatch):
+    folder = sweep.new_ledger()
+    try:
+        sweep.report(sweep.Outcome(1, ["a=1"], "ok", 0))
+        sweep.report(sweep.Outcome(0, ["a=0"], "timeout", 6))
+        assert [(o.num, o.status) for o in sweep.read_ledger(folder)] == [(0, "timeout"), (1, "ok")]
+    finally:
+        monkeypatch.delenv(sweep.LEDGER_ENV)
+
+
+# --- the CLI -------------------------------------------------------------------------------------
+
+
+def test_sweep_exit_code_is_zero_only_when_every_job_is_ok(tmp_path, fault_env):
+    ok = run_cli("-m", "backend=numpy", "+scenario=quick", "scenario.size=8,16", cwd=tmp_path, env=fault_env)
+    assert ok.returncode == 0, ok.stderr
+    assert "sweep: 2 jobs: 2 ok" in ok.stdout and "sweep summary" in ok.stdout
+    mixed = run_cli("-m", "backend=numpy,raises", "+scenario=quick", "results_dir=mixed", cwd=tmp_path, env=fault_env)
+    assert mixed.returncode == 1
+    assert "sweep: 2 jobs: 1 ok, 1 failed" in mixed.stdout
+    assert sorted(r["status"] for r in records_in(tmp_path / "mixed")) == ["failed", "ok"]
+
+
+def test_rerunning_a_sweep_skips_ok_jobs_and_overwrite_forces(tmp_path, fault_env):
+    args = ["-m", "backend=numpy,raises", "+scenario=quick", "scenario.size=8,16"]
+    first = run_cli(*args, cwd=tmp_path, env=fault_env)
+    assert first.returncode == 1
+    assert len(records_in(tmp_path / "results")) == 4
+    second = run_cli(*args, cwd=tmp_path, env=fault_env)
+    assert second.returncode == 1
+    assert "2 ok (2 skipped: ok record already there), 2 failed" in second.stdout
+    recs = records_in(tmp_path / "results")
+    assert len(recs) == 6  # failed jobs ran again, ok ones did not
+    assert sorted(r["status"] for r in recs) == ["failed"] * 4 + ["ok"] * 2
+    forced = run_cli(*args, "++overwrite=true", cwd=tmp_path, env=fault_env)
+    assert "skipped" not in forced.stdout
+    assert len(records_in(tmp_path / "results")) == 10
+    # a single run (no -m) always measures again
+    assert run_cli("backend=numpy", "+scenario=quick", "scenario.size=8", cwd=tmp_path, env=fault_env).returncode == 0
+    assert len(records_in(tmp_path / "results")) == 11
+
+
+def _gone(pid: int, within_s: float = 10.0) -> bool:
+    """True once ``pid`` has exited (a zombie awaiting its reaper counts as exited)."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as handle:
+                if handle.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return True
+        except (FileNotFoundError, ProcessLookupError):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
+def test_killed_sweep_resumes_with_only_the_missing_jobs(tmp_path, fault_env, how):
+    """Job 1 hangs the first time; the sweep is killed there, then re-run to completion."""
+    marker = tmp_path / "flaky.pid"
+    args = ["-m", "backend=numpy,flaky,numpy", "+scenario=quick", f"++backend.marker={marker}", "scenario.size=8,16"]
+    # backend=numpy appears twice: the duplicate jobs are skipped as already done
+    proc = subprocess.Popen([str(BIN / "harness"), *args], cwd=tmp_path, env={**os.environ, **fault_env},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        assert marker.exists(), proc.communicate(timeout=10)
+        time.sleep(0.5)
+        before = records_in(tmp_path / "results")
+        assert [r["backend"]["name"] for r in before] == ["numpy", "numpy"]  # jobs 0 and 1 (sizes 8, 16)
+        proc.send_signal(how)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    hung_run = int(marker.read_text())
+    assert _gone(hung_run), "the hung run process outlived its sweep"
+    if how == signal.SIGINT:
+        assert proc.returncode == 130
+        assert "interrupted" in err and "run the same command again" in err
+    assert len(records_in(tmp_path / "results")) == 2  # nothing half-written, nothing lost
+    assert not list((tmp_path / "results").glob(".tmp-*"))
+
+    again = run_cli(*args, cwd=tmp_path, env=fault_env)
+    assert again.returncode == 0, again.stderr
+    assert "sweep: 6 jobs: 6 ok (4 skipped: ok record already there)" in again.stdout
+    recs = records_in(tmp_path / "results")
+    assert sorted(r["backend"]["name"] for r in recs) == ["flaky", "flaky", "numpy", "numpy"]
+    assert len({r["job_key"] for r in recs}) == 4
+
+
+def test_concurrent_jobs_leave_one_valid_record_each(tmp_path, fault_env):
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher", reason="hydra-joblib-launcher is not installed")
+    proc = run_cli("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=4", "backend=numpy,segfault",
+                   "+scenario=quick", "scenario.size=8,16,24,32", cwd=tmp_path, env=fault_env)
+    assert proc.returncode == 1, proc.stderr
+    recs = records_in(tmp_path / "results")
+    assert len(recs) == 8
+    for rec in recs:
+        records.validate(rec)
+    assert len({r["run_id"] for r in recs}) == 8
+    assert sorted(r["status"] for r in recs) == ["failed"] * 4 + ["ok"] * 4
+    assert "sweep: 8 jobs: 4 ok, 4 failed" in proc.stdout
+
+
+def _write_many(folder: str, count: int) -> None:
+    from test_records import make_record
+
+    for _ in range(count):
+        records.write(make_record(), folder)
+
+
+def test_many_processes_writing_at_once_leave_every_record_whole(tmp_path):
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    workers = [ctx.Process(target=_write_many, args=(str(tmp_path), 25)) for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+        assert worker.exitcode == 0
+    files = list(tmp_path.glob("*.json"))
+    assert len(files) == 100
+    for path in files:
+        records.validate(json.loads(path.read_text()))
+    assert not list(tmp_path.glob(".tmp-*"))
