@@ -93,3 +93,31 @@ def flops_per_sample(module: Any, batch: Mapping[str, np.ndarray]) -> float:
         module(**tensors)
     first = next(iter(tensors.values()))
     return counter.get_total_flops() / first.shape[0]
+
+
+def roofline_metrics(
+    module: Any,
+    batch: Mapping[str, np.ndarray],
+    samples_per_s: float,
+    precision: str,
+    device: str,
+    fingerprint: str,
+    cache_root: str | None = None,
+) -> dict[str, Any]:
+    """The record's ``roofline`` section and MFU: FLOPs/sample of the eager model, the
+    measured GEMM peak of (device kind, precision), and their ratio at ``samples_per_s``."""
+    kind = "cuda" if device.lower().startswith("cuda") else "cpu" if device.lower().startswith("cpu") else None
+    if kind is None or precision not in DTYPES:
+        return {"mfu": None, "roofline": {"reason": f"no GEMM peak for device '{device}' at {precision}"}}
+    per_sample = flops_per_sample(module, batch)
+    peak = peak_flops(precision, device if kind == "cuda" else "cpu", fingerprint, cache_root)
+    return {
+        "mfu": mfu(per_sample, samples_per_s, peak["flops_per_s"]),
+        "roofline": {
+            "flops_per_sample": per_sample,
+            "achieved_flops_per_s": per_sample * samples_per_s,
+            "peak_flops_per_s": peak["flops_per_s"],
+            "peak_precision": precision,
+            "peak_method": peak["method"],
+        },
+    }

@@ -12,6 +12,7 @@ the session's ``run_many``) -> accuracy on the eval split beside the fp32 refere
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+import os
 from typing import Any, Optional
 
 import numpy as np
@@ -25,11 +26,13 @@ from harness.config import choice, require
 from harness.errors import Mismatch
 from harness.export import eager_outputs
 from harness.hookspecs import hookimpl
+from harness.loadgen import server_metrics
 from harness.measure import MeasurePlan, measure
+from harness.roofline import roofline_metrics
 from harness.scenario import RunContext, Scenario, ScenarioResult
 
 PRECISIONS = ("fp32", "tf32", "fp16", "bf16", "int8")
-LOADS = ("single_stream", "offline")
+LOADS = ("single_stream", "offline", "server")
 
 
 @dataclass
@@ -51,11 +54,34 @@ class AccuracyOptions:
 
 
 @dataclass
+class ServerOptions:
+    """``scenario.server.*``: the MLPerf-style server load (``scenario.load=server``).
+
+    Poisson arrivals at ``qps`` (null: half the single-stream capacity), VALID when the
+    p99 latency stays within ``latency_bound_ms``; ``search`` bisects for the highest
+    valid QPS.
+    """
+
+    qps: Optional[float] = None
+    latency_bound_ms: float = 100.0
+    queries: int = 500
+    search: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        require(self.qps is None or self.qps > 0, "server.qps", f"must be > 0 or null, got {self.qps}")
+        require(self.latency_bound_ms > 0, "server.latency_bound_ms", f"must be > 0, got {self.latency_bound_ms}")
+        require(self.queries >= 10, "server.queries", f"must be >= 10, got {self.queries}")
+
+
+@dataclass
 class InferenceOptions:
     """``scenario.*`` keys of ``kind: inference``.
 
     ``load``: ``single_stream`` times one call at a time; ``offline`` also measures
-    throughput with as many calls in flight as the session sustains (``run_many``).
+    throughput with as many calls in flight as the session sustains (``run_many``);
+    ``server`` also serves Poisson arrivals (see :class:`ServerOptions`). ``mfu`` adds
+    the measured GEMM peak and model FLOPs utilisation.
     """
 
     precision: str = "fp32"
@@ -67,6 +93,8 @@ class InferenceOptions:
     max_duration_s: float = 60.0
     keep_samples: bool = True
     load: str = "single_stream"
+    server: ServerOptions = field(default_factory=ServerOptions)
+    mfu: bool = True
     quantization: QuantizationOptions = field(default_factory=QuantizationOptions)
     pruning: PruningOptions = field(default_factory=PruningOptions)
     accuracy: AccuracyOptions = field(default_factory=AccuracyOptions)
@@ -98,7 +126,7 @@ def latency_metrics(samples_ms: list[float], batch_size: int, seq_len: int | Non
             "samples_per_s": per_s,
             "tokens_per_s": stats.tokens_per_second(per_s, seq_len) if seq_len else None,
         },
-        "noise": {"cv": stats.coefficient_of_variation(samples_ms)},
+        "noise": stats.noise_report(samples_ms),
     }
 
 
@@ -145,8 +173,16 @@ class InferenceScenario(Scenario):
         measurement = measure(session, inputs, plan, progress)
         metrics.update(latency_metrics(measurement.samples_ms, opts.batch_size, seq_len, opts.keep_samples))
         metrics["window"] = {"start": measurement.started_at, "end": measurement.ended_at}
+        if metrics["noise"]["noisy"]:
+            ctx.status(f"warning: noisy run: latency CV {metrics['noise']['cv']:.2f} > {metrics['noise']['cv_threshold']:.2f}")
         if opts.load == "offline":
             self._offline(ctx, session, inputs, metrics, seq_len)
+        if opts.load == "server":
+            ctx.status(f"server: {opts.server.queries} Poisson arrivals, p99 bound {opts.server.latency_bound_ms:g} ms")
+            capacity = 1000.0 / metrics["latency_ms"]["p50"]
+            metrics["server"] = server_metrics(lambda: session.run(inputs), opts.server, capacity)
+        if opts.mfu:
+            metrics.update(self._roofline(ctx, model, batch, metrics["throughput"]["samples_per_s"], session.device))
         memory = session.memory()
         if memory:
             metrics["memory_mib"] = memory
@@ -194,6 +230,14 @@ class InferenceScenario(Scenario):
                 "the backend's result is wrong at this precision; report it to the backend's maintainers",
             )
         return {"max_abs_diff": diff, "tolerance": tolerance}
+
+    def _roofline(self, ctx: RunContext, model: Any, batch: Any, samples_per_s: float, device: str) -> dict[str, Any]:
+        """MFU against this host's measured GEMM peak at the run's precision (cached per host)."""
+        from harness import hardware
+
+        fingerprint = hardware.fingerprint(hardware.cpu_model(), os.cpu_count() or 1, ctx.backend.device_info())
+        ctx.status("roofline: FLOPs per sample and this host's measured GEMM peak (cached)")
+        return roofline_metrics(model.module, batch, samples_per_s, self.options.precision, device, fingerprint, ctx.cache_root)
 
     def _offline(self, ctx: RunContext, session: Any, inputs: Any, metrics: dict[str, Any], seq_len: int | None) -> None:
         """Offline throughput with the session's in-flight calls; single-stream figures kept beside it."""

@@ -1,0 +1,77 @@
+"""Fidelity of harness numbers against bare loops and vendor tools, in one run.
+
+Run: ``.venv/bin/python benchmarks/fidelity.py [--quick]``. Prints one Markdown table:
+
+- overhead: harness p50 (real CLI, default process isolation) / p50 of a bare loop over an
+  identical ONNX Runtime session, on bert_tiny and bert_base (target <= 1.02); this is
+  also the "harness ORT latency vs an equivalent bare ORT loop" row;
+- OpenVINO: harness offline throughput / ``benchmark_app -hint throughput`` on the same
+  ONNX and precision (target >= 1.00);
+- MFU: the best fp32 path on bert_base against this host's measured fp32 GEMM peak
+  (target >= 0.80).
+
+Ratios only, measured side by side; speed is never asserted in tests/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import compression  # noqa: E402  (benchmarks/compression.py)
+import overhead  # noqa: E402  (benchmarks/overhead.py)
+
+
+def overhead_row(model: str, rounds: int, iterations: int, results: Path) -> tuple[float, dict]:
+    args = argparse.Namespace(model=model, backend="onnxruntime", batch_size=8, seq_len=128, rounds=rounds,
+                              iterations=iterations, warmup=max(3, iterations // 10))
+    session, inputs = overhead.bare_session(args)
+    bare, harness = [], []
+    for _ in range(rounds):
+        bare.extend(overhead.bare_loop(session, inputs, args.warmup, iterations))
+        harness.extend(overhead.harness_round(args, results))
+    record = compression.harness_run(
+        [*overhead.overrides(args), f"scenario.min_iters={iterations}", "scenario.min_duration_s=0"], results
+    )
+    return statistics.median(harness) / statistics.median(bare), record
+
+
+def openvino_row(model: str, seconds: int, results: Path) -> float:
+    record = compression.harness_run(
+        ["+scenario=bert_fp32", "backend=openvino", f"model={model}", "scenario.load=offline",
+         f"scenario.min_duration_s={seconds}", "++scenario.accuracy.enabled=false", "scenario.mfu=false"], results
+    )
+    app = compression.benchmark_app(compression.source_file(record), 8, 128, "f32", seconds)
+    return record["metrics"]["throughput"]["samples_per_s"] / app["samples_per_s"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="bert_tiny only, few rounds (a smoke run)")
+    args = parser.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        results = Path(tmp)
+        ratio, _ = overhead_row("bert_tiny", 2 if args.quick else 6, 100 if args.quick else 300, results)
+        rows.append(("overhead p50, bert_tiny, ORT (isolation on)", ratio, "<= 1.02", ratio <= 1.02))
+        if not args.quick:
+            ratio, record = overhead_row("bert_base", 2, 20, results)
+            rows.append(("overhead p50, bert_base, ORT (isolation on)", ratio, "<= 1.02", ratio <= 1.02))
+            mfu = record["metrics"].get("mfu")
+            rows.append(("MFU, bert_base fp32, ORT vs measured fp32 GEMM peak", mfu, ">= 0.80", mfu is not None and mfu >= 0.80))
+        model = "bert_tiny" if args.quick else "bert_base"
+        ratio = openvino_row(model, 5 if args.quick else 15, results)
+        rows.append((f"OpenVINO offline / benchmark_app, {model} fp32", ratio, ">= 1.00", ratio >= 1.0))
+    print("| check | ratio | target | met |")
+    print("|---|---|---|---|")
+    for name, value, target, met in rows:
+        print(f"| {name} | {value:.3f} | {target} | {'yes' if met else 'no'} |")
+
+
+if __name__ == "__main__":
+    main()
