@@ -49,3 +49,9 @@ def test_measured_peak_is_positive_and_cached(precision, tmp_path, monkeypatch):
     second = roofline.peak_flops(precision, "cpu", "fp-test", str(tmp_path))
     assert first == second and first["flops_per_s"] > 0
     assert calls == [precision]
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_onnxruntime_gemm_rate_counts_flops(precision):
+    rate = roofline._ort_gemm_rate(precision, 64, 0.02)
+    assert rate > 0
