@@ -7,8 +7,8 @@ Run: ``.venv/bin/python benchmarks/fidelity.py [--quick]``. Prints one Markdown 
   also the "harness ORT latency vs an equivalent bare ORT loop" row;
 - OpenVINO: harness offline throughput / ``benchmark_app -hint throughput`` on the same
   ONNX and precision (target >= 1.00);
-- MFU: the best fp32 path on bert_base against this host's measured fp32 GEMM peak
-  (target >= 0.80).
+- MFU: each fp32 path on bert_base (ORT single-stream, OpenVINO offline) against this
+  host's measured fp32 GEMM peak; the target (>= 0.80) is for the best path.
 
 Ratios only, measured side by side; speed is never asserted in tests/.
 """
@@ -41,13 +41,13 @@ def overhead_row(model: str, rounds: int, iterations: int, results: Path) -> tup
     return statistics.median(harness) / statistics.median(bare), record
 
 
-def openvino_row(model: str, seconds: int, results: Path) -> float:
+def openvino_row(model: str, seconds: int, results: Path) -> tuple[float, dict]:
     record = compression.harness_run(
         ["+scenario=bert_fp32", "backend=openvino", f"model={model}", "scenario.load=offline",
-         f"scenario.min_duration_s={seconds}", "++scenario.accuracy.enabled=false", "scenario.mfu=false"], results
+         f"scenario.min_duration_s={seconds}", "++scenario.accuracy.enabled=false"], results
     )
     app = compression.benchmark_app(compression.source_file(record), 8, 128, "f32", seconds)
-    return record["metrics"]["throughput"]["samples_per_s"] / app["samples_per_s"]
+    return record["metrics"]["throughput"]["samples_per_s"] / app["samples_per_s"], record
 
 
 def main() -> None:
@@ -59,14 +59,17 @@ def main() -> None:
         results = Path(tmp)
         ratio, _ = overhead_row("bert_tiny", 2 if args.quick else 6, 100 if args.quick else 300, results)
         rows.append(("overhead p50, bert_tiny, ORT (isolation on)", ratio, "<= 1.02", ratio <= 1.02))
+        fp32_paths = {}
         if not args.quick:
-            ratio, record = overhead_row("bert_base", 2, 20, results)
+            ratio, fp32_paths["onnxruntime single_stream"] = overhead_row("bert_base", 2, 20, results)
             rows.append(("overhead p50, bert_base, ORT (isolation on)", ratio, "<= 1.02", ratio <= 1.02))
-            mfu = record["metrics"].get("mfu")
-            rows.append(("MFU, bert_base fp32, ORT vs measured fp32 GEMM peak", mfu, ">= 0.80", mfu is not None and mfu >= 0.80))
         model = "bert_tiny" if args.quick else "bert_base"
-        ratio = openvino_row(model, 5 if args.quick else 15, results)
+        ratio, fp32_paths["openvino offline"] = openvino_row(model, 5 if args.quick else 15, results)
         rows.append((f"OpenVINO offline / benchmark_app, {model} fp32", ratio, ">= 1.00", ratio >= 1.0))
+        if not args.quick:
+            for path, record in fp32_paths.items():
+                mfu = record["metrics"].get("mfu") or 0.0
+                rows.append((f"MFU, bert_base fp32, {path} vs measured fp32 GEMM peak", mfu, ">= 0.80 (best path)", mfu >= 0.80))
     print("| check | ratio | target | met |")
     print("|---|---|---|---|")
     for name, value, target, met in rows:
