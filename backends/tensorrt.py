@@ -41,7 +41,7 @@ import numpy as np
 
 from harness import cache
 from harness.backend import Artifact, Availability, Backend, Batch, Capabilities, Session
-from harness.errors import ConfigError, HarnessError, Unavailable, Unsupported
+from harness.errors import ConfigError, HarnessError, Unavailable, Unsupported, exception_line
 from harness.hookspecs import hookimpl
 from harness.timing import CudaEventTimer
 from harness.hardware import cuda_device_info
@@ -293,10 +293,6 @@ def probe_reason(trt_version: str | None, cuda_devices: int, device_index: int =
     if device_index >= cuda_devices:
         return f"cuda:{device_index} not visible ({cuda_devices} CUDA device(s); set backend.device_index)"
     return None
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(f"{type(exc).__name__}: {exc}".split())
 
 
 # --- precision planning --------------------------------------------------------------
@@ -785,13 +781,13 @@ class TensorRTBackend(Backend):
         try:
             version = installed_tensorrt_version()
         except Exception as exc:
-            return Availability(False, f"tensorrt failed to import ({_one_line(exc)})")
+            return Availability(False, f"tensorrt failed to import ({exception_line(exc)})")
         if version is None or check_version(version):
             return Availability(False, probe_reason(version, 0) or "", versions={"tensorrt": version or "missing"})
         try:
             count = cuda_device_count()
         except Exception as exc:
-            return Availability(False, f"CUDA check failed ({_one_line(exc)})", versions={"tensorrt": version})
+            return Availability(False, f"CUDA check failed ({exception_line(exc)})", versions={"tensorrt": version})
         reason = probe_reason(version, count, options.device_index)
         versions = {"tensorrt": version}
         if reason:

@@ -43,7 +43,7 @@ import numpy as np
 
 from harness.backend import Artifact, Availability, Backend, Capabilities, Session, TrainingSession
 from harness.config import choice
-from harness.errors import Unsupported
+from harness.errors import Unsupported, exception_line
 from harness.hookspecs import hookimpl
 from harness.timing import WallClockTimer
 
@@ -216,10 +216,6 @@ def _tpu_facts(torch_xla: Any) -> tuple[bool, int]:
         return True, int(tpu.num_available_chips())
     except Exception:  # no PCI view (containers): treat as no chip, the reason says so
         return True, 0
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
 
 
 def _autocast(precision: str) -> Any:
@@ -414,7 +410,7 @@ class TorchXLABackend(Backend):
         try:
             torch_xla = import_torch_xla()
         except Exception as exc:
-            return Availability(False, f"torch_xla failed to import ({_one_line(exc)})", versions=versions)
+            return Availability(False, f"torch_xla failed to import ({exception_line(exc, 300)})", versions=versions)
         libtpu, chips = _tpu_facts(torch_xla)
         pjrt, reason = resolve_pjrt_device(options.device, env_value, libtpu, chips)
         if pjrt is None:
@@ -425,7 +421,7 @@ class TorchXLABackend(Backend):
             xr.set_device_type(pjrt)
             devices = tuple(torch_xla.real_devices())
         except Exception as exc:
-            return Availability(False, f"PJRT runtime for {pjrt} did not start ({_one_line(exc)})", versions=versions)
+            return Availability(False, f"PJRT runtime for {pjrt} did not start ({exception_line(exc, 300)})", versions=versions)
         return Availability(True, devices=devices, versions=versions)
 
     def capabilities(self) -> Capabilities:

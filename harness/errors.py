@@ -27,6 +27,13 @@ class HarnessError(Exception):
         return " ".join(text.split())
 
 
+def exception_line(exc: BaseException, limit: int | None = None) -> str:
+    """``Type: message`` of any exception on one line (whitespace collapsed), for warnings
+    and probe reasons that must stay one line; ``limit`` caps its length."""
+    text = " ".join(f"{type(exc).__name__}: {exc}".split())
+    return text if limit is None else text[:limit]
+
+
 class ConfigError(HarnessError):
     """The configuration names something that does not exist or has a bad value."""
 

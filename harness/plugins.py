@@ -22,6 +22,7 @@ from typing import Any, Iterable
 import pluggy
 
 from harness import hookspecs
+from harness.errors import exception_line
 from harness.registry import PluginInfo, Registry
 
 ENTRY_POINT_GROUP = "harness"
@@ -57,11 +58,6 @@ class Plugins:
         for result in self.hook.harness_config_searchpath():
             entries.extend(result or [])
         return entries
-
-
-def _one_line(exc: BaseException) -> str:
-    text = f"{type(exc).__name__}: {exc}".strip()
-    return " ".join(text.split())
 
 
 def _api_problem(module: Any) -> str | None:
@@ -106,7 +102,7 @@ def load_plugins(extra: Iterable[tuple[str, Any]] = ()) -> Plugins:
         try:
             module = loader()
         except Exception as exc:  # a broken plugin must not stop the others
-            plugins.problems.append(PluginProblem(name, f"import failed: {_one_line(exc)}"))
+            plugins.problems.append(PluginProblem(name, f"import failed: {exception_line(exc)}"))
             continue
         candidates.append((PluginInfo(name, package, version), module))
     for name, module in extra:
@@ -125,7 +121,7 @@ def load_plugins(extra: Iterable[tuple[str, Any]] = ()) -> Plugins:
         except pluggy.PluginValidationError as exc:
             if manager.is_registered(module):
                 manager.unregister(module)
-            plugins.problems.append(PluginProblem(info.name, _one_line(exc)))
+            plugins.problems.append(PluginProblem(info.name, exception_line(exc)))
             continue
         plugins.infos.append(info)
 
@@ -137,7 +133,7 @@ def load_plugins(extra: Iterable[tuple[str, Any]] = ()) -> Plugins:
             for hook in ("harness_register_backends", "harness_register_scenarios"):
                 manager.subset_hook_caller(hook, remove_plugins=others)(registry=plugins.registry)
         except Exception as exc:
-            plugins.problems.append(PluginProblem(info.name, f"registration failed: {_one_line(exc)}"))
+            plugins.problems.append(PluginProblem(info.name, f"registration failed: {exception_line(exc)}"))
         finally:
             plugins.registry._current = None
     return plugins
