@@ -389,6 +389,10 @@ def _run_job(cfg: Any, multirun: bool, num: int, overrides: list[str]) -> int:
              + (f" [{' '.join(overrides)}]" if multirun else ""))
     record = launch(spec, plugins, options, status=ui.stage, progress=ui.progress)
     ui.end_progress()
+    recorded_by = record.pop("recorded_by", None)
+    if recorded_by and record["status"] == "ok":  # node 0's job reports this run, to the sweep too
+        ui.stage(f"{prefix}done: this node's ranks finished; {recorded_by} writes the record")
+        return 0
     record["job_key"] = key
     if multirun:
         record["job"] = {"num": num, "overrides": overrides}

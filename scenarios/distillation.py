@@ -82,7 +82,7 @@ class DistillationScenario(Scenario):
         spec, backend = ctx.spec, ctx.backend
         require_training(ctx, opts.precision)
         if opts.distributed.world_size > 1:
-            raise Unsupported("distillation runs in one process", "drop scenario.distributed.nproc_per_node")
+            raise Unsupported("distillation runs in one process", "drop scenario.distributed.nproc_per_node and nnodes")
 
         teacher = ctx.load_model(opts.teacher)
         data = ctx.load_data(opts.seq_len, teacher.tokenizer)

@@ -2,8 +2,8 @@
 
 Flow: check the backend declares training -> (one process) build model and data,
 ``backend.prepare_training`` -> timed optimizer steps with evaluations -> checkpoint
-into the artifact cache; or (``distributed.nproc_per_node > 1``) the same run on every
-rank of a torchrun launch, rank 0 reporting. The record carries train samples/s and
+into the artifact cache; or (``distributed.world_size > 1``) the same run on every
+rank of a torchrun launch, rank 0 reporting; across nodes only node 0 writes a record. The record carries train samples/s and
 tokens/s without the warm-up steps, step-latency percentiles, the loss and eval
 curves (TensorBoard event files beside the records), time to the target accuracy,
 the final accuracy, peak memory and the checkpoint path; a data-parallel run adds its
@@ -124,9 +124,6 @@ class TrainingScenario(Scenario):
             raise ConfigError("model.checkpoint is for inference runs; training starts from model.path or the config",
                               "use model.path=<folder> to fine-tune a saved checkpoint")
         dist = opts.distributed
-        if dist.nnodes > 1:
-            raise Unsupported("multi-node training (scenario.distributed.nnodes > 1) is not wired yet: "
-                              "only node 0 would report", "train on one node with nproc_per_node")
         board = str(tensorboard_folder(spec.results_dir, spec.scenario_name, spec.backend_name))
         if dist.world_size > 1:
             from harness.training.ddp import launch
@@ -140,6 +137,9 @@ class TrainingScenario(Scenario):
                 "tensorboard_dir": board,
             }
             result = launch(job, dist, ctx.status)
+            if result is None:  # a node other than node 0: its ranks are done, node 0 records the run
+                return ScenarioResult(precision=opts.precision, metrics={}, batch_size=opts.batch_size,
+                                      recorded_by=f"node 0 of {dist.nnodes} (rendezvous {dist.rdzv_endpoint})")
         else:
             ctx.status(f"training {spec.model.name} on {spec.dataset.name} with {ctx.backend.name} "
                        f"({opts.optimizer}, lr {opts.lr:g}, {opts.precision})")

@@ -146,13 +146,6 @@ def test_srun_runs_a_single_harness_job(cluster: Cluster, tmp_path: Path) -> Non
     assert record["status"] == "ok" and record["hardware"]["hostname"].split(".")[0] in cluster.nodes
 
 
-#: Rendezvous settings read from the Slurm job's environment when the job runs; harness_slurm's
-#: setup lines export MASTER_ADDR (node 0 of the allocation) and MASTER_PORT (per job).
-RENDEZVOUS_FROM_SLURM = [
-    "scenario.distributed.nnodes='${oc.decode:${oc.env:SLURM_NNODES,1}}'",
-    "scenario.distributed.node_rank='${oc.decode:${oc.env:SLURM_NODEID,0}}'",
-    "scenario.distributed.rdzv_endpoint='${oc.env:MASTER_ADDR,localhost}:${oc.env:MASTER_PORT,29500}'",
-]
 TINY_TRAINING = [
     "+scenario=bert_train", "backend=pytorch", "model=bert_tiny", "scenario.max_steps=8", "scenario.eval_interval=0",
     "scenario.log_interval=2", "scenario.warmup_steps_excluded=2", "scenario.target_accuracy=null", "scenario.batch_size=16",
@@ -160,14 +153,17 @@ TINY_TRAINING = [
 
 
 @pytest.mark.slurm
-def test_ddp_training_through_slurm_takes_its_rendezvous_from_the_job(cluster: Cluster, tmp_path: Path) -> None:
-    """torchrun with explicit rendezvous settings (not --standalone), 2 ranks, inside a Slurm job."""
+def test_multi_node_training_through_harness_slurm_takes_its_rendezvous_from_the_job(cluster: Cluster, tmp_path: Path) -> None:
+    """Hydra's submitit launcher with 2 tasks (as 2 nodes, one harness each) and ``+distributed=slurm``.
+
+    One CI node holds both tasks, so the host lock is off here (see the srun test below).
+    """
     results = tmp_path / "results"
     proc = run_cli(
         "-m", "hydra/launcher=harness_slurm", f"hydra.launcher.partition={cluster.partition}",
-        "hydra.launcher.cpus_per_task=2", "hydra.launcher.mem_gb=4", "hydra.launcher.timeout_min=15",
-        *TINY_TRAINING, "scenario.distributed.nproc_per_node=2", *RENDEZVOUS_FROM_SLURM, f"results_dir={results}",
-        cwd=tmp_path, env={"HARNESS_LOCK_DIR": str(tmp_path / "locks")}, timeout=1200,
+        "hydra.launcher.tasks_per_node=2", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=2",
+        "hydra.launcher.timeout_min=15", *TINY_TRAINING, "+distributed=slurm", "launcher.host_lock=false",
+        f"results_dir={results}", cwd=tmp_path, timeout=1200,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     (record,) = records_in(results)
@@ -175,10 +171,36 @@ def test_ddp_training_through_slurm_takes_its_rendezvous_from_the_job(cluster: C
     assert record["metrics"]["training"]["world_size"] == 2
     dist = record["config"]["scenario"]["distributed"]
     host, port = dist["rdzv_endpoint"].rsplit(":", 1)
-    assert (dist["nnodes"], dist["node_rank"]) == (1, 0)
-    assert host in cluster.nodes and 20000 <= int(port) < 40000  # MASTER_ADDR/MASTER_PORT from the job
+    assert (dist["nnodes"], dist["node_rank"]) == (2, 0)
+    assert host in cluster.nodes and 20000 <= int(port) < 40000  # node 0 of the job, port from the job id
+    assert "1 job: 1 ok" in proc.stdout + proc.stderr  # node 1 finished without a second outcome
     script = next(results.glob(".multirun/*/.submitit/*/*_submission.sh")).read_text()
-    assert "#SBATCH --exclusive" in script
+    assert "#SBATCH --exclusive" in script and "#SBATCH --ntasks-per-node=2" in script
+
+
+@pytest.mark.slurm
+def test_multi_node_training_under_srun_writes_one_record_from_node_0(cluster: Cluster, tmp_path: Path) -> None:
+    """``srun -n2 harness ... +distributed=slurm``: two tasks as two nodes of one world.
+
+    The CI cluster has one node, so both "nodes" share a host; each task gets its own lock
+    folder, as two hosts would have (one lock folder would make node 1 wait for node 0's
+    lock while node 0 waits for node 1 at the rendezvous).
+    """
+    results = tmp_path / "results"
+    harness = " ".join([str(BIN / "harness"), *TINY_TRAINING, "+distributed=slurm", f"results_dir={results}",
+                        "scenario.distributed.timeout_s=600"])
+    command = [
+        "srun", "-N1", "-n2", "-c1", f"--partition={cluster.partition}", "--time=15", "--label",
+        "bash", "-c", f'HARNESS_LOCK_DIR="{tmp_path}/locks-$SLURM_PROCID" exec {harness}',
+    ]
+    proc = subprocess.run(command, cwd=tmp_path, env=dict(os.environ), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (record,) = records_in(results)
+    assert record["status"] == "ok", record["reason"]
+    assert record["metrics"]["training"]["world_size"] == 2
+    dist = record["config"]["scenario"]["distributed"]
+    assert (dist["nnodes"], dist["node_rank"]) == (2, 0)
+    assert "1: · done: this node's ranks finished; node 0 of 2" in proc.stderr + proc.stdout
 
 
 # --- no cluster needed: the launcher presets compose ------------------------------------------

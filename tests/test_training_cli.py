@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -79,6 +80,50 @@ def test_ddp_without_a_baseline_says_why(tmp_path):
     training = rec["metrics"]["training"]
     assert training["world_size"] == 2 and training["scaling_efficiency"] is None
     assert "nproc_per_node=1" in training["scaling_reason"]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_nodes_train_as_one_world_and_node_0_writes_the_record(tmp_path):
+    """Two ``harness`` processes as two nodes of one run (each its own host lock, as on two hosts)."""
+    import subprocess
+
+    from conftest import BIN
+
+    common = ["+scenario=bert_train", "backend=pytorch", *TINY, "scenario.epochs=0", "scenario.max_steps=4",
+              "scenario.distributed.nnodes=2", f"scenario.distributed.rdzv_endpoint=127.0.0.1:{_free_port()}",
+              "scenario.distributed.timeout_s=240", f"results_dir={tmp_path / 'results'}"]
+    node1 = subprocess.Popen([str(BIN / "harness"), *common, "scenario.distributed.node_rank=1"], cwd=tmp_path,
+                             env={**os.environ, "HARNESS_LOCK_DIR": str(tmp_path / "lock1")},
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        node0 = run_cli(*common, "scenario.distributed.node_rank=0", cwd=tmp_path,
+                        env={"HARNESS_LOCK_DIR": str(tmp_path / "lock0")}, timeout=300)
+        out1, err1 = node1.communicate(timeout=120)
+    finally:
+        node1.kill()
+    assert node0.returncode == 0, node0.stderr[-3000:]
+    assert node1.returncode == 0, err1[-3000:]
+    assert "node 0 of 2" in err1 and "writes the record" in err1 and "record:" not in out1
+    (rec,) = records_in(tmp_path / "results")
+    assert rec["status"] == "ok" and rec["metrics"]["training"]["world_size"] == 2
+    assert rec["metrics"]["training"]["samples_per_step"] == 64  # 32 per rank x 2 nodes
+    assert (rec["config"]["scenario"]["distributed"]["nnodes"], rec["config"]["scenario"]["distributed"]["node_rank"]) == (2, 0)
+
+
+def test_node_0_whose_peers_never_come_times_out_with_a_record(tmp_path):
+    proc = run_cli("+scenario=bert_train", "backend=pytorch", *TINY, "scenario.epochs=0", "scenario.max_steps=2",
+                   "scenario.distributed.nnodes=2", f"scenario.distributed.rdzv_endpoint=127.0.0.1:{_free_port()}",
+                   "scenario.distributed.timeout_s=10", cwd=tmp_path, timeout=300)
+    assert proc.returncode != 0
+    (rec,) = records_in(tmp_path / "results")
+    assert rec["status"] == "timeout" and "scenario.distributed.timeout_s=10" in rec["reason"]
 
 
 def test_onnxruntime_cannot_train(tmp_path):

@@ -4,6 +4,8 @@ without warm-up, time to target, scaling efficiency, loss curve points, batching
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -183,6 +185,9 @@ def test_epochs_reshuffle_deterministically():
     ({"target_accuracy": 2}, "scenario.target_accuracy"),
     ({"distributed": {"nproc_per_node": 0}}, "scenario.distributed.nproc_per_node"),
     ({"distributed": {"nnodes": 2}}, "scenario.distributed.rdzv_endpoint"),
+    ({"distributed": {"nnodes": 2, "rdzv_endpoint": "head"}}, "scenario.distributed.rdzv_endpoint"),
+    ({"distributed": {"nnodes": 2, "rdzv_endpoint": "head:http"}}, "scenario.distributed.rdzv_endpoint"),
+    ({"distributed": {"nnodes": 2, "node_rank": 2, "rdzv_endpoint": "head:29500"}}, "scenario.distributed.node_rank"),
 ])
 def test_bad_options_name_the_key(node, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
@@ -206,6 +211,59 @@ def test_torchrun_command_one_node_is_standalone(tmp_path):
     multi = torchrun_command(tmp_path / "job.json", DistributedOptions(nproc_per_node=4, nnodes=2, node_rank=1,
                                                                        rdzv_endpoint="head:29500"))
     assert {"--nnodes=2", "--node_rank=1", "--rdzv_endpoint=head:29500"} <= set(multi) and "--standalone" not in multi
+    # static rendezvous: torchrun honours --node_rank, so global rank 0 is on node 0 (c10d would ignore it)
+    assert "--rdzv_backend=static" in multi
+
+
+# --- Slurm rendezvous (+distributed=slurm) ------------------------------------------------
+
+def _fake_scontrol(folder: Path, hosts: str) -> dict[str, str]:
+    """A ``scontrol`` that expands any node list to ``hosts``: the unit under test is our use of it."""
+    script = folder / "scontrol"
+    script.write_text(f"#!/bin/sh\necho '{hosts}'\n")
+    script.chmod(0o755)
+    return {"PATH": f"{folder}:{os.environ['PATH']}"}
+
+
+def test_slurm_rendezvous_is_node_0_and_a_port_from_the_job(tmp_path, monkeypatch):
+    from harness.slurm import rendezvous_endpoint
+
+    for key, value in _fake_scontrol(tmp_path, "gpu07\ngpu08").items():
+        monkeypatch.setenv(key, value)
+    env = {"SLURM_JOB_NODELIST": "gpu[07-08]", "SLURM_JOB_ID": "123456"}
+    assert rendezvous_endpoint(env) == "gpu07:23456"  # 20000 + 123456 % 20000
+    assert rendezvous_endpoint({**env, "MASTER_ADDR": "head", "MASTER_PORT": "29999"}) == "head:29999"
+
+
+def test_slurm_rendezvous_outside_a_job_is_this_machine():
+    from harness.slurm import rendezvous_endpoint
+
+    assert rendezvous_endpoint({}) == "localhost:29500"
+    assert rendezvous_endpoint({"MASTER_PORT": "31000"}) == "localhost:31000"
+
+
+def test_slurm_rendezvous_with_a_strange_job_id_names_the_fix():
+    from harness.slurm import rendezvous_endpoint
+
+    with pytest.raises(ConfigError, match="not a job number") as info:
+        rendezvous_endpoint({"SLURM_JOB_NODELIST": "n1", "MASTER_ADDR": "n1", "SLURM_JOB_ID": "12_3"})
+    assert "fix:" in info.value.one_line()
+
+
+def test_distributed_slurm_preset_reads_the_task(tmp_path, monkeypatch):
+    """``+distributed=slurm``: one task per node; task count and id become nnodes and node_rank."""
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+
+    for key, value in {"SLURM_NTASKS": "2", "SLURM_PROCID": "1", "SLURM_JOB_NODELIST": "n[1-2]",
+                       "SLURM_JOB_ID": "7", **_fake_scontrol(tmp_path, "n1\nn2")}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    monkeypatch.delenv("MASTER_PORT", raising=False)
+    with initialize_config_module(config_module="harness.conf", version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["+scenario=bert_train", "+distributed=slurm"])
+    dist = OmegaConf.to_container(cfg.scenario.distributed, resolve=True)
+    assert dist == {"nproc_per_node": 1, "nnodes": 2, "node_rank": 1, "rdzv_endpoint": "n1:20007", "timeout_s": 1800}
 
 
 def test_worker_threads_split_the_cores(monkeypatch):

@@ -6,6 +6,11 @@ streams the workers' progress lines through its own status output. Rank 0 writes
 ``result.json``; a failing rank writes ``error-<rank>.json`` with its status and
 one-line reason, which the parent raises as the run's own, so a DDP run ends as one
 record like any other.
+
+Across nodes each node's ``harness`` launches its own torchrun with a *static*
+rendezvous (``--node_rank``, node 0 hosting the store at ``rdzv_endpoint``): global
+rank 0 is then local rank 0 of node 0, so the node that gets ``result.json`` is known
+before the run starts. The other nodes' launches end with no result, which is success.
 """
 
 from __future__ import annotations
@@ -33,12 +38,13 @@ class LaunchTimeout(HarnessError):
 
 
 def torchrun_command(job_path: Path, dist: DistributedOptions) -> list[str]:
-    """The torchrun command line for ``dist`` (``--standalone`` on one node)."""
+    """The torchrun command line for ``dist``: ``--standalone`` on one node without an
+    endpoint, else a static rendezvous in which this node's rank is ``node_rank``."""
     command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={dist.nproc_per_node}"]
     if dist.nnodes == 1 and not dist.rdzv_endpoint:
         command.append("--standalone")
     else:
-        command += [f"--nnodes={dist.nnodes}", f"--node_rank={dist.node_rank}", "--rdzv_backend=c10d",
+        command += [f"--nnodes={dist.nnodes}", f"--node_rank={dist.node_rank}", "--rdzv_backend=static",
                     f"--rdzv_endpoint={dist.rdzv_endpoint}"]
     return command + ["-m", "harness.training.ddp_worker", str(job_path)]
 
@@ -82,14 +88,16 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def launch(job: dict[str, Any], dist: DistributedOptions, status: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run ``job`` on ``dist.nproc_per_node`` local processes; return rank 0's result."""
+def launch(job: dict[str, Any], dist: DistributedOptions, status: Callable[[str], None] = print) -> dict[str, Any] | None:
+    """Run ``job`` on ``dist.nproc_per_node`` local processes; return rank 0's result,
+    or None on a node other than node 0 once its ranks finished without error."""
     with tempfile.TemporaryDirectory(prefix="harness-ddp-") as tmp:
         folder = Path(tmp)
         job_path = folder / "job.json"
         job_path.write_text(json.dumps({**job, "result_dir": str(folder)}, default=str))
         command = torchrun_command(job_path, dist)
-        status(f"launching torchrun: {dist.nproc_per_node} process(es) per node x {dist.nnodes} node(s)")
+        where = f" (node {dist.node_rank}, rendezvous at {dist.rdzv_endpoint})" if dist.nnodes > 1 else ""
+        status(f"launching torchrun: {dist.nproc_per_node} process(es) per node x {dist.nnodes} node(s){where}")
         proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 env=worker_env(dist), preexec_fn=_die_with_parent)
         tail: deque[str] = deque(maxlen=40)
@@ -115,6 +123,8 @@ def launch(job: dict[str, Any], dist: DistributedOptions, status: Callable[[str]
                                 "raise scenario.distributed.timeout_s or train for fewer steps") from None
         reader.join(timeout=5)
         result_path = folder / "result.json"
+        if returncode == 0 and dist.node_rank > 0 and not any(folder.glob("error-*.json")):
+            return None  # rank 0 lives on node 0, which writes the result
         if returncode != 0 or not result_path.is_file():
             _raise_worker_error(folder, returncode, list(tail))
         return json.loads(result_path.read_text())

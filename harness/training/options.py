@@ -23,9 +23,10 @@ class DistributedOptions:
     """``scenario.distributed.*``: data parallelism through ``torchrun``.
 
     ``batch_size`` stays per process, so the global batch is ``batch_size x
-    grad_accum_steps x nproc_per_node x nnodes``. The rendezvous fields are passed to
-    torchrun as they are; runs across nodes are refused until a multi-node issue wires
-    result collection from node 0.
+    grad_accum_steps x nproc_per_node x nnodes``. Across nodes, one ``harness`` runs on
+    each node with its ``node_rank``; the rendezvous is static (node 0 at
+    ``rdzv_endpoint`` hosts it), so global rank 0 is always on node 0, and node 0 alone
+    writes the run's record. ``+distributed=slurm`` fills these fields from a Slurm job.
     """
 
     nproc_per_node: int = 1
@@ -40,7 +41,11 @@ class DistributedOptions:
         require(0 <= self.node_rank < self.nnodes, "distributed.node_rank",
                 f"must be in 0..nnodes-1 ({self.nnodes - 1}), got {self.node_rank}")
         require(self.nnodes == 1 or bool(self.rdzv_endpoint), "distributed.rdzv_endpoint",
-                "nnodes > 1 needs a rendezvous host:port shared by all nodes")
+                "nnodes > 1 needs node 0's host:port, the same on every node")
+        if self.rdzv_endpoint:
+            host, _, port = self.rdzv_endpoint.rpartition(":")
+            require(bool(host) and port.isdigit() and 0 < int(port) < 65536, "distributed.rdzv_endpoint",
+                    f"must be host:port (node 0's address and a free port), got {self.rdzv_endpoint!r}")
         require(self.timeout_s > 0, "distributed.timeout_s", f"must be > 0, got {self.timeout_s}")
 
     @property
