@@ -78,6 +78,7 @@ class HostLock:
     released_at: float | None = None
     holder_before: dict[str, Any] | None = None
     owner: dict[str, Any] | None = None
+    joined: dict[str, Any] | None = None
 
     def as_record(self) -> dict[str, Any]:
         """The record's ``host_lock`` section."""
@@ -90,6 +91,7 @@ class HostLock:
             "released_at": self.released_at,
             "holder_before": self.holder_before,
             "owner": self.owner,
+            "joined": self.joined,
         }
 
 
@@ -168,9 +170,11 @@ def _holder(fd: int) -> dict[str, Any] | None:
         return None
 
 
-def _owner(host: str, since: float) -> dict[str, Any]:
-    """This process as a lock holder: pid, host, since when, and its scheduler job if any."""
+def _owner(host: str, since: float, group: str | None = None) -> dict[str, Any]:
+    """This process as a lock holder: pid, host, since when, its run group and scheduler job if any."""
     me: dict[str, Any] = {"pid": os.getpid(), "host": host, "since": since}
+    if group:
+        me["group"] = group
     for key in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "RAY_JOB_ID"):
         if os.environ.get(key):
             me[key.lower()] = os.environ[key]
@@ -201,6 +205,7 @@ def measurement_lock(
     timeout_s: float | None = None,
     enabled: bool = True,
     on_wait: Callable[[str], None] | None = None,
+    group: str | None = None,
 ) -> Iterator[HostLock]:
     """Hold this host's measurement lock for the body of the ``with`` block.
 
@@ -209,6 +214,12 @@ def measurement_lock(
     line when the lock is busy (e.g. the UI's stage printer). ``enabled=False`` yields
     a record saying so and locks nothing. The yielded :class:`HostLock` gets its
     ``released_at`` when the block ends.
+
+    ``group`` names a run made of several ``harness`` processes (the nodes of one
+    multi-node training run, keyed by their rendezvous). They are one measurement and
+    must run together: a member that finds the lock held by its own group joins the
+    holder (``HostLock.joined``) instead of waiting for it, which would deadlock, since
+    the holder waits for this member at the rendezvous.
     """
     host = socket.gethostname()
     target = lock_path(path)
@@ -227,10 +238,18 @@ def measurement_lock(
             lock.holder_before = _holder(fd)
             if on_wait is not None:
                 on_wait(f"waiting for the host measurement lock {target} (held by {_describe(lock.holder_before)})")
-            _wait(fd, target, timeout_s, start)
+            lock.joined = _wait(fd, target, timeout_s, start, group)
         lock.waited_s = time.monotonic() - start
         lock.acquired_at = time.time()
-        lock.owner = _owner(host, lock.acquired_at)
+        if lock.joined is not None:
+            if on_wait is not None:
+                on_wait(f"joining {_describe(lock.joined)}, which holds the host lock for this same run ({group})")
+            try:
+                yield lock  # the holder's lock covers this member; there is nothing of ours to release
+            finally:
+                lock.released_at = time.time()
+            return
+        lock.owner = _owner(host, lock.acquired_at, group)
         _announce(fd, lock.owner)
         try:
             yield lock
@@ -245,25 +264,30 @@ def measurement_lock(
         os.close(fd)
 
 
-def _wait(fd: int, target: Path, timeout_s: float | None, start: float) -> None:
-    if timeout_s is None:
+def _wait(fd: int, target: Path, timeout_s: float | None, start: float, group: str | None = None) -> dict[str, Any] | None:
+    """Block until this process holds the lock (None), or, for a ``group`` member, until
+    the holder turns out to be of the same group (that holder's entry is returned)."""
+    if timeout_s is None and group is None:
         fcntl.flock(fd, fcntl.LOCK_EX)  # sleeps in the kernel; retried after signals (PEP 475)
-        return
-    deadline = start + timeout_s
+        return None
+    deadline = None if timeout_s is None else start + timeout_s
     while True:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return
+            return None
         except OSError as exc:
             if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise
-        if time.monotonic() >= deadline:
+        holder = _holder(fd) if group is not None else None
+        if holder is not None and holder.get("group") == group:
+            return holder
+        if deadline is not None and time.monotonic() >= deadline:
             raise LockTimeout(
                 f"another run held the host measurement lock {target} for more than {timeout_s:g} s "
                 f"(now: {_describe(_holder(fd))})",
                 "wait for it to finish, raise the lock timeout, or give each job its own node (sbatch --exclusive)",
             )
-        time.sleep(min(_POLL_S, max(0.0, deadline - time.monotonic())))
+        time.sleep(_POLL_S if deadline is None else min(_POLL_S, max(0.0, deadline - time.monotonic())))
 
 
 def windows_overlap(windows: list[tuple[float, float]]) -> list[tuple[int, int]]:

@@ -105,7 +105,8 @@ def launch(
     # and the whole run (build, export, measure) is covered, since all of it disturbs
     # a neighbour's timings.
     try:
-        with measurement_lock(enabled=options.host_lock, timeout_s=options.host_lock_timeout_s, on_wait=status) as lock:
+        with measurement_lock(enabled=options.host_lock, timeout_s=options.host_lock_timeout_s, on_wait=status,
+                              group=lock_group(spec)) as lock:
             started = time.monotonic()
             if options.isolation == "inline":
                 record = execute(spec, plugins, status=status, progress=progress)
@@ -118,6 +119,16 @@ def launch(
         return record
     record["host_lock"] = lock.as_record()
     return record
+
+
+def lock_group(spec: RunSpec) -> str | None:
+    """The run several ``harness`` processes make together, if any: the nodes of one
+    multi-node training run, named by their shared rendezvous (``hostlock`` lets them
+    share the host lock when two of them land on one host)."""
+    dist = getattr(spec.scenario_options, "distributed", None)
+    if dist is None or getattr(dist, "nnodes", 1) <= 1:
+        return None
+    return f"torchrun rendezvous {dist.rdzv_endpoint}"
 
 
 # --- parent side -------------------------------------------------------------------------

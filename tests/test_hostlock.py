@@ -31,13 +31,14 @@ from harness.hostlock import (
 # One worker: announce it is ready, wait for the go file, then `rounds` times: take the lock
 # (touching `waiting` if it has to wait), touch `held`, record the window of a busy
 # "measurement" lasting `hold_s` or until the `until` file exists, release. Prints one JSON
-# line per round. Flag files are "-" when unused.
+# line per round. Flag files (and the lock group) are "-" when unused.
 WORKER = r"""
 import json, os, sys, time
 from pathlib import Path
 from harness.hostlock import measurement_lock
 
-lock, go, hold_s, rounds, held, waiting, until = sys.argv[1:8]
+lock, go, hold_s, rounds, held, waiting, until, group = sys.argv[1:9]
+group = None if group == "-" else group
 hold_s, rounds = float(hold_s), int(rounds)
 flag = lambda name: None if name == "-" else Path(name)
 held, waiting, until, go = flag(held), flag(waiting), flag(until), Path(go)
@@ -45,7 +46,7 @@ held, waiting, until, go = flag(held), flag(waiting), flag(until), Path(go)
 while not go.exists():
     time.sleep(0.005)
 for _ in range(rounds):
-    with measurement_lock(lock, on_wait=lambda line: waiting and waiting.touch()) as lock_held:
+    with measurement_lock(lock, on_wait=lambda line: waiting and waiting.touch(), group=group) as lock_held:
         if held:
             held.touch()
         start = time.time()
@@ -58,9 +59,9 @@ for _ in range(rounds):
 
 def _worker(
     lock: Path, go: Path, hold_s: float = 0.0, rounds: int = 1,
-    held: Path | None = None, waiting: Path | None = None, until: Path | None = None,
+    held: Path | None = None, waiting: Path | None = None, until: Path | None = None, group: str | None = None,
 ) -> subprocess.Popen[str]:
-    flags = [str(f) if f else "-" for f in (held, waiting, until)]
+    flags = [str(f) if f else "-" for f in (held, waiting, until, group)]
     args = [sys.executable, "-c", WORKER, str(lock), str(go), str(hold_s), str(rounds), *flags]
     return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -203,6 +204,28 @@ def test_waiting_past_the_timeout_is_a_timeout_naming_the_holder(tmp_path: Path)
         assert err.value.status == "timeout" and err.value.exit_code == 6
         assert f"pid {holder.pid}" in err.value.one_line()
         assert len(messages) == 1 and f"pid {holder.pid}" in messages[0]
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+
+
+def test_a_member_of_the_holders_run_joins_it_instead_of_waiting(tmp_path: Path) -> None:
+    """Two nodes of one multi-node run on one host: waiting would deadlock (the holder waits
+    for this member at the rendezvous), so the member joins the holder's lock."""
+    lock, go, held_flag = tmp_path / "measure.lock", tmp_path / "go", tmp_path / "holds"
+    go.touch()
+    holder = _worker(lock, go, hold_s=600, held=held_flag, group="torchrun rendezvous h:29500")
+    try:
+        _wait_for(held_flag)
+        messages: list[str] = []
+        with measurement_lock(lock, group="torchrun rendezvous h:29500", on_wait=messages.append) as member:
+            assert member.joined is not None and member.joined["pid"] == holder.pid
+            assert member.owner is None  # it holds nothing of its own
+        assert member.as_record()["joined"]["group"] == "torchrun rendezvous h:29500"
+        assert any("joining" in line and f"pid {holder.pid}" in line for line in messages)
+        with pytest.raises(LockTimeout):  # another run's member still waits
+            with measurement_lock(lock, timeout_s=0.3, group="torchrun rendezvous h:29501"):
+                pytest.fail("a run of another group got the lock")
     finally:
         holder.kill()
         holder.wait(timeout=30)

@@ -154,16 +154,13 @@ TINY_TRAINING = [
 
 @pytest.mark.slurm
 def test_multi_node_training_through_harness_slurm_takes_its_rendezvous_from_the_job(cluster: Cluster, tmp_path: Path) -> None:
-    """Hydra's submitit launcher with 2 tasks (as 2 nodes, one harness each) and ``+distributed=slurm``.
-
-    One CI node holds both tasks, so the host lock is off here (see the srun test below).
-    """
+    """Hydra's submitit launcher with 2 tasks (as 2 nodes, one harness each) and ``+distributed=slurm``."""
     results = tmp_path / "results"
     proc = run_cli(
         "-m", "hydra/launcher=harness_slurm", f"hydra.launcher.partition={cluster.partition}",
         "hydra.launcher.tasks_per_node=2", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=2",
-        "hydra.launcher.timeout_min=15", *TINY_TRAINING, "+distributed=slurm", "launcher.host_lock=false",
-        f"results_dir={results}", cwd=tmp_path, timeout=1200,
+        "hydra.launcher.timeout_min=15", *TINY_TRAINING, "+distributed=slurm",
+        f"results_dir={results}", cwd=tmp_path, env={"HARNESS_LOCK_DIR": str(tmp_path / "locks")}, timeout=1200,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     (record,) = records_in(results)
@@ -182,25 +179,25 @@ def test_multi_node_training_through_harness_slurm_takes_its_rendezvous_from_the
 def test_multi_node_training_under_srun_writes_one_record_from_node_0(cluster: Cluster, tmp_path: Path) -> None:
     """``srun -n2 harness ... +distributed=slurm``: two tasks as two nodes of one world.
 
-    The CI cluster has one node, so both "nodes" share a host; each task gets its own lock
-    folder, as two hosts would have (one lock folder would make node 1 wait for node 0's
-    lock while node 0 waits for node 1 at the rendezvous).
+    The CI cluster has one node, so both "nodes" share a host and its lock: the second
+    joins the first's lock (it would otherwise wait for a holder that waits for it).
     """
     results = tmp_path / "results"
-    harness = " ".join([str(BIN / "harness"), *TINY_TRAINING, "+distributed=slurm", f"results_dir={results}",
-                        "scenario.distributed.timeout_s=600"])
     command = [
         "srun", "-N1", "-n2", "-c1", f"--partition={cluster.partition}", "--time=15", "--label",
-        "bash", "-c", f'HARNESS_LOCK_DIR="{tmp_path}/locks-$SLURM_PROCID" exec {harness}',
+        str(BIN / "harness"), *TINY_TRAINING, "+distributed=slurm", f"results_dir={results}",
+        "scenario.distributed.timeout_s=600",
     ]
-    proc = subprocess.run(command, cwd=tmp_path, env=dict(os.environ), capture_output=True, text=True, timeout=900)
+    env = {**os.environ, "HARNESS_LOCK_DIR": str(tmp_path / "locks")}
+    proc = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     (record,) = records_in(results)
     assert record["status"] == "ok", record["reason"]
     assert record["metrics"]["training"]["world_size"] == 2
     dist = record["config"]["scenario"]["distributed"]
     assert (dist["nnodes"], dist["node_rank"]) == (2, 0)
-    assert "1: · done: this node's ranks finished; node 0 of 2" in proc.stderr + proc.stdout
+    output = proc.stderr + proc.stdout
+    assert "1: · done: this node's ranks finished; node 0 of 2" in output and "joining pid" in output
 
 
 # --- no cluster needed: the launcher presets compose ------------------------------------------

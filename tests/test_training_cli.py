@@ -91,7 +91,8 @@ def _free_port() -> int:
 
 
 def test_two_nodes_train_as_one_world_and_node_0_writes_the_record(tmp_path):
-    """Two ``harness`` processes as two nodes of one run (each its own host lock, as on two hosts)."""
+    """Two ``harness`` processes as two nodes of one run on one host: they share the host lock
+    (the second joins the first's) instead of waiting for each other."""
     import subprocess
 
     from conftest import BIN
@@ -100,17 +101,17 @@ def test_two_nodes_train_as_one_world_and_node_0_writes_the_record(tmp_path):
               "scenario.distributed.nnodes=2", f"scenario.distributed.rdzv_endpoint=127.0.0.1:{_free_port()}",
               "scenario.distributed.timeout_s=240", f"results_dir={tmp_path / 'results'}"]
     node1 = subprocess.Popen([str(BIN / "harness"), *common, "scenario.distributed.node_rank=1"], cwd=tmp_path,
-                             env={**os.environ, "HARNESS_LOCK_DIR": str(tmp_path / "lock1")},
+                             env=dict(os.environ),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        node0 = run_cli(*common, "scenario.distributed.node_rank=0", cwd=tmp_path,
-                        env={"HARNESS_LOCK_DIR": str(tmp_path / "lock0")}, timeout=300)
+        node0 = run_cli(*common, "scenario.distributed.node_rank=0", cwd=tmp_path, timeout=300)
         out1, err1 = node1.communicate(timeout=120)
     finally:
         node1.kill()
     assert node0.returncode == 0, node0.stderr[-3000:]
     assert node1.returncode == 0, err1[-3000:]
     assert "node 0 of 2" in err1 and "writes the record" in err1 and "record:" not in out1
+    assert "joining pid" in err1 + node0.stderr  # whichever node came second joined the other's lock
     (rec,) = records_in(tmp_path / "results")
     assert rec["status"] == "ok" and rec["metrics"]["training"]["world_size"] == 2
     assert rec["metrics"]["training"]["samples_per_step"] == 64  # 32 per rank x 2 nodes
