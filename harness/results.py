@@ -3,7 +3,8 @@
 Reports, notebooks and exports all start from the same flat table: one row per
 record, nested sections flattened into dotted columns (``metrics.latency_ms.p50``,
 ``backend.name``, ``hardware.cpu_model``), plus ``machine`` (a readable name for the
-machine kind) and ``path`` (the file the row came from).
+machine kind), ``world_size`` (how many processes produced the numbers) and ``path``
+(the file the row came from).
 
 Raw arrays (latency samples, training curves) stay out of the flat columns: they
 would make every CSV cell a megabyte and every groupby slow. :func:`raw` fetches
@@ -40,6 +41,7 @@ CORE_COLUMNS: tuple[str, ...] = (
     "status",
     "reason",
     "machine",
+    "world_size",
     "model.name",
     "model.size_bytes",
     "scenario.name",
@@ -211,6 +213,7 @@ def flatten(recs: list[dict[str, Any]], paths: Iterable[PathLike] | None = None)
         frame["metrics.mfu"] = pd.to_numeric(frame["metrics.mfu"], errors="coerce").astype("float64")
     frame["created"] = pd.to_datetime(frame["created"], utc=True, errors="coerce", format="ISO8601")
     frame["machine"] = machine_names(frame)
+    frame["world_size"] = world_sizes(frame)
     frame["path"] = [str(path) for path in paths] if paths is not None else None
     leading = [name for name in CORE_COLUMNS if name in frame.columns]
     rest = sorted(name for name in frame.columns if name not in leading and name != "path")
@@ -241,6 +244,20 @@ def machine_names(frame: pd.DataFrame) -> pd.Series:
         index=frame.index,
         dtype="object",
     )
+
+
+TRAINING_WORLD_SIZE = "metrics.training.world_size"
+
+
+def world_sizes(frame: pd.DataFrame) -> pd.Series:
+    """Processes behind each row: ``metrics.training.world_size``, else 1.
+
+    A data-parallel training record reports its global throughput, so it must never
+    be pooled with a one-process run of the same configuration. Inference runs and
+    records written before training carried a world size are one process.
+    """
+    given = frame[TRAINING_WORLD_SIZE] if TRAINING_WORLD_SIZE in frame.columns else pd.Series(float("nan"), index=frame.index)
+    return pd.to_numeric(given, errors="coerce").fillna(1).astype("int64")
 
 
 _CPU_NOISE = re.compile(r"\((?:R|TM|tm)\)|\bCPU\b|\bProcessor\b|@\s*[\d.]+\s*[GM]Hz|\b\d+-Core\b", re.IGNORECASE)

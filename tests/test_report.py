@@ -126,6 +126,53 @@ def test_numbers_are_shown_with_three_significant_figures_and_spread() -> None:
     assert tables.with_spread(pd.Series({"runs": 1, T: 110.0}), T) == "110"
 
 
+def _one_and_two_processes(folder: Path) -> pd.DataFrame:
+    """The same training configuration run on 1 and 2 processes (global samples/s), plus an inference run."""
+    training = {"model": "tiny-bert", "scenario": "bert_train", "kind": "training", "backend": "pytorch", "label": "lab"}
+    write(folder, **training, world_size=1, throughput=100.0, loss_curve=[[0, 2.0], [10, 1.0]])
+    write(folder, **training, world_size=2, throughput=180.0, loss_curve=[[0, 2.0], [10, 1.1]])
+    write(folder, backend="onnxruntime", label="lab")
+    return results.load(folder)
+
+
+def test_runs_with_different_world_sizes_are_separate_configurations(tmp_path: Path) -> None:
+    configs = summary.aggregate_repeats(_one_and_two_processes(tmp_path)).sort_values(["backend.name", "world_size"])
+    assert configs[["backend.name", "world_size", "runs"]].values.tolist() == [
+        ["onnxruntime", 1, 1],
+        ["pytorch", 1, 1],
+        ["pytorch", 2, 1],
+    ]
+    assert configs[T].tolist() == [100.0, 100.0, 180.0]  # medians of their own runs, no min–max spread across sizes
+    assert tables.config_labels(configs).tolist() == ["onnxruntime fp32 (cpu)", "pytorch fp32 (cpu)", "pytorch fp32 (cpu) ×2"]
+    assert tables.config_labels(configs, device=False).tolist()[1:] == ["pytorch fp32", "pytorch fp32 ×2"]
+
+
+@pytest.mark.parametrize("baseline", ["backend=pytorch,world_size=1", "backend=pytorch"])
+def test_speedup_of_a_data_parallel_run_is_against_the_single_process_run(tmp_path: Path, baseline: str) -> None:
+    configs = summary.aggregate_repeats(_one_and_two_processes(tmp_path))
+    out = summary.speedup_vs_baseline(configs, summary.parse_filter(baseline)).set_index(["backend.name", "world_size"])
+    assert out.loc[("pytorch", 2), "speedup"] == pytest.approx(1.8)  # the scaling
+    assert out.loc[("pytorch", 1), "speedup"] == 1.0
+    assert out["baseline"].tolist() == [False, True, False]  # the 2-process run is measured, not a baseline
+    assert np.isnan(out.loc[("onnxruntime", 1), "speedup"])  # inference is another workload
+    assert summary.parse_filter("world_size=2") == {"world_size": "2"}
+    assert summary.matches(configs, {"world_size": "2"}).sum() == 1
+
+
+def test_report_tables_show_processes_only_when_a_run_is_data_parallel(tmp_path: Path) -> None:
+    report = build.build(_one_and_two_processes(tmp_path / "both"), baseline={"backend.name": "pytorch", "world_size": "1"})
+    train = next(section.table for section in report.sections if section.scenario == "bert_train")
+    assert train[["Processes", "Throughput (samples/s)", "Speedup"]].values.tolist() == [
+        ["1", "100", "1.00× (baseline)"],
+        ["2", "180", "1.80×"],
+    ]
+    assert report.overview["Processes"].tolist() == ["1", "1", "2"]
+    write(tmp_path / "single", backend="onnxruntime")
+    single = build.build(results.load(tmp_path / "single"))
+    assert "Processes" not in single.overview.columns
+    assert "Processes" not in single.sections[0].table.columns
+
+
 def test_non_ok_runs_are_listed_as_problems_and_never_ranked(tmp_path: Path) -> None:
     write(tmp_path, backend="onnxruntime", throughput=100.0)
     write(tmp_path, backend="tensorrt", status="mismatch", reason="max abs diff 0.3 vs fp32", throughput=1e9)

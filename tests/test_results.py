@@ -37,6 +37,7 @@ def make_record(
     size_bytes: int | None = 4 * 2**20,
     mfu: float | None = None,
     loss_curve: list[list[float]] | None = None,
+    world_size: int | None = None,
     batch_size: int = 1,
     seq_len: int | None = 128,
 ) -> dict[str, Any]:
@@ -68,8 +69,9 @@ def make_record(
             }
         if mfu is not None:
             metrics["mfu"] = mfu
-        if loss_curve is not None:
-            metrics["training"] = {"loss_curve": loss_curve}
+        training = {"loss_curve": loss_curve, "world_size": world_size}
+        if any(value is not None for value in training.values()):
+            metrics["training"] = {key: value for key, value in training.items() if value is not None}
     record = {
         "schema": records.SCHEMA_ID,
         "run_id": records.new_run_id(),
@@ -215,7 +217,16 @@ def test_machines_with_the_same_short_name_but_different_fingerprints_stay_apart
     assert list(results.machine_names(frame)) == ["X 4c + GPU #aaaaaa", "X 4c + GPU #bbbbbb"]
 
 
+def test_world_size_is_the_training_process_count_else_one(tmp_path: Path) -> None:
+    write(tmp_path, backend="onnxruntime")  # inference: one process
+    write(tmp_path, backend="openvino", kind="training", loss_curve=[[0, 2.0]])  # older training record, no world size
+    write(tmp_path, backend="pytorch", kind="training", loss_curve=[[0, 2.0]], world_size=2)
+    frame = results.load(tmp_path).sort_values("backend.name")
+    assert frame["world_size"].tolist() == [1, 1, 2]
+    assert frame["world_size"].dtype == "int64"
+
+
 def test_no_records_gives_an_empty_frame_with_the_core_columns(tmp_path: Path) -> None:
     frame = results.load(tmp_path)
     assert frame.empty
-    assert {"machine", "path", "metrics.throughput.samples_per_s"} <= set(frame.columns)
+    assert {"machine", "world_size", "path", "metrics.throughput.samples_per_s"} <= set(frame.columns)

@@ -147,12 +147,10 @@ def _sections(ok: pd.DataFrame, summary: pd.DataFrame, colors: Mapping[str, obje
 def _pooled_samples(rows: pd.DataFrame, samples: pd.Series) -> dict[tuple[str, str], list[float]]:
     """Raw latency samples per (configuration label, machine), repeats concatenated."""
     pooled: dict[tuple[str, str], list[float]] = {}
-    for index, row in rows.iterrows():
+    for index, label, machine in zip(rows.index, tables.config_labels(rows), rows["machine"]):
         values = samples.get(index)
-        if not values:
-            continue
-        key = (plots.config_label(row["backend.name"], row["scenario.precision"], row["backend.device"]), str(row["machine"]))
-        pooled.setdefault(key, []).extend(values)
+        if values:
+            pooled.setdefault((label, str(machine)), []).extend(values)
     return pooled
 
 
@@ -174,13 +172,7 @@ def _training_figures(ok: pd.DataFrame, names: _Names) -> list[Plot]:
     curves = results.raw(ok, LOSS_CURVE)
     figures = []
     for model, rows in ok[curves.notna()].groupby("model.name", sort=True):
-        labels = pd.Series(
-            [
-                f"{plots.config_label(row['backend.name'], row['scenario.precision'], row['backend.device'])} @ {row['machine']}"
-                for _, row in rows.iterrows()
-            ],
-            index=rows.index,
-        )
+        labels = tables.config_labels(rows) + " @ " + rows["machine"].astype(str)
         repeated = labels.duplicated(keep=False)
         lines = {}
         for index, label in labels.items():

@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from harness.report import summary as s
+from harness.report import tables
 
 STYLE = {
     "text.parse_math": False,
@@ -51,22 +52,13 @@ def machine_colors(machines: Sequence[str]) -> dict[str, tuple[float, ...]]:
     return {machine: palette(i % palette.N) for i, machine in enumerate(sorted(set(map(str, machines))))}
 
 
-def config_label(backend: object, precision: object, device: object) -> str:
-    """``onnxruntime fp32 (cpu)``: how one backend configuration is named on an axis."""
-    label = f"{backend} {precision}"
-    return f"{label} ({device})" if isinstance(device, str) and device else label
-
-
 def throughput_chart(rows: pd.DataFrame, title: str, colors: Mapping[str, object]) -> bytes:
     """Grouped bars: median samples/s per backend configuration, one bar per machine.
 
     ``rows`` is aggregated (see :func:`summary.aggregate_repeats`); whiskers span
     min–max over repeats.
     """
-    rows = rows.assign(
-        _config=[config_label(*values) for values in rows[["backend.name", "scenario.precision", "backend.device"]].itertuples(index=False)],
-        machine=rows["machine"].astype(str),
-    )
+    rows = rows.assign(_config=tables.config_labels(rows), machine=rows["machine"].astype(str))
     configs = sorted(rows["_config"].unique())
     machines = sorted(rows["machine"].unique())
     width = 0.8 / len(machines)
@@ -136,7 +128,7 @@ def accuracy_chart(rows: pd.DataFrame, front: pd.Series, title: str, colors: Map
     The Pareto front (no other point is both faster and more accurate) is ringed,
     joined and labelled; other points stay unlabelled so labels never pile up.
     """
-    configs = [config_label(backend, precision, None) for backend, precision in zip(rows["backend.name"], rows["scenario.precision"])]
+    configs = tables.config_labels(rows, device=False)
     rows = rows.assign(_config=configs, machine=rows["machine"].astype(str))
     markers = {config: MARKERS[i % len(MARKERS)] for i, config in enumerate(sorted(set(configs)))}
     with _style():

@@ -23,7 +23,8 @@ MFU = "metrics.mfu"
 #: The metrics a report summarises; the ones a frame lacks are left out.
 METRICS: tuple[str, ...] = (THROUGHPUT, LATENCY_P50, LATENCY_P99, ACCURACY, RELATIVE_ACCURACY, MODEL_SIZE, MFU)
 
-#: Runs agreeing on all of these are repeats of one configuration.
+#: Runs agreeing on all of these are repeats of one configuration. ``world_size`` is
+#: among them because a data-parallel run reports the global rate of all its processes.
 CONFIG_KEYS: tuple[str, ...] = (
     "model.name",
     "scenario.name",
@@ -34,10 +35,13 @@ CONFIG_KEYS: tuple[str, ...] = (
     "backend.name",
     "backend.device",
     "machine",
+    "world_size",
 )
 
 #: Configurations agreeing on these do the same work per sample, so their
 #: throughputs can be divided: a speedup is only computed within one workload.
+#: ``world_size`` is not among them: a 2-process run against the 1-process one of the
+#: same workload is the scaling speedup.
 WORKLOAD_KEYS: tuple[str, ...] = ("model.name", "scenario.kind", "scenario.batch_size", "scenario.seq_len")
 
 #: Short names accepted in ``--baseline`` filters; any other key is a column name.
@@ -51,6 +55,7 @@ FILTER_ALIASES: Mapping[str, str] = {
     "seq_len": "scenario.seq_len",
     "model": "model.name",
     "machine": "machine",
+    "world_size": "world_size",
 }
 
 
@@ -119,38 +124,46 @@ def speedup_vs_baseline(
     metric: str = THROUGHPUT,
     machine: str = "machine",
     scenario: str = "scenario.name",
+    world_size: str = "world_size",
 ) -> pd.DataFrame:
     """Add ``speedup`` (``metric`` / baseline's ``metric``), ``baseline`` and ``baseline.machine``.
 
     For each row the baseline is a row matching the ``baseline`` filter with the same
     ``workload`` keys; preferred on the same machine (hardware differences would
     otherwise hide in the ratio), else taken from another machine, whose name
-    ``baseline.machine`` then reports. Among equals the same scenario wins, then
-    the first in sort order. Rows with no baseline get NaN.
+    ``baseline.machine`` then reports. Among equals the same scenario wins, then the
+    fewest processes (so a data-parallel run is measured against the 1-process run:
+    its scaling), then the first in sort order. Rows with no baseline get NaN.
+    ``baseline`` is True for the rows measured against themselves: a 2-process run
+    matching the filter is still measured against the 1-process one, and is no baseline.
     """
     out = summary.copy()
-    is_base = matches(out, baseline)
-    out["baseline"] = is_base
+    bases = out[matches(out, baseline)]
     speedups: list[float] = []
     base_machines: list[object] = []
-    bases = out[is_base]
-    for _, row in out.iterrows():
+    own: list[bool] = []
+    for index, row in out.iterrows():
         candidates = bases[_same_keys(bases, row, [key for key in workload if key in out.columns])]
         if candidates.empty:
             speedups.append(np.nan)
             base_machines.append(None)
+            own.append(False)
             continue
         rank = pd.DataFrame(
             {
                 "other_machine": candidates[machine] != row[machine],
                 "other_scenario": (candidates[scenario] != row[scenario]) if scenario in out.columns else False,
+                "processes": candidates[world_size] if world_size in out.columns else 1,
                 "machine": candidates[machine].map(_as_text),
             },
             index=candidates.index,
         )
-        chosen = candidates.loc[rank.sort_values(["other_machine", "other_scenario", "machine"], kind="stable").index[0]]
+        order = ["other_machine", "other_scenario", "processes", "machine"]
+        chosen = candidates.loc[rank.sort_values(order, kind="stable").index[0]]
         speedups.append(float(row[metric]) / float(chosen[metric]) if chosen[metric] else np.nan)
         base_machines.append(chosen[machine])
+        own.append(chosen.name == index)
+    out["baseline"] = own
     out["speedup"] = speedups
     out["baseline.machine"] = base_machines
     return out

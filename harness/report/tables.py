@@ -59,13 +59,46 @@ def speedup_text(row: pd.Series) -> str:
     return text
 
 
+def config_label(backend: object, precision: object, device: object = None, world_size: object = 1) -> str:
+    """``onnxruntime fp32 (cpu)``, ``pytorch fp32 (cpu) ×2``: how one configuration is named.
+
+    The process count is named only for data-parallel runs (more than one process),
+    so 1- and 2-process runs of one configuration never share a label in a figure.
+    """
+    label = f"{backend} {precision}"
+    if isinstance(device, str) and device:
+        label += f" ({device})"
+    return f"{label} ×{int(world_size)}" if pd.notna(world_size) and int(world_size) > 1 else label
+
+
+def config_labels(rows: pd.DataFrame, *, device: bool = True) -> pd.Series:
+    """:func:`config_label` of every row (``device=False`` leaves the device out)."""
+    devices = rows["backend.device"] if device else pd.Series(None, index=rows.index, dtype="object")
+    return pd.Series(
+        [
+            config_label(*values)
+            for values in zip(rows["backend.name"], rows["scenario.precision"], devices, rows["world_size"])
+        ],
+        index=rows.index,
+        dtype="object",
+    )
+
+
+def data_parallel(rows: pd.DataFrame) -> bool:
+    """True when some row ran on more than one process: only then is a process count shown."""
+    return bool((rows["world_size"] > 1).any())
+
+
 def comparison_table(rows: pd.DataFrame) -> pd.DataFrame:
     """Display table of one model × scenario: a row per backend configuration and machine.
 
     Rows are sorted so the machines of one backend sit next to each other; optional
-    columns (accuracy, speedup, size, MFU) appear only when some row has a value.
+    columns (accuracy, speedup, size, MFU) appear only when some row has a value, and
+    ``Processes`` only when some row is a data-parallel run.
     """
-    rows = rows.sort_values(["backend.name", "scenario.precision", "backend.device", "machine"], na_position="last")
+    rows = rows.sort_values(
+        ["backend.name", "scenario.precision", "backend.device", "machine", "world_size"], na_position="last"
+    )
     table = pd.DataFrame(
         {
             "Backend": rows["backend.name"],
@@ -78,6 +111,8 @@ def comparison_table(rows: pd.DataFrame) -> pd.DataFrame:
             "p99 (ms)": [with_spread(row, s.LATENCY_P99) for _, row in rows.iterrows()],
         }
     )
+    if data_parallel(rows):
+        table.insert(table.columns.get_loc("Machine") + 1, "Processes", rows["world_size"].astype(int).astype(str))
     optional = {
         "Accuracy": (s.ACCURACY, fixed4),
         "Rel. accuracy": (s.RELATIVE_ACCURACY, fixed4),
@@ -96,10 +131,14 @@ def comparison_table(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def throughput_matrix(summary: pd.DataFrame) -> pd.DataFrame:
-    """Median samples/s with one column per machine: the hardware comparison at a glance."""
+    """Median samples/s with one column per machine: the hardware comparison at a glance.
+
+    A ``Processes`` column keeps data-parallel runs on rows of their own; it is shown
+    only when some run used more than one process.
+    """
     if summary.empty:
         return pd.DataFrame()
-    index = ["model.name", "scenario.name", "backend.name", "scenario.precision", "backend.device"]
+    index = ["model.name", "scenario.name", "backend.name", "scenario.precision", "backend.device", "world_size"]
     wide = summary.pivot_table(index=index, columns="machine", values=s.THROUGHPUT, aggfunc="max", dropna=False)
     wide = wide.dropna(how="all").map(number)
     wide.columns = [str(column) for column in wide.columns]
@@ -110,8 +149,11 @@ def throughput_matrix(summary: pd.DataFrame) -> pd.DataFrame:
             "backend.name": "Backend",
             "scenario.precision": "Precision",
             "backend.device": "Device",
+            "world_size": "Processes",
         }
     )
+    if not data_parallel(summary):
+        wide = wide.drop(columns="Processes")
     return wide.fillna("").astype(str)
 
 

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from harness.report.build import Report
 
-NUMERIC_HEADERS = ("Runs", "Throughput", "p50", "p99", "Accuracy", "Rel.", "Speedup", "Size", "MFU", "Records", "Cores")
+NUMERIC_HEADERS = ("Runs", "Processes", "Throughput", "p50", "p99", "Accuracy", "Rel.", "Speedup", "Size", "MFU", "Records", "Cores")
 
 
 def rich_table(frame: pd.DataFrame, title: str | None = None) -> Table:
