@@ -18,12 +18,13 @@ from typing import Any
 
 import numpy as np
 
-from harness.backend import Artifact, Availability, Backend, Capabilities, Session, TrainingSession
+from harness.backend import Artifact, Availability, Backend, Capabilities, Session
 from harness.config import choice, require
 from harness.errors import Unsupported
 from harness.hardware import cuda_device_info
 from harness.hookspecs import hookimpl
 from harness.timing import CudaEventTimer, WallClockTimer
+from harness.training.torch_session import TorchTrainingSession
 
 AUTOCAST = {"bf16": "bfloat16", "fp16": "float16"}
 #: Max abs logit difference against eager fp32 that each precision is allowed.
@@ -51,6 +52,17 @@ def is_cuda(device: str) -> bool:
     return device.startswith("cuda")
 
 
+def autocast(dtype: Any, cuda: bool) -> Any:
+    """``torch.autocast`` to ``dtype`` on the CPU or CUDA; a null context for fp32 (``dtype`` None)."""
+    import contextlib
+
+    import torch
+
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type="cuda" if cuda else "cpu", dtype=dtype)
+
+
 class PyTorchSession(Session):
     """A torch module on a device; ``load`` moves inputs there, outside the timed region."""
 
@@ -60,7 +72,7 @@ class PyTorchSession(Session):
         self.module = module
         self.device = device
         self.output_name = output_name
-        self.autocast = getattr(torch, AUTOCAST[precision]) if precision in AUTOCAST else None
+        self.autocast_dtype = getattr(torch, AUTOCAST[precision]) if precision in AUTOCAST else None
         self.cuda = is_cuda(device)
         self.stream = torch.cuda.current_stream(device) if self.cuda else None
         self.timer = CudaEventTimer(self.stream) if self.cuda else WallClockTimer()
@@ -80,11 +92,8 @@ class PyTorchSession(Session):
     def _forward(self, inputs: dict[str, Any]) -> Any:
         import torch
 
-        with torch.inference_mode():
-            if self.autocast is None:
-                return self.module(**inputs)
-            with torch.autocast(device_type="cuda" if self.cuda else "cpu", dtype=self.autocast):
-                return self.module(**inputs)
+        with torch.inference_mode(), autocast(self.autocast_dtype, self.cuda):
+            return self.module(**inputs)
 
     def _capture(self, inputs: dict[str, Any]) -> None:
         """Capture one call into a CUDA graph on static ``inputs`` (warm-up on a side stream first)."""
@@ -132,44 +141,33 @@ class PyTorchSession(Session):
         return figures
 
 
-class PyTorchTrainingSession(TrainingSession):
-    """A module being trained: optimizer, LR schedule, AMP and (world size > 1) DDP.
+class PyTorchTrainingSession(TorchTrainingSession):
+    """A module being trained: the shared torch step, plus AMP and (world size > 1) DDP.
 
-    ``train_step`` is called once per micro-batch; every ``grad_accum_steps``-th call
-    clips, steps the optimizer (through the fp16 grad scaler when there is one) and
-    the schedule. Mixed precision is ``torch.autocast`` (bf16 on the CPU; bf16/fp16 on
-    CUDA); the loss is computed in fp32 on the float logits. On CUDA steps are timed
-    with CUDA events and ``train_step`` returns once the stream is done (the ``.item()``
-    of the loss syncs), like inference calls. A world size above 1 joins the torchrun
-    process group (gloo on the CPU, nccl on CUDA) and wraps the module in DDP; gradient
-    sync is skipped on the micro-batches that do not update.
+    Mixed precision is ``torch.autocast`` (bf16 on the CPU; bf16/fp16 on CUDA), fp16
+    through a grad scaler; the loss is computed in fp32 on the float logits. On CUDA
+    steps are timed with CUDA events and ``train_step`` returns once the stream is done
+    (copying the loss to the host syncs), like inference calls. A world size above 1
+    joins the torchrun process group (gloo on the CPU, nccl on CUDA) and wraps the
+    module in DDP.
     """
 
     def __init__(self, module: Any, plan: Any, device: str, compile_mode: str | None = None) -> None:
         import torch
-        import torch.nn.functional as F
-
-        from harness.training.optim import build_optimizer, build_schedule
 
         torch.manual_seed(plan.seed + plan.world.rank)  # dropout masks differ across ranks
-        self.plan = plan
         self.device = device
         self.cuda = is_cuda(device)
-        self.module = module.to(device).train()
-        self.model = self.module
+        super().__init__(module, plan, device)
         self._owns_group = False
         if plan.world.size > 1:
             self.model = self._data_parallel()
         if compile_mode is not None:
             self.model = torch.compile(self.model, mode=compile_mode)
-        self.optimizer = build_optimizer(self.module, plan)
-        self.scheduler = build_schedule(self.optimizer, plan)
-        self.autocast = getattr(torch, AUTOCAST[plan.precision]) if plan.precision in AUTOCAST else None
+        self.autocast_dtype = getattr(torch, AUTOCAST[plan.precision]) if plan.precision in AUTOCAST else None
         self.scaler = torch.amp.GradScaler("cuda") if plan.precision == "fp16" else None
-        self.loss_fn = plan.loss or (lambda logits, inputs: F.cross_entropy(logits, inputs["labels"]))
         self.stream = torch.cuda.current_stream(device) if self.cuda else None
         self.timer = CudaEventTimer(self.stream) if self.cuda else WallClockTimer()
-        self.micro_batches = 0
 
     def _data_parallel(self) -> Any:
         import torch
@@ -187,65 +185,16 @@ class PyTorchTrainingSession(TrainingSession):
         return DistributedDataParallel(self.module, device_ids=ids)
 
     def _autocast(self) -> Any:
-        import contextlib
-
-        import torch
-
-        if self.autocast is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type="cuda" if self.cuda else "cpu", dtype=self.autocast)
+        return autocast(self.autocast_dtype, self.cuda)
 
     def load(self, batch: Any) -> dict[str, Any]:
         import torch
 
         return {k: torch.from_numpy(np.ascontiguousarray(v)).to(self.device) for k, v in batch.items()}
 
-    def train_step(self, inputs: dict[str, Any]) -> float:
-        import contextlib
-
-        import torch
-
-        self.micro_batches += 1
-        update = self.micro_batches % self.plan.grad_accum_steps == 0
-        no_sync = getattr(self.model, "no_sync", None)
-        sync = contextlib.nullcontext() if update or no_sync is None else no_sync()
-        with sync:
-            with self._autocast():
-                logits = self.model(**{n: inputs[n] for n in self.plan.input_names})
-            loss = self.loss_fn(logits.float(), inputs)
-            scaled = loss / self.plan.grad_accum_steps
-            (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
-        if update:
-            if self.scaler is not None:
-                self.scaler.unscale_(self.optimizer)
-            if self.plan.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.plan.grad_clip)
-            if self.scaler is not None:
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-            else:
-                self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scheduler.step()
+    def _finish_step(self) -> None:
         if self.cuda:
             self.timer.mark_done()
-        return float(loss.detach())
-
-    def predict(self, inputs: dict[str, Any]) -> np.ndarray:
-        import torch
-
-        self.module.eval()
-        try:
-            with torch.inference_mode(), self._autocast():
-                logits = self.module(**{n: inputs[n] for n in self.plan.input_names})
-            return logits.float().cpu().numpy()
-        finally:
-            self.module.train()
-
-    @property
-    def lr(self) -> float:
-        """The learning rate the next update will use (for the loss-curve logs)."""
-        return float(self.scheduler.get_last_lr()[0])
 
     def memory(self) -> dict[str, float]:
         if self.cuda:

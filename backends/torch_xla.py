@@ -41,11 +41,12 @@ from typing import TYPE_CHECKING, Any, Mapping, Optional
 
 import numpy as np
 
-from harness.backend import Artifact, Availability, Backend, Capabilities, Session, TrainingSession
+from harness.backend import Artifact, Availability, Backend, Capabilities, Session
 from harness.config import choice
 from harness.errors import Unsupported, exception_line
 from harness.hookspecs import hookimpl
 from harness.timing import WallClockTimer
+from harness.training.torch_session import TorchTrainingSession
 
 if TYPE_CHECKING:
     from harness.registry import Registry
@@ -218,7 +219,7 @@ def _tpu_facts(torch_xla: Any) -> tuple[bool, int]:
         return True, 0
 
 
-def _autocast(precision: str) -> Any:
+def _xla_autocast(precision: str) -> Any:
     import torch
 
     if precision == "bf16":
@@ -251,6 +252,25 @@ def _memory_figures(device: Any) -> dict[str, float]:
 # --- sessions ------------------------------------------------------------------------
 
 
+class RunMetrics:
+    """torch_xla metrics over one session's calls: a snapshot at the start and one after the first call."""
+
+    def __init__(self) -> None:
+        self.runs = 0
+        self._start = take_snapshot()
+        self._first: Optional[MetricsSnapshot] = None
+
+    def count(self) -> None:
+        """Count a finished call (after ``torch_xla.sync``)."""
+        self.runs += 1
+        if self._first is None:
+            self._first = take_snapshot()
+
+    def record(self) -> dict[str, Any]:
+        """The session's ``metrics()``: what it did on XLA since it started."""
+        return {"xla": summarize_metrics(self._start, self._first, take_snapshot(), self.runs)}
+
+
 class TorchXLASession(Session):
     """A torch module on an XLA device; ``run`` returns once the device executed the graph."""
 
@@ -263,9 +283,7 @@ class TorchXLASession(Session):
         self.output_name = output_name
         self.precision = precision
         self.input_names = tuple(getattr(module, "input_names", None) or ())
-        self.runs = 0
-        self._start = take_snapshot()
-        self._first: Optional[MetricsSnapshot] = None
+        self.xla_metrics = RunMetrics()
 
     def load(self, batch: Any) -> dict[str, Any]:
         return _to_device(batch, self.input_names or tuple(batch), self.xla_device)
@@ -274,12 +292,10 @@ class TorchXLASession(Session):
         import torch
         import torch_xla
 
-        with torch.no_grad(), _autocast(self.precision):
+        with torch.no_grad(), _xla_autocast(self.precision):
             output = self.module(**inputs)
         torch_xla.sync(wait=True)
-        self.runs += 1
-        if self._first is None:
-            self._first = take_snapshot()
+        self.xla_metrics.count()
         return output
 
     def fetch(self, outputs: Any) -> dict[str, np.ndarray]:
@@ -290,92 +306,55 @@ class TorchXLASession(Session):
 
     def metrics(self) -> dict[str, Any]:
         """Backend-specific figures for the record's ``metrics`` (merged by the scenario)."""
-        return {"xla": summarize_metrics(self._start, self._first, take_snapshot(), self.runs)}
+        return self.xla_metrics.record()
 
 
-class TorchXLATrainingSession(TrainingSession):
+class TorchXLATrainingSession(TorchTrainingSession):
     """A module being trained on an XLA device, one ``torch_xla.sync()`` per micro-batch.
 
-    The optimizer and LR schedule are the training package's own builders (the same
-    ``torch.optim`` / ``transformers.get_scheduler`` objects as the pytorch backend), so
-    a curve differs between backends only by the device. Each ``train_step`` traces
-    forward, backward and (every ``grad_accum_steps``-th call) clip + update, then cuts
-    and executes the graph with ``torch_xla.sync(wait=True)``: the step is done on the
-    device when it returns and the loss is already device data (``.item()`` only copies).
+    The step, optimizer and LR schedule are the shared torch ones
+    (:class:`~harness.training.torch_session.TorchTrainingSession`, as on the pytorch
+    backend), so a curve differs between backends only by the device. Each
+    ``train_step`` traces forward, backward and (every ``grad_accum_steps``-th call)
+    clip + update, then cuts and executes the graph with ``torch_xla.sync(wait=True)``:
+    the step is done on the device when it returns and the loss is already device data
+    (its copy to the host waits for nothing).
     """
 
     timer = WallClockTimer()
 
     def __init__(self, module: Any, plan: Any, device: Any, label: str) -> None:
         import torch
-        import torch.nn.functional as F
         import torch_xla
-
-        from harness.training.optim import build_optimizer, build_schedule
 
         torch.manual_seed(plan.seed)
         torch_xla.manual_seed(plan.seed)  # dropout masks come from XLA's own generator
-        self.plan = plan
         self.xla_device = device
         self.device = label
-        self.module = module.to(device).train()  # before the optimizer: its state lives on the device
-        self.optimizer = build_optimizer(self.module, plan)
-        self.scheduler = build_schedule(self.optimizer, plan)
-        self.loss_fn = plan.loss or (lambda logits, inputs: F.cross_entropy(logits, inputs["labels"]))
-        self.micro_batches = 0
-        self.runs = 0
-        self._start = take_snapshot()
-        self._first: Optional[MetricsSnapshot] = None
+        super().__init__(module, plan, device)
+        self.xla_metrics = RunMetrics()
 
     def load(self, batch: Any) -> dict[str, Any]:
         return _to_device(batch, tuple(batch), self.xla_device)
 
-    def train_step(self, inputs: dict[str, Any]) -> float:
-        import torch
+    def _autocast(self) -> Any:
+        return _xla_autocast(self.plan.precision)
+
+    def _sync_device(self) -> None:
         import torch_xla
 
-        self.micro_batches += 1
-        update = self.micro_batches % self.plan.grad_accum_steps == 0
-        with _autocast(self.plan.precision):
-            logits = self.module(**{n: inputs[n] for n in self.plan.input_names})
-        loss = self.loss_fn(logits.float(), inputs)
-        (loss / self.plan.grad_accum_steps).backward()
-        if update:
-            if self.plan.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.plan.grad_clip)
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scheduler.step()
         torch_xla.sync(wait=True)
-        self.runs += 1
-        if self._first is None:
-            self._first = take_snapshot()
-        return float(loss.detach().cpu())
 
-    def predict(self, inputs: dict[str, Any]) -> np.ndarray:
-        import torch
-        import torch_xla
-
-        self.module.eval()
-        try:
-            with torch.no_grad(), _autocast(self.plan.precision):
-                logits = self.module(**{n: inputs[n] for n in self.plan.input_names})
-            torch_xla.sync(wait=True)
-            return logits.detach().cpu().float().numpy()
-        finally:
-            self.module.train()
-
-    @property
-    def lr(self) -> float:
-        """The learning rate the next update will use (for the loss-curve logs)."""
-        return float(self.scheduler.get_last_lr()[0])
+    def _finish_step(self) -> None:
+        self._sync_device()
+        self.xla_metrics.count()
 
     def memory(self) -> dict[str, float]:
         return _memory_figures(self.xla_device)
 
     def metrics(self) -> dict[str, Any]:
         """Compile vs execute time and fallbacks over the training steps (see the inference session)."""
-        return {"xla": summarize_metrics(self._start, self._first, take_snapshot(), self.runs)}
+        return self.xla_metrics.record()
 
     def close(self) -> None:
         """Bring the trained module (trained in place) back to host memory.

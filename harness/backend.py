@@ -63,15 +63,27 @@ class Artifact:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-class Session(abc.ABC):
+class _DeviceSession(abc.ABC):
+    """What inference and training sessions share: the device, its timer, figures for the record."""
+
+    device: str = "cpu"
+    timer: Timer = WallClockTimer()
+
+    def memory(self) -> dict[str, float]:
+        """Peak memory figures in MiB that the backend can measure (may be empty)."""
+        return {}
+
+    def metrics(self) -> dict[str, Any]:
+        """Backend-specific figures for the record (e.g. XLA compile vs execute time)."""
+        return {}
+
+
+class Session(_DeviceSession):
     """A prepared, reusable model on a device.
 
     ``run`` returns only when the device has finished the work; syncing is the
     session's job (and its timer's), never the caller's.
     """
-
-    device: str = "cpu"
-    timer: Timer = WallClockTimer()
 
     def load(self, batch: Batch) -> Any:
         """Turn a host batch into backend-native inputs (kept out of the timed region)."""
@@ -84,14 +96,6 @@ class Session(abc.ABC):
     @abc.abstractmethod
     def fetch(self, outputs: Any) -> dict[str, np.ndarray]:
         """Copy outputs of :meth:`run` to host numpy arrays, keyed by output name."""
-
-    def memory(self) -> dict[str, float]:
-        """Peak memory figures in MiB that the backend can measure (may be empty)."""
-        return {}
-
-    def metrics(self) -> dict[str, Any]:
-        """Backend-specific figures for the record (e.g. XLA compile vs execute time)."""
-        return {}
 
     def close(self) -> None:
         """Release device resources. Sessions are also closed when garbage-collected."""
@@ -118,16 +122,13 @@ class Session(abc.ABC):
         return calls, time.perf_counter() - started
 
 
-class TrainingSession(abc.ABC):
+class TrainingSession(_DeviceSession):
     """A model being trained on a device (only backends with ``capabilities().training``).
 
     ``train_step`` runs forward, backward and the optimizer update for one batch and
     returns the loss once the device is done, so the scenario can time steps with
     the session's timer exactly like inference calls.
     """
-
-    device: str = "cpu"
-    timer: Timer = WallClockTimer()
 
     def load(self, batch: Batch) -> Any:
         """Turn a host batch (features and ``labels``) into backend-native inputs."""
@@ -140,14 +141,6 @@ class TrainingSession(abc.ABC):
     @abc.abstractmethod
     def predict(self, inputs: Any) -> np.ndarray:
         """Logits for ``load``-ed inputs in eval mode, as a host array."""
-
-    def memory(self) -> dict[str, float]:
-        """Peak memory figures in MiB that the backend can measure (may be empty)."""
-        return {}
-
-    def metrics(self) -> dict[str, Any]:
-        """Backend-specific figures for the record (e.g. XLA compile vs execute time)."""
-        return {}
 
 
 class Backend(abc.ABC):

@@ -105,7 +105,8 @@ def export_onnx(
 ) -> ExportResult:
     """Export ``model`` to a cached, validated ONNX file and return where it is."""
     options = {"opset": OPSET, "dynamic": True, "dynamo": True, "inputs": list(model.input_names)}
-    key = cache.content_key(model.config, model.weights_digest(), options, _versions())
+    versions = _versions()
+    key = cache.content_key(model.config, model.weights_digest(), options, versions)
     folder = cache.entry("onnx", key, cache_root)
     path = folder / "model.onnx"
     started = time.perf_counter()
@@ -124,7 +125,7 @@ def export_onnx(
             f"delete {folder} and report the model config; the export is not trustworthy",
         )
     if not cached:
-        meta = {"key": key, "export_seconds": seconds, "versions": _versions(), "options": options}
+        meta = {"key": key, "export_seconds": seconds, "versions": versions, "options": options}
         (folder / "meta.json").write_text(json.dumps(meta, indent=2))
     return ExportResult(path, key, seconds, cached, diff, path.stat().st_size)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import resource
 import traceback
 from dataclasses import asdict, is_dataclass
+from functools import partial
 from types import TracebackType
 from typing import Any, Callable
 
@@ -131,22 +132,20 @@ def execute(
     record = base_record(spec, plugins)
     stage = ""
 
-    def tracked(message: str) -> None:
+    def enter(message: str, listener: Callable[[str], None] | None = on_stage) -> None:
+        """Remember ``message`` as the stage a crash is reported in, and pass it on to ``listener``."""
         nonlocal stage
         stage = message
-        status(message)
-
-    def enter(message: str) -> None:
-        nonlocal stage
-        stage = message
-        if on_stage is not None:
-            on_stage(message)
+        if listener is not None:
+            listener(message)
 
     try:
         plugins.hook.harness_run_start(spec=spec)
         backend_cls = plugins.registry.backend(spec.backend_name)
         enter(f"probing backend '{spec.backend_name}'")
         availability = backend_cls.probe(spec.backend_options)
+        # The probe's version stands if the backend is unavailable or its constructor fails;
+        # a constructed backend replaces it with the version it actually loaded.
         record["backend"]["version"] = availability.versions.get(spec.backend_name, "unknown")
         if not availability.available:
             raise Unavailable(
@@ -161,7 +160,7 @@ def execute(
         if accelerator:
             record["hardware"] = hardware.describe(accelerator, spec.hardware.label)
         scenario = plugins.registry.scenario(spec.scenario_kind)(spec.scenario_options)
-        ctx = RunContext(spec=spec, backend=backend, status=tracked, progress=progress)
+        ctx = RunContext(spec=spec, backend=backend, status=partial(enter, listener=status), progress=progress)
         enter(f"running scenario '{spec.scenario_name}'")
         result = scenario.run(ctx)
     except HarnessError as exc:
