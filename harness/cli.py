@@ -377,12 +377,16 @@ def _run_job(cfg: Any, multirun: bool, num: int, overrides: list[str]) -> int:
         sweep.report(sweep.Outcome(num, overrides, "config error", exc.exit_code, reason=exc.one_line()))
         return exc.exit_code
 
+    node_rank, nnodes = spec.node
+    # The nodes of a multi-node run are one sweep job: node 0 alone reports it there. A
+    # single run reports on every node: its outcome is that process's exit status.
+    report = sweep.report if node_rank == 0 or not multirun else (lambda outcome: None)
     key = sweep.job_key(spec.config)
     if multirun and not overwrite:
         done = sweep.find_done(spec.results_dir, key)
         if done is not None:
             ui.stage(f"{prefix}skipped: an ok record is already there ({done}); overwrite=true runs it again")
-            sweep.report(sweep.Outcome.of_record(records.read(done), done, num, overrides, 0, skipped=True))
+            report(sweep.Outcome.of_record(records.read(done), done, num, overrides, 0, skipped=True))
             return 0
 
     ui.stage(f"{prefix}{spec.scenario_name} ({spec.scenario_kind}) on {spec.backend_name}, model {spec.model.name}"
@@ -393,6 +397,8 @@ def _run_job(cfg: Any, multirun: bool, num: int, overrides: list[str]) -> int:
     if recorded_by and record["status"] == "ok":  # node 0's job reports this run, to the sweep too
         ui.stage(f"{prefix}done: this node's ranks finished; {recorded_by} writes the record")
         return 0
+    if node_rank > 0 and record["status"] != "ok":  # a failure seen from another node: kept, as that node's view
+        record["reason"] = f"node {node_rank} of {nnodes}: {record['reason']}"
     record["job_key"] = key
     if multirun:
         record["job"] = {"num": num, "overrides": overrides}
@@ -409,7 +415,7 @@ def _run_job(cfg: Any, multirun: bool, num: int, overrides: list[str]) -> int:
             for line in [*error.get("traceback", []), *error.get("stderr_tail", [])]:
                 ui.err.print(line, markup=False, highlight=False, soft_wrap=True)
         ui.error(f"{prefix}{record['status']}: {record['reason']}")
-    sweep.report(sweep.Outcome.of_record(record, path, num, overrides, code))
+    report(sweep.Outcome.of_record(record, path, num, overrides, code))
     return code
 
 

@@ -84,6 +84,14 @@ class RunSpec:
     hardware: HardwareOptions = field(default_factory=HardwareOptions)
     config: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def node(self) -> tuple[int, int]:
+        """``(node_rank, nnodes)`` of a run made of one ``harness`` per node (multi-node
+        training); ``(0, 1)`` for everything else."""
+        dist = getattr(self.scenario_options, "distributed", None)
+        nnodes = getattr(dist, "nnodes", 1)
+        return (dist.node_rank, nnodes) if nnodes > 1 else (0, 1)
+
 
 def _section(cfg: DictConfig, name: str) -> dict[str, Any]:
     node = cfg.get(name)
@@ -99,11 +107,26 @@ def _name(section: dict[str, Any], key: str, label: str) -> str:
     return value
 
 
+def _config_error_in(exc: BaseException) -> ConfigError | None:
+    """The :class:`ConfigError` a resolver raised, from the chain OmegaConf wraps it in."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, ConfigError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
 def build_spec(cfg: DictConfig, registry: Registry) -> RunSpec:
     """Validate a composed config against the registered plugins' option types."""
     try:
         resolved = OmegaConf.to_container(cfg, resolve=True)
     except OmegaConfBaseException as exc:
+        cause = _config_error_in(exc)
+        if cause is not None:  # a harness resolver's own one-line error and fix
+            raise cause from None
         raise ConfigError(f"config does not resolve: {str(exc).splitlines()[0]}") from None
     backend = _section(cfg, "backend")
     backend_name = _name(backend, "name", "backend")

@@ -191,6 +191,20 @@ def _announce(fd: int, me: dict[str, Any]) -> None:
         pass
 
 
+def _alive_here(holder: dict[str, Any]) -> bool:
+    """Whether ``holder`` is a live process on this host: a holder killed with SIGKILL
+    leaves its entry in the file until the next holder overwrites it."""
+    if holder.get("host") != socket.gethostname():
+        return False
+    try:
+        os.kill(int(holder.get("pid", -1)), 0)
+    except PermissionError:
+        return True  # alive, another user's
+    except (OSError, ValueError, TypeError):
+        return False
+    return True
+
+
 def _describe(holder: dict[str, Any] | None) -> str:
     if not holder:
         return "another run"
@@ -279,7 +293,7 @@ def _wait(fd: int, target: Path, timeout_s: float | None, start: float, group: s
             if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise
         holder = _holder(fd) if group is not None else None
-        if holder is not None and holder.get("group") == group:
+        if holder is not None and holder.get("group") == group and _alive_here(holder):
             return holder
         if deadline is not None and time.monotonic() >= deadline:
             raise LockTimeout(

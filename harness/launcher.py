@@ -123,12 +123,14 @@ def launch(
 
 def lock_group(spec: RunSpec) -> str | None:
     """The run several ``harness`` processes make together, if any: the nodes of one
-    multi-node training run, named by their shared rendezvous (``hostlock`` lets them
-    share the host lock when two of them land on one host)."""
-    dist = getattr(spec.scenario_options, "distributed", None)
-    if dist is None or getattr(dist, "nnodes", 1) <= 1:
+    multi-node training run, named by their job key and shared rendezvous (``hostlock``
+    lets them share the host lock when two of them land on one host). The job key keeps
+    back-to-back sweep jobs on the same rendezvous apart."""
+    from harness.sweep import job_key
+
+    if spec.node[1] == 1:
         return None
-    return f"torchrun rendezvous {dist.rdzv_endpoint}"
+    return f"job {job_key(spec.config)} at torchrun rendezvous {spec.scenario_options.distributed.rdzv_endpoint}"
 
 
 # --- parent side -------------------------------------------------------------------------

@@ -32,9 +32,23 @@ LEDGER_ENV = "HARNESS_SWEEP_LEDGER"
 VOLATILE_KEYS = ("results_dir", "cache_dir", "overwrite", "launcher")
 
 
+#: Keys inside ``scenario.distributed`` that differ between the nodes of one multi-node run
+#: (or between its attempts) without changing what it measures.
+NODE_KEYS = ("node_rank", "rdzv_endpoint")
+
+
 def job_key(config: dict[str, Any]) -> str:
-    """A stable 20-hex-digit key of the resolved config, minus :data:`VOLATILE_KEYS`."""
-    return content_key({k: v for k, v in config.items() if k not in VOLATILE_KEYS})
+    """A stable 20-hex-digit key of the resolved config, minus :data:`VOLATILE_KEYS`.
+
+    The nodes of one multi-node training run share it (:data:`NODE_KEYS` are left out),
+    so a resumed sweep skips a finished job on every node alike.
+    """
+    kept = {k: v for k, v in config.items() if k not in VOLATILE_KEYS}
+    scenario = kept.get("scenario")
+    if isinstance(scenario, dict) and isinstance(scenario.get("distributed"), dict):
+        distributed = {k: v for k, v in scenario["distributed"].items() if k not in NODE_KEYS}
+        kept["scenario"] = {**scenario, "distributed": distributed}
+    return content_key(kept)
 
 
 #: (path) -> (mtime_ns, size, job_key, status): each record file is read once per process.

@@ -201,3 +201,16 @@ def test_many_processes_writing_at_once_leave_every_record_whole(tmp_path):
     for path in files:
         records.validate(json.loads(path.read_text()))
     assert not list(tmp_path.glob(".tmp-*"))
+
+
+def test_the_nodes_of_one_run_share_its_job_key():
+    """node_rank and the rendezvous differ per node and per attempt, not in what the job measures."""
+    from harness.sweep import job_key
+
+    def config(rank: int, endpoint: str, steps: int = 8) -> dict:
+        return {"scenario": {"name": "bert_train", "max_steps": steps,
+                             "distributed": {"nnodes": 2, "node_rank": rank, "rdzv_endpoint": endpoint}}}
+
+    assert job_key(config(0, "n1:20001")) == job_key(config(1, "n1:20001")) == job_key(config(0, "n1:20002"))
+    assert job_key(config(0, "n1:20001")) != job_key(config(0, "n1:20001", steps=16))
+

@@ -118,13 +118,26 @@ def test_two_nodes_train_as_one_world_and_node_0_writes_the_record(tmp_path):
     assert (rec["config"]["scenario"]["distributed"]["nnodes"], rec["config"]["scenario"]["distributed"]["node_rank"]) == (2, 0)
 
 
-def test_node_0_whose_peers_never_come_times_out_with_a_record(tmp_path):
+@pytest.mark.parametrize("node_rank", [0, 1])
+def test_a_node_whose_peers_never_come_times_out_with_a_record(tmp_path, node_rank):
     proc = run_cli("+scenario=bert_train", "backend=pytorch", *TINY, "scenario.epochs=0", "scenario.max_steps=2",
-                   "scenario.distributed.nnodes=2", f"scenario.distributed.rdzv_endpoint=127.0.0.1:{_free_port()}",
+                   "scenario.distributed.nnodes=2", f"scenario.distributed.node_rank={node_rank}",
+                   f"scenario.distributed.rdzv_endpoint=127.0.0.1:{_free_port()}",
                    "scenario.distributed.timeout_s=10", cwd=tmp_path, timeout=300)
     assert proc.returncode != 0
     (rec,) = records_in(tmp_path / "results")
     assert rec["status"] == "timeout" and "scenario.distributed.timeout_s=10" in rec["reason"]
+    assert "start all 2 nodes with rdzv_endpoint=127.0.0.1:" in rec["reason"]
+    assert rec["reason"].startswith("node 1 of 2: ") == (node_rank == 1)  # another node's view says so
+
+
+def test_a_resolver_error_keeps_its_fix(tmp_path):
+    """``+distributed=slurm`` in a job whose id gives no port: the resolver's own one line, with its fix."""
+    proc = run_cli("+scenario=bert_train", "+distributed=slurm", cwd=tmp_path, timeout=120,
+                   env={"SLURM_JOB_NODELIST": "n1", "MASTER_ADDR": "n1", "SLURM_JOB_ID": "12_3"})
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1 and "not a job number" in errors[0] and "fix: export MASTER_PORT" in errors[0]
 
 
 def test_onnxruntime_cannot_train(tmp_path):

@@ -213,6 +213,11 @@ def test_torchrun_command_one_node_is_standalone(tmp_path):
     assert {"--nnodes=2", "--node_rank=1", "--rdzv_endpoint=head:29500"} <= set(multi) and "--standalone" not in multi
     # static rendezvous: torchrun honours --node_rank, so global rank 0 is on node 0 (c10d would ignore it)
     assert "--rdzv_backend=static" in multi
+    # nodes are waited for as long as the launch may last, not torchrun's own 600 s
+    assert "--rdzv_conf=timeout=1830" in multi
+    # one node is standalone even with an endpoint (e.g. +distributed=slurm outside a job)
+    single = torchrun_command(tmp_path / "job.json", DistributedOptions(nproc_per_node=2, rdzv_endpoint="localhost:29500"))
+    assert "--standalone" in single and not any(arg.startswith("--rdzv") for arg in single)
 
 
 # --- Slurm rendezvous (+distributed=slurm) ------------------------------------------------

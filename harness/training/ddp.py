@@ -16,6 +16,7 @@ before the run starts. The other nodes' launches end with no result, which is su
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -38,14 +39,16 @@ class LaunchTimeout(HarnessError):
 
 
 def torchrun_command(job_path: Path, dist: DistributedOptions) -> list[str]:
-    """The torchrun command line for ``dist``: ``--standalone`` on one node without an
-    endpoint, else a static rendezvous in which this node's rank is ``node_rank``."""
+    """The torchrun command line for ``dist``: ``--standalone`` on one node (a free local
+    port, whatever ``rdzv_endpoint`` says), else a static rendezvous in which this node's
+    rank is ``node_rank``. Its join timeout follows ``timeout_s`` (torchrun's own is 600 s),
+    so nodes that start late are waited for as long as the launch may take."""
     command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={dist.nproc_per_node}"]
-    if dist.nnodes == 1 and not dist.rdzv_endpoint:
+    if dist.nnodes == 1:
         command.append("--standalone")
     else:
         command += [f"--nnodes={dist.nnodes}", f"--node_rank={dist.node_rank}", "--rdzv_backend=static",
-                    f"--rdzv_endpoint={dist.rdzv_endpoint}"]
+                    f"--rdzv_endpoint={dist.rdzv_endpoint}", f"--rdzv_conf=timeout={math.ceil(dist.timeout_s) + 30}"]
     return command + ["-m", "harness.training.ddp_worker", str(job_path)]
 
 
@@ -119,8 +122,12 @@ def launch(job: dict[str, Any], dist: DistributedOptions, status: Callable[[str]
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 proc.kill()
-            raise LaunchTimeout(f"torchrun ran past scenario.distributed.timeout_s={dist.timeout_s:g}",
-                                "raise scenario.distributed.timeout_s or train for fewer steps") from None
+            if dist.nnodes > 1:
+                fix = (f"start all {dist.nnodes} nodes with rdzv_endpoint={dist.rdzv_endpoint} (node 0 listens "
+                       "there), or raise scenario.distributed.timeout_s")
+            else:
+                fix = "raise scenario.distributed.timeout_s or train for fewer steps"
+            raise LaunchTimeout(f"torchrun ran past scenario.distributed.timeout_s={dist.timeout_s:g}", fix) from None
         reader.join(timeout=5)
         result_path = folder / "result.json"
         if returncode == 0 and dist.node_rank > 0 and not any(folder.glob("error-*.json")):
