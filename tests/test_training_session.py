@@ -161,3 +161,57 @@ def test_train_model_runs_the_loop_and_reports_curves(tmp_path):
     assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
     assert any("eval accuracy" in line for line in lines)
     assert not model.module.training  # handed back in eval mode
+
+
+# --- the shared torch session's fp16 loss-scaler branch, exercised on the CPU ---------------
+
+def _cpu_session(model, scaler, **overrides):
+    """The shared session on the CPU with ``scaler`` (the pytorch backend sets one for fp16 on CUDA)."""
+    import contextlib
+
+    import torch
+
+    from harness.training.torch_session import TorchTrainingSession
+
+    class CpuSession(TorchTrainingSession):
+        def _autocast(self):
+            return contextlib.nullcontext()
+
+        def load(self, host_batch):
+            return {name: torch.as_tensor(value) for name, value in host_batch.items()}
+
+    session = CpuSession(model.module, plan(model, optimizer="sgd", lr=0.1, **overrides), torch.device("cpu"))
+    session.scaler = scaler
+    return session
+
+
+@pytest.mark.parametrize("grad_clip", [0.0, 0.5])
+def test_a_loss_scaler_steps_like_the_plain_loss(grad_clip):
+    """Scaled backward, unscale before clipping, scaler step: the same update as unscaled fp32."""
+    import torch
+
+    torch.manual_seed(0)
+    plain_model, scaled_model = tiny_bert(), tiny_bert()
+    scaled_model.module.load_state_dict(plain_model.module.state_dict())
+    plain = _cpu_session(plain_model, None, grad_clip=grad_clip, dropout=0.0)
+    scaled = _cpu_session(scaled_model, torch.amp.GradScaler("cpu", init_scale=2.0**10), grad_clip=grad_clip, dropout=0.0)
+    plain_model.module.eval(), scaled_model.module.eval()  # no dropout: both see the same forward
+    for seed in range(3):
+        inputs = plain.load(batch(seed=seed))
+        assert plain.train_step(inputs) == pytest.approx(scaled.train_step(inputs), rel=1e-5)
+    for a, b in zip(plain_model.module.parameters(), scaled_model.module.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before:UserWarning")  # the skipped step
+def test_a_loss_scaler_skips_an_overflowing_step_and_backs_off():
+    import torch
+
+    model = tiny_bert()
+    model.module.eval()
+    session = _cpu_session(model, torch.amp.GradScaler("cpu", init_scale=2.0**10))
+    before = [p.detach().clone() for p in model.module.parameters()]
+    session.loss_fn = lambda logits, inputs: logits.sum() * float("inf")  # every gradient overflows
+    session.train_step(session.load(batch()))
+    assert all(torch.equal(a, b) for a, b in zip(before, model.module.parameters()))  # the step was skipped
+    assert session.scaler.get_scale() < 2.0**10
