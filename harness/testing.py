@@ -64,6 +64,7 @@ __all__ = [
     "Case",
     "FAST_OVERRIDES",
     "KNOWN_PRECISIONS",
+    "compose_overrides",
     "compose_spec",
     "every_recipe",
     "prepare_at",
@@ -139,14 +140,21 @@ def compose_spec(backend: str, overrides: Iterable[str] = (), plugins: Any = Non
     entries exactly like the ``harness`` command does, so a backend whose YAML is not
     shipped correctly fails here the same way it would for a user.
     """
+    from harness.plugins import load_plugins
+
+    plugins = plugins if plugins is not None else load_plugins()
+    return compose_overrides(["+scenario=bert_fp32", f"backend={backend}", *FAST_OVERRIDES, *overrides], plugins, results_dir)
+
+
+def compose_overrides(overrides: Iterable[str], plugins: Any, results_dir: str | Path | None = None) -> Any:
+    """A validated :class:`harness.config.RunSpec` from command-line ``overrides``, composed
+    over the core's config tree and ``plugins``' search path as the ``harness`` command does."""
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
 
     from harness.config import build_spec
-    from harness.plugins import load_plugins
 
-    plugins = plugins if plugins is not None else load_plugins()
-    args = ["+scenario=bert_fp32", f"backend={backend}", *FAST_OVERRIDES, *overrides]
+    args = list(overrides)
     if results_dir is not None:
         args.append(f"results_dir={results_dir}")
     searchpath = plugins.config_searchpath()

@@ -32,22 +32,9 @@ def faulty(monkeypatch):
 
 
 def spec_for(plugins, *overrides: str, results_dir: Path | None = None):
-    from hydra import compose, initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
+    from harness.testing import compose_overrides
 
-    from harness.config import build_spec
-
-    searchpath = ",".join(plugins.config_searchpath())
-    args = ["+scenario=quick", *overrides, f"hydra.searchpath=[{searchpath}]"]
-    if results_dir is not None:
-        args.append(f"results_dir={results_dir}")
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_module(config_module="harness.conf", version_base="1.3"):
-            cfg = compose(config_name="config", overrides=args)
-    finally:
-        GlobalHydra.instance().clear()
-    return build_spec(cfg, plugins.registry)
+    return compose_overrides(["+scenario=quick", *overrides], plugins, results_dir)
 
 
 def run(plugins, *overrides: str, **launcher) -> dict:
@@ -118,28 +105,25 @@ def test_helpers_a_run_leaves_behind_are_killed(faulty, tmp_path):
     marker = tmp_path / "helper.pid"
     record = run(faulty, "backend=hang", "backend.fault=orphan", f"backend.marker={marker}", timeout_s=4)
     assert record["status"] == "timeout"
-    helper = int(marker.read_text().split()[-1])
-    for _ in range(50):
-        try:
-            os.kill(helper, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.1)
-    pytest.fail(f"helper process {helper} of the killed run is still alive")
+    _assert_dies(int(marker.read_text().split()[-1]), "of the killed run is still alive")
 
 
 def test_helpers_left_by_a_finished_run_are_killed(faulty, tmp_path):
     marker = tmp_path / "helper.pid"
     record = run(faulty, "backend=numpy", "backend.fault=leak", f"backend.marker={marker}")
     assert record["status"] == "ok", record["reason"]
-    helper = int(marker.read_text().split()[-1])
+    _assert_dies(int(marker.read_text().split()[-1]), "outlived the run that started it")
+
+
+def _assert_dies(pid: int, problem: str) -> None:
+    """Pass once ``pid`` is gone (within 5 s), else fail saying ``problem``."""
     for _ in range(50):
         try:
-            os.kill(helper, 0)
+            os.kill(pid, 0)
         except ProcessLookupError:
             return
         time.sleep(0.1)
-    pytest.fail(f"helper process {helper} outlived the run that started it")
+    pytest.fail(f"helper process {pid} {problem}")
 
 
 def test_out_of_memory_under_the_limit_is_a_clear_failure(faulty):
