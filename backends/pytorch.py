@@ -52,6 +52,13 @@ def is_cuda(device: str) -> bool:
     return device.startswith("cuda")
 
 
+def autocast_dtype(precision: str) -> Any:
+    """The ``torch`` dtype autocast runs ``precision`` in; None for fp32."""
+    import torch
+
+    return getattr(torch, AUTOCAST[precision]) if precision in AUTOCAST else None
+
+
 def autocast(dtype: Any, cuda: bool) -> Any:
     """``torch.autocast`` to ``dtype`` on the CPU or CUDA; a null context for fp32 (``dtype`` None)."""
     import contextlib
@@ -72,7 +79,7 @@ class PyTorchSession(Session):
         self.module = module
         self.device = device
         self.output_name = output_name
-        self.autocast_dtype = getattr(torch, AUTOCAST[precision]) if precision in AUTOCAST else None
+        self.autocast_dtype = autocast_dtype(precision)
         self.cuda = is_cuda(device)
         self.stream = torch.cuda.current_stream(device) if self.cuda else None
         self.timer = CudaEventTimer(self.stream) if self.cuda else WallClockTimer()
@@ -164,7 +171,7 @@ class PyTorchTrainingSession(TorchTrainingSession):
             self.model = self._data_parallel()
         if compile_mode is not None:
             self.model = torch.compile(self.model, mode=compile_mode)
-        self.autocast_dtype = getattr(torch, AUTOCAST[plan.precision]) if plan.precision in AUTOCAST else None
+        self.autocast_dtype = autocast_dtype(plan.precision)
         self.scaler = torch.amp.GradScaler("cuda") if plan.precision == "fp16" else None
         self.stream = torch.cuda.current_stream(device) if self.cuda else None
         self.timer = CudaEventTimer(self.stream) if self.cuda else WallClockTimer()

@@ -393,12 +393,11 @@ def _run_job(cfg: Any, multirun: bool, num: int, overrides: list[str]) -> int:
              + (f" [{' '.join(overrides)}]" if multirun else ""))
     record = launch(spec, plugins, options, status=ui.stage, progress=ui.progress)
     ui.end_progress()
-    recorded_by = record.pop("recorded_by", None)
-    if recorded_by and record["status"] == "ok":  # node 0's job reports this run, to the sweep too
-        ui.stage(f"{prefix}done: this node's ranks finished; {recorded_by} writes the record")
-        return 0
-    if node_rank > 0 and record["status"] != "ok":  # a failure seen from another node: kept, as that node's view
-        record["reason"] = f"node {node_rank} of {nnodes}: {record['reason']}"
+    if node_rank > 0:  # another node of a multi-node run: node 0 holds global rank 0
+        if record["status"] == "ok":  # node 0 writes the run's record and reports it to the sweep
+            ui.stage(f"{prefix}done: this node's ranks finished; node 0 of {nnodes} writes the record")
+            return 0
+        record["reason"] = f"node {node_rank} of {nnodes}: {record['reason']}"  # a failure as this node saw it
     record["job_key"] = key
     if multirun:
         record["job"] = {"num": num, "overrides": overrides}

@@ -181,6 +181,4 @@ def execute(
     record["model"].update(result.model)
     record["backend"].update(result.backend)
     record["metrics"] = result.metrics
-    if result.recorded_by:
-        record["recorded_by"] = result.recorded_by  # not a record field: the CLI writes nothing
     return record

@@ -28,9 +28,6 @@ class ScenarioResult:
     seq_len: int | None = None
     model: dict[str, Any] = field(default_factory=dict)
     backend: dict[str, Any] = field(default_factory=dict)
-    #: Set (to who writes it) when another process writes this run's record: the nodes
-    #: other than node 0 of a multi-node training run end ``ok`` with no record of their own.
-    recorded_by: str | None = None
 
 
 @dataclass

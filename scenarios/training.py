@@ -3,11 +3,12 @@
 Flow: check the backend declares training -> (one process) build model and data,
 ``backend.prepare_training`` -> timed optimizer steps with evaluations -> checkpoint
 into the artifact cache; or (``distributed.world_size > 1``) the same run on every
-rank of a torchrun launch, rank 0 reporting; across nodes only node 0 writes a record. The record carries train samples/s and
-tokens/s without the warm-up steps, step-latency percentiles, the loss and eval
-curves (TensorBoard event files beside the records), time to the target accuracy,
-the final accuracy, peak memory and the checkpoint path; a data-parallel run adds its
-world size and the scaling efficiency against a matching 1-process record.
+rank of a torchrun launch, rank 0 reporting (across nodes, only node 0 writes a record).
+The record carries train samples/s and tokens/s without the warm-up steps, step-latency
+percentiles, the loss and eval curves (TensorBoard event files beside the records), time
+to the target accuracy, the final accuracy, peak memory and the checkpoint path; a
+data-parallel run adds its world size and the scaling efficiency against a matching
+1-process record.
 
 The scenario never names a backend: a backend that cannot train says so through
 ``capabilities().training`` and the run ends ``unsupported``.
@@ -137,9 +138,8 @@ class TrainingScenario(Scenario):
                 "tensorboard_dir": board,
             }
             result = launch(job, dist, ctx.status)
-            if result is None:  # a node other than node 0: its ranks are done, node 0 records the run
-                return ScenarioResult(precision=opts.precision, metrics={}, batch_size=opts.batch_size,
-                                      recorded_by=f"node 0 of {dist.nnodes} (rendezvous {dist.rdzv_endpoint})")
+            if result is None:  # a node other than node 0: its ranks are done; the CLI writes no record
+                return ScenarioResult(precision=opts.precision, metrics={}, batch_size=opts.batch_size)
         else:
             ctx.status(f"training {spec.model.name} on {spec.dataset.name} with {ctx.backend.name} "
                        f"({opts.optimizer}, lr {opts.lr:g}, {opts.precision})")
