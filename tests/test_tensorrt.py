@@ -1,7 +1,11 @@
-"""Tests of the TensorRT backend.
+"""Tests of the TensorRT backend object: probe, registration, session dtypes, a real engine.
 
-Everything except the last test is pure logic and runs on any machine (TensorRT is
-not installed here and there is no GPU). ``test_build_and_run_real_engine`` is marked
+The focused modules beside this one test the package's parts: ``test_tensorrt_plan``
+(options, profiles, precision plans, versions), ``test_tensorrt_onnx`` (ONNX facts) and
+``test_tensorrt_build`` (cache keys, parser errors, the build driven without a GPU).
+
+Everything here except the last two tests runs on any machine (TensorRT is not
+installed here and there is no GPU). ``test_build_and_run_real_engine`` is marked
 ``tensorrt`` and builds and runs a real engine; it skips with the precise reason when
 the library or a CUDA device is missing.
 """
@@ -13,449 +17,24 @@ import re
 from types import SimpleNamespace
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper
 
 from harness.backend import Artifact
 from harness.hardware import parse_driver_version
 from harness.timing import CudaEventTimer
-from harness.errors import ConfigError, Unavailable, Unsupported
+from harness.errors import Unavailable, Unsupported
 from harness.registry import Registry
 from harness.backends import tensorrt as trt_backend
-from harness.backends.tensorrt import (
-    REASON_NO_CUDA,
-    REASON_NOT_INSTALLED,
-    TensorRTBackend,
-    TensorRTOptions,
-    check_version,
-    engine_cache_key,
-    format_parser_errors,
-    network_flags,
-    onnx_float_type,
-    onnx_has_qdq,
-    onnx_input_dims,
-    onnx_sha256,
-    parse_version,
-    pin_static_dims,
-    precision_plan,
-    probe_reason,
-    profile_for_onnx,
-    qdq_problem,
-    shape_profile,
-    timing_cache_key,
-    torch_dtype_name,
-)
+from harness.backends.tensorrt import REASON_NOT_INSTALLED, REASON_NO_CUDA, TensorRTBackend, TensorRTOptions
+from harness.backends.tensorrt.onnx_inspect import onnx_has_qdq, qdq_problem
+from harness.backends.tensorrt.plan import parse_version
+from harness.backends.tensorrt.session import TRT_TO_TORCH_DTYPE, torch_dtype_name
+from test_tensorrt_onnx import matmul_model
 
 TENSORRT_MISSING = importlib.util.find_spec("tensorrt") is None
 
 
-# --- tiny ONNX builders ----------------------------------------------------------------
-
-
-def _save(tmp_path, graph, name="model.onnx", opset=17, **save_kwargs):
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    onnx.checker.check_model(model)
-    path = tmp_path / name
-    onnx.save(model, str(path), **save_kwargs)
-    return path
-
-
-def _matmul_model(tmp_path, dtype=TensorProto.FLOAT, name="model.onnx", batch="batch", **save_kwargs):
-    """y = x @ W + b with x: [batch, 4], W: [4, 3]."""
-    np_dtype = helper.tensor_dtype_to_np_dtype(dtype)
-    weight = np.arange(12, dtype=np.float32).reshape(4, 3) / 10
-    bias = np.array([0.5, -1.0, 2.0], dtype=np.float32)
-
-    def tensor(tensor_name, array):
-        if dtype == TensorProto.BFLOAT16:  # numpy has no bf16: store as float, declare bf16
-            return helper.make_tensor(tensor_name, dtype, array.shape, array.flatten().tolist())
-        return onnx.numpy_helper.from_array(array.astype(np_dtype), tensor_name)
-
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "W"], ["xw"], name="mm"), helper.make_node("Add", ["xw", "b"], ["y"], name="add")],
-        "matmul",
-        [helper.make_tensor_value_info("x", dtype, [batch, 4])],
-        [helper.make_tensor_value_info("y", dtype, [batch, 3])],
-        [tensor("W", weight), tensor("b", bias)],
-    )
-    return _save(tmp_path, graph, name, **save_kwargs)
-
-
-def _qdq_model(tmp_path, zp_type=TensorProto.INT8, zp_value=0, domain="", name="qdq.onnx"):
-    """x -> QuantizeLinear -> DequantizeLinear -> MatMul W -> y."""
-    weight = onnx.numpy_helper.from_array(np.ones((4, 3), dtype=np.float32), "W")
-    scale = helper.make_tensor("scale", TensorProto.FLOAT, [], [0.05])
-    zero = helper.make_tensor("zp", zp_type, [], [zp_value])
-    nodes = [
-        helper.make_node("QuantizeLinear", ["x", "scale", "zp"], ["xq"], name="q", domain=domain),
-        helper.make_node("DequantizeLinear", ["xq", "scale", "zp"], ["xdq"], name="dq", domain=domain),
-        helper.make_node("MatMul", ["xdq", "W"], ["y"], name="mm"),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "qdq",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])],
-        [weight, scale, zero],
-    )
-    opsets = [helper.make_opsetid("", 17)] + ([helper.make_opsetid(domain, 1)] if domain else [])
-    model = helper.make_model(graph, opset_imports=opsets)
-    path = tmp_path / name
-    onnx.save(model, str(path))
-    return path
-
-
-# --- options ---------------------------------------------------------------------------
-
-
-def test_options_defaults():
-    opts = TensorRTOptions()
-    assert (opts.device_index, opts.workspace_gb, opts.builder_optimization_level) == (0, 4.0, 3)
-    assert (opts.min_batch, opts.max_batch, opts.min_seq, opts.max_seq) == (1, None, 1, None)
-    assert opts.timing_cache is True and opts.tf32 is False
-
-
-@pytest.mark.parametrize(
-    "kwargs, key",
-    [
-        ({"device_index": -1}, "device_index"),
-        ({"workspace_gb": 0}, "workspace_gb"),
-        ({"workspace_gb": "4"}, "workspace_gb"),
-        ({"builder_optimization_level": 6}, "builder_optimization_level"),
-        ({"builder_optimization_level": -1}, "builder_optimization_level"),
-        ({"min_batch": 0}, "min_batch"),
-        ({"min_batch": 4, "max_batch": 2}, "max_batch"),
-        ({"max_batch": 2.5}, "max_batch"),
-        ({"min_seq": 0}, "min_seq"),
-        ({"min_seq": 64, "max_seq": 32}, "max_seq"),
-        ({"timing_cache": "yes"}, "timing_cache"),
-        ({"device_index": True}, "device_index"),
-    ],
-)
-def test_options_validation_names_the_key(kwargs, key):
-    with pytest.raises(ValueError, match=f"'{key}'"):
-        TensorRTOptions(**kwargs)
-
-
-# --- shape profiles --------------------------------------------------------------------
-
-
-def test_text_profile_defaults_to_the_measured_shape():
-    profile = shape_profile(["input_ids", "attention_mask"], 8, 128, TensorRTOptions())
-    assert profile == {
-        "input_ids": ((1, 1), (8, 128), (8, 128)),
-        "attention_mask": ((1, 1), (8, 128), (8, 128)),
-    }
-
-
-def test_text_profile_with_headroom():
-    opts = TensorRTOptions(min_batch=2, max_batch=32, min_seq=16, max_seq=512)
-    assert shape_profile(["input_ids"], 8, 128, opts) == {"input_ids": ((2, 16), (8, 128), (32, 512))}
-
-
-def test_image_profile_varies_only_the_batch():
-    opts = TensorRTOptions(max_batch=16)
-    profile = shape_profile(["pixel_values"], 4, None, opts, sample_shape=(3, 224, 224))
-    assert profile == {"pixel_values": ((1, 3, 224, 224), (4, 3, 224, 224), (16, 3, 224, 224))}
-
-
-@pytest.mark.parametrize(
-    "batch, seq, opts, match",
-    [
-        (8, 128, TensorRTOptions(max_batch=4), "max_batch=4"),
-        (1, 128, TensorRTOptions(min_batch=2), "min_batch=2"),
-        (8, 128, TensorRTOptions(max_seq=64), "max_seq=64"),
-        (8, 8, TensorRTOptions(min_seq=16), "min_seq=16"),
-        (8, None, TensorRTOptions(), "sequence length"),
-    ],
-)
-def test_profile_outside_options_is_a_config_error(batch, seq, opts, match):
-    with pytest.raises(ConfigError, match=match):
-        shape_profile(["input_ids"], batch, seq, opts)
-
-
-def test_pin_static_dims_pins_min_and_max_to_a_matching_static_dim():
-    profile = {"x": ((1, 1), (4, 16), (4, 16))}
-    assert pin_static_dims(profile, {"x": (4, None)}) == {"x": ((4, 1), (4, 16), (4, 16))}
-
-
-def test_pin_static_dims_refuses_a_static_dim_the_run_cannot_use():
-    with pytest.raises(ConfigError, match="static dim 0 = 1"):
-        pin_static_dims({"x": ((1, 1), (4, 16), (4, 16))}, {"x": (1, None)})
-    with pytest.raises(ConfigError, match="rank 3"):
-        pin_static_dims({"x": ((1, 1), (4, 16), (4, 16))}, {"x": (None, None, None)})
-
-
-def test_profile_for_onnx_treats_rank2_as_tokens_and_reads_static_image_dims():
-    dims = {"input_ids": (None, None), "pixel_values": (None, 3, 32, 32)}
-    profile = profile_for_onnx(dims, 2, 16, TensorRTOptions(max_batch=8))
-    assert profile == {
-        "input_ids": ((1, 1), (2, 16), (8, 16)),
-        "pixel_values": ((1, 3, 32, 32), (2, 3, 32, 32), (8, 3, 32, 32)),
-    }
-
-
-def test_profile_for_onnx_reads_a_static_feature_dim_without_seq_len():
-    profile = profile_for_onnx({"x": (None, 4)}, 2, None, TensorRTOptions(max_batch=4))
-    assert profile == {"x": ((1, 4), (2, 4), (4, 4))}
-    with pytest.raises(ConfigError, match="sequence length"):
-        profile_for_onnx({"input_ids": (None, None)}, 2, None, TensorRTOptions())
-
-
-def test_profile_for_onnx_needs_a_sample_shape_for_dynamic_image_dims():
-    with pytest.raises(ConfigError, match="no sample shape") as info:
-        profile_for_onnx({"pixel_values": (None, 3, None, None)}, 2, None, TensorRTOptions())
-    assert "meta 'sample_shape'" in info.value.one_line()
-    profile = profile_for_onnx({"pixel_values": (None, 3, None, None)}, 2, None, TensorRTOptions(), [3, 64, 64])
-    assert profile["pixel_values"] == ((1, 3, 64, 64), (2, 3, 64, 64), (2, 3, 64, 64))
-
-
-# --- precision plans -------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "precision, version, qdq, ftype, strongly_typed, flags, convert_to",
-    [
-        ("fp32", "10.13.0.35", False, "fp32", True, (), None),
-        ("fp32", "11.0.0", False, "fp32", True, (), None),
-        ("fp16", "10.13.0.35", False, "fp32", False, ("FP16",), None),
-        ("bf16", "10.8.0", False, "fp32", False, ("BF16",), None),
-        ("fp16", "10.13.0.35", False, "fp16", True, (), None),
-        ("bf16", "10.13.0.35", False, "bf16", True, (), None),
-        ("fp16", "11.1.0", False, "fp32", True, (), "fp16"),
-        ("bf16", "11.1.0", False, "fp32", True, (), "bf16"),
-        ("fp16", "11.1.0", False, "fp16", True, (), None),
-        ("int8", "10.13.0.35", True, "fp32", True, (), None),
-        ("int8", "11.0.0", True, "fp32", True, (), None),
-    ],
-)
-def test_precision_plan(precision, version, qdq, ftype, strongly_typed, flags, convert_to):
-    plan = precision_plan(precision, version, qdq, ftype)
-    assert (plan.precision, plan.strongly_typed, plan.builder_flags, plan.convert_to) == (
-        precision,
-        strongly_typed,
-        flags,
-        convert_to,
-    )
-    assert plan.note
-
-
-def test_precision_plan_on_11_says_the_onnx_must_be_converted():
-    plan = precision_plan("fp16", (11, 0), False, "fp32")
-    assert "removed BuilderFlag.FP16" in plan.note and "converted to fp16" in plan.note
-
-
-def test_weak_typing_on_10_is_flagged_deprecated():
-    assert "deprecated since TensorRT 10.12" in precision_plan("fp16", "10.13", False).note
-
-
-@pytest.mark.parametrize("version", ["10.13.0.35", "11.0.0"])
-def test_int8_without_qdq_is_unsupported_with_the_recipe_named(version):
-    with pytest.raises(Unsupported) as info:
-        precision_plan("int8", version, onnx_has_qdq=False)
-    line = info.value.one_line()
-    assert "\n" not in line
-    assert "explicit Q/DQ ONNX from the static QDQ quantization recipe" in line
-    assert "TensorRT 11 removed implicit INT8 calibration" in line
-    assert info.value.status == "unsupported"
-
-
-@pytest.mark.parametrize(
-    "precision, version, qdq, ftype, match",
-    [
-        ("fp32", "10.13", True, "fp32", "Q/DQ nodes"),
-        ("fp16", "11.0", True, "fp32", "Q/DQ nodes"),
-        ("fp32", "10.13", False, "fp16", "not fp32"),
-        ("fp16", "10.13", False, "bf16", "cannot build fp16"),
-        ("fp8", "10.13", False, "fp32", "no precision 'fp8'"),
-    ],
-)
-def test_precision_plan_refuses_mislabelled_runs(precision, version, qdq, ftype, match):
-    with pytest.raises(Unsupported, match=match):
-        precision_plan(precision, version, qdq, ftype)
-
-
-def test_precision_plan_refuses_unsupported_majors():
-    with pytest.raises(Unavailable, match="8.x unsupported"):
-        precision_plan("fp32", "8.6.1", False)
-
-
-def test_network_flags():
-    strong = precision_plan("fp32", "10.13", False)
-    weak = precision_plan("fp16", "10.13", False)
-    assert network_flags(strong, 10, strongly_typed_bit=1) == 0b10
-    assert network_flags(weak, 10, strongly_typed_bit=1) == 0
-    assert network_flags(strong, 11, strongly_typed_bit=0) == 0  # always strongly typed on 11
-
-
-# --- ONNX facts ------------------------------------------------------------------------
-
-
-def test_qdq_detection(tmp_path):
-    assert onnx_has_qdq(_matmul_model(tmp_path)) is False
-    assert onnx_has_qdq(_qdq_model(tmp_path)) is True
-
-
-def test_qdq_detection_ignores_contrib_domain_and_sees_subgraphs(tmp_path):
-    assert onnx_has_qdq(_qdq_model(tmp_path, domain="com.microsoft", name="contrib.onnx")) is False
-
-    then_branch = helper.make_graph(
-        [
-            helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
-            helper.make_node("DequantizeLinear", ["q", "s", "z"], ["out"]),
-        ],
-        "then",
-        [],
-        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [2])],
-    )
-    else_branch = helper.make_graph(
-        [helper.make_node("Identity", ["x"], ["out2"])],
-        "else",
-        [],
-        [helper.make_tensor_value_info("out2", TensorProto.FLOAT, [2])],
-    )
-    graph = helper.make_graph(
-        [helper.make_node("If", ["cond"], ["y"], then_branch=then_branch, else_branch=else_branch)],
-        "nested",
-        [helper.make_tensor_value_info("cond", TensorProto.BOOL, []), helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
-        [helper.make_tensor("s", TensorProto.FLOAT, [], [0.1]), helper.make_tensor("z", TensorProto.INT8, [], [0])],
-    )
-    assert onnx_has_qdq(_save(tmp_path, graph, "nested.onnx")) is True
-
-
-def test_qdq_problem_flags_asymmetric_quantization(tmp_path):
-    assert qdq_problem(_qdq_model(tmp_path)) is None
-    assert "uint8 zero point" in qdq_problem(_qdq_model(tmp_path, zp_type=TensorProto.UINT8, zp_value=128, name="u8.onnx"))
-    assert "nonzero zero point" in qdq_problem(_qdq_model(tmp_path, zp_value=3, name="nz.onnx"))
-
-
-def test_onnx_float_type(tmp_path):
-    assert onnx_float_type(_matmul_model(tmp_path, TensorProto.FLOAT, "f32.onnx")) == "fp32"
-    assert onnx_float_type(_matmul_model(tmp_path, TensorProto.FLOAT16, "f16.onnx")) == "fp16"
-    assert onnx_float_type(_matmul_model(tmp_path, TensorProto.BFLOAT16, "bf16.onnx")) == "bf16"
-
-
-def test_onnx_input_dims_excludes_initializers(tmp_path):
-    path = _matmul_model(tmp_path)
-    model = onnx.load(str(path))
-    model.graph.input.append(helper.make_tensor_value_info("W", TensorProto.FLOAT, [4, 3]))  # old-style exporters
-    onnx.save(model, str(path))
-    assert onnx_input_dims(path) == {"x": (None, 4)}
-    assert onnx_input_dims(_matmul_model(tmp_path, name="static.onnx", batch=2)) == {"x": (2, 4)}
-
-
-def test_onnx_sha256_covers_external_weights(tmp_path):
-    path = _matmul_model(
-        tmp_path, name="ext.onnx", save_as_external_data=True, location="ext.data", size_threshold=0
-    )
-    first = onnx_sha256(path)
-    assert first == onnx_sha256(path)
-    data = tmp_path / "ext.data"
-    blob = bytearray(data.read_bytes())
-    blob[0] ^= 0xFF
-    data.write_bytes(bytes(blob))
-    assert onnx_sha256(path) != first
-
-
-# --- cache keys ------------------------------------------------------------------------
-
-KEY_ARGS = dict(
-    onnx_sha256="a" * 64,
-    trt_version="10.13.0.35",
-    gpu_name="NVIDIA H100 80GB HBM3",
-    compute_capability=(9, 0),
-    precision="fp16",
-    profile={"input_ids": ((1, 1), (8, 128), (8, 128)), "attention_mask": ((1, 1), (8, 128), (8, 128))},
-    builder={"builder_optimization_level": 3, "workspace_gb": 4.0, "tf32": False},
-)
-
-
-def test_engine_cache_key_is_stable():
-    key = engine_cache_key(**KEY_ARGS)
-    assert re.fullmatch(r"[0-9a-f]{20}", key)
-    reordered = dict(KEY_ARGS)
-    reordered["profile"] = {
-        "attention_mask": [[1, 1], [8, 128], [8, 128]],
-        "input_ids": [[1, 1], [8, 128], [8, 128]],
-    }
-    reordered["compute_capability"] = "9.0"
-    assert engine_cache_key(**reordered) == key
-
-
-@pytest.mark.parametrize(
-    "field, value",
-    [
-        ("onnx_sha256", "b" * 64),
-        ("trt_version", "11.0.0"),
-        ("gpu_name", "NVIDIA H200"),
-        ("compute_capability", (8, 9)),
-        ("precision", "fp32"),
-        ("profile", {"input_ids": ((1, 1), (8, 128), (16, 128)), "attention_mask": ((1, 1), (8, 128), (8, 128))}),
-        ("builder", {"builder_optimization_level": 5, "workspace_gb": 4.0, "tf32": False}),
-    ],
-)
-def test_engine_cache_key_changes_with_each_input(field, value):
-    assert engine_cache_key(**{**KEY_ARGS, field: value}) != engine_cache_key(**KEY_ARGS)
-
-
-def test_timing_cache_key_depends_on_version_and_gpu_only():
-    key = timing_cache_key("10.13.0.35", "NVIDIA H100", (9, 0))
-    assert key == timing_cache_key("10.13.0.35", "NVIDIA H100", "9.0")
-    assert key != timing_cache_key("10.14.0", "NVIDIA H100", (9, 0))
-    assert key != timing_cache_key("10.13.0.35", "NVIDIA L4", (8, 9))
-
-
-# --- versions and probe ----------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "text, parsed",
-    [("10.13.0.35", (10, 13, 0, 35)), ("11.0.0b1", (11, 0, 0)), ("8.6", (8, 6)), (" 10.1.0 ", (10, 1, 0)), ("10.x", (10,))],
-)
-def test_parse_version(text, parsed):
-    assert parse_version(text) == parsed
-
-
-def test_parse_version_rejects_garbage():
-    with pytest.raises(ValueError):
-        parse_version("abc")
-
-
-@pytest.mark.parametrize(
-    "version, reason",
-    [
-        ("10.0.1", None),
-        ("10.13.0.35", None),
-        ("11.0.0b1", None),
-        ("8.6.1", "tensorrt 8.6 unsupported (need 10.x or 11.x)"),
-        ("12.0", "tensorrt 12.0 unsupported (need 10.x or 11.x)"),
-        ("dev", "tensorrt version 'dev' is unparseable (need 10.x or 11.x)"),
-    ],
-)
-def test_check_version(version, reason):
-    assert check_version(version) == reason
-
-
-@pytest.mark.parametrize(
-    "version, devices, index, reason",
-    [
-        (None, 0, 0, REASON_NOT_INSTALLED),
-        (None, 2, 0, REASON_NOT_INSTALLED),
-        ("8.6.1", 2, 0, "tensorrt 8.6 unsupported (need 10.x or 11.x)"),
-        ("10.13.0", 0, 0, REASON_NO_CUDA),
-        ("11.0.0", 1, 1, "cuda:1 not visible (1 CUDA device(s); set backend.device_index)"),
-        ("10.13.0", 1, 0, None),
-    ],
-)
-def test_probe_reason(version, devices, index, reason):
-    assert probe_reason(version, devices, index) == reason
-
-
-def test_reason_strings_are_exact():
-    assert REASON_NOT_INSTALLED == "tensorrt not installed (pip install tensorrt from NVIDIA's index)"
-    assert REASON_NO_CUDA == "no CUDA device visible (torch.cuda.is_available() is False)"
+# --- probe -------------------------------------------------------------------------------
 
 
 @pytest.mark.skipif(not TENSORRT_MISSING, reason="tensorrt is installed on this machine")
@@ -525,68 +104,13 @@ def test_installed_version_distinguishes_missing_from_broken(monkeypatch):
         trt_backend.installed_tensorrt_version()
 
 
-# --- parser errors, dtypes, driver -----------------------------------------------------
-
-
-class _Error:
-    def __init__(self, node, name, op, desc, code="UNSUPPORTED_NODE"):
-        self._node, self._name, self._op, self._desc, self._code = node, name, op, desc, code
-
-    def node(self):
-        return self._node
-
-    def node_name(self):
-        return self._name
-
-    def node_operator(self):
-        return self._op
-
-    def desc(self):
-        return self._desc
-
-    def code(self):
-        return SimpleNamespace(name=self._code)
-
-
-class _OldError:
-    """A binding without node_name/node_operator (older than the 10.x parser)."""
-
-    def node(self):
-        return 2
-
-    def desc(self):
-        return "Assertion failed:\n  shiftIsAllZeros(zeroPoint)"
-
-
-class _Parser:
-    def __init__(self, errors):
-        self.errors = errors
-        self.num_errors = len(errors)
-
-    def get_error(self, index):
-        return self.errors[index]
-
-
-def test_format_parser_errors():
-    parser = _Parser(
-        [
-            _Error(3, "/encoder/MatMul", "MatMul", "Unsupported datatype"),
-            _Error(-1, "", "", "Invalid graph", code="INVALID_GRAPH"),
-            _OldError(),
-        ]
-    )
-    assert format_parser_errors(parser) == [
-        "node 3 ('/encoder/MatMul', MatMul) [UNSUPPORTED_NODE]: Unsupported datatype",
-        "graph [INVALID_GRAPH]: Invalid graph",
-        "node 2: Assertion failed: shiftIsAllZeros(zeroPoint)",
-    ]
-    assert format_parser_errors(_Parser([])) == []
+# --- session dtypes, driver --------------------------------------------------------------
 
 
 def test_torch_dtype_names_exist_in_torch():
     import torch
 
-    for trt_name, torch_name in trt_backend.TRT_TO_TORCH_DTYPE.items():
+    for trt_name, torch_name in TRT_TO_TORCH_DTYPE.items():
         assert isinstance(getattr(torch, torch_name), torch.dtype), trt_name
     assert torch_dtype_name(SimpleNamespace(name="HALF")) == "float16"
     assert torch_dtype_name("DataType.INT64") == "int64"
@@ -671,7 +195,7 @@ def test_backend_identity():
 
 def test_prepare_refuses_before_touching_the_gpu(tmp_path):
     backend = TensorRTBackend(TensorRTOptions())
-    artifact = Artifact("m", ("x",), ("y",), onnx_path=_matmul_model(tmp_path), meta={"batch_size": 2})
+    artifact = Artifact("m", ("x",), ("y",), onnx_path=matmul_model(tmp_path), meta={"batch_size": 2})
     with pytest.raises(Unsupported, match="precision 'fp8'"):
         backend.prepare(artifact, "fp8")
     if TENSORRT_MISSING:
@@ -707,7 +231,7 @@ def test_build_and_run_real_engine(tmp_path, monkeypatch):
         pytest.skip("no CUDA device visible (torch.cuda.is_available() is False)")
     monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
 
-    path = _matmul_model(tmp_path)
+    path = matmul_model(tmp_path)
     artifact = Artifact("matmul", ("x",), ("y",), onnx_path=path, meta={"batch_size": 2, "sample_shape": [4]})
     x = np.arange(8, dtype=np.float32).reshape(2, 4)
     expected = x @ (np.arange(12, dtype=np.float32).reshape(4, 3) / 10) + np.array([0.5, -1.0, 2.0], np.float32)
@@ -757,4 +281,4 @@ def test_compress_writes_a_symmetric_qdq_onnx_tensorrt_can_parse(tiny_model, tin
     out = backend.compress(artifact, recipes.int8_qdq(3), calibration)
     assert out.onnx_path.is_file() and out.meta["precision"] == "int8"
     assert onnx_has_qdq(out.onnx_path)
-    assert trt_backend.qdq_problem(out.onnx_path) is None
+    assert qdq_problem(out.onnx_path) is None
