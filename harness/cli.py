@@ -274,7 +274,7 @@ def compose_problems(jobs: list[list[str]], searchpath: list[str], label_jobs: b
                 try:
                     cfg = compose(config_name="config", overrides=[*job, *extra], return_hydra_config=registry is not None)
                 except Exception as exc:
-                    return prefix + _one_line(exc)
+                    return prefix + _one_line(exc) + _typo_hint(exc, job, extra)
                 if registry is not None:
                     # as in a real run: ${hydra:...} resolves, and the job never sees the hydra node
                     HydraConfig.instance().set_config(cfg)
@@ -291,6 +291,32 @@ def compose_problems(jobs: list[list[str]], searchpath: list[str], label_jobs: b
         if registry is not None:
             HydraConfig.instance().cfg = None  # type: ignore[assignment]
     return None
+
+
+def _typo_hint(exc: BaseException, job: list[str], extra: list[str]) -> str:
+    """`` (fix: did you mean scenario.batch_size?)`` when Hydra could not override a key
+    that is a typo of an existing one; composes the job without that override to see
+    the keys next to it (inside the caller's ``initialize_config_module``)."""
+    import re
+
+    from hydra import compose
+    from omegaconf import OmegaConf
+
+    from harness.preflight import nearest
+
+    match = re.search(r"Could not override '([^']+)'", str(exc))
+    if match is None:
+        return ""
+    key = match.group(1)
+    rest = [o for o in job if o.split("=", 1)[0].lstrip("+~") != key]
+    try:
+        node: Any = OmegaConf.to_container(compose(config_name="config", overrides=[*rest, *extra]), resolve=False)
+        for part in key.split(".")[:-1]:
+            node = node[part]
+        guess = nearest(key.rsplit(".", 1)[-1], [str(k) for k in node]) if isinstance(node, dict) else None
+    except Exception:
+        return ""
+    return f" (fix: did you mean {key.rsplit('.', 1)[0] + '.' if '.' in key else ''}{guess}?)" if guess else ""
 
 
 def compose_problem(args: list[str], searchpath: list[str]) -> str | None:
@@ -570,6 +596,17 @@ def _finish(ledger: Path, multirun: bool, expected: int | None, interrupted: Bas
 
 def main() -> None:
     """Console-script entry point."""
+    try:
+        _main()
+    except KeyboardInterrupt as exc:  # a signal outside a job (while checking, or while finishing): one line
+        from harness import ui
+
+        ui.error(f"interrupted by {getattr(exc, 'name', 'SIGINT')} (fix: run the same command again; "
+                 "a -m sweep skips the jobs that already have an ok record)")
+        sys.exit(int(getattr(exc, "exit_code", 130)))
+
+
+def _main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     if os.environ.get("HARNESS_DEBUG", "") not in ("", "0"):
@@ -605,11 +642,11 @@ def main() -> None:
         return _run_one(cfg)
 
     ledger = sweep.new_ledger(_results_dir(parsed.overrides, searchpath) if multirun and parsed else None)
-    if multirun:  # launchers that run jobs elsewhere (Ray, Slurm) pass the ledger on in the job's env
-        extra.append(f"++hydra.job.env_set.{sweep.LEDGER_ENV}={ledger}")
-    sys.argv[1:] = with_overrides(args, parsed, extra)
     interrupted: BaseException | None = None
     try:
+        if multirun:  # launchers that run jobs elsewhere (Ray, Slurm) pass the ledger on in the job's env
+            extra.append(f"++hydra.job.env_set.{sweep.LEDGER_ENV}={ledger}")
+        sys.argv[1:] = with_overrides(args, parsed, extra)
         app()
     except KeyboardInterrupt as exc:
         interrupted = exc

@@ -64,6 +64,8 @@ def assert_one_line(proc, needle: str, code: int) -> str:
         (["+foo=1"], "unknown top-level config key 'foo'"),
         (["+result_dir=/tmp/x"], "unknown top-level config key 'result_dir' (fix: did you mean results_dir?"),
         (["++resuls_dir=/tmp/x"], "did you mean results_dir?"),
+        (["+scenario=bert_fp32", "scenario.batch_sise=3"], "Could not override 'scenario.batch_sise'"),
+        (["launcher.timout_s=3"], "(fix: did you mean launcher.timeout_s?)"),
         (["+scenario=bert_fp32", "scenario.seq_len=1024"], "scenario.seq_len=1024 is longer than the 512 positions"),
         (["+scenario=bert_fp32", "scenario.batch_size=99999999999999999999"], "scenario.batch_size=99999999999999999999 needs at least"),
         (["+scenario=bert_train", "scenario.eval_batch_size=10000000000000"], "scenario.eval_batch_size=10000000000000 needs at least"),
@@ -264,12 +266,19 @@ OVERRIDE = st.one_of(
 
 
 @pytest.fixture(scope="module")
-def checker():
+def checker(tmp_path_factory):
+    """The CLI's checker as the command runs it, in a scratch folder: preflight creates
+    (and probes) results_dir and cache_dir, relative ones included."""
     from harness.plugins import load_plugins
 
     plugins = load_plugins()
     searchpath = plugins.config_searchpath()
-    return searchpath, cli.group_options(searchpath), plugins.registry
+    cwd = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("checker"))
+    try:
+        yield searchpath, cli.group_options(searchpath), plugins.registry
+    finally:
+        os.chdir(cwd)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])

@@ -425,3 +425,12 @@ def test_the_whole_preflight_passes_a_good_spec(spec):
     checked, warnings = preflight.run(spec, None, host_lock=True)
     assert checked == spec and warnings == []
     assert np.isfinite(preflight.available_memory_bytes())
+
+
+@pytest.mark.parametrize("scenario", sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "scenario").glob("*.yaml")))
+def test_every_shipped_scenario_passes_preflight(plugins, scenario, tmp_path):
+    """No false refusals: each scenario as shipped, with its own model and dataset."""
+    from harness.testing import compose_overrides
+
+    spec = compose_overrides([f"+scenario={scenario}"], plugins, tmp_path)
+    assert preflight.run(spec, None, host_lock=True) == (spec, [])
