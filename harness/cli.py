@@ -468,7 +468,11 @@ def _run_job(cfg: Any, multirun: bool, num: int, overrides: list[str]) -> int:
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: keep the running job's record, then stop
         ui.end_progress()
         if getattr(exc, "record", None) is not None and node_rank == 0:
-            job.finish(exc.record, exc_code=getattr(exc, "exit_code", 130))  # type: ignore[attr-defined]
+            try:
+                job.finish(exc.record, exc_code=getattr(exc, "exit_code", 130))  # type: ignore[attr-defined]
+            except Exception as failure:  # the record could not be kept anywhere: still stop the sweep
+                ui.error(f"{prefix}the interrupted run's record was not written: {failure} "
+                         "(fix: check results_dir and the cache folder can be written)")
         raise
     ui.end_progress()
     if node_rank > 0:  # another node of a multi-node run: node 0 holds global rank 0

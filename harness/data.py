@@ -288,7 +288,7 @@ _Frames = tuple["pd.DataFrame", "pd.DataFrame", Optional[list[str]]]  # train, e
 
 #: Share of ``[UNK]`` word tokens in user text above which the run warns.
 UNKNOWN_WARN_SHARE = 0.05
-_WARNED: set[tuple[str, int]] = set()
+_WARNED: set[tuple[str, str]] = set()
 
 #: Classes of the built-in dataset kinds (``files`` reads them from the data).
 BUILTIN_LABELS = {"sentiment": 2, "digits": 10}
@@ -368,7 +368,7 @@ def unknown_share(data: TaskData) -> Optional[float]:
 def _warn_unknown(options: DatasetOptions, data: TaskData) -> None:
     """One warning line per dataset and tokenizer when many words are unknown to it."""
     share = data.unknown_share
-    key = (str(options.path), id(data.tokenizer.__class__))
+    key = (str(options.path), str(getattr(data.tokenizer, "name_or_path", "")))
     if share is None or share <= UNKNOWN_WARN_SHARE or key in _WARNED:
         return
     _WARNED.add(key)
