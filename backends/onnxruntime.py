@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from harness.backend import Artifact, Availability, Backend, Capabilities, Session
-from harness.config import choice, require
+from harness.config import choice, cores_bound, require
 from harness.errors import Unsupported
 from harness.hookspecs import hookimpl
 
@@ -37,8 +37,8 @@ TOLERANCE = {"fp32": 1e-3, "fp16": 5e-2, "int8": 1.0}
 class OnnxRuntimeOptions:
     """``backend=onnxruntime`` options."""
 
-    intra_op_threads: int = 0
-    inter_op_threads: int = 0
+    intra_op_threads: int = cores_bound()  # more than the cores present are clamped (preflight)
+    inter_op_threads: int = cores_bound()
     graph_optimization_level: str = "all"
     execution_mode: str = "sequential"
     providers: list[str] = field(default_factory=lambda: ["CPUExecutionProvider"])

@@ -32,7 +32,7 @@ import numpy as np
 
 from harness import cache
 from harness.backend import Artifact, Availability, Backend, Capabilities, Session
-from harness.config import choice, require
+from harness.config import choice, cores_bound, require
 from harness.errors import HarnessError, Unavailable, Unsupported
 from harness.hookspecs import hookimpl
 
@@ -55,8 +55,8 @@ class OpenVINOOptions:
     device: str = "CPU"
     performance_hint: str = "latency"
     num_requests: int = 0
-    num_streams: int = 0
-    threads: int = 0
+    num_streams: int = cores_bound()  # more than the cores present are clamped (preflight)
+    threads: int = cores_bound()
     static_shapes: bool = True
     model_cache: bool = True
 

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from harness.backend import Artifact, Availability, Backend, Capabilities, Session
-from harness.config import choice, require
+from harness.config import choice, cores_bound, require
 from harness.errors import Unsupported
 from harness.hardware import cuda_device_info
 from harness.hookspecs import hookimpl
@@ -39,7 +39,7 @@ class PyTorchOptions:
     compile: bool = False
     compile_mode: str = "default"
     cuda_graphs: bool = False
-    threads: int = 0
+    threads: int = cores_bound()  # more than the cores present are clamped (preflight)
 
     def __post_init__(self) -> None:
         require(self.device == "cpu" or self.device.startswith("cuda"), "device", f"'{self.device}' is not cpu or cuda[:N]")

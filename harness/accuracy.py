@@ -151,22 +151,42 @@ def reference_logits(model: Any, data: Any, limit: int = 0, cache_root: Optional
     """The fp32 eager logits of ``model`` on the eval split, computed once and cached.
 
     Keyed by the weights digest and the data fingerprint (which covers tokenization and
-    sequence length) plus ``limit``: any change recomputes. Returns (logits, cached).
+    sequence length) plus ``limit``: any change recomputes. The entry is written through
+    :mod:`harness.cache` (staged, sealed with checksums, renamed into place); one that
+    fails its checksums, does not load or has the wrong shape is rebuilt after a warning,
+    so a truncated ``.npy`` never fails a later run. Returns (logits, cached).
     """
     key = cache.content_key("accuracy-reference", model.weights_digest(), data.fingerprint(), limit)
-    folder = cache.entry("accuracy", key, cache_root)
-    path, meta = folder / "logits.npy", folder / "meta.json"
-    if path.is_file() and meta.is_file():
-        logits = np.load(path)
-        if logits.shape[0] == len(eval_features(data, limit)[1]):
-            return logits, True
+    final = cache.cache_dir(cache_root) / "accuracy" / key
+    rows = len(eval_features(data, limit)[1])
+    logits, problem = _cached_logits(final, rows)
+    if logits is not None:
+        return logits, True
+    if final.exists():
+        cache.discard(final, problem)
     features, _ = eval_features(data, limit)
     logits = eager_logits(model, features)
-    tmp = folder / "logits.tmp.npy"
-    np.save(tmp, logits)
-    tmp.replace(path)
-    meta.write_text(json.dumps({"model": model.name, "source": model.source, "limit": limit, "rows": int(len(logits))}))
+    with cache.staging("accuracy", key, cache_root) as built:
+        np.save(built / "logits.npy", logits)
+        (built / "meta.json").write_text(json.dumps({"model": model.name, "source": model.source, "limit": limit,
+                                                     "rows": int(len(logits))}))
+        cache.publish(built, final, required=("logits.npy", "meta.json"))
     return logits, False
+
+
+def _cached_logits(folder: Any, rows: int) -> tuple[Optional[np.ndarray], str]:
+    """(the cached logits, "") or (None, why the entry in ``folder`` cannot be used)."""
+    if not (folder / "logits.npy").is_file():
+        return None, "is incomplete"
+    if not cache.folder_verified(folder, ("logits.npy", "meta.json")):
+        return None, "does not match its checksums (truncated or corrupted)"
+    try:
+        logits = np.load(folder / "logits.npy")
+    except (OSError, ValueError) as exc:
+        return None, f"does not load ({type(exc).__name__})"
+    if logits.ndim != 2 or logits.shape[0] != rows:
+        return None, f"has shape {logits.shape}, not {rows} rows of logits"
+    return logits, ""
 
 
 @dataclass(frozen=True)

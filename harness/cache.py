@@ -3,19 +3,49 @@
 Lives in ``$HARNESS_CACHE`` or, by default, the user's cache folder
 (``$XDG_CACHE_HOME/harness`` or ``~/.cache/harness``). Entries are keyed by a hash of
 everything that determines their content, so a changed input never reuses a stale file.
+
+A cache that can poison every later run is worse than none, so entries are written
+and read one way, here:
+
+- **written atomically**: a file goes to a unique temp sibling and is renamed into
+  place (:func:`atomic_write`); a folder entry is built in a unique staging folder
+  (:func:`staging`) and renamed into place whole (:func:`publish`). Two runs filling
+  the same entry at once never see each other's half-written files.
+- **sealed**: a checksum (sha256 and size) is stored beside the entry: ``<file>.sha256``
+  for one file (:func:`seal`), ``checksums.json`` listing every file of a folder entry
+  (:func:`seal_folder`).
+- **verified on read** (:func:`verified`, :func:`folder_verified`): a truncated file,
+  flipped bytes or a missing checksum fail, and the caller rebuilds the entry after one
+  warning line (:func:`discard`). A later run therefore heals the cache itself.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import shutil
+import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterable, Iterator, Optional, Union
+
+#: Checksum file of a one-file entry: ``<name>.sha256`` beside it.
+CHECKSUM_SUFFIX = ".sha256"
+#: Checksum manifest of a folder entry (every other file of the folder, relative paths).
+MANIFEST = "checksums.json"
+_CHUNK = 1 << 20
 
 
 def cache_dir(override: str | os.PathLike[str] | None = None) -> Path:
     """The cache root: ``override``, else ``$HARNESS_CACHE``, else the user cache folder."""
+    root = cache_root(override)
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def cache_root(override: str | os.PathLike[str] | None = None) -> Path:
+    """Where the cache root is, without creating it (for checks before a run)."""
     if override:
         root = Path(override)
     elif os.environ.get("HARNESS_CACHE"):
@@ -23,9 +53,7 @@ def cache_dir(override: str | os.PathLike[str] | None = None) -> Path:
     else:
         base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
         root = Path(base) / "harness"
-    root = root.expanduser()
-    root.mkdir(parents=True, exist_ok=True)
-    return root
+    return root.expanduser()
 
 
 def content_key(*parts: Any) -> str:
@@ -45,3 +73,178 @@ def entry(kind: str, key: str, root: str | os.PathLike[str] | None = None) -> Pa
     folder = cache_dir(root) / kind / key
     folder.mkdir(parents=True, exist_ok=True)
     return folder
+
+
+# --- writing -------------------------------------------------------------------------------
+
+
+def temp_sibling(path: Path) -> Path:
+    """A unique temp name beside ``path`` (same folder, so a rename is atomic); the
+    ``.tmp-`` prefix keeps it out of globs such as ``*.json`` and ``*.onnx``."""
+    return path.parent / f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}-{path.name}"
+
+
+def atomic_write(path: str | os.PathLike[str], content: Union[bytes, str, Callable[[Path], Any]]) -> Path:
+    """Write ``path`` whole or not at all: into a unique temp sibling, flushed to disk,
+    then renamed over ``path``.
+
+    ``content`` is the bytes or text, or a function that writes the file at the path
+    it is given (``np.save``, an exporter). A failure leaves ``path`` as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_sibling(path)
+    try:
+        if callable(content):
+            content(tmp)
+        else:
+            tmp.write_bytes(content.encode() if isinstance(content, str) else content)
+        _fsync_file(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as handle:
+        try:
+            os.fsync(handle.fileno())
+        except OSError:  # a filesystem without fsync: the rename is still atomic
+            pass
+
+
+def file_digest(path: str | os.PathLike[str]) -> str:
+    """sha256 of a file's bytes, read in chunks (entries can be gigabytes)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _checksum_of(path: Path) -> dict[str, Any]:
+    return {"sha256": file_digest(path), "size": path.stat().st_size}
+
+
+def seal(path: str | os.PathLike[str]) -> None:
+    """Store the checksum of ``path`` beside it (``<path>.sha256``)."""
+    path = Path(path)
+    atomic_write(_checksum_file(path), json.dumps(_checksum_of(path)))
+
+
+def _checksum_file(path: Path) -> Path:
+    return path.with_name(path.name + CHECKSUM_SUFFIX)
+
+
+def seal_folder(folder: str | os.PathLike[str]) -> None:
+    """Write :data:`MANIFEST`: the checksum of every file under ``folder``."""
+    folder = Path(folder)
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
+    manifest = {p.relative_to(folder).as_posix(): _checksum_of(p) for p in files}
+    atomic_write(folder / MANIFEST, json.dumps(manifest, indent=1))
+
+
+# --- reading -------------------------------------------------------------------------------
+
+
+def _matches(path: Path, expected: Any) -> bool:
+    if not isinstance(expected, dict):
+        return False
+    try:
+        if path.stat().st_size != expected.get("size"):
+            return False  # truncated or grown: no need to hash it
+        return file_digest(path) == expected.get("sha256")
+    except OSError:
+        return False
+
+
+def verified(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` exists and matches the checksum :func:`seal` stored beside it."""
+    path = Path(path)
+    try:
+        expected = json.loads(_checksum_file(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return _matches(path, expected)
+
+
+def folder_verified(folder: str | os.PathLike[str], required: Iterable[str] = ()) -> bool:
+    """Whether ``folder`` has a manifest that lists every ``required`` file and whose
+    every file matches its checksum."""
+    folder = Path(folder)
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    if not isinstance(manifest, dict) or any(name not in manifest for name in required):
+        return False
+    return all(_matches(folder / name, expected) for name, expected in manifest.items())
+
+
+def discard(path: str | os.PathLike[str], problem: str, warn: Optional[Callable[[str], None]] = None) -> None:
+    """Remove a cache entry (file, with its checksum, or folder) that failed verification,
+    after one warning line saying what was wrong and that it is rebuilt."""
+    path = Path(path)
+    (warn or _warn)(f"cache entry {path} {problem}; rebuilding it")
+    if path.is_dir() and not path.is_symlink():
+        _remove_folder(path)
+    else:
+        path.unlink(missing_ok=True)
+        _checksum_file(path).unlink(missing_ok=True)
+
+
+def _warn(message: str) -> None:
+    from harness import ui
+
+    ui.warning(message)
+
+
+def _remove_folder(folder: Path) -> None:
+    """Remove ``folder`` so that a concurrent reader never sees it half-deleted: it is
+    renamed aside first (readers then find no entry), then deleted."""
+    aside = folder.parent / f".old-{folder.name}-{uuid.uuid4().hex[:8]}"
+    try:
+        os.replace(folder, aside)
+    except OSError:
+        return
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+# --- folder entries --------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def staging(kind: str, key: str, root: str | os.PathLike[str] | None = None) -> Iterator[Path]:
+    """A fresh, unique folder beside ``<cache>/<kind>/<key>`` to build that entry in;
+    removed when the block ends unless :func:`publish` moved it into place."""
+    parent = cache_dir(root) / kind
+    parent.mkdir(parents=True, exist_ok=True)
+    folder = parent / f".tmp-{key}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    folder.mkdir()
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def publish(built: Path, final: Path, required: Iterable[str] = (), *, replace: bool = False) -> Path:
+    """Seal the folder ``built`` (from :func:`staging`) and rename it to ``final``.
+
+    If another run published a verified ``final`` first, theirs is kept (same key, same
+    content) and ``built`` is left for :func:`staging` to remove, unless ``replace`` (a
+    new training run's checkpoint replaces the old one); a ``final`` that fails
+    verification is always replaced. Returns ``final``.
+    """
+    required = tuple(required)
+    seal_folder(built)
+    for _ in range(3):
+        try:
+            os.replace(built, final)
+            return final
+        except OSError:  # ``final`` exists and is not empty
+            if not replace and folder_verified(final, required):
+                return final
+            _remove_folder(final)
+    os.replace(built, final)
+    return final

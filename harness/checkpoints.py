@@ -19,9 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import time
-import uuid
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
@@ -63,25 +61,33 @@ def checkpoint_key(model: "ModelOptions", data_fingerprint: str, recipe: "Traini
 
 
 def find(key: str, cache_root: str | os.PathLike[str] | None) -> Optional[Path]:
-    """The complete checkpoint folder for ``key``, or None."""
+    """The complete, intact checkpoint folder for ``key``, or None.
+
+    Intact means its files match the checksums :func:`save` stored (:mod:`harness.cache`);
+    a damaged checkpoint is discarded with a warning, so ``auto`` trains a new one.
+    """
     folder = cache.cache_dir(cache_root) / KIND / key
-    return folder if (folder / MARKER).is_file() else None
+    if cache.folder_verified(folder, (MARKER,)):
+        return folder
+    if folder.is_dir() and any(folder.iterdir()):
+        cache.discard(folder, "does not match its checksums (truncated or corrupted)")
+    return None
 
 
 def save(model: "LoadedModel", tokenizer: Any, key: str, cache_root: str | os.PathLike[str] | None,
          meta: dict[str, Any]) -> Path:
     """Write model (safetensors), config, tokenizer and a marker; return the folder.
 
-    Written to a temp sibling and renamed into place; a previous checkpoint under the
-    same key is replaced only once the new one is complete.
+    Built in a staging folder, sealed with checksums and renamed into place
+    (:mod:`harness.cache`); a previous checkpoint under the same key is replaced only
+    once the new one is complete.
     """
     hf_model = getattr(model.module, "model", model.module)
     if not hasattr(hf_model, "save_pretrained"):
         raise Unsupported(f"model {model.name} cannot be saved as a checkpoint (no save_pretrained)",
                           "train a transformers model (family bert or resnet)")
-    final = cache.entry(KIND, key, cache_root)
-    staging = final.parent / f".tmp-{key}-{uuid.uuid4().hex[:8]}"
-    try:
+    final = cache.cache_dir(cache_root) / KIND / key
+    with cache.staging(KIND, key, cache_root) as staging:
         with _quiet_transformers():
             # Host copies of the weights: safetensors cannot read device (CUDA, XLA) tensors.
             host_state = {k: v.detach().cpu() for k, v in hf_model.state_dict().items()}
@@ -89,12 +95,7 @@ def save(model: "LoadedModel", tokenizer: Any, key: str, cache_root: str | os.Pa
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
         (staging / MARKER).write_text(json.dumps({"key": key, "saved": time.time(), **meta}, indent=2, default=str))
-        old = final.parent / f".old-{key}-{uuid.uuid4().hex[:8]}"
-        os.replace(final, old)
-        os.replace(staging, final)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        cache.publish(staging, final, (MARKER,), replace=True)
     return final
 
 

@@ -30,6 +30,12 @@ CONFIG_MODULE = "harness.conf"
 MAX_PRECHECK_JOBS = 64
 #: Sweeps with more jobs than this are not listed up front (Hydra will list them).
 MAX_SWEEP_VALUES = 100_000
+#: Largest sweep run without asking; ``HARNESS_MAX_JOBS=<n>`` raises it (a typo such as
+#: ``range(1,1000001)`` would otherwise queue a million measurements).
+MAX_JOBS = 1000
+MAX_JOBS_ENV = "HARNESS_MAX_JOBS"
+#: How many jobs the running sweep has (set by the CLI, read by each job for "job 3/40").
+SWEEP_JOBS_ENV = "HARNESS_SWEEP_JOBS"
 
 
 def debug_enabled() -> bool:
@@ -147,6 +153,42 @@ def _sweep_size(override: Any) -> int | None:
     return None
 
 
+def count_jobs(overrides: list[str], options: dict[str, list[str]] | None = None) -> int | None:
+    """How many jobs Hydra's basic sweeper makes of ``overrides``, without listing them
+    (a ``range`` is counted, not enumerated); None when it cannot tell."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        total = 1
+        for override in OverridesParser.create().parse_overrides(overrides):
+            if not override.is_sweep_override():
+                continue
+            if override.value_type is not None and override.value_type.name == "GLOB_CHOICE_SWEEP":
+                size = len(override.value().filter((options or {}).get(override.key_or_group, [])))
+            else:
+                size = _sweep_size(override)
+                if size is None:
+                    size = len(list(override.sweep_string_iterator()))
+            total *= size
+        return total
+    except Exception:
+        return None
+
+
+def max_jobs() -> int | str:
+    """The largest sweep allowed (:data:`MAX_JOBS` or ``$HARNESS_MAX_JOBS``), or a problem line."""
+    text = os.environ.get(MAX_JOBS_ENV, "")
+    if not text:
+        return MAX_JOBS
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        return f"{MAX_JOBS_ENV}={text!r} is not a positive number of jobs (fix: export {MAX_JOBS_ENV}=<n>, e.g. 5000)"
+    return value
+
+
 def sweep_jobs(overrides: list[str], options: dict[str, list[str]] | None = None) -> list[list[str]] | str | None:
     """The override list of every job Hydra's basic sweeper will launch, a one-line
     problem, or None for a sweep too large (or too unusual) to list up front; Hydra
@@ -188,20 +230,24 @@ def _covering(jobs: list[list[str]]) -> list[list[str]]:
     return [[column[i % len(column)] for column in columns] for i in range(width)]
 
 
-def validate(cfg: Any, registry: Any) -> tuple[Any, Any, bool]:
-    """A composed config as the run will see it: (RunSpec, LauncherOptions, overwrite).
+def validate(cfg: Any, registry: Any) -> tuple[Any, Any, bool, list[str]]:
+    """A composed config as the run will see it: (RunSpec, LauncherOptions, overwrite,
+    warnings to show).
 
     Raises :class:`harness.errors.ConfigError` with one line for a wrong type, an
-    out-of-range value, an unknown scenario kind or a path that does not exist.
+    out-of-range value, an unknown key or scenario kind, or anything the preflight
+    checks (:mod:`harness.preflight`) find the run would fail on.
     """
+    from harness import preflight
     from harness.config import build_spec, typed
     from harness.launcher import LauncherOptions
 
+    preflight.check_top_level(cfg.keys())
     spec = build_spec(cfg, registry)
     options = typed(LauncherOptions, cfg.get("launcher") or {}, "launcher")
     overwrite = _bool_option(cfg, "overwrite")
-    preflight(spec)
-    return spec, options, overwrite
+    spec, warnings = preflight.run(spec, options.memory_limit_mb, options.host_lock)
+    return spec, options, overwrite, warnings
 
 
 def compose_problems(jobs: list[list[str]], searchpath: list[str], label_jobs: bool = False, registry: Any = None) -> str | None:
@@ -228,7 +274,7 @@ def compose_problems(jobs: list[list[str]], searchpath: list[str], label_jobs: b
                 try:
                     cfg = compose(config_name="config", overrides=[*job, *extra], return_hydra_config=registry is not None)
                 except Exception as exc:
-                    return prefix + _one_line(exc)
+                    return prefix + _one_line(exc) + _typo_hint(exc, job, extra)
                 if registry is not None:
                     # as in a real run: ${hydra:...} resolves, and the job never sees the hydra node
                     HydraConfig.instance().set_config(cfg)
@@ -245,6 +291,32 @@ def compose_problems(jobs: list[list[str]], searchpath: list[str], label_jobs: b
         if registry is not None:
             HydraConfig.instance().cfg = None  # type: ignore[assignment]
     return None
+
+
+def _typo_hint(exc: BaseException, job: list[str], extra: list[str]) -> str:
+    """`` (fix: did you mean scenario.batch_size?)`` when Hydra could not override a key
+    that is a typo of an existing one; composes the job without that override to see
+    the keys next to it (inside the caller's ``initialize_config_module``)."""
+    import re
+
+    from hydra import compose
+    from omegaconf import OmegaConf
+
+    from harness.preflight import nearest
+
+    match = re.search(r"Could not override '([^']+)'", str(exc))
+    if match is None:
+        return ""
+    key = match.group(1)
+    rest = [o for o in job if o.split("=", 1)[0].lstrip("+~") != key]
+    try:
+        node: Any = OmegaConf.to_container(compose(config_name="config", overrides=[*rest, *extra]), resolve=False)
+        for part in key.split(".")[:-1]:
+            node = node[part]
+        guess = nearest(key.rsplit(".", 1)[-1], [str(k) for k in node]) if isinstance(node, dict) else None
+    except Exception:
+        return ""
+    return f" (fix: did you mean {key.rsplit('.', 1)[0] + '.' if '.' in key else ''}{guess}?)" if guess else ""
 
 
 def compose_problem(args: list[str], searchpath: list[str]) -> str | None:
@@ -310,6 +382,12 @@ def _precheck(args: list[str], searchpath: list[str], options: dict[str, list[st
             return problem, None
         if not parsed.multirun:
             return compose_problems([overrides], searchpath, registry=registry), 1
+        total, limit = count_jobs(overrides, options), max_jobs()
+        if isinstance(limit, str):
+            return limit, None
+        if total is not None and total > limit:
+            return (f"this sweep has {total:,} jobs, more than the {limit:,} allowed without asking "
+                    f"(fix: narrow the sweep, or export {MAX_JOBS_ENV}={total} to run them all)"), None
         jobs = sweep_jobs(overrides, options)
         if isinstance(jobs, str):
             return jobs, None
@@ -327,16 +405,6 @@ def _precheck(args: list[str], searchpath: list[str], options: dict[str, list[st
 
 
 # --- one job -------------------------------------------------------------------------------
-
-
-def preflight(spec: Any) -> None:
-    """Cheap checks before a run process starts: paths the run would fail on minutes later."""
-    from harness.errors import ConfigError
-
-    if spec.model.path and not Path(spec.model.path).expanduser().exists():
-        raise ConfigError(f"model.path '{spec.model.path}' does not exist", "point model.path at a folder written by save_pretrained")
-    if getattr(spec.dataset, "kind", None) == "files" and spec.dataset.path and not Path(spec.dataset.path).expanduser().exists():
-        raise ConfigError(f"dataset.path '{spec.dataset.path}' does not exist", "point dataset.path at a csv/tsv/jsonl/parquet file or a folder")
 
 
 def _job() -> tuple[bool, int, list[str]]:
@@ -362,20 +430,23 @@ def _bool_option(cfg: Any, key: str) -> bool:
 
 def _run_job(cfg: Any, multirun: bool, num: int, overrides: list[str]) -> int:
     from harness import records, sweep, ui
-    from harness.errors import EXIT_CODES, ConfigError
+    from harness.errors import ConfigError
     from harness.launcher import launch
     from harness.plugins import get_plugins
 
     plugins = get_plugins()
     for problem in plugins.problems:
         ui.warning(problem.warning())
-    prefix = f"job {num}: " if multirun else ""
+    total = os.environ.get(SWEEP_JOBS_ENV)
+    prefix = ((f"[{num + 1}/{total}] " if total else "") + f"job {num}: ") if multirun else ""
     try:
-        spec, options, overwrite = validate(cfg, plugins.registry)
+        spec, options, overwrite, warnings = validate(cfg, plugins.registry)
     except ConfigError as exc:
         ui.error(prefix + exc.one_line())
         sweep.report(sweep.Outcome(num, overrides, "config error", exc.exit_code, reason=exc.one_line()))
         return exc.exit_code
+    for warning in warnings:
+        ui.warning(prefix + warning)
 
     node_rank, nnodes = spec.node
     # The nodes of a multi-node run are one sweep job: node 0 alone reports it there. A
@@ -391,31 +462,64 @@ def _run_job(cfg: Any, multirun: bool, num: int, overrides: list[str]) -> int:
 
     ui.stage(f"{prefix}{spec.scenario_name} ({spec.scenario_kind}) on {spec.backend_name}, model {spec.model.name}"
              + (f" [{' '.join(overrides)}]" if multirun else ""))
-    record = launch(spec, plugins, options, status=ui.stage, progress=ui.progress)
+    job = _Job(spec, plugins, multirun, num, overrides, key, prefix, report)
+    try:
+        record = launch(spec, plugins, options, status=ui.stage, progress=ui.progress)
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: keep the running job's record, then stop
+        ui.end_progress()
+        if getattr(exc, "record", None) is not None and node_rank == 0:
+            try:
+                job.finish(exc.record, exc_code=getattr(exc, "exit_code", 130))  # type: ignore[attr-defined]
+            except Exception as failure:  # the record could not be kept anywhere: still stop the sweep
+                ui.error(f"{prefix}the interrupted run's record was not written: {failure} "
+                         "(fix: check results_dir and the cache folder can be written)")
+        raise
     ui.end_progress()
     if node_rank > 0:  # another node of a multi-node run: node 0 holds global rank 0
         if record["status"] == "ok":  # node 0 writes the run's record and reports it to the sweep
             ui.stage(f"{prefix}done: this node's ranks finished; node 0 of {nnodes} writes the record")
             return 0
         record["reason"] = f"node {node_rank} of {nnodes}: {record['reason']}"  # a failure as this node saw it
-    record["job_key"] = key
-    if multirun:
-        record["job"] = {"num": num, "overrides": overrides}
-    path = records.write(record, spec.results_dir)
-    plugins.hook.harness_record_written(record=record, path=str(path))
-    ui.out.print(ui.record_table([record]))
-    ui.out.print(f"record: {path}", soft_wrap=True)
-    code = EXIT_CODES.get(record["status"], 1)
-    if record["status"] != "ok":
-        error = record.get("error") or {}
-        if error.get("type") == "ConfigError":
-            code = ConfigError.exit_code
-        if debug_enabled():
-            for line in [*error.get("traceback", []), *error.get("stderr_tail", [])]:
-                ui.err.print(line, markup=False, highlight=False, soft_wrap=True)
-        ui.error(f"{prefix}{record['status']}: {record['reason']}")
-    report(sweep.Outcome.of_record(record, path, num, overrides, code))
-    return code
+    return job.finish(record)
+
+
+class _Job:
+    """One job's record on its way out: written (or saved elsewhere), shown, reported."""
+
+    def __init__(self, spec: Any, plugins: Any, multirun: bool, num: int, overrides: list[str], key: str,
+                 prefix: str, report: Any) -> None:
+        self.spec, self.plugins, self.multirun, self.num = spec, plugins, multirun, num
+        self.overrides, self.key, self.prefix, self.report = overrides, key, prefix, report
+
+    def finish(self, record: dict[str, Any], exc_code: int | None = None) -> int:
+        """Write ``record``, print it, report the outcome; return the job's exit code
+        (``exc_code`` for a run stopped by a signal)."""
+        from harness import sweep, ui
+        from harness.errors import EXIT_CODES, RECORD_FALLBACK_EXIT, ConfigError
+        from harness.fallback import write_record
+
+        record["job_key"] = self.key
+        if self.multirun:
+            record["job"] = {"num": self.num, "overrides": self.overrides}
+        path, unsaved = write_record(record, self.spec.results_dir, self.spec.cache_dir)
+        self.plugins.hook.harness_record_written(record=record, path=str(path))
+        ui.out.print(ui.record_table([record]))
+        ui.out.print(f"record: {path}", soft_wrap=True)
+        code = exc_code if exc_code is not None else EXIT_CODES.get(record["status"], 1)
+        if record["status"] not in ("ok", "interrupted"):
+            error = record.get("error") or {}
+            if error.get("type") == "ConfigError":
+                code = ConfigError.exit_code
+            if debug_enabled():
+                for line in [*error.get("traceback", []), *error.get("stderr_tail", [])]:
+                    ui.err.print(line, markup=False, highlight=False, soft_wrap=True)
+            ui.error(f"{self.prefix}{record['status']}: {record['reason']}")
+        if unsaved:
+            ui.error(f"{self.prefix}{unsaved}; the measurement is saved at {path} instead "
+                     f"(fix: free space in or repair {self.spec.results_dir}, then move the file there)")
+            code = max(code, RECORD_FALLBACK_EXIT)
+        self.report(sweep.Outcome.of_record(record, path, self.num, self.overrides, code))
+        return code
 
 
 def _run_one(cfg: Any) -> int:
@@ -462,7 +566,12 @@ def _results_dir(overrides: list[str], searchpath: list[str]) -> str | None:
         GlobalHydra.instance().clear()
 
 
-def _finish(ledger: Path, multirun: bool, expected: int | None, interrupted: bool) -> int:
+def _finish(ledger: Path, multirun: bool, expected: int | None, interrupted: BaseException | None) -> int:
+    """Read the ledger, remove it, print the sweep summary; return the exit code.
+
+    An interrupted command prints one message (not "N jobs reported no outcome" too:
+    the jobs after the signal were never started) and exits ``128 + signal``.
+    """
     from harness import sweep, ui
 
     outcomes = sweep.read_ledger(ledger)
@@ -473,28 +582,43 @@ def _finish(ledger: Path, multirun: bool, expected: int | None, interrupted: boo
     code = max((o.exit_code for o in outcomes), default=0)
     if multirun and (outcomes or interrupted):
         ui.out.print(sweep.summary_table(outcomes))
-        ui.out.print(sweep.counts_line(outcomes, expected), soft_wrap=True)
-        if expected is not None and len(outcomes) < expected:
+        ui.out.print(sweep.counts_line(outcomes, expected, missing="not started" if interrupted else None),
+                     soft_wrap=True)
+        if not interrupted and expected is not None and len(outcomes) < expected:
             ui.error(
                 f"{expected - len(outcomes)} job(s) reported no outcome (fix: jobs that a launcher runs on "
                 f"other machines must see results_dir; check the launcher's logs under the sweep folder)"
             )
             code = max(code, 1)
-    if interrupted:
-        ui.error("interrupted; the records written so far are kept (fix: run the same command again to finish the missing jobs)")
-        return 130
+    if interrupted is not None:
+        name = getattr(interrupted, "name", "SIGINT")
+        ui.error(f"interrupted by {name}; the records written so far are kept "
+                 "(fix: run the same command again to finish the missing jobs)")
+        return int(getattr(interrupted, "exit_code", 130))
     return code
 
 
 def main() -> None:
     """Console-script entry point."""
+    try:
+        _main()
+    except KeyboardInterrupt as exc:  # a signal outside a job (while checking, or while finishing): one line
+        from harness import ui
+
+        ui.error(f"interrupted by {getattr(exc, 'name', 'SIGINT')} (fix: run the same command again; "
+                 "a -m sweep skips the jobs that already have an ok record)")
+        sys.exit(int(getattr(exc, "exit_code", 130)))
+
+
+def _main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     if os.environ.get("HARNESS_DEBUG", "") not in ("", "0"):
         os.environ.setdefault("HYDRA_FULL_ERROR", "1")
-    from harness import sweep, ui
+    from harness import interrupts, sweep, ui
     from harness.plugins import get_plugins
 
+    interrupts.install()  # SIGTERM (Slurm, CI) ends a sweep like Ctrl-C: summary, records kept
     plugins = get_plugins()
     searchpath = plugins.config_searchpath()
     args = sys.argv[1:]
@@ -508,6 +632,9 @@ def main() -> None:
         sys.exit(2)
     if parsed is not None and not (parsed.help or parsed.hydra_help or parsed.cfg or parsed.info):
         ui.stage(_header(plugins))
+        if multirun and expected:
+            ui.stage(f"sweep: {expected} job{'s' if expected != 1 else ''}")
+            os.environ[SWEEP_JOBS_ENV] = str(expected)
     extra: list[str] = []
     if searchpath:
         extra.append(f"hydra.searchpath=[{','.join(searchpath)}]")
@@ -519,23 +646,23 @@ def main() -> None:
         return _run_one(cfg)
 
     ledger = sweep.new_ledger(_results_dir(parsed.overrides, searchpath) if multirun and parsed else None)
-    if multirun:  # launchers that run jobs elsewhere (Ray, Slurm) pass the ledger on in the job's env
-        extra.append(f"++hydra.job.env_set.{sweep.LEDGER_ENV}={ledger}")
-    sys.argv[1:] = with_overrides(args, parsed, extra)
-    interrupted = False
+    interrupted: BaseException | None = None
     try:
+        if multirun:  # launchers that run jobs elsewhere (Ray, Slurm) pass the ledger on in the job's env
+            extra.append(f"++hydra.job.env_set.{sweep.LEDGER_ENV}={ledger}")
+        sys.argv[1:] = with_overrides(args, parsed, extra)
         app()
-    except KeyboardInterrupt:
-        interrupted = True
+    except KeyboardInterrupt as exc:
+        interrupted = exc
     except Exception as exc:  # Hydra refusing the command line itself (e.g. -m with --cfg)
         if debug_enabled():
             raise
-        _finish(ledger, multirun, expected, interrupted=False)
+        _finish(ledger, multirun, expected, interrupted=None)
         ui.error(f"{_one_line(exc)} (fix: harness --help lists the options)")
         sys.exit(2)
     except SystemExit as exc:  # Hydra's --help, or Hydra reporting its own error
         hydra_code = exc.code if isinstance(exc.code, int) else (1 if exc.code else 0)
-        sys.exit(max(_finish(ledger, multirun, expected, interrupted=False), hydra_code))
+        sys.exit(max(_finish(ledger, multirun, expected, interrupted=None), hydra_code))
     sys.exit(_finish(ledger, multirun, expected, interrupted))
 
 

@@ -9,6 +9,7 @@ naming the full key (``scenario.batch_size``) instead of a traceback.
 
 from __future__ import annotations
 
+import difflib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,12 @@ def choice(value: str, allowed: tuple[str, ...], key: str) -> None:
     require(value in allowed, key, f"'{value}' is not one of {', '.join(allowed)}")
 
 
+def cores_bound(default: int = 0) -> Any:
+    """A dataclass field for a thread or stream count: preflight clamps a value above the
+    cores the run may use to that many, with a warning (:func:`harness.preflight.bound_threads`)."""
+    return field(default=default, metadata={"bounded_by": "cores"})
+
+
 _KEY_PREFIX = re.compile(r"^([A-Za-z_][\w.]*): ")
 
 
@@ -46,8 +53,11 @@ def typed(cls: type[T], node: Any, section: str) -> T:
         return OmegaConf.to_object(merged)  # type: ignore[return-value]
     except (ConfigKeyError, ConfigAttributeError) as exc:
         key = getattr(exc, "full_key", None) or getattr(exc, "key", "?")
-        valid = ", ".join(f.name for f in cls.__dataclass_fields__.values())  # type: ignore[attr-defined]
-        raise ConfigError(f"unknown key '{section}.{key}'", f"valid keys of {section}: {valid}") from None
+        names = _valid_keys(cls, str(key))
+        guess = difflib.get_close_matches(str(key).rsplit(".", 1)[-1], names, n=1, cutoff=0.6)
+        where = ".".join([section, *str(key).split(".")[:-1]])
+        hint = f"did you mean {where}.{guess[0]}? " if guess else ""
+        raise ConfigError(f"unknown key '{section}.{key}'", f"{hint}valid keys of {where}: {', '.join(names)}") from None
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None) or "?"
         first = str(exc).splitlines()[0]
@@ -59,6 +69,20 @@ def typed(cls: type[T], node: Any, section: str) -> T:
             key, problem = match.group(1), message[match.end():]
             raise ConfigError(f"invalid value for {section}.{key}: {problem}", f"override it, e.g. {section}.{key}=<value>") from None
         raise ConfigError(f"invalid {section}: {message}") from None
+
+
+def _valid_keys(cls: type, key: str) -> list[str]:
+    """Field names of the dataclass that ``key`` (``a.b.c``) was looked up in: ``cls`` or
+    the nested dataclass its leading parts name."""
+    import dataclasses
+
+    for part in key.split(".")[:-1]:
+        fields = {f.name: f for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else {}
+        field_type = getattr(fields.get(part), "default_factory", None)
+        if not isinstance(field_type, type) or not dataclasses.is_dataclass(field_type):
+            break
+        cls = field_type
+    return [f.name for f in dataclasses.fields(cls)] if dataclasses.is_dataclass(cls) else []
 
 
 @dataclass

@@ -68,6 +68,7 @@ class DatasetOptions:
     eval_size: int = 1000
     image_size: int = 32
     seed: int = 0
+    remap_labels: bool = False  # files: map the sorted distinct label values to 0..K-1 (e.g. -1/1 -> 0/1)
 
     def __post_init__(self) -> None:
         def bad(key: str, why: str, fix: str) -> ValueError:
@@ -103,7 +104,11 @@ class Split:
 
 @dataclass
 class TaskData:
-    """A task with both splits, ready to batch. ``tokenizer`` is None for image tasks."""
+    """A task with both splits, ready to batch. ``tokenizer`` is None for image tasks.
+
+    ``unknown_share``: for text from the user's files, the share of word tokens the
+    tokenizer could only map to ``[UNK]`` (None for generated and image data).
+    """
 
     task: str
     num_labels: int
@@ -112,6 +117,7 @@ class TaskData:
     seq_len: Optional[int]
     train: Split
     eval: Split
+    unknown_share: Optional[float] = None
 
     @property
     def input_names(self) -> tuple[str, ...]:
@@ -280,15 +286,99 @@ def _cap(array: np.ndarray, size: int) -> np.ndarray:
 
 _Frames = tuple["pd.DataFrame", "pd.DataFrame", Optional[list[str]]]  # train, eval, label names
 
+#: Share of ``[UNK]`` word tokens in user text above which the run warns.
+UNKNOWN_WARN_SHARE = 0.05
+_WARNED: set[tuple[str, str]] = set()
+
+#: Classes of the built-in dataset kinds (``files`` reads them from the data).
+BUILTIN_LABELS = {"sentiment": 2, "digits": 10}
+#: The task each dataset kind poses.
+TASKS = {"sentiment": "text-classification", "digits": "image-classification", "files": "text-classification"}
+
+
 def _load_files(options: DatasetOptions, seq_len: int, tokenizer: Any) -> TaskData:
     """Text classification from local files; labels may be ints or strings."""
+    texts, labels, names = _files_texts_and_labels(options)
+    data = _text_task(texts, labels, names, seq_len, tokenizer)
+    data.unknown_share = unknown_share(data)
+    _warn_unknown(options, data)
+    return data
+
+
+def _files_texts_and_labels(options: DatasetOptions) -> tuple[list[list[str]], list[np.ndarray], list[str]]:
+    """Texts, encoded labels and label names of both splits of a ``files`` dataset."""
     train, eval_, names = _read_splits(options)
     frames = [_capped(frame, size, options.seed)
               for frame, size in ((train, options.train_size), (eval_, options.eval_size))]
     texts = [_column(frame, options.text_column, "text").astype(str).tolist() for frame in frames]
     raw = [_column(frame, options.label_column, "label") for frame in frames]
-    labels, names = _encode_labels(raw, names)
-    return _text_task(texts, labels, names, seq_len, tokenizer)
+    labels, names = _encode_labels(raw, names, options.remap_labels)
+    return texts, labels, names
+
+
+_LABEL_NAMES: dict[tuple[Any, ...], list[str]] = {}
+
+
+def label_names(options: DatasetOptions) -> list[str]:
+    """The classes a dataset has, as the run will encode them (reads a ``files`` dataset:
+    schema, missing values and label encoding are checked on the way). Remembered per
+    options and file modification times: a sweep's jobs share one read."""
+    if options.kind != "files":
+        return ["negative", "positive"] if options.kind == "sentiment" else [str(i) for i in range(10)]
+    path = Path(options.path or "").expanduser()
+    files = sorted(path.iterdir()) if path.is_dir() else [path]
+    key = (repr(options), tuple((str(f), f.stat().st_mtime_ns, f.stat().st_size) for f in files if f.exists()))
+    if key not in _LABEL_NAMES:
+        _LABEL_NAMES[key] = _files_texts_and_labels(options)[2]
+    return _LABEL_NAMES[key]
+
+
+def check_labels(options: DatasetOptions, num_labels: int, source: str) -> None:
+    """Refuse a dataset with more classes than the model's ``num_labels`` (``source`` says
+    where that number comes from): scoring it would report a meaningless accuracy."""
+    names = label_names(options)
+    if len(names) <= num_labels:
+        return
+    shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+    if options.kind == "files":
+        fix = (f"model.num_labels={len(names)} (labels must be 0..num_labels-1), or choose data with at most "
+               f"{num_labels} classes")
+    else:
+        fix = f"model.num_labels={len(names)}, or a dataset with {num_labels} classes"
+    raise ConfigError(f"dataset '{options.name}' has {len(names)} label values ({shown}) but {source} has "
+                      f"num_labels={num_labels}: accuracy would be meaningless", fix)
+
+
+def unknown_share(data: TaskData) -> Optional[float]:
+    """Share of real word tokens (not padding, not ``[CLS]``/``[SEP]``) that are ``[UNK]``."""
+    unk = getattr(data.tokenizer, "unk_token_id", None)
+    if unk is None:
+        return None
+    special = {i for i in (data.tokenizer.cls_token_id, data.tokenizer.sep_token_id, data.tokenizer.pad_token_id)
+               if i is not None}
+    words = unknown = 0
+    for split in (data.train, data.eval):
+        ids, mask = split.features["input_ids"], split.features["attention_mask"].astype(bool)
+        real = mask & ~np.isin(ids, list(special))
+        words += int(real.sum())
+        unknown += int((real & (ids == unk)).sum())
+    return unknown / words if words else None
+
+
+def _warn_unknown(options: DatasetOptions, data: TaskData) -> None:
+    """One warning line per dataset and tokenizer when many words are unknown to it."""
+    share = data.unknown_share
+    key = (str(options.path), str(getattr(data.tokenizer, "name_or_path", "")))
+    if share is None or share <= UNKNOWN_WARN_SHARE or key in _WARNED:
+        return
+    _WARNED.add(key)
+    from harness import ui
+
+    ui.warning(
+        f"{share:.0%} of the words in dataset.path {options.path} are [UNK] to the tokenizer, so the model "
+        "sees mostly unknown tokens and its accuracy says little (fix: give model.path a checkpoint whose "
+        "tokenizer.json covers this text, or train one on it)"
+    )
 
 
 def _read_splits(options: DatasetOptions) -> _Frames:
@@ -390,22 +480,35 @@ def _column(frame: "pd.DataFrame", name: str, role: str) -> "pd.Series":
     return column
 
 
-def _encode_labels(raw: list["pd.Series"], names: Optional[list[str]]
+def _encode_labels(raw: list["pd.Series"], names: Optional[list[str]], remap: bool = False
                    ) -> tuple[list[np.ndarray], list[str]]:
-    """Non-negative int labels stay as they are; anything else maps to sorted unique ids."""
+    """Labels as ids 0..K-1 and their names.
+
+    Non-negative integers stay as they are (class ``i`` is id ``i``); strings map to
+    sorted ids (they have no numeric meaning). Negative integers (``-1`` often marks an
+    unlabelled row) are refused unless ``remap`` (``dataset.remap_labels=true``) asks to
+    map the sorted distinct values to 0..K-1: a silent remap could turn "unlabelled"
+    into a class.
+    """
     import pandas as pd
 
     values = pd.concat(raw, ignore_index=True)
     numeric = pd.api.types.is_numeric_dtype(values) and bool((values % 1 == 0).all())
     raw = [series.astype(np.int64) if numeric else series.astype(str) for series in raw]
     values = pd.concat(raw, ignore_index=True)
-    if names is None and numeric and values.min() >= 0:
-        names = [str(i) for i in range(int(values.max()) + 1)]
     if names is not None:
         if values.min() < 0 or values.max() >= len(names):
             raise ConfigError(f"labels outside 0..{len(names) - 1} (e.g. -1 in an unlabelled test split)",
                               "pick labelled splits with dataset.train_split/eval_split")
         return [series.to_numpy(np.int64) for series in raw], list(names)
+    if numeric and not remap:
+        if values.min() < 0:
+            negative = sorted({int(v) for v in values.unique() if v < 0})
+            raise ConfigError(
+                f"label column has negative values ({', '.join(map(str, negative[:5]))}): labels must be 0..K-1",
+                "drop the unlabelled rows, or dataset.remap_labels=true to map the sorted distinct values to 0..K-1",
+            )
+        return [series.to_numpy(np.int64) for series in raw], [str(i) for i in range(int(values.max()) + 1)]
     ids = {key: i for i, key in enumerate(sorted(values.unique()))}
     return [series.map(ids).to_numpy(np.int64) for series in raw], [str(key) for key in ids]
 

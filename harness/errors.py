@@ -8,7 +8,7 @@ traceback. Anything else is a bug and keeps its traceback under ``HYDRA_FULL_ERR
 
 from __future__ import annotations
 
-STATUSES = ("ok", "unavailable", "unsupported", "failed", "timeout", "mismatch")
+STATUSES = ("ok", "unavailable", "unsupported", "failed", "timeout", "mismatch", "interrupted")
 
 
 class HarnessError(Exception):
@@ -60,5 +60,36 @@ class Mismatch(HarnessError):
     status = "mismatch"
     exit_code = 5
 
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM reached the CLI (Ctrl-C, Slurm's ``scancel``, a CI timeout).
+
+    A ``KeyboardInterrupt`` so that every ``except KeyboardInterrupt`` that cleans up
+    (the launcher killing its run process) treats both signals alike; ``signum`` picks
+    the exit code (``128 + signum``: 130 for SIGINT, 143 for SIGTERM).
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+    @property
+    def name(self) -> str:
+        import signal
+
+        try:
+            return signal.Signals(self.signum).name
+        except ValueError:
+            return f"signal {self.signum}"
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
 #: Exit code of the CLI for each record status (0 only when every run is ``ok``).
-EXIT_CODES = {"ok": 0, "failed": 1, "unavailable": 3, "unsupported": 4, "mismatch": 5, "timeout": 6}
+#: ``interrupted`` is 130 (SIGINT's); a run stopped by SIGTERM exits 143 (128 + 15).
+EXIT_CODES = {"ok": 0, "failed": 1, "unavailable": 3, "unsupported": 4, "mismatch": 5, "timeout": 6, "interrupted": 130}
+#: Exit code when a run's record could not be written to ``results_dir`` and went to the
+#: fallback folder instead (the measurement is kept; the CLI says where).
+RECORD_FALLBACK_EXIT = 7

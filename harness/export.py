@@ -2,18 +2,21 @@
 
 The cache key covers the model config, a digest of the weights, the export options
 and the versions of the libraries that shape the graph, so the second run with the
-same inputs reuses the file and any change rebuilds it. A cached file that fails
-``onnx.checker`` is treated as corrupt and rebuilt, never trusted. Every export (fresh
-or cached) is validated against eager PyTorch on a sample batch.
+same inputs reuses the file and any change rebuilds it. An export is built in a
+staging folder, validated against eager PyTorch there, sealed with checksums and only
+then renamed into the cache (:mod:`harness.cache`), so a half-written or wrong file
+never lands. A cached entry whose checksum fails (truncated, flipped bytes), that
+fails ``onnx.checker``, or whose outputs no longer match eager PyTorch is discarded
+with one warning line and rebuilt, never trusted.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import warnings
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -107,27 +110,64 @@ def export_onnx(
     options = {"opset": OPSET, "dynamic": True, "dynamo": True, "inputs": list(model.input_names)}
     versions = _versions()
     key = cache.content_key(model.config, model.weights_digest(), options, versions)
-    folder = cache.entry("onnx", key, cache_root)
-    path = folder / "model.onnx"
-    started = time.perf_counter()
-    cached = path.is_file() and (folder / "meta.json").is_file() and _is_valid(path)
-    if not cached:
-        if on_status:
-            on_status(f"exporting {model.name} to ONNX (cached afterwards under {folder})")
-        _export(model, sample, folder, path)
-    seconds = time.perf_counter() - started
+    final = cache.cache_dir(cache_root) / "onnx" / key
     reference = eager_outputs(model, sample)
-    exported = onnx_outputs(path, sample, model.input_names)
-    diff = float(np.max(np.abs(reference - exported)))
-    if not diff <= TOLERANCE:
-        raise HarnessError(
-            f"exported ONNX differs from eager PyTorch by {diff:.3g} (tolerance {TOLERANCE})",
-            f"delete {folder} and report the model config; the export is not trustworthy",
-        )
-    if not cached:
+    started = time.perf_counter()
+    problem, diff = _cached_problem(final, sample, model.input_names, reference)
+    if problem is None:
+        path = final / "model.onnx"
+        return ExportResult(path, key, time.perf_counter() - started, True, diff, path.stat().st_size)
+    if final.exists():
+        cache.discard(final, problem)
+    if on_status:
+        on_status(f"exporting {model.name} to ONNX (cached afterwards under {final})")
+    with cache.staging("onnx", key, cache_root) as built:
+        _export(model, sample, built / "model.onnx")
+        seconds = time.perf_counter() - started
+        diff = _max_diff(reference, onnx_outputs(built / "model.onnx", sample, model.input_names))
+        if not diff <= TOLERANCE:
+            raise HarnessError(
+                f"exported ONNX differs from eager PyTorch by {diff:.3g} (tolerance {TOLERANCE})",
+                "report the model config; the export is not trustworthy (nothing was cached)",
+            )
         meta = {"key": key, "export_seconds": seconds, "versions": versions, "options": options}
-        (folder / "meta.json").write_text(json.dumps(meta, indent=2))
-    return ExportResult(path, key, seconds, cached, diff, path.stat().st_size)
+        (built / "meta.json").write_text(json.dumps(meta, indent=2))
+        cache.publish(built, final, required=_REQUIRED)
+    path = final / "model.onnx"
+    return ExportResult(path, key, seconds, False, diff, path.stat().st_size)
+
+
+#: Files every complete ONNX cache entry has (and its checksum manifest lists).
+_REQUIRED = ("model.onnx", "meta.json")
+
+
+def _max_diff(reference: np.ndarray, exported: np.ndarray) -> float:
+    if reference.shape != exported.shape:
+        return float("inf")
+    return float(np.max(np.abs(reference - exported)))
+
+
+def _cached_problem(folder: Path, sample: Mapping[str, np.ndarray], input_names: tuple[str, ...],
+                    reference: np.ndarray) -> tuple[str | None, float]:
+    """(why the cache entry in ``folder`` cannot be reused or None, its max abs diff).
+
+    Reuse needs all three: the checksums match (no truncation, no flipped bytes), the
+    graph passes ``onnx.checker``, and its outputs still match eager PyTorch.
+    """
+    path = folder / "model.onnx"
+    if not path.is_file():
+        return "is incomplete", float("inf")
+    if not cache.folder_verified(folder, _REQUIRED):
+        return "does not match its checksums (truncated or corrupted)", float("inf")
+    if not _is_valid(path):
+        return "fails onnx.checker", float("inf")
+    try:
+        diff = _max_diff(reference, onnx_outputs(path, sample, input_names))
+    except Exception as exc:  # onnxruntime refusing the file is one more way to be corrupt
+        return f"does not load in onnxruntime ({type(exc).__name__})", float("inf")
+    if not diff <= TOLERANCE:
+        return f"no longer matches eager PyTorch (max abs diff {diff:.3g} > {TOLERANCE})", diff
+    return None, diff
 
 
 def _summary(exc: BaseException) -> str:
@@ -136,11 +176,12 @@ def _summary(exc: BaseException) -> str:
     return lines[0] if lines else f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
 
 
-def _export(model: LoadedModel, sample: Mapping[str, np.ndarray], folder: Path, path: Path) -> None:
+def _export(model: LoadedModel, sample: Mapping[str, np.ndarray], path: Path) -> None:
+    """Export to ``path`` (inside a staging folder; the caller publishes it)."""
     import torch
 
     kwargs = {name: torch.from_numpy(np.ascontiguousarray(sample[name])) for name in model.input_names}
-    tmp = folder / f".tmp-{os.getpid()}.onnx"
+    tmp = cache.temp_sibling(path)
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings():

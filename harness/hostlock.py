@@ -14,10 +14,22 @@ Why ``fcntl.flock`` on a file:
 - a blocking ``flock`` costs nothing while it waits (no polling beside the holder's
   measurement).
 
-The folder must be host-local: ``$HARNESS_LOCK_DIR`` or ``/tmp/harness-locks``. On NFS
-and similar filesystems Linux turns ``flock`` into a server-side lock shared by every
-client, which would serialise the whole cluster (or, on some filesystems, not lock at
-all), so a lock folder on a network filesystem is a configuration error.
+The folder must be host-local. On NFS and similar filesystems Linux turns ``flock``
+into a server-side lock shared by every client, which would serialise the whole
+cluster (or, on some filesystems, not lock at all), so a lock folder on a network
+filesystem is a configuration error. It is ``$HARNESS_LOCK_DIR`` when set, else a
+folder private to the user (:func:`default_dir`): ``$XDG_RUNTIME_DIR/harness/locks``,
+else ``~/.cache/harness/locks`` when that is host-local, else ``/tmp/harness-<uid>/locks``.
+
+Why private: a lock file in a predictable, world-writable folder lets another user
+plant a symlink there and have harness write to (and, formerly, chmod) the file it
+points at. The default folders are created ``0700`` and must be owned by the user;
+the lock file is opened with ``O_NOFOLLOW`` (a symlink is refused, its target left
+untouched), must be a regular file with one link, and harness never changes the
+permissions of any file. Runs of *several users* serialise only when they share a
+folder: an administrator creates one (``install -d -m 1777 /var/lock/harness``) and
+every user exports ``HARNESS_LOCK_DIR`` to it; another user's lock file is then opened
+read-only, which ``flock`` allows.
 
 The lock only serialises harness runs. Other tenants' jobs are the scheduler's
 business: ask Slurm for the whole node (``--exclusive``, the ``harness_slurm`` launcher
@@ -36,6 +48,7 @@ import fcntl
 import json
 import os
 import socket
+import stat
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -44,7 +57,6 @@ from typing import Any, Callable, Iterator
 
 from harness.errors import ConfigError, HarnessError
 
-DEFAULT_DIR = "/tmp/harness-locks"
 LOCK_NAME = "measure.lock"
 #: Filesystems on which ``flock`` is not a host-local lock.
 NETWORK_FILESYSTEMS = frozenset(
@@ -95,12 +107,35 @@ class HostLock:
         }
 
 
+def default_dir(mounts: str | None = None) -> Path:
+    """This user's private lock folder (not created here).
+
+    ``$XDG_RUNTIME_DIR/harness/locks`` (a per-user tmpfs on systemd hosts), else
+    ``~/.cache/harness/locks`` when the home folder is host-local, else
+    ``/tmp/harness-<uid>/locks`` (home folders on clusters are often on NFS).
+    """
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime and Path(runtime).is_absolute() and Path(runtime).is_dir():
+        return Path(runtime) / "harness" / "locks"
+    home = Path.home() / ".cache" / "harness" / "locks"
+    if not _is_network(_existing_parent(home), mounts):
+        return home
+    return Path("/tmp") / f"harness-{os.getuid()}" / "locks"
+
+
 def lock_path(path: str | os.PathLike[str] | None = None) -> Path:
     """The lock file: ``path`` if given, else ``$HARNESS_LOCK_DIR/measure.lock``, else
-    ``/tmp/harness-locks/measure.lock``."""
+    ``measure.lock`` in this user's private :func:`default_dir`."""
     if path is not None:
         return Path(path)
-    return Path(os.environ.get("HARNESS_LOCK_DIR") or DEFAULT_DIR) / LOCK_NAME
+    folder = os.environ.get("HARNESS_LOCK_DIR")
+    return (Path(folder) if folder else default_dir()) / LOCK_NAME
+
+
+def _existing_parent(path: Path) -> Path:
+    while not path.exists() and path.parent != path:
+        path = path.parent
+    return path
 
 
 def filesystem_type(folder: str | os.PathLike[str], mounts: str | None = None) -> str | None:
@@ -126,39 +161,112 @@ def filesystem_type(folder: str | os.PathLike[str], mounts: str | None = None) -
     return best_type
 
 
+def _is_network(folder: str | os.PathLike[str], mounts: str | None = None) -> bool:
+    fstype = filesystem_type(folder, mounts)
+    return fstype is not None and (fstype in NETWORK_FILESYSTEMS or fstype.split(".")[0] in NETWORK_FILESYSTEMS)
+
+
 def check_host_local(folder: str | os.PathLike[str], mounts: str | None = None) -> None:
     """Raise :class:`ConfigError` when ``folder`` is on a network filesystem."""
-    fstype = filesystem_type(folder, mounts)
-    if fstype is not None and (fstype in NETWORK_FILESYSTEMS or fstype.split(".")[0] in NETWORK_FILESYSTEMS):
+    if _is_network(folder, mounts):
         raise ConfigError(
-            f"host lock folder {folder} is on a network filesystem ({fstype}): a lock there is shared "
-            "by every node (or not a lock at all), not one per host",
-            f"export HARNESS_LOCK_DIR=<a host-local folder such as {DEFAULT_DIR}>",
+            f"host lock folder {folder} is on a network filesystem ({filesystem_type(folder, mounts)}): a lock "
+            "there is shared by every node (or not a lock at all), not one per host",
+            f"export HARNESS_LOCK_DIR=<a host-local folder such as /tmp/harness-{os.getuid()}/locks>",
         )
 
 
-def _open_lock_file(path: Path) -> int:
-    """Open (creating) the lock file so that every user on the host can lock it."""
-    folder = path.parent
-    if not folder.is_dir():
-        folder.mkdir(parents=True, exist_ok=True)
+def _private_folder(folder: Path) -> None:
+    """Create ``folder`` (and missing parents) ``0700``; refuse one this user does not own
+    or that others may write to (someone could plant files in it)."""
+    missing = []
+    at = folder
+    while not at.exists() and at.parent != at:
+        missing.append(at)
+        at = at.parent
+    for path in reversed(missing):
         try:
-            os.chmod(folder, 0o1777)  # like /tmp: any user may lock, nobody may delete others' files
-        except PermissionError:
+            path.mkdir(mode=0o700)
+        except FileExistsError:
             pass
+        except OSError as exc:
+            raise ConfigError(f"cannot create the host lock folder {path}: {exc.strerror}",
+                              "export HARNESS_LOCK_DIR=<a folder this user can write>") from None
+    info = os.lstat(folder)
+    if not stat.S_ISDIR(info.st_mode):
+        raise ConfigError(f"host lock folder {folder} is not a folder (a symlink or file is in the way)",
+                          f"remove {folder}, or export HARNESS_LOCK_DIR=<a folder of your own>")
+    # The folder must be ours alone; its parent too (whoever may rename entries there could
+    # swap the folder for another), unless it is root's or a sticky folder such as /tmp.
+    parent = os.stat(folder.parent)
+    checks = ((folder, info, info.st_uid == os.getuid() and not info.st_mode & 0o022),
+              (folder.parent, parent, parent.st_uid in (os.getuid(), 0)
+               and (not parent.st_mode & 0o022 or bool(parent.st_mode & stat.S_ISVTX))))
+    for path, entry, safe in checks:
+        if not safe:
+            raise ConfigError(
+                f"host lock folder {path} is not private to this user (owner uid {entry.st_uid}, "
+                f"mode {stat.S_IMODE(entry.st_mode):o}): another user could plant files in it",
+                f"remove {path} (harness recreates it 0700), or export HARNESS_LOCK_DIR=<a folder of your own>",
+            )
+
+
+def _open_lock_file(path: Path, private: bool) -> int:
+    """Open (creating) the lock file without following a symlink; never change its mode.
+
+    ``private``: the folder is harness's own default, which must be this user's alone.
+    In a shared ``$HARNESS_LOCK_DIR`` another user's lock file is opened read-only
+    (``flock`` needs no write access; only the holder note is skipped).
+    """
+    folder = path.parent
+    if private:
+        _private_folder(folder)
+    elif not folder.is_dir():
+        try:
+            folder.mkdir(parents=True, mode=0o700, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot create the host lock folder {folder}: {exc.strerror}",
+                              "export HARNESS_LOCK_DIR=<a folder this user can write>") from None
     check_host_local(folder)
+    flags = os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        try:
+            fd = os.open(path, os.O_RDWR | flags, 0o644)
+        except PermissionError:
+            fd = os.open(path, os.O_RDONLY | flags, 0o644)  # another user's file in a shared folder
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ConfigError(
+                f"host lock file {path} is a symlink: refusing to follow it (someone may be trying to make "
+                "harness write to another file)",
+                f"remove {path}, or export HARNESS_LOCK_DIR=<a folder of your own>",
+            ) from None
         raise ConfigError(
             f"cannot open the host lock file {path}: {exc.strerror}",
             "export HARNESS_LOCK_DIR=<a folder this user can write>",
-        ) from exc
-    try:
-        os.fchmod(fd, 0o666)
-    except PermissionError:
-        pass  # another user created it; they made it shared the same way
+        ) from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+        os.close(fd)
+        what = "not a regular file" if not stat.S_ISREG(info.st_mode) else f"a file with {info.st_nlink} hard links"
+        raise ConfigError(f"host lock file {path} is {what}: refusing to use it",
+                          f"remove {path}, or export HARNESS_LOCK_DIR=<a folder of your own>")
+    os.set_blocking(fd, True)
     return fd
+
+
+def check_lock(path: str | os.PathLike[str] | None = None) -> Path:
+    """Open and close the lock file as a run would, without locking: a bad lock folder
+    (a planted symlink, another user's folder, NFS) is then a config error before any
+    run starts. Returns the lock file's path."""
+    target = lock_path(path)
+    os.close(_open_lock_file(target, private=_is_default(path)))
+    return target
+
+
+def _is_default(path: str | os.PathLike[str] | None) -> bool:
+    """Whether the lock folder is harness's own default (not an argument or the env var)."""
+    return path is None and not os.environ.get("HARNESS_LOCK_DIR")
 
 
 def _holder(fd: int) -> dict[str, Any] | None:
@@ -241,7 +349,7 @@ def measurement_lock(
     if not enabled:
         yield lock
         return
-    fd = _open_lock_file(target)
+    fd = _open_lock_file(target, private=_is_default(path))
     try:
         start = time.monotonic()
         try:

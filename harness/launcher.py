@@ -28,6 +28,7 @@ no orphan measuring on the cores.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import ctypes
 import faulthandler
 import multiprocessing
@@ -35,6 +36,7 @@ import os
 import re
 import resource
 import signal
+import socket
 import sys
 import time
 import traceback
@@ -94,31 +96,88 @@ def launch(
     status: Callable[[str], None] = print,
     progress: Callable[[str, int, float], None] | None = None,
 ) -> dict[str, Any]:
-    """Run ``spec`` as ``options`` say and return its record (not yet written). Never raises
-    for a run that started, except ``KeyboardInterrupt`` (after killing the child)."""
+    """Run ``spec`` as ``options`` say and return its record (not yet written).
+
+    Never raises for a run that started, except ``KeyboardInterrupt`` (Ctrl-C, or
+    SIGTERM turned into :class:`harness.errors.Interrupted` by the CLI): the run process
+    is killed first, and the exception carries the run's record, status
+    ``interrupted``, as its ``record`` attribute so the caller can still write it.
+    """
     from harness.errors import HarnessError
-    from harness.hostlock import measurement_lock
     from harness.runner import base_record, execute
 
-    # One measurement per host at a time (docs/fleet.md). The lock is taken here, in the
-    # parent, before the run's clock starts: waiting behind another job is not run time,
-    # and the whole run (build, export, measure) is covered, since all of it disturbs
-    # a neighbour's timings.
+    # One measurement per host at a time (docs/fleet.md). The lock is taken by the parent,
+    # after the run has probed its backend (an unavailable backend never queues for it) and
+    # before anything is built: waiting behind another job is not run time, and the rest
+    # of the run (build, export, measure) is covered, since all of it disturbs a
+    # neighbour's timings.
+    gate = _LockGate(options, lock_group(spec), status)
+    started = time.monotonic()
     try:
-        with measurement_lock(enabled=options.host_lock, timeout_s=options.host_lock_timeout_s, on_wait=status,
-                              group=lock_group(spec)) as lock:
-            started = time.monotonic()
+        with gate:
             if options.isolation == "inline":
-                record = execute(spec, plugins, status=status, progress=progress)
-                record["launcher"] = {"isolation": "inline", "wall_s": round(time.monotonic() - started, 3)}
+                record = execute(spec, plugins, status=status, progress=progress, after_probe=gate.acquire)
+                record["launcher"] = {"isolation": "inline", "wall_s": round(time.monotonic() - started - gate.waited_s, 3)}
             else:
-                record = _run_in_child(spec, plugins, options, status, started)
+                record = _run_in_child(spec, plugins, options, status, gate)
     except HarnessError as exc:  # lock timeout, or a lock folder on a network filesystem
         record = base_record(spec, plugins)
         record["status"], record["reason"] = exc.status, exc.one_line()
-        return record
-    record["host_lock"] = lock.as_record()
+        record["error"] = {"type": type(exc).__name__}
+    except KeyboardInterrupt as exc:
+        if getattr(exc, "record", None) is None:  # inline, or before the run process started
+            record = base_record(spec, plugins)
+            _mark_interrupted(record, exc, "the run")
+            exc.record = record  # type: ignore[attr-defined]
+        exc.record["host_lock"] = gate.as_record()  # type: ignore[attr-defined]
+        raise
+    record["host_lock"] = gate.as_record()
     return record
+
+
+def _mark_interrupted(record: dict[str, Any], exc: BaseException, stage: str) -> None:
+    """Turn ``record`` into the record of a run stopped by a signal to the CLI."""
+    name = getattr(exc, "name", "SIGINT")
+    record["status"] = "interrupted"
+    record["reason"] = (f"interrupted by {name} during: {stage} (fix: run the same command again; "
+                        "a -m sweep skips the jobs that already have an ok record)")
+    record.setdefault("error", {})["type"] = "Interrupted"
+
+
+class _LockGate:
+    """The host lock, taken when the run asks (:meth:`acquire`, after its probe) and
+    released when the ``with`` block ends; never taken for a run that ends first."""
+
+    def __init__(self, options: LauncherOptions, group: str | None, on_wait: Callable[[str], None]) -> None:
+        self.options, self.group, self.on_wait = options, group, on_wait
+        self.stack = contextlib.ExitStack()
+        self.lock: Any = None
+
+    def __enter__(self) -> "_LockGate":
+        return self
+
+    def __exit__(self, *exc: Any) -> Any:
+        return self.stack.__exit__(*exc)
+
+    def acquire(self) -> None:
+        from harness.hostlock import measurement_lock
+
+        if self.lock is None:
+            self.lock = self.stack.enter_context(measurement_lock(
+                enabled=self.options.host_lock, timeout_s=self.options.host_lock_timeout_s,
+                on_wait=self.on_wait, group=self.group))
+
+    @property
+    def waited_s(self) -> float:
+        return self.lock.waited_s if self.lock is not None else 0.0
+
+    def as_record(self) -> dict[str, Any]:
+        """The record's ``host_lock``; ``acquired_at`` null when the run never took it."""
+        if self.lock is not None:
+            return self.lock.as_record()
+        from harness.hostlock import HostLock
+
+        return HostLock(path="", host=socket.gethostname(), enabled=self.options.host_lock).as_record()
 
 
 def lock_group(spec: RunSpec) -> str | None:
@@ -212,6 +271,9 @@ def _signal_name(number: int) -> tuple[str, str]:
     return name, signal.strsignal(number) or name
 
 
+#: Signals that stop a run on purpose (``scancel``, ``kill``, Ctrl-C): ``interrupted``, not a crash.
+_STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP")
+
 _SIGNAL_HINTS = {
     "SIGKILL": "killed from outside: most often the kernel's out-of-memory killer",
     "SIGSEGV": "a crash in native code (the backend's runtime or an extension)",
@@ -222,16 +284,19 @@ _SIGNAL_HINTS = {
 }
 
 
-def _run_in_child(spec: RunSpec, plugins: Plugins, options: LauncherOptions, status: Callable[[str], None], started: float) -> dict[str, Any]:
+def _run_in_child(spec: RunSpec, plugins: Plugins, options: LauncherOptions, status: Callable[[str], None],
+                  gate: _LockGate) -> dict[str, Any]:
     from harness.runner import base_record
 
+    started = time.monotonic()
     ctx = multiprocessing.get_context("spawn")
     result_r, result_w = ctx.Pipe(duplex=False)
     err_r, err_w = ctx.Pipe(duplex=False)
+    go_r, go_w = ctx.Pipe(duplex=False)  # the parent's "go" once it holds the host lock
     tty = bool(getattr(sys.stderr, "isatty", lambda: False)())
     process = ctx.Process(
         target=_child_main,
-        args=(spec, options.memory_limit_mb, result_w, err_w, os.getpid(), tty),
+        args=(spec, options.memory_limit_mb, result_w, err_w, go_r, os.getpid(), tty),
         name=f"harness-run-{spec.backend_name}",
         daemon=False,
     )
@@ -249,6 +314,7 @@ def _run_in_child(spec: RunSpec, plugins: Plugins, options: LauncherOptions, sta
     finally:
         result_w.close()
         err_w.close()
+        go_r.close()
     info["pid"] = process.pid
 
     tail = _StderrTail()
@@ -260,6 +326,7 @@ def _run_in_child(spec: RunSpec, plugins: Plugins, options: LauncherOptions, sta
     crash: dict[str, Any] | None = None
     last_stage = "starting"
     timed_out = False
+    interrupted: KeyboardInterrupt | None = None
     try:
         while True:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -276,6 +343,11 @@ def _run_in_child(spec: RunSpec, plugins: Plugins, options: LauncherOptions, sta
                 for kind, payload in messages:
                     if kind == "stage":
                         last_stage = payload
+                    elif kind == "ready":  # probed and available: lock the host, then let it build
+                        gate.acquire()
+                        if deadline is not None:
+                            deadline += gate.waited_s  # waiting for the lock is not run time
+                        go_w.send("go")
                     elif kind == "record":
                         returned = payload
                     else:
@@ -289,7 +361,11 @@ def _run_in_child(spec: RunSpec, plugins: Plugins, options: LauncherOptions, sta
             _kill_group(process)  # it returned its record but hangs on the way out
         _kill_group(process)  # helpers the run left behind (the child is exited but unreaped)
         process.join()
-    except BaseException:  # Ctrl-C or the sweep being stopped: never leave a run behind
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: never leave a run behind, record it
+        _kill_group(process)
+        process.join()
+        interrupted = exc
+    except BaseException:  # anything else stopping the sweep: never leave a run behind
         _kill_group(process)
         process.join()
         raise
@@ -297,15 +373,20 @@ def _run_in_child(spec: RunSpec, plugins: Plugins, options: LauncherOptions, sta
         _drain(err_fd, tail)
         result_r.close()
         err_r.close()
+        go_w.close()
 
     info["exitcode"] = process.exitcode
-    info["wall_s"] = round(time.monotonic() - started, 3)
-    if returned is not None:
+    info["wall_s"] = round(time.monotonic() - started - gate.waited_s, 3)
+    if returned is not None and interrupted is None:
         returned["launcher"] = {**info, **returned.get("launcher", {})}
         return returned
 
     record.setdefault("error", {})["stderr_tail"] = tail.lines()
     where = f" during: {last_stage}"
+    if interrupted is not None:
+        _mark_interrupted(record, interrupted, last_stage)
+        interrupted.record = record  # type: ignore[attr-defined]
+        raise interrupted
     if timed_out:
         record["status"] = "timeout"
         record["reason"] = (
@@ -319,6 +400,12 @@ def _run_in_child(spec: RunSpec, plugins: Plugins, options: LauncherOptions, sta
         name, description = _signal_name(-process.exitcode)
         hint = _SIGNAL_HINTS.get(name, "the run process was killed")
         info["signal"] = name
+        if name in _STOP_SIGNALS:  # a scheduler or a user stopped the run process itself
+            record["status"] = "interrupted"
+            record["error"]["type"] = "Interrupted"
+            record["reason"] = (f"run process was stopped by {name} from outside{where} "
+                                "(fix: run the same command again; a -m sweep skips the jobs already ok)")
+            return record
         record["reason"] = (
             f"run process died from {name} ({description}){where}: {hint} "
             "(fix: see error.stderr_tail in the record; launcher.isolation=inline runs it in-process for a debugger)"
@@ -402,8 +489,13 @@ def _child_progress(label: str, count: int, elapsed_s: float) -> None:
     sys.stderr.flush()
 
 
-def _child_main(spec: RunSpec, memory_limit_mb: int | None, result: Connection, err: Connection, parent_pid: int, tty: bool) -> None:
-    """Entry point of the run process: execute ``spec`` and send its record to the parent."""
+def _child_main(spec: RunSpec, memory_limit_mb: int | None, result: Connection, err: Connection, go: Connection,
+                parent_pid: int, tty: bool) -> None:
+    """Entry point of the run process: execute ``spec`` and send its record to the parent.
+
+    Once the backend probed available, the child says ``ready`` and waits for the
+    parent's ``go``: the parent takes the host lock in between.
+    """
     try:
         os.setpgid(0, 0)  # our own group: a timeout kills us and our helpers, not the CLI
     except OSError:
@@ -429,8 +521,15 @@ def _child_main(spec: RunSpec, memory_limit_mb: int | None, result: Connection, 
             ui.stage(message)
             result.send(("stage", message))
 
+        def wait_for_lock() -> None:
+            result.send(("ready", None))
+            try:
+                go.recv()
+            except EOFError:  # the parent is gone (it kills us on any other path)
+                os._exit(1)
+
         record = execute(spec, load_plugins(), status=stage, progress=_child_progress if tty else None,
-                         on_stage=lambda message: result.send(("stage", message)))
+                         on_stage=lambda message: result.send(("stage", message)), after_probe=wait_for_lock)
         if tty:
             sys.stderr.write("\r\033[K")
         result.send(("record", record))

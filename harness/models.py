@@ -8,7 +8,9 @@ shipped in ``conf/model/`` or loaded from a local folder with
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -16,6 +18,12 @@ from typing import Any, Optional
 from harness.errors import ConfigError
 
 FAMILIES = ("bert", "resnet")
+#: transformers' ``BertConfig`` defaults for the keys the checks below read (a test keeps
+#: them equal to the library's), so a model config that leaves one out is checked too.
+BERT_DEFAULTS = {"vocab_size": 30522, "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
+                 "intermediate_size": 3072, "max_position_embeddings": 512}
+_FIX_FOLDER = "point model.path (or model.checkpoint) at a folder written by save_pretrained"
+_LAYER = re.compile(r"encoder\.layer\.(\d+)\.")
 
 
 @dataclass
@@ -113,26 +121,155 @@ def _from_config(options: ModelOptions) -> tuple[Any, str]:
     return model, f"config:{options.name}"
 
 
-def _from_folder(path: str, options: ModelOptions) -> tuple[Any, str, Any]:
-    import transformers
+# --- checkpoint folders: checked before anything is built ---------------------------------
 
-    folder = Path(path).expanduser()
-    if not (folder / "config.json").is_file():
-        raise ConfigError(
-            f"model path '{folder}' is not a checkpoint folder (no config.json)",
-            "point model.path (or model.checkpoint) at a folder written by save_pretrained",
-        )
-    if not any(folder.glob("*.safetensors")):
+
+def folder_config(folder: str | os.PathLike[str]) -> dict[str, Any]:
+    """The parsed ``config.json`` of a checkpoint folder; a :class:`ConfigError` naming the
+    fix when it is missing, truncated or not a JSON object."""
+    folder = Path(folder).expanduser()
+    path = folder / "config.json"
+    if not path.is_file():
+        raise ConfigError(f"model path '{folder}' is not a checkpoint folder (no config.json)", _FIX_FOLDER)
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        detail = " ".join(str(exc).split())[:120]
+        raise ConfigError(f"{path} is not valid JSON ({detail}): the checkpoint is truncated or damaged",
+                          "re-save the model with save_pretrained, or restore config.json from the original") from None
+    if not isinstance(config, dict):
+        raise ConfigError(f"{path} holds a JSON {type(config).__name__}, not a model config object",
+                          "re-save the model with save_pretrained")
+    return config
+
+
+def num_labels_of(config: dict[str, Any], default: int) -> int:
+    """How many classes a transformers config's classification head has."""
+    id2label = config.get("id2label")
+    if isinstance(id2label, dict) and id2label:
+        return len(id2label)
+    value = config.get("num_labels")
+    return value if isinstance(value, int) and value >= 1 else default
+
+
+def check_folder(folder: str | os.PathLike[str], family: str) -> dict[str, Any]:
+    """Check a checkpoint folder without loading it; return its config.
+
+    Cheap enough for the CLI's preflight (json and safetensors headers only, no torch):
+    config.json parses; its ``model_type`` is ``family``'s; every ``*.safetensors`` file
+    has a complete header (a 0-byte or truncated file fails); and the weights' shapes
+    agree with the config (embedding width, layer count, FFN width, classes). Each
+    problem is a :class:`ConfigError` with the fix.
+    """
+    folder = Path(folder).expanduser()
+    config = folder_config(folder)
+    model_type = config.get("model_type")
+    if model_type is not None and model_type != family:
+        fix = f"model.family={model_type}" if model_type in FAMILIES else f"point model.path at a {family} checkpoint"
+        raise ConfigError(f"model.family={family} but {folder / 'config.json'} describes a '{model_type}' model", fix)
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
         raise ConfigError(
             f"checkpoint '{folder}' has no .safetensors weights",
             "re-save it with save_pretrained(safe_serialization=True); pickled weights are not loaded",
         )
+    shapes: dict[str, list[int]] = {}
+    for path in files:
+        shapes.update(_safetensors_shapes(path))
+    problem = _shape_problem(family, config, shapes)
+    if problem:
+        raise ConfigError(f"checkpoint '{folder}' has weights that do not match its config.json: {problem}",
+                          "use the config.json saved together with these weights (save_pretrained writes both)")
+    return config
+
+
+def _safetensors_shapes(path: Path) -> dict[str, list[int]]:
+    """Tensor name -> shape from a safetensors header (reads the header, not the data)."""
+    from safetensors import SafetensorError, safe_open
+
+    if path.stat().st_size == 0:
+        raise ConfigError(f"weights file {path} is empty (0 bytes): the checkpoint was not saved completely",
+                          "re-save the model with save_pretrained, or copy the file again")
+    try:
+        with safe_open(str(path), framework="numpy") as handle:
+            return {name: list(handle.get_slice(name).get_shape()) for name in handle.keys()}
+    except (SafetensorError, OSError, ValueError) as exc:
+        detail = " ".join(str(exc).split())[:160]
+        raise ConfigError(f"weights file {path} is not a complete safetensors file ({detail})",
+                          "re-save the model with save_pretrained, or copy the file again") from None
+
+
+def _shape_problem(family: str, config: dict[str, Any], shapes: dict[str, list[int]]) -> Optional[str]:
+    """The first disagreement between a config and the weight shapes, as one phrase."""
+    def get(key: str) -> Any:
+        return config.get(key, BERT_DEFAULTS.get(key) if family == "bert" else None)
+
+    labels = num_labels_of(config, 2)
+    if family == "bert":
+        hidden = get("hidden_size")
+        expected = {
+            "embeddings.word_embeddings.weight": ([get("vocab_size"), hidden], "vocab_size, hidden_size"),
+            "embeddings.position_embeddings.weight": ([get("max_position_embeddings"), hidden],
+                                                      "max_position_embeddings, hidden_size"),
+            "encoder.layer.0.intermediate.dense.weight": ([get("intermediate_size"), hidden], "intermediate_size, hidden_size"),
+            "classifier.weight": ([labels, hidden], "num_labels, hidden_size"),
+        }
+        layers = {int(m.group(1)) for name in shapes if (m := _LAYER.search(name))}
+        if layers and len(layers) != get("num_hidden_layers"):
+            return f"the weights have {len(layers)} encoder layers, the config num_hidden_layers={get('num_hidden_layers')}"
+    else:
+        sizes = config.get("hidden_sizes") or [None]
+        expected = {
+            "embedder.embedder.convolution.weight": ([config.get("embedding_size"), config.get("num_channels")],
+                                                     "embedding_size, num_channels"),
+            "classifier.1.weight": ([labels, sizes[-1]], "num_labels, hidden_sizes[-1]"),
+        }
+    for suffix, (want, keys) in expected.items():
+        name = next((n for n in shapes if n == suffix or n.endswith("." + suffix)), None)
+        if name is None:
+            continue
+        got = shapes[name][: len(want)]
+        if any(w is not None and w != g for w, g in zip(want, got)):
+            return f"{name} is {shapes[name]}, the config says {[w if w is not None else '?' for w in want]} ({keys})"
+    return None
+
+
+def _from_folder(path: str, options: ModelOptions) -> tuple[Any, str, Any]:
+    import transformers
+
+    folder = Path(path).expanduser()
+    check_folder(folder, options.family)
     auto = transformers.AutoModelForImageClassification if options.family == "resnet" else transformers.AutoModelForSequenceClassification
-    model = auto.from_pretrained(folder, local_files_only=True, use_safetensors=True)
+    try:
+        model, info = auto.from_pretrained(folder, local_files_only=True, use_safetensors=True, output_loading_info=True)
+    except (OSError, ValueError, RuntimeError) as exc:  # what from_pretrained raises for a bad folder
+        detail = " ".join(str(exc).split())[:200]
+        raise ConfigError(f"cannot load the checkpoint in '{folder}' as a {options.family} model: {detail}",
+                          "check model.family and that config.json and the weights were saved together") from None
+    problem = _loading_problem(info)
+    if problem:
+        raise ConfigError(f"checkpoint '{folder}' does not fit its model: {problem}",
+                          "use the config.json saved together with these weights (save_pretrained writes both)")
     tokenizer = None
     if options.family == "bert" and (folder / "tokenizer.json").is_file():
         tokenizer = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True)
     return model, f"checkpoint:{folder}", tokenizer
+
+
+def _loading_problem(info: dict[str, Any]) -> Optional[str]:
+    """A phrase naming weights ``from_pretrained`` had to invent or could not place.
+
+    A missing classification head alone is fine (a base checkpoint being fine-tuned
+    gets a fresh head); any other missing or mismatched weight would silently run a
+    partly random model.
+    """
+    missing = [k for k in info.get("missing_keys", []) if not k.startswith("classifier")]
+    mismatched = [str(k[0] if isinstance(k, (tuple, list)) else k) for k in info.get("mismatched_keys", [])]
+    if mismatched:
+        return f"{len(mismatched)} weights have other shapes than the config gives (e.g. {mismatched[0]})"
+    if missing:
+        return f"{len(missing)} weights are missing from the checkpoint (e.g. {missing[0]}) and would be random"
+    return None
 
 
 def load_model(options: ModelOptions, checkpoint: str | None = None) -> LoadedModel:

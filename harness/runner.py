@@ -123,11 +123,15 @@ def execute(
     status: Callable[[str], None] = print,
     progress: Callable[[str, int, float], None] | None = None,
     on_stage: Callable[[str], None] | None = None,
+    after_probe: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Run ``spec`` and return its record (not yet written).
 
     ``on_stage`` hears the runner's own stages (probing, starting the backend), which
     are not worth a line on the terminal but name where a crash happened.
+    ``after_probe`` is called once the backend is found available, before anything is
+    built: the launcher takes the host measurement lock there, so an unavailable
+    backend never waits for it.
     """
     record = base_record(spec, plugins)
     stage = ""
@@ -152,6 +156,8 @@ def execute(
                 f"backend '{spec.backend_name}' is unavailable: {availability.reason}",
                 "run it where that device or library is present, or pick a backend harness-backends lists as available",
             )
+        if after_probe is not None:
+            after_probe()
         enter(f"starting backend '{spec.backend_name}'")
         backend = backend_cls(spec.backend_options)
         record["backend"]["version"] = backend.version()

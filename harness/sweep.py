@@ -146,14 +146,26 @@ def new_ledger(results_dir: str | os.PathLike[str] | None = None) -> Path:
 
 
 def report(outcome: Outcome) -> None:
-    """Add a job's outcome to the ledger (atomically; jobs may run concurrently)."""
+    """Add a job's outcome to the ledger (atomically; jobs may run concurrently).
+
+    A ledger that cannot take it (the disk filled up) costs only this summary row, with
+    a warning; the job's record is already written."""
     folder = os.environ.get(LEDGER_ENV)
     if not folder or not Path(folder).is_dir():
         return
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=folder)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump(asdict(outcome), handle)
-    os.replace(tmp, Path(folder) / f"{outcome.num:06d}-{os.getpid()}-{Path(tmp).stem[5:]}.json")
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=folder)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(asdict(outcome), handle)
+        os.replace(tmp, Path(folder) / f"{outcome.num:06d}-{os.getpid()}-{Path(tmp).stem[5:]}.json")
+    except OSError as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        from harness import ui
+
+        ui.warning(f"job {outcome.num} is missing from the sweep summary: the ledger {folder} refused it "
+                   f"({exc.strerror or exc})")
 
 
 def read_ledger(folder: Path) -> list[Outcome]:
@@ -166,8 +178,11 @@ def read_ledger(folder: Path) -> list[Outcome]:
     return sorted(outcomes, key=lambda o: o.num)
 
 
-def counts_line(outcomes: Iterable[Outcome], expected: Optional[int] = None) -> str:
-    """``sweep: 5 jobs: 3 ok (1 skipped, already done), 1 failed, 1 timeout``."""
+def counts_line(outcomes: Iterable[Outcome], expected: Optional[int] = None, missing: Optional[str] = None) -> str:
+    """``sweep: 5 jobs: 3 ok (1 skipped, already done), 1 failed, 1 timeout``.
+
+    Jobs short of ``expected`` are counted as ``missing`` says (default "ended without a
+    result"; "not started" after an interrupt)."""
     outcomes = list(outcomes)
     counts = Counter(o.status for o in outcomes)
     skipped = sum(o.skipped for o in outcomes)
@@ -177,9 +192,9 @@ def counts_line(outcomes: Iterable[Outcome], expected: Optional[int] = None) -> 
         if status == "ok" and skipped:
             text += f" ({skipped} skipped: ok record already there)"
         parts.append(text)
-    missing = (expected or 0) - len(outcomes)
-    if missing > 0:
-        parts.append(f"{missing} ended without a result")
+    short = (expected or 0) - len(outcomes)
+    if short > 0:
+        parts.append(f"{short} {missing or 'ended without a result'}")
     total = max(len(outcomes), expected or 0)
     return f"sweep: {total} job{'s' if total != 1 else ''}: " + (", ".join(parts) or "none ran")
 

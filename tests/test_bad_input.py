@@ -60,6 +60,26 @@ def assert_one_line(proc, needle: str, code: int) -> str:
         (["scenario.batch_size=[1,"], "scenario.batch_size"),
         (["++model.path=/nope/checkpoint"], "model.path '/nope/checkpoint' does not exist (fix: "),
         (["dataset.kind=files", "++dataset.path=/nope/data.csv"], "dataset.path '/nope/data.csv' does not exist"),
+        # hardening (issue 15): typos, shapes, sizes and outputs, all before anything is built
+        (["+foo=1"], "unknown top-level config key 'foo'"),
+        (["+result_dir=/tmp/x"], "unknown top-level config key 'result_dir' (fix: did you mean results_dir?"),
+        (["++resuls_dir=/tmp/x"], "did you mean results_dir?"),
+        (["+scenario=bert_fp32", "scenario.batch_sise=3"], "Could not override 'scenario.batch_sise'"),
+        (["launcher.timout_s=3"], "(fix: did you mean launcher.timeout_s?)"),
+        (["+scenario=bert_fp32", "scenario.seq_len=1024"], "scenario.seq_len=1024 is longer than the 512 positions"),
+        (["+scenario=bert_fp32", "scenario.batch_size=99999999999999999999"], "scenario.batch_size=99999999999999999999 needs at least"),
+        (["+scenario=bert_train", "scenario.eval_batch_size=10000000000000"], "scenario.eval_batch_size=10000000000000 needs at least"),
+        (["model.config.hidden_size=65"], "hidden_size=65 of model 'bert_small' is not a multiple of num_attention_heads=4"),
+        (["model.config.vocab_size=20"], "vocab_size=20 of model 'bert_small' is smaller than"),
+        (["cache_dir=/etc/hostname"], "cache_dir '/etc/hostname' cannot be a folder: '/etc/hostname' is a file"),
+        (["results_dir=/etc/hostname/sub"], "results_dir '/etc/hostname/sub' cannot be a folder"),
+        (["-m", "scenario.batch_size=range(1,1000001)"], "this sweep has 1,000,000 jobs, more than the 1,000 allowed"),
+        (["-m", "+scenario=bert_fp32", "scenario.seq_len=64,2048"], "scenario.seq_len=2048 is longer than the 512 positions"),
+        (["model=resnet_small"], "model.family=resnet does image-classification but dataset 'sentiment' is text"),
+        (["model=bert_tiny", "dataset=digits"], "model.family=bert does text-classification but dataset 'digits'"),
+        (["model=resnet_small", "dataset=digits", "model.num_labels=2"], "has 10 label values (0, 1, 2, 3, 4, 5, 6, 7, ...)"),
+        (["++model.checkpoint=/nope/ckpt"], "model.checkpoint '/nope/ckpt' does not exist"),
+        (["++launcher.memory_limit_mb=64", "+scenario=bert_fp32", "scenario.batch_size=100000"], "more than the 64 MiB this run may use"),
     ],
 )
 def test_rejected_with_one_line_and_exit_2(args, needle, tmp_path):
@@ -74,47 +94,126 @@ def test_sweep_key_only_some_choices_have_says_to_use_double_plus(tmp_path):
     assert_one_line(proc, "fix: write ++key=value", 2)
 
 
-# --- rejected by the run (a record explains it) ----------------------------------------------------
+def test_max_jobs_override(monkeypatch, checker):
+    searchpath, options, registry = checker
+    args = ["-m", "+scenario=bert_fp32", "scenario.batch_size=range(1,1500)"]
+    problem, _ = cli.precheck(args, searchpath, options, None)
+    assert problem.startswith("this sweep has 1,499 jobs") and "export HARNESS_MAX_JOBS=1499" in problem
+    monkeypatch.setenv("HARNESS_MAX_JOBS", "2000")
+    assert cli.precheck(args, searchpath, options, None) == (None, 1499)
+    monkeypatch.setenv("HARNESS_MAX_JOBS", "lots")
+    assert "is not a positive number of jobs" in cli.precheck(args, searchpath, options, None)[0]
 
 
-def test_checkpoint_folder_without_a_checkpoint(tmp_path):
-    (tmp_path / "empty").mkdir()
-    proc = run_cli("+scenario=bert_fp32", *FAST, f"++model.path={tmp_path / 'empty'}", cwd=tmp_path)
-    assert_one_line(proc, "is not a checkpoint folder (no config.json) (fix: ", 2)
-    (rec,) = records_in(tmp_path / "results")
-    assert rec["status"] == "failed" and rec["error"]["type"] == "ConfigError"
+# --- checkpoint folders and datasets: refused before the model is built (no record) --------------
+
+
+@pytest.fixture(scope="module")
+def bert_folder(tmp_path_factory):
+    import transformers
+
+    folder = tmp_path_factory.mktemp("bert")
+    config = transformers.BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256,
+                                     num_labels=2)
+    transformers.BertForSequenceClassification(config).save_pretrained(folder)
+    return folder
+
+
+def _damaged(folder: Path, to: Path, how: str) -> Path:
+    import json
+    import shutil
+
+    shutil.copytree(folder, to)
+    if how == "truncated config":
+        (to / "config.json").write_text((to / "config.json").read_text()[:50])
+    elif how == "zero-byte weights":
+        (to / "model.safetensors").write_bytes(b"")
+    elif how == "weights of another config":
+        config = json.loads((to / "config.json").read_text())
+        (to / "config.json").write_text(json.dumps({**config, "hidden_size": 128, "intermediate_size": 512}))
+    elif how == "no config":
+        (to / "config.json").unlink()
+    return to
 
 
 @pytest.mark.parametrize(
-    "name, content, needle",
+    "how, extra, needle",
     [
-        ("reviews.parquet", b"this is not parquet at all", "cannot read"),
-        ("reviews.csv", b"text,sentiment\ngreat film,1\nawful film,0\nfine,1\n", "label column 'label' not found (columns: text, sentiment)"),
-        ("reviews.csv", b"", "cannot read"),
+        ("truncated config", [], "config.json is not valid JSON"),
+        ("zero-byte weights", [], "model.safetensors is empty (0 bytes)"),
+        ("weights of another config", [], "has weights that do not match its config.json"),
+        ("no config", [], "is not a checkpoint folder (no config.json) (fix: "),
+        ("intact", ["model.family=resnet", "dataset=digits"], "model.family=resnet but"),
     ],
-    ids=["unreadable", "mislabeled", "empty"],
 )
-def test_bad_dataset_file(name, content, needle, tmp_path):
+def test_bad_checkpoint_folder(bert_folder, how, extra, needle, tmp_path):
+    folder = _damaged(bert_folder, tmp_path / "ckpt", how)
+    proc = run_cli("+scenario=bert_fp32", *FAST, f"++model.path={folder}", *extra, cwd=tmp_path)
+    line = assert_one_line(proc, needle, 2)
+    assert "a bug in plugin" not in line and "fix:" in line
+    assert not (tmp_path / "results").exists() or not records_in(tmp_path / "results")
+
+
+@pytest.mark.parametrize(
+    "name, content, extra, needle",
+    [
+        ("reviews.parquet", b"this is not parquet at all", [], "cannot read"),
+        ("reviews.csv", b"text,sentiment\ngreat film,1\nawful film,0\nfine,1\n", [],
+         "label column 'label' not found (columns: text, sentiment)"),
+        ("reviews.csv", b"", [], "cannot read"),
+        ("reviews.csv", b"text,label\n" + b"".join(b"film %d,%d\n" % (i, i % 5) for i in range(20)), [],
+         "has 5 label values (0, 1, 2, 3, 4) but model 'bert_tiny' has num_labels=2"),
+        ("reviews.csv", b"text,label\n" + b"".join(b"film %d,%d\n" % (i, -1 if i % 2 else 1) for i in range(20)), [],
+         "label column has negative values (-1)"),
+        ("reviews.csv", b"text,label\n" + b"".join(b"film %d,%s\n" % (i, b"abc"[i % 3:i % 3 + 1]) for i in range(20)),
+         [], "has 3 label values (a, b, c)"),
+    ],
+    ids=["unreadable", "mislabeled", "empty", "five-labels-two-classes", "minus-one", "three-names-two-classes"],
+)
+def test_bad_dataset_file(name, content, extra, needle, tmp_path):
     path = tmp_path / name
     path.write_bytes(content)
-    proc = run_cli("+scenario=bert_fp32", *FAST, "dataset.kind=files", f"++dataset.path={path}", cwd=tmp_path)
+    proc = run_cli("+scenario=bert_fp32", *FAST, "dataset.kind=files", f"++dataset.path={path}", *extra, cwd=tmp_path)
     line = assert_one_line(proc, needle, 2)
     assert "fix:" in line
+    assert not (tmp_path / "results").exists() or not records_in(tmp_path / "results")
 
 
 @pytest.mark.slow
-def test_corrupt_onnx_in_the_cache_is_rebuilt_not_trusted(tmp_path):
+def test_corrupt_caches_are_rebuilt_not_trusted(tmp_path):
+    """A damaged ONNX file and a truncated accuracy reference: the next run warns once for
+    each, rebuilds them and succeeds; the run after that reuses the healed entries."""
     env = {"HARNESS_CACHE": str(tmp_path / "cache")}
     assert run_cli("+scenario=bert_fp32", *FAST, cwd=tmp_path, env=env).returncode == 0
     (cached,) = (tmp_path / "cache").glob("onnx/*/model.onnx")
     cached.write_bytes(b"\x08\x07garbage, not a protobuf of a model")
+    (logits,) = (tmp_path / "cache").glob("accuracy/*/logits.npy")
+    logits.write_bytes(logits.read_bytes()[:64])
     proc = run_cli("+scenario=bert_fp32", *FAST, cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stderr
-    second = sorted(records_in(tmp_path / "results"), key=lambda r: r["created"] + r["run_id"])
-    assert [r["metrics"]["export"]["cached"] for r in second].count(False) == 2  # rebuilt, not reused
+    assert proc.stderr.count("does not match its checksums (truncated or corrupted); rebuilding it") == 2
+    proc = run_cli("+scenario=bert_fp32", *FAST, cwd=tmp_path, env=env)
+    assert proc.returncode == 0 and "rebuilding" not in proc.stderr, proc.stderr
+    runs = sorted(records_in(tmp_path / "results"), key=lambda r: r["created"] + r["run_id"])
+    assert [r["metrics"]["export"]["cached"] for r in runs] == [False, False, True]  # rebuilt, then reused
+    assert runs[1]["metrics"]["accuracy"]["reference_source"] == "eager fp32 pytorch"  # recomputed
+    assert runs[2]["metrics"]["accuracy"]["reference_source"] == "eager fp32 pytorch, cached"
     import onnx
 
     onnx.checker.check_model(str(cached))
+
+
+@pytest.mark.slow
+def test_thread_counts_beyond_the_cores_are_clamped_with_a_warning(tmp_path):
+    from harness.preflight import usable_cores
+
+    proc = run_cli("+scenario=bert_fp32", *FAST, "backend.intra_op_threads=100000", "scenario.accuracy.enabled=false",
+                   "scenario.mfu=false", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cores = usable_cores()
+    assert f"backend.intra_op_threads=100000 is more than the {cores} cores this run may use; using {cores}" in proc.stderr
+    (rec,) = records_in(tmp_path / "results")
+    assert rec["backend"]["options"]["intra_op_threads"] == cores and rec["config"]["backend"]["intra_op_threads"] == 100000
 
 
 def test_unavailable_hardware(tmp_path):
@@ -167,12 +266,19 @@ OVERRIDE = st.one_of(
 
 
 @pytest.fixture(scope="module")
-def checker():
+def checker(tmp_path_factory):
+    """The CLI's checker as the command runs it, in a scratch folder: preflight creates
+    (and probes) results_dir and cache_dir, relative ones included."""
     from harness.plugins import load_plugins
 
     plugins = load_plugins()
     searchpath = plugins.config_searchpath()
-    return searchpath, cli.group_options(searchpath), plugins.registry
+    cwd = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("checker"))
+    try:
+        yield searchpath, cli.group_options(searchpath), plugins.registry
+    finally:
+        os.chdir(cwd)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
@@ -198,6 +304,7 @@ def test_known_good_command_lines_pass_the_check(checker):
     assert cli.precheck(["-m", "+scenario=bert_fp32", "backend=onnxruntime,pytorch", "scenario.batch_size=1,8"], searchpath, options, registry) == (None, 4)
     assert cli.precheck(["-m", "backend=glob(onnx*)"], searchpath, options, registry)[0] is None
     assert cli.precheck(["--cfg", "job"], searchpath, options, registry) == (None, None)
-    assert cli.precheck(["-m", "scenario.batch_size=range(1,1000000000)"], searchpath, options, registry) == (None, None)
+    assert cli.precheck(["-m", "scenario.batch_size=range(1,1000000000)"], searchpath, options, registry)[0].startswith(
+        "this sweep has 999,999,999 jobs")
     problem, _ = cli.precheck(["-m", "backend=glob(zzz*)"], searchpath, options, registry)
     assert problem.startswith("backend=glob(zzz*) matches no backend")

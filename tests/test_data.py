@@ -238,7 +238,7 @@ def test_caps_sample_rows_in_file_order(tmp_path):
     assert numbers == sorted(numbers)
 
 
-def test_string_and_negative_labels_map_to_sorted_ids(tmp_path):
+def test_string_labels_map_to_sorted_ids_and_negative_ones_only_when_asked(tmp_path):
     frame = pd.DataFrame({"text": ["a", "b", "c", "d", "e"], "label": ["pos", "neg", "meh", "pos", "neg"]})
     frame.to_csv(tmp_path / "train.csv", index=False)
     frame.to_csv(tmp_path / "test.csv", index=False)
@@ -247,7 +247,10 @@ def test_string_and_negative_labels_map_to_sorted_ids(tmp_path):
     np.testing.assert_array_equal(data.train.labels, [2, 1, 0, 2, 1])
     for split in ("train", "test"):
         frame.assign(label=[1, -1, 1, -1, 1]).to_csv(tmp_path / f"{split}.csv", index=False)
-    data = load_dataset(DatasetOptions(kind="files", path=str(tmp_path)))
+    with pytest.raises(ConfigError) as err:
+        load_dataset(DatasetOptions(kind="files", path=str(tmp_path)))  # -1 often means "unlabelled"
+    assert "negative values (-1)" in err.value.one_line() and "dataset.remap_labels=true" in err.value.one_line()
+    data = load_dataset(DatasetOptions(kind="files", path=str(tmp_path), remap_labels=True))
     assert data.label_names == ["-1", "1"]
     np.testing.assert_array_equal(data.eval.labels, [1, 0, 1, 0, 1])
 

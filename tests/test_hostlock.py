@@ -19,9 +19,10 @@ import pytest
 
 from harness.errors import ConfigError
 from harness.hostlock import (
-    DEFAULT_DIR,
     LockTimeout,
     check_host_local,
+    check_lock,
+    default_dir,
     filesystem_type,
     lock_path,
     measurement_lock,
@@ -82,12 +83,109 @@ def _wait_for(path: Path, timeout_s: float = 60.0) -> None:
 # --- where the lock lives --------------------------------------------------------------------
 
 
-def test_lock_path_prefers_argument_then_env_then_tmp(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_lock_path_prefers_argument_then_env_then_a_private_folder(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("HARNESS_LOCK_DIR", raising=False)
-    assert lock_path() == Path(DEFAULT_DIR) / "measure.lock"
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
+    (tmp_path / "run").mkdir()
+    assert lock_path() == tmp_path / "run" / "harness" / "locks" / "measure.lock"
     monkeypatch.setenv("HARNESS_LOCK_DIR", str(tmp_path))
     assert lock_path() == tmp_path / "measure.lock"
     assert lock_path(tmp_path / "x.lock") == tmp_path / "x.lock"
+
+
+def test_default_folder_is_never_the_shared_tmp_one(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "home").mkdir()
+    assert default_dir() == tmp_path / "home" / ".cache" / "harness" / "locks"
+    nfs_home = f"fs1:/home {tmp_path / 'home'} nfs4 rw 0 0\n"
+    assert default_dir(mounts=nfs_home) == Path(f"/tmp/harness-{os.getuid()}/locks")  # homes on NFS: host-local /tmp
+
+
+def test_default_folder_is_created_private(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("HARNESS_LOCK_DIR", raising=False)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    with measurement_lock() as held:
+        pass
+    folder = Path(held.path).parent
+    assert folder == tmp_path / "harness" / "locks"
+    assert (folder.stat().st_mode & 0o777) == 0o700 and (folder.parent.stat().st_mode & 0o777) == 0o700
+    assert (Path(held.path).stat().st_mode & 0o022) == 0  # nobody else may write the lock file
+
+
+@pytest.mark.parametrize("where", ["lock file", "lock folder"])
+def test_a_planted_symlink_leaves_its_target_unchanged(where: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The attack the old world-writable /tmp/harness-locks allowed: a symlink at the lock
+    path made harness truncate its target and chmod it 0666."""
+    target = tmp_path / "victim.txt"
+    target.write_text("precious\n")
+    target.chmod(0o600)
+    before = (target.read_bytes(), target.stat().st_mode, target.stat().st_mtime_ns)
+    monkeypatch.delenv("HARNESS_LOCK_DIR", raising=False)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
+    folder = tmp_path / "run" / "harness" / "locks"
+    if where == "lock file":
+        folder.mkdir(parents=True, mode=0o700)
+        (tmp_path / "run" / "harness").chmod(0o700)
+        (folder / "measure.lock").symlink_to(target)
+    else:
+        (tmp_path / "run" / "harness").mkdir(parents=True, mode=0o700)
+        folder.symlink_to(tmp_path)
+    with pytest.raises(ConfigError) as err:
+        with measurement_lock():
+            pass
+    assert "symlink" in err.value.one_line() and "(fix: " in err.value.one_line()
+    with pytest.raises(ConfigError):
+        check_lock()
+    assert (target.read_bytes(), target.stat().st_mode, target.stat().st_mtime_ns) == before
+
+
+def plant_symlink(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A lock folder (``$HARNESS_LOCK_DIR``) whose ``measure.lock`` is a symlink to a file
+    with content; returns that file."""
+    target = tmp_path / "victim.txt"
+    target.write_text("precious\n")
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "shared" / "measure.lock").symlink_to(target)
+    monkeypatch.setenv("HARNESS_LOCK_DIR", str(tmp_path / "shared"))
+    return target
+
+
+def test_symlink_in_an_explicit_lock_folder_is_refused_too(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    target = plant_symlink(tmp_path, monkeypatch)
+    with pytest.raises(ConfigError, match="symlink"):
+        check_lock()
+    assert target.read_text() == "precious\n"
+
+
+def test_a_fifo_or_hard_link_at_the_lock_path_is_refused(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "fifo.lock")
+    with pytest.raises(ConfigError, match="not a regular file"):
+        check_lock(tmp_path / "fifo.lock")
+    (tmp_path / "victim").write_text("x")
+    os.link(tmp_path / "victim", tmp_path / "linked.lock")
+    with pytest.raises(ConfigError, match="hard links"):
+        check_lock(tmp_path / "linked.lock")
+    assert (tmp_path / "victim").read_text() == "x"
+
+
+def test_a_default_folder_others_can_write_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("HARNESS_LOCK_DIR", raising=False)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    folder = tmp_path / "harness" / "locks"
+    folder.mkdir(parents=True)
+    folder.chmod(0o777)
+    with pytest.raises(ConfigError, match="not private to this user"):
+        check_lock()
+
+
+def test_harness_never_changes_the_mode_of_a_lock_file(tmp_path: Path) -> None:
+    existing = tmp_path / "measure.lock"
+    existing.write_text("")
+    existing.chmod(0o640)
+    with measurement_lock(existing):
+        pass
+    assert existing.stat().st_mode & 0o777 == 0o640
 
 
 MOUNTS = """\

@@ -89,6 +89,7 @@ def test_sweep_exit_code_is_zero_only_when_every_job_is_ok(tmp_path, fault_env):
     ok = run_cli("-m", "backend=numpy", "+scenario=quick", "scenario.size=8,16", cwd=tmp_path, env=fault_env)
     assert ok.returncode == 0, ok.stderr
     assert "sweep: 2 jobs: 2 ok" in ok.stdout and "sweep summary" in ok.stdout
+    assert "· sweep: 2 jobs" in ok.stderr and "[1/2] job 0: " in ok.stderr and "[2/2] job 1: " in ok.stderr  # progress
     mixed = run_cli("-m", "backend=numpy,raises", "+scenario=quick", "results_dir=mixed", cwd=tmp_path, env=fault_env)
     assert mixed.returncode == 1
     assert "sweep: 2 jobs: 1 ok, 1 failed" in mixed.stdout
@@ -128,9 +129,14 @@ def _gone(pid: int, within_s: float = 10.0) -> bool:
     return False
 
 
-@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGINT, signal.SIGTERM], ids=["SIGKILL", "SIGINT", "SIGTERM"])
 def test_killed_sweep_resumes_with_only_the_missing_jobs(tmp_path, fault_env, how):
-    """Job 1 hangs the first time; the sweep is killed there, then re-run to completion."""
+    """Job 2 hangs the first time; the sweep is stopped there, then re-run to completion.
+
+    SIGINT (Ctrl-C) and SIGTERM (Slurm, CI) are handled alike: the running job gets an
+    ``interrupted`` record, the summary is printed once, no ledger stays behind, exit
+    ``128 + signal``. SIGKILL cannot be handled: the running job just has no record.
+    """
     marker = tmp_path / "flaky.pid"
     args = ["-m", "backend=numpy,flaky,numpy", "+scenario=quick", f"++backend.marker={marker}", "scenario.size=8,16"]
     # backend=numpy appears twice: the duplicate jobs are skipped as already done
@@ -151,16 +157,26 @@ def test_killed_sweep_resumes_with_only_the_missing_jobs(tmp_path, fault_env, ho
             proc.kill()
     hung_run = int(marker.read_text())
     assert _gone(hung_run), "the hung run process outlived its sweep"
-    if how == signal.SIGINT:
-        assert proc.returncode == 130
-        assert "interrupted" in err and "run the same command again" in err
-    assert len(records_in(tmp_path / "results")) == 2  # nothing half-written, nothing lost
+    recs = records_in(tmp_path / "results")
+    if how == signal.SIGKILL:
+        assert len(recs) == 2  # nothing half-written, nothing lost
+    else:
+        assert proc.returncode == 128 + how
+        errors = [line for line in err.splitlines() if "harness: error:" in line]
+        assert errors == [f"harness: error: interrupted by {how.name}; the records written so far are kept "
+                          "(fix: run the same command again to finish the missing jobs)"], err
+        assert "sweep summary" in out and "sweep: 6 jobs: 2 ok, 1 interrupted, 3 not started" in out
+        assert [r["status"] for r in recs].count("interrupted") == 1 and len(recs) == 3
+        (stopped,) = [r for r in recs if r["status"] == "interrupted"]
+        assert stopped["backend"]["name"] == "flaky" and f"interrupted by {how.name}" in stopped["reason"]
+        records.validate(stopped)
+        assert not (tmp_path / "results" / ".sweeps").exists()
     assert not list((tmp_path / "results").glob(".tmp-*"))
 
     again = run_cli(*args, cwd=tmp_path, env=fault_env)
     assert again.returncode == 0, again.stderr
     assert "sweep: 6 jobs: 6 ok (4 skipped: ok record already there)" in again.stdout
-    recs = records_in(tmp_path / "results")
+    recs = [r for r in records_in(tmp_path / "results") if r["status"] == "ok"]
     assert sorted(r["backend"]["name"] for r in recs) == ["flaky", "flaky", "numpy", "numpy"]
     assert len({r["job_key"] for r in recs}) == 4
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -46,8 +45,9 @@ def check_supported(backend: Backend, recipe: Recipe) -> None:
 
 
 def files_size(folder: Path) -> int:
-    """Bytes on disk of a compressed artifact's files (its cache folder minus meta.json)."""
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and p.name != "meta.json")
+    """Bytes on disk of a compressed artifact's files (its cache folder minus meta.json and
+    the checksum manifest)."""
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and p.name not in ("meta.json", cache.MANIFEST))
 
 
 def _encode(value: Any, root: Path) -> Any:
@@ -118,16 +118,15 @@ def compress(
         return out, _metrics(out, recipe, calibration, seconds, cached=False, key=None, size=out.meta.get("size_bytes"))
 
     final = cache.cache_dir(cache_root) / "compressed" / key
-    meta_path = final / "meta.json"
-    if meta_path.is_file():
-        stored = json.loads(meta_path.read_text())
+    stored, problem = _cached_entry(final)
+    if stored is not None:
         out = _restore(stored["artifact"], artifact, final)
         calibration = Calibration(batches, samples, calib_fp, final)
         return out, _metrics(out, recipe, calibration, stored["seconds"], cached=True, key=key, size=files_size(final))
+    if final.exists():
+        cache.discard(final, problem)
 
-    final.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=final.parent))
-    try:
+    with cache.staging("compressed", key, cache_root) as work:
         calibration = Calibration(batches, samples, calib_fp, work)
         status(f"compressing with {recipe.name} on {backend.name}"
                + (f" ({samples} calibration samples)" if samples else "") + f" (cached afterwards under {final})")
@@ -140,18 +139,29 @@ def compress(
         }
         (work / "meta.json").write_text(json.dumps({"key": key, "seconds": seconds, "recipe": recipe.describe(),
                                                     "calibration": calibration.describe(), "artifact": stored}, indent=2))
-        if final.exists():
-            shutil.rmtree(final, ignore_errors=True)
-        try:
-            os.replace(work, final)
-        except OSError:  # another run finished the same entry first: use theirs
-            if not meta_path.is_file():
-                raise
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+        cache.publish(work, final, required=("meta.json",))
     out = _restore(stored, artifact, final)
     calibration.workdir = final
     return out, _metrics(out, recipe, calibration, seconds, cached=False, key=key, size=files_size(final))
+
+
+def _cached_entry(folder: Path) -> tuple[dict[str, Any] | None, str]:
+    """(the stored meta of a reusable entry, "") or (None, why ``folder`` is not one).
+
+    Reusable means complete and intact: its checksum manifest lists ``meta.json`` and
+    every file matches (a truncated model or flipped bytes fail), and the meta parses.
+    """
+    if not (folder / "meta.json").is_file():
+        return None, "is incomplete"
+    if not cache.folder_verified(folder, ("meta.json",)):
+        return None, "does not match its checksums (truncated or corrupted)"
+    try:
+        stored = json.loads((folder / "meta.json").read_text())
+    except (OSError, ValueError):
+        stored = None
+    if not isinstance(stored, dict) or not {"artifact", "seconds"} <= stored.keys():
+        return None, "has an unreadable meta.json"
+    return stored, ""
 
 
 def _metrics(out: Artifact, recipe: Recipe, calibration: Calibration, seconds: float, cached: bool,

@@ -23,9 +23,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
 from importlib import metadata
@@ -306,16 +303,18 @@ def prune(
     module = copy.deepcopy(loaded.module).eval()
     started = time.perf_counter()
 
-    if (folder / "meta.json").is_file():
-        info = json.loads((folder / "meta.json").read_text())
+    info, problem = _cached_info(folder)
+    if info is not None:
         if info.get("plan"):
             apply_plan(module, info["plan"])
         module.load_state_dict(load_file(str(folder / "model.safetensors")))
         module.eval()
         info.update(cached=True, seconds=round(time.perf_counter() - started, 3))
         return _pruned_model(loaded, module, info), _for_record(info)
+    if folder.exists():
+        cache.discard(folder, problem)
 
-    info: dict[str, Any] = {"method": options.method, "key": key, "options": settings, "params_before": params_before}
+    info = {"method": options.method, "key": key, "options": settings, "params_before": params_before}
     plan = None
     if options.method == "magnitude":
         report(f"magnitude pruning {options.sparsity:.0%} of the Linear weights")
@@ -343,18 +342,30 @@ def prune(
     module.eval()
     info.update(params_after=count_params(module), sparsity=sparsity(module))
 
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=folder.parent))
-    try:
+    with cache.staging("pruned", key, cache_root) as work:
         save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(work / "model.safetensors"))
         (work / "meta.json").write_text(json.dumps(info, indent=2))
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(work, folder)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+        cache.publish(work, folder, required=_FILES)
     info.update(cached=False, seconds=round(time.perf_counter() - started, 3))
     return _pruned_model(loaded, module, info), _for_record(info)
+
+
+#: Files of a complete pruned-model cache entry.
+_FILES = ("model.safetensors", "meta.json")
+
+
+def _cached_info(folder: Path) -> tuple[Optional[dict[str, Any]], str]:
+    """(the meta of a reusable entry, "") or (None, why ``folder`` is not one): complete,
+    matching its checksums (:mod:`harness.cache`), with a meta.json that parses."""
+    if not (folder / "meta.json").is_file():
+        return None, "is incomplete"
+    if not cache.folder_verified(folder, _FILES):
+        return None, "does not match its checksums (truncated or corrupted)"
+    try:
+        info = json.loads((folder / "meta.json").read_text())
+    except (OSError, ValueError):
+        info = None
+    return (info, "") if isinstance(info, dict) else (None, "has an unreadable meta.json")
 
 
 def _for_record(info: dict[str, Any]) -> dict[str, Any]:

@@ -23,6 +23,10 @@ flaky      ``backend.fault`` while the file ``backend.marker`` is missing (it
            creates it first, with its pid), then behaves like ``numpy``
 =========  =====================================================================
 
+``backend.fault=fill`` (with any backend) fills the filesystem that holds
+``backend.marker`` with a ``<marker>.fill`` file, then carries on: the run measures,
+and writing its record then meets a full disk.
+
 ``backend.fault`` overrides any of them. With ``+scenario=bert_fp32`` these backends
 consume the torch module (eager) so the inference scenario runs unchanged; with
 ``+scenario=quick`` no model is built at all, which keeps sweep tests fast.
@@ -50,7 +54,7 @@ from harness.measure import MeasurePlan, measure
 from harness.scenario import RunContext, Scenario, ScenarioResult
 from harness.scenarios.inference import InferenceOptions
 
-FAULTS = ("none", "segfault", "abort", "hang", "orphan", "leak", "oom", "raise", "exit", "env")
+FAULTS = ("none", "segfault", "abort", "hang", "orphan", "leak", "oom", "raise", "exit", "env", "fill")
 STAGES = ("probe", "prepare", "run")
 CONF = Path(__file__).parent / "conf"
 
@@ -103,6 +107,14 @@ def inject(options: FaultOptions, stage: str) -> None:
         raise RuntimeError(f"injected failure in {stage}")
     elif options.fault == "exit":
         os._exit(3)
+    elif options.fault == "fill":
+        try:
+            with open(f"{options.marker}.fill", "ab") as handle:
+                while True:
+                    handle.write(b"\0" * 2**20)
+                    handle.flush()
+        except OSError:
+            pass  # the disk is full now
     elif options.fault == "env":
         raise RuntimeError(f"HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE')} pid={os.getpid()}")
 
