@@ -201,12 +201,17 @@ class GenerationSession(abc.ABC):
         raise Unsupported(f"{type(self).__name__} cannot score tokens (no logits or log-probs)",
                           "perplexity needs a backend whose session implements score()")
 
+    def begin_measurement(self) -> None:
+        """Called once, after the warm-up calls: forget anything accumulated for
+        :meth:`metrics` so far (an engine's own timings must cover the measured calls only)."""
+
     def memory(self) -> dict[str, float]:
         """Peak memory figures in MiB the backend can measure (may be empty)."""
         return {}
 
     def metrics(self) -> dict[str, Any]:
-        """Engine facts for ``metrics.backend`` (engine name, cache layout, its own timings)."""
+        """Engine facts for ``metrics.backend`` (engine name, cache layout, its own timings
+        over the measured calls)."""
         return {}
 
     def close(self) -> None:
