@@ -56,7 +56,7 @@ class GenerationAccuracyOptions:
     """
 
     enabled: bool = True
-    limit: int = 16
+    limit: int = 8
     window: int = 128
     min_relative: Optional[float] = None
 
@@ -82,11 +82,11 @@ class GenerationOptions:
     batch_size: int = 1
     prompt_len: int = 128
     new_tokens: int = 64
-    prompts: int = 8
+    prompts: int = 5
     decoding: str = "greedy"
     sampling: SamplingOptions = field(default_factory=SamplingOptions)
-    warmup_iters: int = 2
-    min_iters: int = 8
+    warmup_iters: int = 1
+    min_iters: int = 5
     min_duration_s: float = 5.0
     max_duration_s: float = 120.0
     keep_samples: bool = True
