@@ -197,3 +197,18 @@ def test_decoder_export_refuses_a_graph_that_disagrees_with_eager(llama_source, 
     with pytest.raises(HarnessError, match="differs from eager PyTorch"):
         export_decoder(llama_source)
     good.path.unlink()  # leave a clean cache for the other tests
+
+
+def test_large_decoders_export_with_external_data(llama_source, tmp_path, monkeypatch) -> None:
+    """Above 2 GiB protobuf cannot hold the weights: the graph keeps them in model.onnx.data beside it."""
+    import dataclasses
+
+    from harness.generation import onnx_export
+
+    monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_BYTES", 0)  # treat llama_tiny as large
+    source = dataclasses.replace(llama_source, cache_root=str(tmp_path), stages={}, _onnx=None, _folder=None)
+    result = onnx_export.export_decoder(source)
+    assert (result.path.parent / "model.onnx.data").is_file() and result.max_abs_diff <= 1e-3
+    assert result.size_bytes > (result.path.parent / "model.onnx").stat().st_size
+    session = backend("onnxruntime").prepare_generation(source, GenerationPlan("fp32", 2, 12, NEW_TOKENS))
+    assert len(session.generate(PROMPTS, 2)) == 2
