@@ -223,8 +223,9 @@ class OpenVINOGenerationSession(GenerationSession):
         config.ignore_eos = True
         config.do_sample = not decoding.greedy
         if not decoding.greedy:
-            config.temperature, config.top_k, config.top_p, config.rng_seed = (
-                decoding.temperature, decoding.top_k, decoding.top_p, decoding.seed)
+            config.temperature, config.top_p, config.rng_seed = decoding.temperature, decoding.top_p, decoding.seed
+            if decoding.top_k:  # 0 = no top-k limit, which is genai's default
+                config.top_k = decoding.top_k
         ids = np.asarray([prompt], dtype=np.int64)
         times: list[float] = []
         streamer = _streamer(times)

@@ -25,6 +25,7 @@ from harness.errors import ConfigError, Mismatch
 from harness.generation import corpus, decoders, quality, timing
 from harness.generation.session import (DECODING_STRATEGIES, Decoding, DecoderSource, GenerationOutput,
                                         GenerationPlan, check_outputs, now)
+from harness.hardware import host_memory_mib
 from harness.hookspecs import hookimpl
 from harness.scenario import RunContext, Scenario, ScenarioResult
 
@@ -157,8 +158,6 @@ class GenerationScenario(Scenario):
             layout = decoders.kv_layout(model.config)
             metrics["generation"]["kv_cache_bytes"] = layout.bytes(opts.batch_size, opts.prompt_len + opts.new_tokens,
                                                                    KV_BYTES[opts.precision])
-            from harness.hardware import host_memory_mib
-
             metrics["memory_mib"] = {**host_memory_mib(), **session.memory()}
             metrics["backend"] = session.metrics()
             if opts.accuracy.enabled:

@@ -212,3 +212,12 @@ def test_large_decoders_export_with_external_data(llama_source, tmp_path, monkey
     assert result.size_bytes > (result.path.parent / "model.onnx").stat().st_size
     session = backend("onnxruntime").prepare_generation(source, GenerationPlan("fp32", 2, 12, NEW_TOKENS))
     assert len(session.generate(PROMPTS, 2)) == 2
+
+
+@pytest.mark.openvino
+@needs_genai
+def test_openvino_llmpipeline_samples_reproducibly(llama_source) -> None:
+    session = backend("openvino").prepare_generation(llama_source, GenerationPlan("fp32", 1, 12, NEW_TOKENS))
+    sample = Decoding("sample", temperature=1.5, top_k=50, top_p=0.9, seed=5)
+    first, second = (session.generate(PROMPTS[:1], NEW_TOKENS, sample)[0].tokens for _ in range(2))
+    assert first == second and len(first) == NEW_TOKENS
