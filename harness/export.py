@@ -20,7 +20,7 @@ import warnings
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -110,35 +110,69 @@ def export_onnx(
     options = {"opset": OPSET, "dynamic": True, "dynamo": True, "inputs": list(model.input_names)}
     versions = _versions()
     key = cache.content_key(model.config, model.weights_digest(), options, versions)
-    final = cache.cache_dir(cache_root) / "onnx" / key
     reference = eager_outputs(model, sample)
-    started = time.perf_counter()
-    problem, diff = _cached_problem(final, sample, model.input_names, reference)
-    if problem is None:
-        path = final / "model.onnx"
-        return ExportResult(path, key, time.perf_counter() - started, True, diff, path.stat().st_size)
-    if final.exists():
-        cache.discard(final, problem)
-    if on_status:
-        on_status(f"exporting {model.name} to ONNX (cached afterwards under {final})")
-    with cache.staging("onnx", key, cache_root) as built:
-        _export(model, sample, built / "model.onnx")
-        seconds = time.perf_counter() - started
-        diff = _max_diff(reference, onnx_outputs(built / "model.onnx", sample, model.input_names))
-        if not diff <= TOLERANCE:
-            raise HarnessError(
-                f"exported ONNX differs from eager PyTorch by {diff:.3g} (tolerance {TOLERANCE})",
-                "report the model config; the export is not trustworthy (nothing was cached)",
-            )
-        meta = {"key": key, "export_seconds": seconds, "versions": versions, "options": options}
-        (built / "meta.json").write_text(json.dumps(meta, indent=2))
-        cache.publish(built, final, required=_REQUIRED)
-    path = final / "model.onnx"
-    return ExportResult(path, key, seconds, False, diff, path.stat().st_size)
+    return cached_export(
+        key,
+        cache_root,
+        build=lambda path: _export(model, sample, path),
+        check=lambda path: _max_diff(reference, onnx_outputs(path, sample, model.input_names)),
+        meta={"versions": versions, "options": options},
+        label=model.name,
+        on_status=on_status,
+    )
 
 
 #: Files every complete ONNX cache entry has (and its checksum manifest lists).
 _REQUIRED = ("model.onnx", "meta.json")
+
+
+def cached_export(
+    key: str,
+    cache_root: str | os.PathLike[str] | None,
+    *,
+    build: Callable[[Path], None],
+    check: Callable[[Path], float],
+    meta: dict[str, Any],
+    label: str,
+    on_status: Any = None,
+) -> ExportResult:
+    """The export stage for any graph: reuse ``<cache>/onnx/<key>`` when it is intact
+    and still matches eager PyTorch, else build it again in a staging folder.
+
+    ``build(path)`` writes ``model.onnx`` (and any external-data file named after it);
+    ``check(path)`` returns the max abs difference from eager PyTorch. An entry is reused
+    only when its checksums match (no truncation, no flipped bytes), the graph passes
+    ``onnx.checker`` and ``check`` stays within :data:`TOLERANCE`; anything else is
+    discarded with one warning line and rebuilt. A fresh export beyond the tolerance is
+    refused and nothing is cached.
+    """
+    final = cache.cache_dir(cache_root) / "onnx" / key
+    started = time.perf_counter()
+    problem, diff = _cached_problem(final, check)
+    if problem is None:
+        return _result(final / "model.onnx", key, time.perf_counter() - started, True, diff)
+    if final.exists():
+        cache.discard(final, problem)
+    if on_status:
+        on_status(f"exporting {label} to ONNX (cached afterwards under {final})")
+    with cache.staging("onnx", key, cache_root) as built:
+        build(built / "model.onnx")
+        seconds = time.perf_counter() - started
+        diff = check(built / "model.onnx")
+        if not diff <= TOLERANCE:
+            raise HarnessError(
+                f"exported ONNX of {label} differs from eager PyTorch by {diff:.3g} (tolerance {TOLERANCE})",
+                "report the model config; the export is not trustworthy (nothing was cached)",
+            )
+        (built / "meta.json").write_text(json.dumps({"key": key, "export_seconds": seconds, **meta}, indent=2))
+        cache.publish(built, final, required=_REQUIRED)
+    return _result(final / "model.onnx", key, seconds, False, diff)
+
+
+def _result(path: Path, key: str, seconds: float, cached: bool, diff: float) -> ExportResult:
+    """The stage's figures; the size counts every file of the export (external data too)."""
+    size = sum(f.stat().st_size for f in path.parent.iterdir() if f.is_file() and f.name.startswith(path.name))
+    return ExportResult(path, key, seconds, cached, diff, size)
 
 
 def _max_diff(reference: np.ndarray, exported: np.ndarray) -> float:
@@ -147,13 +181,8 @@ def _max_diff(reference: np.ndarray, exported: np.ndarray) -> float:
     return float(np.max(np.abs(reference - exported)))
 
 
-def _cached_problem(folder: Path, sample: Mapping[str, np.ndarray], input_names: tuple[str, ...],
-                    reference: np.ndarray) -> tuple[str | None, float]:
-    """(why the cache entry in ``folder`` cannot be reused or None, its max abs diff).
-
-    Reuse needs all three: the checksums match (no truncation, no flipped bytes), the
-    graph passes ``onnx.checker``, and its outputs still match eager PyTorch.
-    """
+def _cached_problem(folder: Path, check: Callable[[Path], float]) -> tuple[str | None, float]:
+    """(why the cache entry in ``folder`` cannot be reused or None, its max abs diff)."""
     path = folder / "model.onnx"
     if not path.is_file():
         return "is incomplete", float("inf")
@@ -162,7 +191,7 @@ def _cached_problem(folder: Path, sample: Mapping[str, np.ndarray], input_names:
     if not _is_valid(path):
         return "fails onnx.checker", float("inf")
     try:
-        diff = _max_diff(reference, onnx_outputs(path, sample, input_names))
+        diff = check(path)
     except Exception as exc:  # onnxruntime refusing the file is one more way to be corrupt
         return f"does not load in onnxruntime ({type(exc).__name__})", float("inf")
     if not diff <= TOLERANCE:

@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Any, Optional
 
 from harness.errors import ConfigError
+from harness.generation.decoders import DECODER_FAMILIES
 
-FAMILIES = ("bert", "resnet")
+#: bert, resnet: classifiers; the decoder LLM families come from their one table.
+FAMILIES = ("bert", "resnet", *DECODER_FAMILIES)
 #: transformers' ``BertConfig`` defaults for the keys the checks below read (a test keeps
 #: them equal to the library's), so a model config that leaves one out is checked too.
 BERT_DEFAULTS = {"vocab_size": 30522, "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
@@ -112,6 +114,8 @@ def _from_config(options: ModelOptions) -> tuple[Any, str]:
     import transformers
 
     torch.manual_seed(options.seed)
+    if options.family in DECODER_FAMILIES:
+        return DECODER_FAMILIES[options.family].build(options.config), f"config:{options.name}"
     if options.family == "bert":
         cfg = transformers.BertConfig(num_labels=options.num_labels, **options.config)
         model = transformers.BertForSequenceClassification(cfg)
@@ -217,13 +221,15 @@ def _shape_problem(family: str, config: dict[str, Any], shapes: dict[str, list[i
         layers = {int(m.group(1)) for name in shapes if (m := _LAYER.search(name))}
         if layers and len(layers) != get("num_hidden_layers"):
             return f"the weights have {len(layers)} encoder layers, the config num_hidden_layers={get('num_hidden_layers')}"
-    else:
+    elif family == "resnet":
         sizes = config.get("hidden_sizes") or [None]
         expected = {
             "embedder.embedder.convolution.weight": ([config.get("embedding_size"), config.get("num_channels")],
                                                      "embedding_size, num_channels"),
             "classifier.1.weight": ([labels, sizes[-1]], "num_labels, hidden_sizes[-1]"),
         }
+    else:  # decoders: a mismatch surfaces when the weights load (a config error there too)
+        expected = {}
     for suffix, (want, keys) in expected.items():
         name = next((n for n in shapes if n == suffix or n.endswith("." + suffix)), None)
         if name is None:
@@ -239,7 +245,8 @@ def _from_folder(path: str, options: ModelOptions) -> tuple[Any, str, Any]:
 
     folder = Path(path).expanduser()
     check_folder(folder, options.family)
-    auto = transformers.AutoModelForImageClassification if options.family == "resnet" else transformers.AutoModelForSequenceClassification
+    auto = {"resnet": transformers.AutoModelForImageClassification, "bert": transformers.AutoModelForSequenceClassification}.get(
+        options.family, transformers.AutoModelForCausalLM)  # any other family is a decoder
     try:
         model, info = auto.from_pretrained(folder, local_files_only=True, use_safetensors=True, output_loading_info=True)
     except (OSError, ValueError, RuntimeError) as exc:  # what from_pretrained raises for a bad folder
@@ -251,7 +258,7 @@ def _from_folder(path: str, options: ModelOptions) -> tuple[Any, str, Any]:
         raise ConfigError(f"checkpoint '{folder}' does not fit its model: {problem}",
                           "use the config.json saved together with these weights (save_pretrained writes both)")
     tokenizer = None
-    if options.family == "bert" and (folder / "tokenizer.json").is_file():
+    if options.family != "resnet" and (folder / "tokenizer.json").is_file():
         tokenizer = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True)
     return model, f"checkpoint:{folder}", tokenizer
 
@@ -288,7 +295,8 @@ def load_model(options: ModelOptions, checkpoint: str | None = None) -> LoadedMo
     names = _input_names(options.family)
     return LoadedModel(
         name=options.name,
-        module=_logits_only(model, options.family),
+        # A decoder stays the transformers causal LM: generation drives its KV cache itself.
+        module=model if options.family in DECODER_FAMILIES else _logits_only(model, options.family),
         input_names=names,
         output_names=("logits",),
         source=source,
