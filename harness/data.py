@@ -324,7 +324,8 @@ def label_names(options: DatasetOptions) -> list[str]:
     schema, missing values and label encoding are checked on the way). Remembered per
     options and file modification times: a sweep's jobs share one read."""
     if options.kind != "files":
-        return ["negative", "positive"] if options.kind == "sentiment" else [str(i) for i in range(10)]
+        fixed = {"sentiment": ["negative", "positive"], "digits": [str(i) for i in range(10)]}
+        return fixed.get(options.kind, [])  # a text corpus has no classes
     path = Path(options.path or "").expanduser()
     files = sorted(path.iterdir()) if path.is_dir() else [path]
     key = (repr(options), tuple((str(f), f.stat().st_mtime_ns, f.stat().st_size) for f in files if f.exists()))
