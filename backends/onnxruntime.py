@@ -91,7 +91,15 @@ class OnnxRuntimeBackend(Backend):
         return Availability(True, devices=tuple(present), versions={cls.name: ort.__version__})
 
     def capabilities(self) -> Capabilities:
-        return Capabilities(precisions=frozenset(TOLERANCE), consumes=("onnx",), recipes=RECIPES, tolerance=TOLERANCE)
+        return Capabilities(precisions=frozenset(TOLERANCE), consumes=("onnx",), recipes=RECIPES, tolerance=TOLERANCE,
+                            generation=True)
+
+    def prepare_generation(self, source: Any, plan: Any) -> Any:
+        """Decoder LLMs: the exported decoder with past key/values, run with IOBinding
+        (:mod:`harness.backends.onnxruntime_generation`)."""
+        from harness.backends import onnxruntime_generation
+
+        return onnxruntime_generation.prepare(self, source, plan)
 
     def compress(self, artifact: Artifact, recipe: Any, calibration: Any) -> Artifact:
         """Realise ``recipe`` with ORT's quantization / conversion tools into ``calibration.workdir``."""

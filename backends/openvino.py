@@ -59,9 +59,11 @@ class OpenVINOOptions:
     threads: int = 0
     static_shapes: bool = True
     model_cache: bool = True
+    generation_engine: str = "auto"  # LLMs: genai (LLMPipeline) | stateful (InferRequest loop) | auto
 
     def __post_init__(self) -> None:
         require(bool(self.device), "device", "must name an OpenVINO device, e.g. CPU, GPU, NPU or AUTO")
+        choice(self.generation_engine, ("auto", "genai", "stateful"), "generation_engine")
         choice(self.performance_hint, HINTS, "performance_hint")
         require(self.num_requests >= 0, "num_requests", f"must be >= 0 (0 = OpenVINO's optimal number), got {self.num_requests}")
         require(self.num_streams >= 0, "num_streams", f"must be >= 0 (0 = from the hint), got {self.num_streams}")
@@ -175,7 +177,14 @@ class OpenVINOBackend(Backend):
         """fp32 and int8 always; bf16 / fp16 where the device computes them."""
         precisions = {"fp32", "int8"} | {p for p in CAPABILITY if self.device_computes(p)}
         return Capabilities(precisions=frozenset(precisions), consumes=("onnx",), recipes=RECIPES,
-                            tolerance={p: TOLERANCE[p] for p in precisions})
+                            tolerance={p: TOLERANCE[p] for p in precisions}, generation=True)
+
+    def prepare_generation(self, source: Any, plan: Any) -> Any:
+        """Decoder LLMs: a stateful IR built from the decoder export, run by openvino-genai's
+        LLMPipeline or a stateful InferRequest (:mod:`harness.backends.openvino_generation`)."""
+        from harness.backends import openvino_generation
+
+        return openvino_generation.prepare(self, source, plan)
 
     def version(self) -> str:
         import openvino as ov

@@ -208,18 +208,9 @@ class PyTorchTrainingSession(TorchTrainingSession):
             import torch
 
             return {"peak_allocated_mib": torch.cuda.max_memory_allocated(self.device) / 2**20}
-        import psutil
+        from harness.hardware import host_memory_mib
 
-        figures = {"rss_mib": psutil.Process().memory_info().rss / 2**20}
-        try:
-            import resource
-            import sys
-
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-            figures["peak_rss_mib"] = peak / (2**20 if sys.platform == "darwin" else 2**10)
-        except ImportError:  # no resource module (Windows): the current RSS is all there is
-            pass
-        return figures
+        return host_memory_mib()
 
     def close(self) -> None:
         """Leave the process group this session joined, after every rank got here."""
@@ -258,6 +249,7 @@ class PyTorchBackend(Backend):
             precisions=frozenset(precisions),
             consumes=("torch",),
             training=True,
+            generation=True,
             recipes=frozenset() if cuda else frozenset({"int8_dynamic"}),
             tolerance={p: TOLERANCE[p] for p in precisions},
         )
@@ -311,6 +303,18 @@ class PyTorchBackend(Backend):
             compiled.input_names = getattr(module, "input_names", None)
             module = compiled
         return PyTorchSession(module, self.options.device, artifact.output_names[0], precision, self.options.cuda_graphs)
+
+    def prepare_generation(self, source: Any, plan: Any) -> Any:
+        """Decoder LLMs: the transformers model with its KV cache in the shared token loop
+        (:mod:`harness.backends.pytorch_generation`; ``compile=true``: static cache + torch.compile)."""
+        import torch
+
+        from harness.backends import pytorch_generation
+
+        if self.options.threads:
+            torch.set_num_threads(self.options.threads)
+        compile_mode = self.options.compile_mode if self.options.compile else None
+        return pytorch_generation.prepare(source, plan, self.options.device, compile_mode)
 
     def prepare_training(self, module: Any, plan: Any) -> PyTorchTrainingSession:
         """Training with the plan's optimizer, schedule and precision; DDP when its world is > 1."""

@@ -10,12 +10,15 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
 import numpy as np
 
 from harness.errors import Unsupported
 from harness.timing import Timer, WallClockTimer
+
+if TYPE_CHECKING:
+    from harness.generation.session import DecoderSource, GenerationPlan, GenerationSession
 
 Batch = Mapping[str, np.ndarray]
 
@@ -38,11 +41,14 @@ class Capabilities:
     preference (``"onnx"``, ``"torch"``, or a plugin's own IR built from one of them).
     ``tolerance`` maps precision to the max abs output difference against the eager
     fp32 reference that the backend promises (the output-validation gate).
+    ``generation``: the backend runs decoder LLMs through :meth:`Backend.prepare_generation`
+    (the contract in :mod:`harness.generation.session`).
     """
 
     precisions: frozenset[str] = frozenset({"fp32"})
     consumes: tuple[str, ...] = ("onnx",)
     training: bool = False
+    generation: bool = False
     recipes: frozenset[str] = frozenset()
     tolerance: Mapping[str, float] = field(default_factory=lambda: {"fp32": 1e-3})
 
@@ -195,6 +201,24 @@ class Backend(abc.ABC):
             f"backend '{self.name}' cannot train: it runs inference only",
             "train with backend=pytorch (or another backend that declares training)",
         )
+
+    def check_generation(self) -> None:
+        """Raise :class:`Unsupported` (one line) unless capabilities declare ``generation``."""
+        if not self.capabilities().generation:
+            raise Unsupported(
+                f"backend '{self.name}' does not run text generation (capabilities().generation is False)",
+                "use backend=pytorch, onnxruntime or openvino, or a plugin that implements prepare_generation",
+            )
+
+    def prepare_generation(self, source: "DecoderSource", plan: "GenerationPlan") -> "GenerationSession":
+        """A :class:`harness.generation.session.GenerationSession` for the decoder ``source``
+        (its module, or the ONNX / folder forms it builds on demand), prepared for ``plan``.
+
+        Only for backends whose capabilities declare ``generation``; the default refuses.
+        """
+        self.check_generation()
+        raise Unsupported(f"backend '{self.name}' declares generation but does not implement prepare_generation",
+                          "report it to the plugin's maintainers")
 
     def version(self) -> str:
         """Version of the runtime library this backend drives."""

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     import pandas as pd
     from transformers import PreTrainedTokenizerFast
 
-KINDS = ("sentiment", "digits", "files")
+KINDS = ("sentiment", "digits", "files", "corpus")  # corpus: text for decoder LLMs (harness.generation.corpus)
 FORMATS = ("csv", "tsv", "jsonl", "parquet", "hf_disk")
 _SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl",
              ".parquet": "parquet", ".pq": "parquet"}
@@ -79,7 +79,7 @@ class DatasetOptions:
             raise bad("format", "unknown format", f"use one of {', '.join(FORMATS)} or leave it unset")
         if self.kind == "files" and not self.path:
             raise bad("path", "kind=files needs a path", "set dataset.path to a file or folder")
-        minimum = 1 if self.kind == "sentiment" else 0
+        minimum = 1 if self.kind in ("sentiment", "corpus") else 0
         for key in ("train_size", "eval_size"):
             if getattr(self, key) < minimum:
                 raise bad(key, f"must be >= {minimum} for kind={self.kind}", "use a positive size")
@@ -429,6 +429,11 @@ def _encode(tokenizer: Any, texts: list[str], seq_len: int) -> dict[str, np.ndar
     return {key: np.asarray(encoded[key], dtype=np.int64) for key in ("input_ids", "attention_mask")}
 
 
+def _not_a_task(options: DatasetOptions, seq_len: int, tokenizer: Any) -> TaskData:
+    raise ConfigError(f"dataset '{options.name}' is a text corpus for decoder LLMs, not a classification task",
+                      "use it with +scenario=llm_fp32 (kind generation), or pick dataset=sentiment/digits/files")
+
+
 _LOADERS: dict[str, Callable[[DatasetOptions, int, Any], TaskData]] = {
-    "sentiment": _load_sentiment, "digits": _load_digits, "files": _load_files,
+    "sentiment": _load_sentiment, "digits": _load_digits, "files": _load_files, "corpus": _not_a_task,
 }

@@ -119,15 +119,22 @@ def export_onnx(
     reference = eager_outputs(model, sample)
     exported = onnx_outputs(path, sample, model.input_names)
     diff = float(np.max(np.abs(reference - exported)))
+    return validated_result(path, key, seconds, cached, diff, {"versions": versions, "options": options})
+
+
+def validated_result(path: Path, key: str, seconds: float, cached: bool, diff: float, meta: dict[str, Any]) -> ExportResult:
+    """The stage's end for any exported graph: refuse a diff beyond :data:`TOLERANCE`,
+    record ``meta.json`` for a fresh export, and size every file of the export."""
+    folder = path.parent
     if not diff <= TOLERANCE:
         raise HarnessError(
             f"exported ONNX differs from eager PyTorch by {diff:.3g} (tolerance {TOLERANCE})",
             f"delete {folder} and report the model config; the export is not trustworthy",
         )
     if not cached:
-        meta = {"key": key, "export_seconds": seconds, "versions": versions, "options": options}
-        (folder / "meta.json").write_text(json.dumps(meta, indent=2))
-    return ExportResult(path, key, seconds, cached, diff, path.stat().st_size)
+        (folder / "meta.json").write_text(json.dumps({"key": key, "export_seconds": seconds, **meta}, indent=2))
+    size = sum(f.stat().st_size for f in folder.iterdir() if f.is_file() and f.name.startswith(path.name))
+    return ExportResult(path, key, seconds, cached, diff, size)
 
 
 def _summary(exc: BaseException) -> str:

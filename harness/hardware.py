@@ -98,3 +98,16 @@ def cuda_device_info(index: int = 0) -> dict[str, Any]:
         "driver": nvidia_driver_version(),
         "cuda_runtime": str(torch.version.cuda),
     }
+
+
+def host_memory_mib() -> dict[str, float]:
+    """This process's resident memory now (``rss_mib``) and at its peak (``peak_rss_mib``), in MiB."""
+    figures = {"rss_mib": psutil.Process().memory_info().rss / 2**20}
+    try:
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+        figures["peak_rss_mib"] = peak / (2**20 if sys.platform == "darwin" else 2**10)
+    except ImportError:  # no resource module (Windows): the current RSS is all there is
+        pass
+    return figures

@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any, Optional
 
 from harness.errors import ConfigError
+from harness.generation.decoders import DECODER_FAMILIES
 
-FAMILIES = ("bert", "resnet")
+#: bert, resnet: classifiers; the decoder LLM families come from their one table.
+FAMILIES = ("bert", "resnet", *DECODER_FAMILIES)
 
 
 @dataclass
@@ -104,6 +106,8 @@ def _from_config(options: ModelOptions) -> tuple[Any, str]:
     import transformers
 
     torch.manual_seed(options.seed)
+    if options.family in DECODER_FAMILIES:
+        return DECODER_FAMILIES[options.family].build(options.config), f"config:{options.name}"
     if options.family == "bert":
         cfg = transformers.BertConfig(num_labels=options.num_labels, **options.config)
         model = transformers.BertForSequenceClassification(cfg)
@@ -127,10 +131,11 @@ def _from_folder(path: str, options: ModelOptions) -> tuple[Any, str, Any]:
             f"checkpoint '{folder}' has no .safetensors weights",
             "re-save it with save_pretrained(safe_serialization=True); pickled weights are not loaded",
         )
-    auto = transformers.AutoModelForImageClassification if options.family == "resnet" else transformers.AutoModelForSequenceClassification
+    auto = {"resnet": transformers.AutoModelForImageClassification, "bert": transformers.AutoModelForSequenceClassification}.get(
+        options.family, transformers.AutoModelForCausalLM)  # any other family is a decoder
     model = auto.from_pretrained(folder, local_files_only=True, use_safetensors=True)
     tokenizer = None
-    if options.family == "bert" and (folder / "tokenizer.json").is_file():
+    if options.family != "resnet" and (folder / "tokenizer.json").is_file():
         tokenizer = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True)
     return model, f"checkpoint:{folder}", tokenizer
 
@@ -151,7 +156,8 @@ def load_model(options: ModelOptions, checkpoint: str | None = None) -> LoadedMo
     names = _input_names(options.family)
     return LoadedModel(
         name=options.name,
-        module=_logits_only(model, options.family),
+        # A decoder stays the transformers causal LM: generation drives its KV cache itself.
+        module=model if options.family in DECODER_FAMILIES else _logits_only(model, options.family),
         input_names=names,
         output_names=("logits",),
         source=source,
