@@ -84,6 +84,22 @@ def _served_models(payload: Any) -> list[str]:
     return [str(m.get("id")) for m in (payload or {}).get("data", []) if isinstance(m, dict) and m.get("id")]
 
 
+def _output_chunk(choice_: dict[str, Any], arrived: float) -> Optional[TokenChunk]:
+    """The output one streamed choice carries, or None for a chunk that carries none.
+
+    A chunk is output when it has a text (``completions``) or content (``chat``) field,
+    even an empty one: a server holds back the bytes of a token that ends inside a
+    UTF-8 character and streams an empty text for it. Not output: the chat role chunk
+    (content null) and the closing chunk (empty text with a ``finish_reason``). Each
+    output chunk counts as one token; the total comes from ``usage`` when the server
+    sends it (vLLM's convention: ITL is chunk to chunk, TPOT uses the token count).
+    """
+    text = choice_.get("text") if "text" in choice_ else (choice_.get("delta") or {}).get("content")
+    if not isinstance(text, str) or (not text and choice_.get("finish_reason")):
+        return None
+    return TokenChunk(arrived, tokens=1, text=text)
+
+
 class OpenAIServingSession(ServingSession):
     """Streams requests to one server over a pooled async HTTP client."""
 
@@ -171,11 +187,10 @@ class OpenAIServingSession(ServingSession):
                     usage = payload.get("usage") or usage
                     timings = payload.get("timings") or timings
                     for choice_ in payload.get("choices") or []:
+                        chunk = _output_chunk(choice_, arrived)
                         finish = choice_.get("finish_reason") or finish
-                        text = choice_.get("text") if "text" in choice_ else (choice_.get("delta") or {}).get("content")
-                        if text:
-                            tokens = len(((choice_.get("logprobs") or {}).get("tokens")) or ()) or 1
-                            yield TokenChunk(arrived, tokens=tokens, text=text)
+                        if chunk is not None:
+                            yield chunk
         except httpx.ReadTimeout:
             self.timeouts += 1
             raise RuntimeError(f"no data for timeout_s={self.options.timeout_s:g} s") from None
@@ -279,7 +294,8 @@ class OpenAIBackend(Backend):
                 raise ConfigError(f"the server at {self.options.root} serves {len(served)} models ({', '.join(served)})",
                                   "pick one with backend.model=<id>")
             name = served[0]
-        return OpenAIServingSession(self.options, name, load_tokenizer(self.options.tokenizer or model.tokenizer_path))
+        tokenizer = load_tokenizer(self.options.tokenizer) if self.options.tokenizer else model.tokenizer()
+        return OpenAIServingSession(self.options, name, tokenizer)
 
 
 @hookimpl

@@ -27,14 +27,14 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
 from harness.config import choice, require
-from harness.errors import HarnessError, Unsupported
+from harness.errors import ConfigError, HarnessError, Unsupported
 from harness.hookspecs import hookimpl
 from harness.scenario import RunContext, Scenario, ScenarioResult
 from harness.serving.figures import SLO, step_figures
 from harness.serving.load import Limits, Load, StepResult, run_step
-from harness.serving.session import GenerationRequest, ServingModel, ServingSession
+from harness.serving.session import GenerationRequest, ServingModel, ServingSession, Tokenizer
 from harness.serving.sweep import search_max_rate, sweep_rates, synchronous, throughput
-from harness.serving.workload import WorkloadOptions, build_requests
+from harness.serving.workload import PlainTokenizer, WorkloadOptions, build_requests, load_tokenizer
 
 LOADS = ("server", "concurrency", "sweep")
 ARRIVALS = ("poisson", "constant")
@@ -98,13 +98,16 @@ class SLOOptions:
 
 @dataclass
 class ServingAccuracyOptions:
-    """``scenario.accuracy.*``: perplexity of the served model on ``texts`` eval texts."""
+    """``scenario.accuracy.*``: perplexity of the served model on ``texts`` eval texts
+    (in-process engines: ``texts`` windows of ``window`` tokens, beside eager fp32)."""
 
     enabled: bool = True
     texts: int = 8
+    window: int = 128
 
     def __post_init__(self) -> None:
         require(self.texts >= 1, "accuracy.texts", f"must be >= 1, got {self.texts}")
+        require(self.window >= 2, "accuracy.window", f"must be >= 2 tokens, got {self.window}")
 
 
 @dataclass
@@ -162,30 +165,74 @@ class ServingScenario(Scenario):
 
     def run(self, ctx: RunContext) -> ScenarioResult:
         opts: ServingOptions = self.options
-        prepare = getattr(ctx.backend, "prepare_serving", None)
-        if prepare is None:
-            raise Unsupported(f"backend '{ctx.backend.name}' cannot serve streamed generation requests",
-                              "use backend=openai (any OpenAI-compatible server) or backend=llamacpp")
-        model = ServingModel(ctx.spec.model.name, lambda: model_folder(ctx), ctx.spec.model.path, ctx.cache_root, ctx.status)
+        models = _ModelSources(ctx)
+        model = ServingModel(ctx.spec.model.name, models.source, models.tokenizer, ctx.cache_root, ctx.status)
         ctx.status(f"preparing {ctx.backend.name} serving session ({opts.precision})")
-        session: ServingSession = prepare(model, opts.precision)
-        data = ctx.load_data()
-        texts = list(data.eval.texts or [])
+        session = self._session(ctx, model)
+        texts = prompt_texts(ctx)
         metrics: dict[str, Any] = {}
 
         async def measure_then_close() -> None:
             try:
                 await self._measure(ctx, session, texts, metrics)
+                if opts.accuracy.enabled:
+                    await self._accuracy(ctx, session, models, texts, metrics)
             finally:
                 await session.aclose()
 
         asyncio.run(measure_then_close())
+        metrics.update(models.stages())
         return ScenarioResult(
             precision=session.precision,
             metrics=metrics,
-            model={"source": ctx.spec.model.path or "config"},
+            model={"source": ctx.spec.model.path or "config", **models.described()},
             backend={"device": str(session.describe().get("device", ctx.backend.device()))},
         )
+
+    def _session(self, ctx: RunContext, model: ServingModel) -> ServingSession:
+        """The backend's own serving session, else FIFO serving over its generation session."""
+        opts: ServingOptions = self.options
+        backend = ctx.backend
+        prepare = getattr(backend, "prepare_serving", None)
+        if prepare is not None:
+            return prepare(model, opts.precision)
+        if not backend.capabilities().generation:
+            raise Unsupported(f"backend '{backend.name}' cannot serve streamed generation requests",
+                              "use backend=openai (any OpenAI-compatible server), llamacpp, or a backend that generates")
+        from harness.generation.session import GenerationPlan
+        from harness.serving.inprocess import GenerationServingSession
+
+        precision = "fp32" if opts.precision == "auto" else opts.precision
+        w = opts.workload
+        longest_prompt = w.prompt_tokens_max or max(w.prompt_tokens + int(4 * w.prompt_tokens_stdev), w.prompt_tokens)
+        longest_output = w.output_tokens_max or max(w.output_tokens + int(4 * w.output_tokens_stdev), w.output_tokens)
+        plan = GenerationPlan(precision, 1, longest_prompt, longest_output)
+        source = model.source()
+        generation = backend.prepare_generation(source, plan)
+        return GenerationServingSession(generation, model.tokenizer(), precision, backend.name)
+
+    async def _accuracy(self, ctx: RunContext, session: ServingSession, models: "_ModelSources", texts: list[str],
+                        metrics: dict[str, Any]) -> None:
+        """Perplexity beside eager fp32 for engines that score token ids; from prompt
+        log-probabilities for servers that return them; else null with the reason."""
+        acc: ServingAccuracyOptions = self.options.accuracy
+        scorer = session.scorer()
+        if scorer is not None:
+            from harness.generation import corpus, quality
+
+            source = models.source()
+            windows = corpus.windows(corpus.token_stream(source.tokenizer, texts), acc.window, acc.texts)
+            ctx.status(f"accuracy: perplexity on {len(windows)} eval windows of {acc.window} tokens beside eager fp32")
+            loop = asyncio.get_running_loop()
+            metrics["accuracy"] = await loop.run_in_executor(
+                None, lambda: quality.accuracy_metrics(scorer, source, windows, windows, None, 1, ctx.cache_root))
+            return
+        ctx.status(f"accuracy: perplexity of the served model on {acc.texts} eval texts (prompt log-probabilities)")
+        scored = await session.perplexity(texts[: acc.texts])
+        metrics["accuracy"] = None if scored["value"] is None else {
+            "metric": "perplexity", "value": scored["value"], "reference": None, "relative": None,
+            "agreement": None, "tokens": scored["tokens"]}
+        metrics["serving"]["accuracy_reason"] = scored["reason"]
 
     async def _measure(self, ctx: RunContext, session: ServingSession, texts: list[str], metrics: dict[str, Any]) -> None:
         opts: ServingOptions = self.options
@@ -239,13 +286,6 @@ class ServingScenario(Scenario):
         if opts.search.enabled:
             serving["search"] = await self._search(step, sync_rate or 0.0, saturation or 0.0, slo)
 
-        if opts.accuracy.enabled:
-            ctx.status(f"accuracy: perplexity of the served model on {opts.accuracy.texts} eval texts")
-            scored = await session.perplexity(texts[: opts.accuracy.texts])
-            metrics["accuracy"] = None if scored["value"] is None else {
-                "metric": "perplexity", "value": scored["value"], "reference": None, "relative": None,
-                "agreement": None, "tokens": scored["tokens"]}
-            serving["accuracy_reason"] = scored["reason"]
         if len(serving["steps"]) == 1:  # one load level: its headline figures at the top
             only = serving["steps"][0]
             for key in ("request_throughput", "output_tokens_per_s", "goodput", "verdict", "reason"):
@@ -276,24 +316,66 @@ class ServingScenario(Scenario):
         return figures
 
 
-def model_folder(ctx: RunContext) -> str:
-    """A Hugging Face causal-LM folder of the run's model: ``model.path`` itself, or the
-    harness's model saved once (weights + tokenizer) into the artifact cache."""
-    if ctx.spec.model.path:
-        return ctx.spec.model.path
-    from harness.cache import content_key, entry
+def prompt_texts(ctx: RunContext) -> list[str]:
+    """Eval texts prompts are cut from: the corpus's eval documents (``dataset=corpus``),
+    else the eval split's texts of any text dataset."""
+    if ctx.spec.dataset.kind == "corpus":
+        from harness.generation import corpus
 
-    loaded = ctx.load_model()
-    hf_model = getattr(loaded.module, "model", loaded.module)
-    if not hasattr(hf_model, "save_pretrained") or loaded.tokenizer is None:
-        raise Unsupported(f"model '{loaded.name}' is not a Hugging Face causal LM with a tokenizer",
-                          "set model.path to a local causal-LM folder (config.json, safetensors, tokenizer)")
-    folder = entry("hf-causal-lm", content_key(loaded.name, loaded.weights_digest()), ctx.cache_root)
-    if not (folder / "config.json").exists():
-        ctx.status(f"saving {loaded.name} as a Hugging Face folder for the engine")
-        hf_model.save_pretrained(str(folder), safe_serialization=True)
-        loaded.tokenizer.save_pretrained(str(folder))
-    return str(folder)
+        return list(corpus.load_corpus(ctx.spec.dataset).eval)
+    texts = list(ctx.load_data().eval.texts or [])
+    if not texts:
+        raise ConfigError(f"dataset '{ctx.spec.dataset.name}' has no texts to make prompts from",
+                          "use dataset=corpus (the default of +scenario=llm_serve)")
+    return texts
+
+
+class _ModelSources:
+    """The run's decoder and tokenizer, built only when a backend or the workload asks."""
+
+    def __init__(self, ctx: RunContext) -> None:
+        self.ctx = ctx
+        self._source: Any = None
+        self._tokenizer: Any = None
+
+    def source(self) -> Any:
+        """The :class:`DecoderSource` of the run's model (``model.checkpoint``/``path`` honoured)."""
+        if self._source is None:
+            from harness.generation import decoders
+            from harness.generation.session import DecoderSource
+            from harness.generation.tokenizer import corpus_tokenizer
+
+            spec = self.ctx.spec
+            if not decoders.is_decoder(spec.model.family):
+                raise ConfigError(f"model '{spec.model.name}' (family {spec.model.family}) is not a decoder LLM",
+                                  "use model=llama_tiny, llama_small, llama_1b or gpt2, or model.path=<causal-LM folder>")
+            model = self.ctx.load_model()
+            tokenizer = model.tokenizer or corpus_tokenizer(self.ctx.cache_root)
+            self._source = DecoderSource(model.name, model.module, model.config, tokenizer, model.params,
+                                         model.weights_digest(), self.ctx.cache_root, self.ctx.status)
+        return self._source
+
+    def tokenizer(self) -> Optional[Tokenizer]:
+        """The tokenizer prompts are counted with: the decoder's own, without building it when possible."""
+        if self._tokenizer is None:
+            from harness.generation import decoders
+            from harness.generation.tokenizer import corpus_tokenizer
+
+            spec = self.ctx.spec
+            if self._source is not None:
+                self._tokenizer = PlainTokenizer(self._source.tokenizer)
+            elif spec.model.path:
+                self._tokenizer = load_tokenizer(spec.model.path)
+            elif decoders.is_decoder(spec.model.family):
+                self._tokenizer = PlainTokenizer(corpus_tokenizer(self.ctx.cache_root))
+        return self._tokenizer
+
+    def stages(self) -> dict[str, Any]:
+        """Artifact stages the backend ran on the source (export, GGUF...), for the record."""
+        return dict(self._source.stages) if self._source is not None else {}
+
+    def described(self) -> dict[str, Any]:
+        return {"params": self._source.params} if self._source is not None else {}
 
 
 @hookimpl

@@ -100,17 +100,17 @@ class Tokenizer(Protocol):
 
 @dataclass
 class ServingModel:
-    """The run's model as a backend may need it to serve (a remote server needs none of it).
+    """The run's model as a backend may need it to serve; a remote server needs none of it.
 
-    ``folder()`` returns a Hugging Face causal-LM folder (config, safetensors weights,
-    tokenizer files), built on first call: the checkpoint ``model.path`` names, or the
-    harness's model saved once into the artifact cache. ``tokenizer_path`` is the
-    folder of ``model.path`` when set, for clients that count prompt tokens.
+    Both are built on first call, so a client of a remote server never builds a model:
+    ``source()`` is the decoder (:class:`harness.generation.session.DecoderSource`: the
+    module, its tokenizer, its saved folder for converters); ``tokenizer()`` is the
+    tokenizer prompts are counted with (``model.path``'s own, else the harness's).
     """
 
     name: str
-    folder: Callable[[], str]
-    tokenizer_path: Optional[str] = None
+    source: Callable[[], Any]
+    tokenizer: Callable[[], Optional["Tokenizer"]]
     cache_root: Optional[str] = None
     status: Callable[[str], None] = print
 
@@ -133,6 +133,13 @@ class ServingSession(abc.ABC):
     def tokenizer(self) -> Optional[Tokenizer]:
         """The serving model's tokenizer, when the session knows it (prompts are then
         cut to exact token counts); None otherwise."""
+        return None
+
+    def scorer(self) -> Any:
+        """An object whose ``score(ids)`` gives next-token log-probabilities (the
+        :class:`~harness.generation.session.GenerationSession` ``score`` contract) for
+        perplexity beside the eager fp32 reference; None when the engine cannot score
+        token ids (then :meth:`perplexity` on text is tried)."""
         return None
 
     def describe(self) -> dict[str, Any]:
