@@ -34,7 +34,7 @@ from harness.serving.figures import SLO, step_figures
 from harness.serving.load import Limits, Load, StepResult, run_step
 from harness.serving.session import GenerationRequest, ServingModel, ServingSession, Tokenizer
 from harness.serving.sweep import search_max_rate, sweep_rates, synchronous, throughput
-from harness.serving.workload import PlainTokenizer, WorkloadOptions, build_requests, load_tokenizer
+from harness.serving.workload import PlainTokenizer, PromptPool, WorkloadOptions, build_requests, load_tokenizer
 
 LOADS = ("server", "concurrency", "sweep")
 ARRIVALS = ("poisson", "constant")
@@ -237,7 +237,7 @@ class ServingScenario(Scenario):
     async def _measure(self, ctx: RunContext, session: ServingSession, texts: list[str], metrics: dict[str, Any]) -> None:
         opts: ServingOptions = self.options
         slo = opts.slo.slo()
-        tokenizer = session.tokenizer()
+        pool = PromptPool(texts, session.tokenizer())
         serving: dict[str, Any] = {"load": opts.load, "slo": slo.as_dict(), "steps": []}
         metrics["serving"] = serving
         metrics["backend"] = session.describe()
@@ -245,7 +245,7 @@ class ServingScenario(Scenario):
 
         def requests_for(step: int) -> list[GenerationRequest]:
             workload = replace(opts.workload, seed=opts.workload.seed + 1000 * step)
-            requests, described = build_requests(texts, tokenizer, workload, opts.requests)
+            requests, described = build_requests(pool, workload, opts.requests)
             serving.setdefault("workload", described)
             return requests
 

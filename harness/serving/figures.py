@@ -146,7 +146,7 @@ def per_request_arrays(records: Sequence[RequestRecord], started: float) -> dict
     def ms(value: Optional[float]) -> Optional[float]:
         return None if value is None else round(value, 4)
 
-    return {
+    arrays: dict[str, list[Any]] = {
         "sent_s": [round(r.sent - started, 6) for r in records],
         "outcome": [r.outcome for r in records],
         "ttft_ms": [ms(r.ttft_ms) for r in records],
@@ -156,3 +156,6 @@ def per_request_arrays(records: Sequence[RequestRecord], started: float) -> dict
         "output_tokens": [r.output_tokens for r in records],
         "itl_ms": [[round(g, 4) for g in r.itl_ms] for r in records],
     }
+    if any(r.server for r in records):  # the server's own per-request timings (llama.cpp's ``timings``)
+        arrays["server"] = [r.server or None for r in records]
+    return arrays

@@ -113,7 +113,8 @@ def _cached(folder: Path, digest: str, kind: str, cache_root: Optional[str], sta
 
 def _convert(folder: Path, outtype: str, out: Path) -> None:
     command = [sys.executable, "-m", "harness.serving.gguf_convert", str(converter_dir()), str(folder), outtype, str(out)]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=3600)
+    env = {**os.environ, "NO_LOCAL_GGUF": "1"}  # the pinned gguf package, not a vendored copy
+    done = subprocess.run(command, capture_output=True, text=True, timeout=3600, env=env)
     if done.returncode != 0 or not out.is_file():
         last = next((ln for ln in reversed(done.stderr.strip().splitlines()) if ln.strip()), "no output")
         raise HarnessError(f"llama.cpp's converter failed on {folder}: {' '.join(last.split())[:300]}",

@@ -104,20 +104,63 @@ class PlainTokenizer:
         return self.inner.decode(list(ids))
 
 
-def build_requests(texts: Sequence[str], tokenizer: Optional[Tokenizer], options: WorkloadOptions,
-                   count: int) -> tuple[list[GenerationRequest], dict[str, Any]]:
-    """``count`` requests from ``texts`` (the eval split) and a description for the record."""
-    if not texts:
-        raise ValueError("the workload needs at least one text to cut prompts from")
+class PromptPool:
+    """The eval texts prompts are cut from, tokenized once (a run builds many workloads)."""
+
+    def __init__(self, texts: Sequence[str], tokenizer: Optional[Tokenizer]) -> None:
+        self.texts = [t.strip() for t in texts if t.strip()]
+        if not self.texts:
+            raise ValueError("the workload needs at least one non-empty text to cut prompts from")
+        self.tokenizer = tokenizer
+        self._stream: Optional[list[Any]] = None
+
+    @property
+    def stream(self) -> list[Any]:
+        """The joined texts as token ids (whitespace words without a tokenizer)."""
+        if self._stream is None:
+            joined = " ".join(self.texts)
+            self._stream = joined.split() if self.tokenizer is None else list(self.tokenizer.encode(joined))
+        return self._stream
+
+    def _piece(self, units: list[Any]) -> tuple[str, list[int], int]:
+        if self.tokenizer is None:
+            return " ".join(units), [], len(units)
+        return self.tokenizer.decode(units), units, len(units)
+
+    def slices(self, lengths: list[int], rng: np.random.Generator) -> list[tuple[str, list[int], int]]:
+        """One slice of the stream per length, from seeded offsets (wrapping around a short corpus)."""
+        stream = self.stream
+        out = []
+        for length in lengths:
+            start = int(rng.integers(0, len(stream)))
+            out.append(self._piece([stream[(start + k) % len(stream)] for k in range(length)]))
+        return out
+
+    def whole(self, count: int, cap: int, rng: np.random.Generator) -> list[tuple[str, list[int], int]]:
+        """Whole texts in a seeded order, each capped at ``cap`` tokens (0 = no cap)."""
+        order = rng.permutation(len(self.texts))
+        out = []
+        for k in range(count):
+            text = self.texts[int(order[k % len(order)])]
+            units = text.split() if self.tokenizer is None else list(self.tokenizer.encode(text))
+            if cap and len(units) > cap:
+                out.append(self._piece(units[:cap]))
+            else:
+                out.append((text, [] if self.tokenizer is None else units, len(units)))
+        return out
+
+
+def build_requests(pool: PromptPool, options: WorkloadOptions, count: int) -> tuple[list[GenerationRequest], dict[str, Any]]:
+    """``count`` requests from ``pool`` and a description of the workload for the record."""
     rng = np.random.default_rng(options.seed)
     outputs = sample_lengths(options.output_tokens, options.output_tokens_stdev, options.output_tokens_min,
                              options.output_tokens_max, count, rng)
     if options.source == "corpus":
         lengths = sample_lengths(options.prompt_tokens, options.prompt_tokens_stdev, options.prompt_tokens_min,
                                  options.prompt_tokens_max, count, rng)
-        prompts = _corpus_prompts(texts, tokenizer, lengths, rng)
+        prompts = pool.slices(lengths, rng)
     else:
-        prompts = _eval_prompts(texts, tokenizer, options.prompt_tokens_max, count, rng)
+        prompts = pool.whole(count, options.prompt_tokens_max, rng)
     requests = [
         GenerationRequest(index=i, prompt=text, max_tokens=out, prompt_ids=tuple(ids), ignore_eos=options.ignore_eos)
         for i, ((text, ids, _), out) in enumerate(zip(prompts, outputs))
@@ -125,50 +168,10 @@ def build_requests(texts: Sequence[str], tokenizer: Optional[Tokenizer], options
     prompt_lengths = [n for _, _, n in prompts]
     description = {
         "source": options.source,
-        "tokenizer": "serving model" if tokenizer is not None else "none (whitespace words)",
+        "tokenizer": "the serving model's" if pool.tokenizer is not None else "none (whitespace words)",
         "requests": count,
         "prompt_tokens": {"mean": float(np.mean(prompt_lengths)), "min": min(prompt_lengths), "max": max(prompt_lengths)},
         "output_tokens": {"mean": float(np.mean(outputs)), "min": min(outputs), "max": max(outputs)},
         "seed": options.seed,
     }
     return requests, description
-
-
-def _corpus_prompts(texts: Sequence[str], tokenizer: Optional[Tokenizer], lengths: list[int],
-                    rng: np.random.Generator) -> list[tuple[str, list[int], int]]:
-    """Slices of the joined corpus, each of its drawn length, from seeded offsets."""
-    joined = " ".join(t.strip() for t in texts if t.strip())
-    if tokenizer is None:
-        words = joined.split()
-        stream_len = len(words)
-    else:
-        ids = list(tokenizer.encode(joined))
-        stream_len = len(ids)
-    if stream_len == 0:
-        raise ValueError("the prompt corpus is empty")
-    out = []
-    for length in lengths:
-        start = int(rng.integers(0, stream_len))
-        picks = [(start + k) % stream_len for k in range(length)]  # wraps around a short corpus
-        if tokenizer is None:
-            out.append((" ".join(words[p] for p in picks), [], length))
-        else:
-            piece = [ids[p] for p in picks]
-            out.append((tokenizer.decode(piece), piece, length))
-    return out
-
-
-def _eval_prompts(texts: Sequence[str], tokenizer: Optional[Tokenizer], cap: int, count: int,
-                  rng: np.random.Generator) -> list[tuple[str, list[int], int]]:
-    """Whole eval texts in a seeded order, each capped at ``cap`` tokens (0 = no cap)."""
-    order = rng.permutation(len(texts))
-    out = []
-    for k in range(count):
-        text = texts[int(order[k % len(order)])].strip()
-        if tokenizer is None:
-            words = text.split()[: cap or None]
-            out.append((" ".join(words), [], len(words)))
-        else:
-            ids = list(tokenizer.encode(text))[: cap or None]
-            out.append((tokenizer.decode(ids) if cap else text, ids, len(ids)))
-    return out

@@ -1,0 +1,183 @@
+"""Fidelity of the serving figures against independent measurements of the same server.
+
+Run: ``.venv/bin/python benchmarks/serving_fidelity.py [--model llama_small] [--rate 0.5]``.
+Prints Markdown tables of ratios (harness / reference; target within 5%, i.e. 0.95-1.05):
+
+1. llama.cpp's ``llama-server`` on 127.0.0.1 (started here with the start script, or
+   ``--url``) at a fixed constant request rate. The harness (``+scenario=llm_serve
+   backend=openai``, the real CLI) against
+   - guidellm on the same server, rate and workload, when a guidellm executable is given
+     (``--guidellm PATH``: installed in its own venv, beside none of our pins): TTFT p50
+     vs guidellm's ``time_to_first_token_ms`` p50, and TPOT p50 vs guidellm's
+     ``inter_token_latency_ms`` p50 (guidellm's ITL is the per-request mean gap after
+     the first token: the harness's TPOT, not its chunk-to-chunk ITL);
+   - the server's own ``timings`` in every response (always): TTFT p50 vs the server's
+     prompt processing time p50, and harness ITL p50 vs the server's time per generated
+     token p50. The harness side includes HTTP and client time the server cannot see.
+2. In-process llama.cpp (``+scenario=llm_fp32 backend=llamacpp``) decode tokens/s vs
+   ``llama-bench`` tg on the same GGUF and thread count (target >= 0.98).
+
+Speed is never asserted in tests; these figures belong in the README with the load of
+the machine they were measured on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+SCRIPTS = REPO / "scripts" / "llm-server"
+
+
+def harness_record(args: list[str], results: Path) -> dict[str, Any]:
+    """Run the real ``harness`` CLI and return its one record."""
+    before = set(results.glob("*.json"))
+    done = subprocess.run([str(BIN / "harness"), *args, f"results_dir={results}", "launcher.host_lock=false"],
+                          cwd=REPO, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"harness failed: {done.stderr.strip().splitlines()[-1:]}")
+    (path,) = set(results.glob("*.json")) - before
+    return json.loads(path.read_text())
+
+
+def start_server(model: str, precision: str, parallel: int, run_dir: Path) -> str:
+    env = {**os.environ, "HARNESS_LLAMACPP_RUN": str(run_dir), "PY": sys.executable}
+    done = subprocess.run([str(SCRIPTS / "start-llamacpp.sh"), "--model", model, "--precision", precision,
+                           "--parallel", str(parallel)], cwd=REPO, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"start-llamacpp.sh failed: {done.stderr.strip()[-500:]}")
+    return done.stdout.strip().split("=", 1)[1]
+
+
+def stop_server(run_dir: Path) -> None:
+    subprocess.run([str(SCRIPTS / "stop-llamacpp.sh")], env={**os.environ, "HARNESS_LLAMACPP_RUN": str(run_dir)})
+
+
+def harness_serving(url: str, opts: argparse.Namespace, results: Path) -> dict[str, Any]:
+    record = harness_record([
+        "+scenario=llm_serve", "backend=openai", f"backend.base_url={url}", f"model={opts.model}",
+        "scenario.load=server", "scenario.server.arrivals=constant", f"scenario.server.rate={opts.rate}",
+        f"scenario.requests={opts.requests}", f"scenario.max_seconds={opts.requests / opts.rate + 60:g}",
+        f"scenario.workload.prompt_tokens={opts.prompt_tokens}", f"scenario.workload.output_tokens={opts.output_tokens}",
+        "scenario.warmup_requests=2", "scenario.accuracy.enabled=false"], results)
+    (step,) = record["metrics"]["serving"]["steps"]
+    return step
+
+
+def server_timings(step: dict[str, Any]) -> dict[str, float]:
+    """Medians of llama.cpp's own per-request timings (prompt processing, ms per generated token)."""
+    timings = [s["timings"] for s in step["per_request"].get("server") or [] if s and "timings" in s]
+    if not timings:
+        raise SystemExit("the server returned no timings (not llama.cpp's llama-server?)")
+    return {"prompt_ms": statistics.median(t["prompt_ms"] for t in timings),
+            "per_token_ms": statistics.median(t["predicted_per_token_ms"] for t in timings)}
+
+
+def guidellm_run(exe: str, url: str, opts: argparse.Namespace, folder: Path, out: Path) -> dict[str, float]:
+    """One guidellm constant-rate benchmark on the same server and workload; its medians."""
+    target = url[: -len("/v1")] if url.endswith("/v1") else url
+    command = [exe, "benchmark", "run", "--target", target, "--profile", "constant", "--rate", str(opts.rate),
+               "--max-requests", str(opts.requests), "--processor", str(folder),
+               "--data", f"prompt_tokens={opts.prompt_tokens},output_tokens={opts.output_tokens}",
+               "--output-dir", str(out), "--outputs", "json", "--disable-console-interactive"]
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    if done.returncode != 0:
+        raise RuntimeError(" ".join((done.stderr or done.stdout).strip().splitlines()[-3:])[:500])
+    report = json.loads(next(out.glob("*.json")).read_text())
+    metrics = report["benchmarks"][0]["metrics"]
+
+    def p50(name: str) -> float:
+        return float(metrics[name]["successful"]["median"])
+
+    return {"ttft_ms": p50("time_to_first_token_ms"), "itl_ms": p50("inter_token_latency_ms")}
+
+
+def llama_bench_tg(gguf: str, threads: int, tokens: int) -> float:
+    from harness.serving.gguf import tool
+
+    bench = tool("llama-bench")
+    if bench is None:
+        raise SystemExit("llama-bench is not built (scripts/llm-server/build-llamacpp.sh)")
+    done = subprocess.run([str(bench), "-m", gguf, "-p", "0", "-n", str(tokens), "-t", str(threads), "-r", "5", "-o", "json"],
+                          capture_output=True, text=True, check=True)
+    (row,) = json.loads(done.stdout)
+    return float(row["avg_ts"])
+
+
+def ratio(a: Optional[float], b: Optional[float]) -> str:
+    return f"{a / b:.3f}" if a and b else "n/a"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="llama_small")
+    parser.add_argument("--precision", default="fp16", help="GGUF the server runs (fp16, int8, int4, fp32)")
+    parser.add_argument("--rate", type=float, default=0.5, help="requests/s, constant arrivals")
+    parser.add_argument("--requests", type=int, default=30)
+    parser.add_argument("--prompt-tokens", type=int, default=64)
+    parser.add_argument("--output-tokens", type=int, default=32)
+    parser.add_argument("--parallel", type=int, default=4, help="llama-server slots")
+    parser.add_argument("--url", help="an already running llama-server's /v1 URL (else one is started here)")
+    parser.add_argument("--guidellm", help="path of a guidellm executable (its own venv)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--tg-tokens", type=int, default=128)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        results = tmp_path / "results"
+        results.mkdir()
+        run_dir = tmp_path / "run"
+        url = args.url or start_server(args.model, args.precision, args.parallel, run_dir)
+        try:
+            step = harness_serving(url, args, results)
+            server = server_timings(step)
+            guide: Optional[dict[str, float]] = None
+            guide_note = "not run (--guidellm PATH)"
+            if args.guidellm:
+                from harness.serving.gguf import _model_folder
+
+                try:
+                    guide = guidellm_run(args.guidellm, url, args, _model_folder(args.model, None, lambda _: None), tmp_path / "guidellm")
+                    guide_note = "ran"
+                except RuntimeError as exc:
+                    guide_note = f"failed: {exc}"
+        finally:
+            if not args.url:
+                stop_server(run_dir)
+
+        ttft, tpot, itl = step["ttft_ms"]["p50"], step["tpot_ms"]["p50"], step["itl_ms"]["p50"]
+        print(f"\n## llama-server ({args.model} {args.precision}, {args.parallel} slots), {args.rate:g} req/s constant, "
+              f"{args.requests} requests of {args.prompt_tokens} + {args.output_tokens} tokens\n")
+        print("| figure | harness p50 ms | reference | reference p50 ms | ratio |")
+        print("|---|---|---|---|---|")
+        if guide is not None:
+            print(f"| TTFT | {ttft:.2f} | guidellm time_to_first_token | {guide['ttft_ms']:.2f} | {ratio(ttft, guide['ttft_ms'])} |")
+            print(f"| TPOT | {tpot:.2f} | guidellm inter_token_latency | {guide['itl_ms']:.2f} | {ratio(tpot, guide['itl_ms'])} |")
+        print(f"| TTFT | {ttft:.2f} | server timings prompt_ms | {server['prompt_ms']:.2f} | {ratio(ttft, server['prompt_ms'])} |")
+        print(f"| ITL | {itl:.2f} | server timings predicted_per_token_ms | {server['per_token_ms']:.2f} | {ratio(itl, server['per_token_ms'])} |")
+        print(f"\nguidellm: {guide_note}")
+
+        record = harness_record([
+            "+scenario=llm_fp32", "backend=llamacpp", f"model={args.model}", f"backend.threads={args.threads}",
+            "scenario.prompt_len=8", f"scenario.new_tokens={args.tg_tokens}", "scenario.min_iters=5",
+            "scenario.min_duration_s=0", "scenario.warmup_iters=1", "scenario.accuracy.enabled=false"], results)
+        ours = record["metrics"]["generation"]["decode_tokens_per_s"]
+        bench = llama_bench_tg(record["metrics"]["gguf"]["path"], args.threads, args.tg_tokens)
+        print(f"\n## in-process llama.cpp decode ({args.model}, GGUF {record['metrics']['gguf']['gguf_type']}, {args.threads} threads)\n")
+        print("| harness decode tokens/s | llama-bench tg tokens/s | ratio (target >= 0.98) |")
+        print("|---|---|---|")
+        print(f"| {ours:.1f} | {bench:.1f} | {ratio(ours, bench)} |")
+
+
+if __name__ == "__main__":
+    main()
