@@ -146,16 +146,21 @@ class OpenAIServingSession(ServingSession):
         return body
 
     async def _open(self, path: str, body: dict[str, Any]) -> Any:
-        """An open streaming response; connection failures are retried, then :class:`ServerGone`."""
+        """An open streaming response. Failures before any response byte are retried: a
+        refused connection, or a pooled keep-alive connection the server had just closed
+        (servers cap requests per connection). Still refused after ``retries``: :class:`ServerGone`."""
         import httpx
 
         url = f"{self.options.root}/{path}"
         for attempt in range(self.options.retries + 1):
             try:
                 response = await self.client.send(self.client.build_request("POST", url, json=body), stream=True)
-            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError, httpx.ReadError,
+                    httpx.WriteError) as exc:
                 if attempt == self.options.retries:
-                    raise ServerGone(f"cannot connect to {self.options.root} ({exception_line(exc, 200)})") from None
+                    if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
+                        raise ServerGone(f"cannot connect to {self.options.root} ({exception_line(exc, 200)})") from None
+                    raise RuntimeError(f"no response from {url} ({exception_line(exc, 200)})") from None
                 self.retries_used += 1
                 await asyncio.sleep(0.2 * (attempt + 1))
                 continue

@@ -280,7 +280,11 @@ class ServingScenario(Scenario):
             saturation = (await step(throughput(opts.sweep.max_concurrency)))["request_throughput"]
             serving["saturation_rate"] = saturation
         if opts.load == "sweep":
-            for rate in sweep_rates(sync_rate or 0.0, saturation or 0.0, opts.sweep.steps):
+            try:
+                rates = sweep_rates(sync_rate or 0.0, saturation or 0.0, opts.sweep.steps)
+            except ValueError as exc:  # nothing finished: the fixed-rate steps have no range to cover
+                rates, serving["sweep_stopped"] = [], str(exc)
+            for rate in rates:
                 await step(Load(opts.sweep.arrivals, rate=rate))
             serving["max_valid_rate"] = max((s["offered_rate"] for s in serving["steps"] if s["verdict"] == "VALID"), default=None)
         if opts.search.enabled:

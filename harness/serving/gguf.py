@@ -2,7 +2,10 @@
 
 Where llama.cpp's tools live (:func:`llamacpp_home`): ``scripts/llm-server/build-llamacpp.sh``
 (run by ``make venv``) unpacks the llama-cpp-python source package's ``vendor/llama.cpp``
-(the converter ``convert_hf_to_gguf.py`` and its ``conversion`` package) and builds
+(the converter ``convert_hf_to_gguf.py``, its ``conversion`` package and the ``gguf-py``
+writer of the same commit: the ``gguf`` 0.19.0 on PyPI lags the converter and lacks
+what it writes with, so the converter uses its own; the PyPI package reads GGUF files
+in the tests) and builds
 ``llama-server`` and ``llama-bench`` from the same sources into
 ``$HARNESS_LLAMACPP_HOME`` (default ``~/.cache/harness-llamacpp/<version>``), so the
 converter, the server and the in-process bindings are one llama.cpp version.
@@ -113,7 +116,7 @@ def _cached(folder: Path, digest: str, kind: str, cache_root: Optional[str], sta
 
 def _convert(folder: Path, outtype: str, out: Path) -> None:
     command = [sys.executable, "-m", "harness.serving.gguf_convert", str(converter_dir()), str(folder), outtype, str(out)]
-    env = {**os.environ, "NO_LOCAL_GGUF": "1"}  # the pinned gguf package, not a vendored copy
+    env = {k: v for k, v in os.environ.items() if k != "NO_LOCAL_GGUF"}  # the converter's own gguf-py (see module doc)
     done = subprocess.run(command, capture_output=True, text=True, timeout=3600, env=env)
     if done.returncode != 0 or not out.is_file():
         last = next((ln for ln in reversed(done.stderr.strip().splitlines()) if ln.strip()), "no output")

@@ -4,7 +4,7 @@ Usage: ``python -m harness.serving.gguf_convert CONVERTER_DIR MODEL_FOLDER OUTTY
 
 The converter is the one shipped in the llama-cpp-python source package (its
 ``vendor/llama.cpp``), unpacked by ``scripts/llm-server/build-llamacpp.sh``, and it
-writes with the ``gguf`` package. Two adjustments, both for tokenizers the converter
+writes with the gguf-py package of its own commit. Two adjustments, both for tokenizers the converter
 does not know by name, leave everything else to it:
 
 - the harness's corpus tokenizer is a byte-level BPE with GPT-2's pre-tokenizer regex,

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Unpack llama.cpp as vendored in the llama-cpp-python source package (the same version the
 # Python bindings are built from) and build its OpenAI-compatible `llama-server` and
-# `llama-bench` from it, plus the GGUF converter (convert_hf_to_gguf.py + conversion/).
+# `llama-bench` from it, plus the GGUF converter (convert_hf_to_gguf.py, conversion/, gguf-py/).
 # Everything lands in $HARNESS_LLAMACPP_HOME (default ~/.cache/harness-llamacpp/<version>);
 # a complete home is reused, so only the first run on a machine compiles (minutes on 2 cores).
 #   PY=.venv/bin/python scripts/llm-server/build-llamacpp.sh
@@ -36,7 +36,7 @@ cmake --build "$work/build" --target llama-server llama-bench -j"$(nproc)" >"$wo
 staging="$HOME_DIR.tmp.$$"
 mkdir -p "$staging/bin" "$staging/src/models"
 cp "$work/build/bin/llama-server" "$work/build/bin/llama-bench" "$staging/bin/"
-cp -r "$src/convert_hf_to_gguf.py" "$src/conversion" "$staging/src/"
+cp -r "$src/convert_hf_to_gguf.py" "$src/conversion" "$src/gguf-py" "$staging/src/"   # the converter writes with its own gguf-py
 cp -r "$src/models/templates" "$staging/src/models/"
 rm -rf "$HOME_DIR"
 mkdir -p "$(dirname "$HOME_DIR")"
