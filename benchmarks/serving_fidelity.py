@@ -7,7 +7,8 @@ Prints Markdown tables of ratios (harness / reference; target within 5%, i.e. 0.
    ``--url``) at a fixed constant request rate. The harness (``+scenario=llm_serve
    backend=openai``, the real CLI) against
    - guidellm on the same server, rate and workload, when a guidellm executable is given
-     (``--guidellm PATH``: installed in its own venv, beside none of our pins): TTFT p50
+     (``--guidellm PATH``; it pulls its own torch, so it lives in its own venv:
+     ``python3 -m venv .venv-guidellm && .venv-guidellm/bin/pip install guidellm==0.8.1``): TTFT p50
      vs guidellm's ``time_to_first_token_ms`` p50, and TPOT p50 vs guidellm's
      ``inter_token_latency_ms`` p50 (guidellm's ITL is the per-request mean gap after
      the first token: the harness's TPOT, not its chunk-to-chunk ITL);
@@ -85,14 +86,17 @@ def server_timings(step: dict[str, Any]) -> dict[str, float]:
 def guidellm_run(exe: str, url: str, opts: argparse.Namespace, folder: Path, out: Path) -> dict[str, float]:
     """One guidellm constant-rate benchmark on the same server and workload; its medians."""
     target = url[: -len("/v1")] if url.endswith("/v1") else url
-    command = [exe, "benchmark", "run", "--target", target, "--profile", "constant", "--rate", str(opts.rate),
-               "--max-requests", str(opts.requests), "--processor", str(folder),
-               "--data", f"prompt_tokens={opts.prompt_tokens},output_tokens={opts.output_tokens}",
-               "--output-dir", str(out), "--outputs", "json", "--disable-console-interactive"]
+    report_path = out / "guidellm.json"
+    out.mkdir(parents=True, exist_ok=True)
+    command = [exe, "run", "--backend", f"kind=openai_http,target={target},request_format=/v1/completions",
+               "--profile", f"kind=constant,rate={opts.rate}", "--constraint", f"kind=max_requests,count={opts.requests}",
+               "--tokenizer", f"kind=huggingface_auto,model={folder}",
+               "--data", f"kind=synthetic_text,prompt_tokens={opts.prompt_tokens},output_tokens={opts.output_tokens}",
+               "--output", f"kind=json,path={report_path}", "--disable-console-interactive"]
     done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    if done.returncode != 0:
+    if done.returncode != 0 or not report_path.is_file():
         raise RuntimeError(" ".join((done.stderr or done.stdout).strip().splitlines()[-3:])[:500])
-    report = json.loads(next(out.glob("*.json")).read_text())
+    report = json.loads(report_path.read_text())
     metrics = report["benchmarks"][0]["metrics"]
 
     def p50(name: str) -> float:
