@@ -100,3 +100,28 @@ def test_api_key_is_never_recorded(tmp_path, start_server):
     assert done.returncode == 0, done.stderr[-2000:]
     text = next(tmp_path.glob("*.json")).read_text()
     assert "sekrit-value-42" not in text and "HARNESS_TEST_KEY" in text
+
+
+@pytest.mark.parametrize("backend", ["openai", "llamacpp", "pytorch"])
+def test_llm_serve_composes_into_typed_options(backend):
+    from harness.plugins import load_plugins
+    from harness.testing import compose_overrides
+
+    spec = compose_overrides(["+scenario=llm_serve", f"backend={backend}", "scenario.load=sweep", "scenario.slo.tpot_ms=50"],
+                             load_plugins())
+    opts = spec.scenario_options
+    assert spec.scenario_kind == "serving" and spec.model.name == "llama_small" and spec.dataset.kind == "corpus"
+    assert opts.load == "sweep" and opts.slo.tpot_ms == 50 and opts.workload.prompt_tokens == 64
+    assert opts.batch_size is None  # the inline default scenario's keys are nulled
+
+
+@pytest.mark.parametrize("override, key", [("scenario.load=burst", "scenario.load"), ("scenario.server.rate=0", "scenario.server.rate"),
+                                           ("scenario.slo.percentile=120", "scenario.slo.percentile"),
+                                           ("backend.base_url=localhost:8080", "backend.base_url")])
+def test_bad_serving_options_are_one_line_config_errors(override, key):
+    from harness.errors import ConfigError
+    from harness.plugins import load_plugins
+    from harness.testing import compose_overrides
+
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        compose_overrides(["+scenario=llm_serve", "backend=openai", override], load_plugins())
