@@ -168,7 +168,8 @@ def main() -> None:
             print(f"| TTFT | {ttft:.2f} | guidellm time_to_first_token | {guide['ttft_ms']:.2f} | {ratio(ttft, guide['ttft_ms'])} |")
             print(f"| TPOT | {tpot:.2f} | guidellm inter_token_latency | {guide['itl_ms']:.2f} | {ratio(tpot, guide['itl_ms'])} |")
         print(f"| TTFT | {ttft:.2f} | server timings prompt_ms | {server['prompt_ms']:.2f} | {ratio(ttft, server['prompt_ms'])} |")
-        print(f"| ITL | {itl:.2f} | server timings predicted_per_token_ms | {server['per_token_ms']:.2f} | {ratio(itl, server['per_token_ms'])} |")
+        print(f"| TPOT | {tpot:.2f} | server timings predicted_per_token_ms | {server['per_token_ms']:.2f} | {ratio(tpot, server['per_token_ms'])} |")
+        print(f"\nharness ITL p50 (chunk-to-chunk gaps, vLLM's ITL): {itl:.2f} ms")
         print(f"\nguidellm: {guide_note}")
 
         record = harness_record([
