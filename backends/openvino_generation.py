@@ -139,20 +139,22 @@ class StatefulStepper:
     def __init__(self, compiled: Any) -> None:
         self.request = compiled.create_infer_request()
 
-    def _run(self, ids: np.ndarray, mask: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    def _infer(self, ids: np.ndarray, mask: np.ndarray, pos: np.ndarray) -> np.ndarray:
+        """The logits of one infer call (shared inputs: no copy into the request's tensors)."""
         beam = np.arange(ids.shape[0], dtype=np.int32)
-        self.request.infer({"input_ids": ids, "attention_mask": mask, "position_ids": pos, "beam_idx": beam},
-                           share_inputs=True)
-        return np.array(self.request.get_tensor("logits").data[:, -1], copy=True)
+        feeds = {"input_ids": np.ascontiguousarray(ids, dtype=np.int64), "attention_mask": mask, "position_ids": pos,
+                 "beam_idx": beam}
+        self.request.infer(feeds, share_inputs=True)
+        return self.request.get_tensor("logits").data
+
+    def _run(self, ids: np.ndarray, mask: np.ndarray, pos: np.ndarray) -> np.ndarray:
+        return np.array(self._infer(ids, mask, pos)[:, -1], copy=True)
 
     def logits(self, ids: np.ndarray) -> np.ndarray:
         """All positions' logits of ``ids`` from an empty cache (for scoring)."""
         self.request.reset_state()
         mask = np.ones_like(ids, dtype=np.int64)
-        beam = np.arange(ids.shape[0], dtype=np.int32)
-        self.request.infer({"input_ids": np.ascontiguousarray(ids, dtype=np.int64), "attention_mask": mask,
-                            "position_ids": positions(mask, ids.shape[1]), "beam_idx": beam})
-        out = np.array(self.request.get_tensor("logits").data, copy=True)
+        out = np.array(self._infer(ids, mask, positions(mask, ids.shape[1])), copy=True)
         self.request.reset_state()
         return out
 
@@ -161,7 +163,7 @@ class StatefulStepper:
         return self._run(ids, mask, positions(mask, ids.shape[1]))
 
     def decode(self, tokens: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        return self._run(np.ascontiguousarray(tokens[:, None]), mask, positions(mask, 1))
+        return self._run(tokens[:, None], mask, positions(mask, 1))
 
 
 def _streamer(times: list[float]) -> Any:
@@ -221,8 +223,9 @@ class OpenVINOGenerationSession(GenerationSession):
         config.ignore_eos = True
         config.do_sample = not decoding.greedy
         if not decoding.greedy:
-            config.temperature, config.top_k, config.top_p, config.rng_seed = (
-                decoding.temperature, decoding.top_k, decoding.top_p, decoding.seed)
+            config.temperature, config.top_p, config.rng_seed = decoding.temperature, decoding.top_p, decoding.seed
+            if decoding.top_k:  # 0 = no top-k limit, which is genai's default
+                config.top_k = decoding.top_k
         ids = np.asarray([prompt], dtype=np.int64)
         times: list[float] = []
         streamer = _streamer(times)

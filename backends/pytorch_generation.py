@@ -62,6 +62,7 @@ class TorchStepper:
             return out.logits[:, -1].float().cpu().numpy()
 
     def prefill(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        import torch
         from transformers import DynamicCache, StaticCache
 
         config = self.model.config
@@ -70,7 +71,8 @@ class TorchStepper:
         elif self.cache is None or self.cache_batch != ids.shape[0]:  # allocated on first use, per batch size
             self.cache, self.cache_batch = StaticCache(config=config, max_cache_len=self.static_len), ids.shape[0]
         else:
-            self.cache.reset()
+            with torch.inference_mode():  # its tensors were made in inference mode
+                self.cache.reset()
         return self._run(ids, mask, positions(mask, ids.shape[1]))
 
     def decode(self, tokens: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -138,4 +140,10 @@ def prepare(source: Any, plan: GenerationPlan, device: str, compile_mode: str | 
         if cuda:
             torch.cuda.reset_peak_memory_stats(device)
     pad = source.tokenizer.pad_token_id if source.tokenizer is not None else 0
-    return TorchGenerationSession(model, device, plan.precision, plan, compile_mode, int(pad or 0))
+    session = TorchGenerationSession(model, device, plan.precision, plan, compile_mode, int(pad or 0))
+    if compile_mode:  # compile here, outside the timed region: a fresh and a reset cache guard differently
+        source.status(f"torch.compile ({compile_mode}): compiling prefill and decode at the plan's shapes")
+        dummy = [[1] * plan.max_prompt_len] * plan.max_batch_size
+        for _ in range(2):
+            session.generate(dummy, 2)
+    return session

@@ -25,6 +25,7 @@ from harness.errors import ConfigError, Mismatch
 from harness.generation import corpus, decoders, quality, timing
 from harness.generation.session import (DECODING_STRATEGIES, Decoding, DecoderSource, GenerationOutput,
                                         GenerationPlan, check_outputs, now)
+from harness.hardware import host_memory_mib
 from harness.hookspecs import hookimpl
 from harness.scenario import RunContext, Scenario, ScenarioResult
 
@@ -56,7 +57,7 @@ class GenerationAccuracyOptions:
     """
 
     enabled: bool = True
-    limit: int = 16
+    limit: int = 8
     window: int = 128
     min_relative: Optional[float] = None
 
@@ -82,11 +83,11 @@ class GenerationOptions:
     batch_size: int = 1
     prompt_len: int = 128
     new_tokens: int = 64
-    prompts: int = 8
+    prompts: int = 5
     decoding: str = "greedy"
     sampling: SamplingOptions = field(default_factory=SamplingOptions)
-    warmup_iters: int = 2
-    min_iters: int = 8
+    warmup_iters: int = 1
+    min_iters: int = 5
     min_duration_s: float = 5.0
     max_duration_s: float = 120.0
     keep_samples: bool = True
@@ -157,8 +158,6 @@ class GenerationScenario(Scenario):
             layout = decoders.kv_layout(model.config)
             metrics["generation"]["kv_cache_bytes"] = layout.bytes(opts.batch_size, opts.prompt_len + opts.new_tokens,
                                                                    KV_BYTES[opts.precision])
-            from harness.hardware import host_memory_mib
-
             metrics["memory_mib"] = {**host_memory_mib(), **session.memory()}
             metrics["backend"] = session.metrics()
             if opts.accuracy.enabled:

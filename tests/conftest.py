@@ -55,3 +55,20 @@ def tiny_batch():
     mask = np.ones_like(ids)
     mask[0, 12:] = 0
     return {"input_ids": ids, "attention_mask": mask}
+
+
+@pytest.fixture(scope="session")
+def llama_source():
+    """``model=llama_tiny`` (its YAML config, random init) as the DecoderSource backends prepare."""
+    from importlib import resources
+
+    import yaml
+
+    from harness.generation.session import DecoderSource
+    from harness.generation.tokenizer import corpus_tokenizer
+    from harness.models import ModelOptions, load_model
+
+    spec = yaml.safe_load((resources.files("harness.conf") / "model" / "llama_tiny.yaml").read_text())
+    model = load_model(ModelOptions(name=spec["name"], family=spec["family"], config=spec["config"]))
+    return DecoderSource(model.name, model.module, model.config, corpus_tokenizer(), model.params,
+                         model.weights_digest(), status=lambda message: None)

@@ -99,11 +99,15 @@ def _cached_array(kind: str, key_parts: tuple[Any, ...], cache_root: Optional[st
     return value, False
 
 
-def reference_logprobs(source: Any, windows: np.ndarray, batch_size: int, cache_root: Optional[str]) -> tuple[np.ndarray, bool]:
+#: Windows per eager forward pass for the reference (the backend scores at the run's batch size).
+REFERENCE_BATCH = 8
+
+
+def reference_logprobs(source: Any, windows: np.ndarray, cache_root: Optional[str]) -> tuple[np.ndarray, bool]:
     """Eager fp32 next-token log-probs of ``windows``, cached per weights and windows."""
     parts = ("llm-reference-logprobs/1", source.weights_digest, windows.tobytes(), list(windows.shape))
     return _cached_array("llm_reference", parts, cache_root,
-                         lambda: score_in_batches(lambda ids: eager_logprobs(source.module, ids), windows, batch_size))
+                         lambda: score_in_batches(lambda ids: eager_logprobs(source.module, ids), windows, REFERENCE_BATCH))
 
 
 def reference_greedy(source: Any, prompts: np.ndarray, new_tokens: int, cache_root: Optional[str]) -> tuple[np.ndarray, bool]:
@@ -120,7 +124,7 @@ def accuracy_metrics(session: Any, source: Any, windows: np.ndarray, prompts: np
     ``greedy_tokens`` are the session's greedy tokens for ``prompts`` (None when the run
     sampled: sampled tokens are not comparable across engines).
     """
-    reference, ref_cached = reference_logprobs(source, windows, batch_size, cache_root)
+    reference, ref_cached = reference_logprobs(source, windows, cache_root)
     out: dict[str, Any] = {"metric": "perplexity", "value": None, "reference": perplexity(reference),
                            "relative": None, "agreement": None, "windows": int(len(windows)),
                            "window_tokens": int(windows.shape[1]),
