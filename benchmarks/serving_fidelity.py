@@ -50,10 +50,10 @@ def harness_record(args: list[str], results: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def start_server(model: str, precision: str, parallel: int, run_dir: Path) -> str:
+def start_server(model: str, precision: str, parallel: int, threads: int, run_dir: Path) -> str:
     env = {**os.environ, "HARNESS_LLAMACPP_RUN": str(run_dir), "PY": sys.executable}
     done = subprocess.run([str(SCRIPTS / "start-llamacpp.sh"), "--model", model, "--precision", precision,
-                           "--parallel", str(parallel)], cwd=REPO, env=env, capture_output=True, text=True)
+                           "--parallel", str(parallel), "--threads", str(threads)], cwd=REPO, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"start-llamacpp.sh failed: {done.stderr.strip()[-500:]}")
     return done.stdout.strip().split("=", 1)[1]
@@ -132,7 +132,7 @@ def main() -> None:
     parser.add_argument("--parallel", type=int, default=4, help="llama-server slots")
     parser.add_argument("--url", help="an already running llama-server's /v1 URL (else one is started here)")
     parser.add_argument("--guidellm", help="path of a guidellm executable (its own venv)")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="server, in-process and llama-bench threads")
     parser.add_argument("--tg-tokens", type=int, default=128)
     args = parser.parse_args()
 
@@ -141,7 +141,7 @@ def main() -> None:
         results = tmp_path / "results"
         results.mkdir()
         run_dir = tmp_path / "run"
-        url = args.url or start_server(args.model, args.precision, args.parallel, run_dir)
+        url = args.url or start_server(args.model, args.precision, args.parallel, args.threads, run_dir)
         try:
             step = harness_serving(url, args, results)
             server = server_timings(step)
