@@ -5,12 +5,14 @@
 # to $HARNESS_LLAMACPP_RUN (default /tmp/harness-llamacpp-$UID) for stop-llamacpp.sh.
 #   eval "$(scripts/llm-server/start-llamacpp.sh --model llama_tiny --precision fp16 --parallel 4)"
 #   harness +scenario=llm_serve backend=openai backend.base_url=$HARNESS_LLAMACPP_URL model=llama_tiny
+# Arguments after `--` go to llama-server as they are (e.g. `-- --no-cache-prompt`).
 set -euo pipefail
 PY="${PY:-.venv/bin/python}"
 RUN_DIR="${HARNESS_LLAMACPP_RUN:-/tmp/harness-llamacpp-$(id -u)}"
-model=llama_tiny precision=fp16 parallel=4 ctx=4096 gguf="" threads=0 timeout=300
+model=llama_tiny precision=fp16 parallel=4 ctx=4096 gguf="" threads=0 timeout=300 extra=()
 while [ $# -gt 0 ]; do
   case "$1" in
+    --) shift; extra=("$@"); break ;;
     --model) model="$2"; shift 2 ;;
     --precision) precision="$2"; shift 2 ;;
     --gguf) gguf="$2"; shift 2 ;;
@@ -18,7 +20,7 @@ while [ $# -gt 0 ]; do
     --ctx) ctx="$2"; shift 2 ;;
     --threads) threads="$2"; shift 2 ;;
     --timeout) timeout="$2"; shift 2 ;;
-    *) echo "start-llamacpp: unknown argument '$1' (--model NAME --precision P --gguf FILE --parallel N --ctx N --threads N --timeout S)" >&2; exit 2 ;;
+    *) echo "start-llamacpp: unknown argument '$1' (--model NAME --precision P --gguf FILE --parallel N --ctx N --threads N --timeout S -- SERVER-ARGS)" >&2; exit 2 ;;
   esac
 done
 
@@ -39,7 +41,7 @@ port="$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); 
 mkdir -p "$RUN_DIR"
 # --parallel slots share the context: continuous batching of up to that many requests.
 nohup "$server" -m "$gguf" --host 127.0.0.1 --port "$port" --parallel "$parallel" --ctx-size "$ctx" \
-  --threads "$threads" --threads-batch "$threads" --no-webui >"$RUN_DIR/server.log" 2>&1 &
+  --threads "$threads" --threads-batch "$threads" --no-webui ${extra[@]+"${extra[@]}"} >"$RUN_DIR/server.log" 2>&1 &
 pid=$!
 echo "$pid" >"$RUN_DIR/pid"
 echo "$port" >"$RUN_DIR/port"
