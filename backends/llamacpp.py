@@ -50,6 +50,7 @@ class LlamaCppOptions:
     threads: int = 0
     n_ctx: int = 2048
     n_batch: int = 512
+    flash_attn: bool = False
 
     def __post_init__(self) -> None:
         require(self.threads >= 0, "threads", f"must be >= 0 (0 = every core), got {self.threads}")
@@ -71,7 +72,7 @@ class LlamaEngine:
         self.options = options
         self.llm = Llama(model_path=str(path), n_ctx=options.n_ctx, n_batch=options.n_batch,
                          n_threads=options.thread_count, n_threads_batch=options.thread_count,
-                         logits_all=logits_all, verbose=False)
+                         flash_attn=options.flash_attn, logits_all=logits_all, verbose=False)
         self.lock = threading.Lock()
 
     def check_fits(self, prompt_tokens: int, new_tokens: int) -> None:
@@ -173,7 +174,8 @@ class _Scorer:
 
 def _facts(engine: LlamaEngine, stage: dict[str, Any], batching: str) -> dict[str, Any]:
     return {"engine": f"llama.cpp via llama-cpp-python {LLAMACPP_VERSION}", "batching": batching,
-            "threads": engine.options.thread_count, "n_ctx": engine.options.n_ctx, "gguf": stage}
+            "threads": engine.options.thread_count, "n_ctx": engine.options.n_ctx,
+            "flash_attn": engine.options.flash_attn, "gguf": stage}
 
 
 class LlamaCppGenerationSession(GenerationSession):

@@ -112,16 +112,61 @@ def guidellm_run(exe: str, url: str, opts: argparse.Namespace, folder: Path, out
     return {"ttft_ms": p50("time_to_first_token_ms"), "itl_ms": p50("inter_token_latency_ms")}
 
 
-def llama_bench_tg(gguf: str, threads: int, tokens: int) -> float:
+def inprocess_decode(args: argparse.Namespace, results: Path) -> dict[str, Any]:
+    """One ``+scenario=llm_fp32 backend=llamacpp`` run shaped like llama-bench's tg (short prompt)."""
+    return harness_record([
+        "+scenario=llm_fp32", "backend=llamacpp", f"model={args.model}", f"backend.threads={args.threads}",
+        f"backend.flash_attn={str(args.flash_attn).lower()}", "scenario.prompt_len=8", f"scenario.new_tokens={args.tg_tokens}",
+        "scenario.min_iters=5", "scenario.min_duration_s=0", "scenario.warmup_iters=1", "scenario.accuracy.enabled=false"], results)
+
+
+def llama_bench_tg(gguf: str, threads: int, tokens: int, flash_attn: bool) -> float:
     from harness.serving.gguf import tool
 
     bench = tool("llama-bench")
     if bench is None:
         raise SystemExit("llama-bench is not built (scripts/llm-server/build-llamacpp.sh)")
-    done = subprocess.run([str(bench), "-m", gguf, "-p", "0", "-n", str(tokens), "-t", str(threads), "-r", "5", "-o", "json"],
+    done = subprocess.run([str(bench), "-m", gguf, "-p", "0", "-n", str(tokens), "-t", str(threads), "-r", "5",
+                           "-fa", "on" if flash_attn else "off", "-o", "json"],
                           capture_output=True, text=True, check=True)
     (row,) = json.loads(done.stdout)
     return float(row["avg_ts"])
+
+
+def serving_table(args: argparse.Namespace, tmp_path: Path, results: Path) -> None:
+    """The llama-server table: the harness beside guidellm and the server's own timings."""
+    run_dir = tmp_path / "run"
+    url = args.url or start_server(args.model, args.precision, args.parallel, args.threads, run_dir)
+    try:
+        step = harness_serving(url, args, results)
+        server = server_timings(step)
+        guide: Optional[dict[str, float]] = None
+        guide_note = "not run (--guidellm PATH)"
+        if args.guidellm:
+            from harness.serving.gguf import _model_folder
+
+            try:
+                guide = guidellm_run(args.guidellm, url, args, _model_folder(args.model, None, lambda _: None), tmp_path / "guidellm")
+                guide_note = "ran"
+            except RuntimeError as exc:
+                guide_note = f"failed: {exc}"
+    finally:
+        if not args.url:
+            stop_server(run_dir)
+
+    ttft, tpot, itl = step["ttft_ms"]["p50"], step["tpot_ms"]["p50"], step["itl_ms"]["p50"]
+    print(f"\n## llama-server ({args.model} {args.precision}, {args.parallel} slots), {args.rate:g} req/s constant, "
+          f"{args.requests} requests of {args.prompt_tokens} + {args.output_tokens} tokens\n")
+    print("| figure | harness p50 ms | reference | reference p50 ms | ratio |")
+    print("|---|---|---|---|---|")
+    if guide is not None:
+        print(f"| TTFT | {ttft:.2f} | guidellm time_to_first_token | {guide['ttft_ms']:.2f} | {ratio(ttft, guide['ttft_ms'])} |")
+        print(f"| TPOT | {tpot:.2f} | guidellm inter_token_latency | {guide['itl_ms']:.2f} | {ratio(tpot, guide['itl_ms'])} |")
+    print(f"| TTFT | {ttft:.2f} | server timings prompt_ms | {server['prompt_ms']:.2f} | {ratio(ttft, server['prompt_ms'])} |")
+    print(f"| TPOT | {tpot:.2f} | server timings predicted_per_token_ms | {server['per_token_ms']:.2f} | {ratio(tpot, server['per_token_ms'])} |")
+    print(f"\nharness ITL p50 (chunk-to-chunk gaps, vLLM's ITL): {itl:.2f} ms")
+    print(f"\nguidellm: {guide_note}")
+
 
 
 def ratio(a: Optional[float], b: Optional[float]) -> str:
@@ -141,57 +186,24 @@ def main() -> None:
     parser.add_argument("--guidellm", help="path of a guidellm executable (its own venv)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="server, in-process and llama-bench threads")
     parser.add_argument("--tg-tokens", type=int, default=128)
+    parser.add_argument("--flash-attn", action="store_true", help="flash attention on in both (default off, like llama-cpp-python)")
+    parser.add_argument("--skip-server", action="store_true", help="only the in-process vs llama-bench comparison")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         results = tmp_path / "results"
         results.mkdir()
-        run_dir = tmp_path / "run"
-        url = args.url or start_server(args.model, args.precision, args.parallel, args.threads, run_dir)
-        try:
-            step = harness_serving(url, args, results)
-            server = server_timings(step)
-            guide: Optional[dict[str, float]] = None
-            guide_note = "not run (--guidellm PATH)"
-            if args.guidellm:
-                from harness.serving.gguf import _model_folder
+        if not args.skip_server:
+            serving_table(args, tmp_path, results)
 
-                try:
-                    guide = guidellm_run(args.guidellm, url, args, _model_folder(args.model, None, lambda _: None), tmp_path / "guidellm")
-                    guide_note = "ran"
-                except RuntimeError as exc:
-                    guide_note = f"failed: {exc}"
-        finally:
-            if not args.url:
-                stop_server(run_dir)
-
-        ttft, tpot, itl = step["ttft_ms"]["p50"], step["tpot_ms"]["p50"], step["itl_ms"]["p50"]
-        print(f"\n## llama-server ({args.model} {args.precision}, {args.parallel} slots), {args.rate:g} req/s constant, "
-              f"{args.requests} requests of {args.prompt_tokens} + {args.output_tokens} tokens\n")
-        print("| figure | harness p50 ms | reference | reference p50 ms | ratio |")
-        print("|---|---|---|---|---|")
-        if guide is not None:
-            print(f"| TTFT | {ttft:.2f} | guidellm time_to_first_token | {guide['ttft_ms']:.2f} | {ratio(ttft, guide['ttft_ms'])} |")
-            print(f"| TPOT | {tpot:.2f} | guidellm inter_token_latency | {guide['itl_ms']:.2f} | {ratio(tpot, guide['itl_ms'])} |")
-        print(f"| TTFT | {ttft:.2f} | server timings prompt_ms | {server['prompt_ms']:.2f} | {ratio(ttft, server['prompt_ms'])} |")
-        print(f"| TPOT | {tpot:.2f} | server timings predicted_per_token_ms | {server['per_token_ms']:.2f} | {ratio(tpot, server['per_token_ms'])} |")
-        print(f"\nharness ITL p50 (chunk-to-chunk gaps, vLLM's ITL): {itl:.2f} ms")
-        print(f"\nguidellm: {guide_note}")
-
-        record = harness_record([
-            "+scenario=llm_fp32", "backend=llamacpp", f"model={args.model}", f"backend.threads={args.threads}",
-            "scenario.prompt_len=8", f"scenario.new_tokens={args.tg_tokens}", "scenario.min_iters=5",
-            "scenario.min_duration_s=0", "scenario.warmup_iters=1", "scenario.accuracy.enabled=false"], results)
-        ours = record["metrics"]["generation"]["decode_tokens_per_s"]
-        # llama-bench before and after the harness run: a shared machine's load drifts
-        before = llama_bench_tg(record["metrics"]["gguf"]["path"], args.threads, args.tg_tokens)
-        again = harness_record([
-            "+scenario=llm_fp32", "backend=llamacpp", f"model={args.model}", f"backend.threads={args.threads}",
-            "scenario.prompt_len=8", f"scenario.new_tokens={args.tg_tokens}", "scenario.min_iters=5",
-            "scenario.min_duration_s=0", "scenario.warmup_iters=1", "scenario.accuracy.enabled=false"], results)
-        ours = (ours + again["metrics"]["generation"]["decode_tokens_per_s"]) / 2
-        after = llama_bench_tg(record["metrics"]["gguf"]["path"], args.threads, args.tg_tokens)
+        record = inprocess_decode(args, results)
+        gguf = record["metrics"]["gguf"]["path"]
+        # harness, llama-bench, harness, llama-bench: a shared machine's load drifts
+        before = llama_bench_tg(gguf, args.threads, args.tg_tokens, args.flash_attn)
+        again = inprocess_decode(args, results)
+        after = llama_bench_tg(gguf, args.threads, args.tg_tokens, args.flash_attn)
+        ours = (record["metrics"]["generation"]["decode_tokens_per_s"] + again["metrics"]["generation"]["decode_tokens_per_s"]) / 2
         bench = (before + after) / 2
         print(f"\n## in-process llama.cpp decode ({args.model}, GGUF {record['metrics']['gguf']['gguf_type']}, {args.threads} threads)\n")
         print("| harness decode tokens/s (mean of 2 runs) | llama-bench tg tokens/s (before, after) | ratio (target >= 0.98) |")
