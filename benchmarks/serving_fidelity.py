@@ -17,7 +17,8 @@ Prints Markdown tables of ratios (harness / reference; target within 5%, i.e. 0.
      token p50. The harness side includes HTTP and client time the server cannot see.
 2. In-process llama.cpp (``+scenario=llm_fp32 backend=llamacpp``) decode tokens/s vs
    ``llama-bench`` tg on the same GGUF and thread count (target >= 0.98), interleaved
-   (bench, harness, harness, bench) because a shared machine's load drifts.
+   (harness, bench, harness, bench) because a shared machine's load drifts; and, within each
+   harness run, vs llama.cpp's own eval counters over the same calls (``llama_perf_context``).
 
 The server runs with ``--no-cache-prompt``: guidellm's synthetic prompts share prefixes that
 llama.cpp's prompt cache would otherwise serve, so the two clients would time different
@@ -205,10 +206,18 @@ def main() -> None:
         after = llama_bench_tg(gguf, args.threads, args.tg_tokens, args.flash_attn)
         ours = (record["metrics"]["generation"]["decode_tokens_per_s"] + again["metrics"]["generation"]["decode_tokens_per_s"]) / 2
         bench = (before + after) / 2
+        # llama.cpp's own counters over the same measured calls (llama_perf_context): same run, same load
+        own = [r["metrics"]["backend"].get("llama_perf", {}).get("eval_tokens_per_s") for r in (record, again)]
         print(f"\n## in-process llama.cpp decode ({args.model}, GGUF {record['metrics']['gguf']['gguf_type']}, {args.threads} threads)\n")
         print("| harness decode tokens/s (mean of 2 runs) | llama-bench tg tokens/s (before, after) | ratio (target >= 0.98) |")
         print("|---|---|---|")
         print(f"| {ours:.1f} | {bench:.1f} ({before:.1f}, {after:.1f}) | {ratio(ours, bench)} |")
+        if all(own):
+            mine = [r["metrics"]["generation"]["decode_tokens_per_s"] for r in (record, again)]
+            print("\n| run | harness decode tokens/s | llama.cpp's own eval tokens/s (same calls) | ratio |")
+            print("|---|---|---|---|")
+            for k, (a, b) in enumerate(zip(mine, own), 1):
+                print(f"| {k} | {a:.1f} | {b:.1f} | {ratio(a, b)} |")
 
 
 if __name__ == "__main__":
