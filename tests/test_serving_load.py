@@ -49,7 +49,8 @@ def test_synchronous_requests_stream_every_token(server):
         assert r.output_tokens == 5 and len(r.chunk_times) == 5
         assert r.ttft_ms >= TTFT * 1000 * 0.99
         assert len(r.itl_ms) == 4 and min(r.itl_ms) >= 0
-        assert r.tpot_ms >= ITL * 1000 * 0.99
+        # the last token leaves the server after every sleep; chunks may bunch up on the way
+        assert r.e2e_ms >= (TTFT + 4 * ITL) * 1000 * 0.99 and r.tpot_ms > 0
         assert r.prompt_tokens == 5 and r.finish_reason == "length"
     # one at a time: each request is sent after the previous one ended
     for a, b in zip(result.records, result.records[1:]):
