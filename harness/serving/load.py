@@ -179,7 +179,7 @@ async def run_step(
             delay = at - now()
             if delay > 0:
                 await asyncio.sleep(delay)
-            if not may_issue():
+            if state["aborted"] is not None:  # the schedule, not a late wake-up, decides the deadline
                 break
             tasks.append(asyncio.create_task(tracked(request, at)))
 
