@@ -173,6 +173,9 @@ def execute(
         record["status"] = exc.status
         record["reason"] = exc.one_line()
         record["error"] = {"type": type(exc).__name__}
+        measured = getattr(exc, "metrics", None)  # what a scenario measured before it failed (e.g. finished requests)
+        if isinstance(measured, dict):
+            record["metrics"] = measured
         return record
     except (Exception, SystemExit) as exc:  # a bug or a runtime crash: keep the run's record and the trace
         record["status"] = "failed"

@@ -1,0 +1,58 @@
+"""Serving through any backend's generation session, one request at a time.
+
+A backend that implements generation (:meth:`harness.backend.Backend.prepare_generation`)
+but no serving session of its own still serves: :class:`GenerationServingSession`
+hands each request to its :class:`~harness.generation.session.GenerationSession` in one
+worker thread, first come first served. The token timestamps are the engine's own
+(taken when each token reached the host), so TTFT includes the time a request waited
+for the ones before it, as on a server without batching. ``metrics.backend.batching``
+says exactly that; an engine with continuous batching (openvino-genai's pipeline, a
+batched torch scheduler) replaces this by implementing ``prepare_serving``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from harness.serving.session import Emit, GenerationRequest, StreamEnd, ThreadedSession, TokenChunk, Tokenizer, now
+
+
+class GenerationServingSession(ThreadedSession):
+    """FIFO serving over a blocking :class:`GenerationSession` (greedy, exact output lengths)."""
+
+    def __init__(self, session: Any, tokenizer: Optional[Tokenizer], precision: str, backend: str) -> None:
+        super().__init__(workers=1)
+        self.session = session
+        self._tokenizer = tokenizer
+        self.precision = precision
+        self.backend = backend
+
+    def generate(self, request: GenerationRequest, emit: Emit) -> StreamEnd:
+        from harness.generation.session import GREEDY
+
+        if request.prompt_ids:
+            prompt = list(request.prompt_ids)
+        elif self._tokenizer is not None:
+            prompt = list(self._tokenizer.encode(request.prompt))
+        else:
+            raise ValueError("an in-process engine needs token ids, and no tokenizer is known")
+        (output,) = self.session.generate([prompt], request.max_tokens, GREEDY)
+        for when in output.token_times:
+            emit(TokenChunk(when))
+        return StreamEnd(now(), prompt_tokens=len(prompt), output_tokens=len(output.tokens), finish_reason="length")
+
+    def tokenizer(self) -> Optional[Tokenizer]:
+        return self._tokenizer
+
+    def scorer(self) -> Any:
+        return self.session
+
+    def describe(self) -> dict[str, Any]:
+        facts = dict(self.session.metrics())
+        facts["batching"] = f"none: one request at a time (FIFO) through {self.backend}'s generation session"
+        facts["device"] = getattr(self.session, "device", "cpu")
+        return facts
+
+    async def aclose(self) -> None:
+        await super().aclose()
+        self.session.close()
