@@ -25,8 +25,30 @@ GLOBAL_BATCH = 8
 SEQ = 16
 
 
+def causal_lm(config: Any) -> Any:
+    """A transformers ``LlamaForCausalLM`` (or another causal LM config) behind the
+    harness's wrapper shape: ``forward(input_ids, attention_mask) -> logits``, the
+    transformers model as ``.model``."""
+    import torch
+    import transformers
+
+    inner = transformers.AutoModelForCausalLM.from_config(config)
+
+    class CausalLogits(torch.nn.Module):
+        input_names = ("input_ids", "attention_mask")
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = inner
+
+        def forward(self, input_ids: Any, attention_mask: Any) -> Any:
+            return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+    return CausalLogits()
+
+
 def build(kind: str) -> Any:
-    """The model (a module taking ``input_ids``/``attention_mask``, returning logits) and its input names."""
+    """The model (a module taking ``input_ids``/``attention_mask``, returning logits)."""
     import torch
     import transformers
 
@@ -37,22 +59,9 @@ def build(kind: str) -> Any:
         config = dict(vocab_size=512, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
                       hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
         return load_model(ModelOptions(name="bert_test", config=config)).module
-    config = transformers.LlamaConfig(vocab_size=512, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                                      tie_word_embeddings=False)
-    llama = transformers.LlamaForCausalLM(config)
-
-    class CausalLogits(torch.nn.Module):
-        input_names = ("input_ids", "attention_mask")
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.model = llama
-
-        def forward(self, input_ids: Any, attention_mask: Any) -> Any:
-            return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
-
-    return CausalLogits()
+    return causal_lm(transformers.LlamaConfig(vocab_size=512, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                              tie_word_embeddings=False))
 
 
 def causal_lm_loss(logits: Any, inputs: dict[str, Any]) -> Any:

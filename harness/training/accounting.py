@@ -5,7 +5,8 @@
   own parameters), so fsdp's 1/N shards and tp's split matrices show as they are.
 - Activations: the peak bytes autograd keeps for backward during one training step,
   counted with ``torch.autograd.graph.saved_tensors_hooks`` (each storage once, while
-  it is alive; parameters left out, autocast's low-precision weight copies counted).
+  it is alive; parameters left out, FSDP's all-gathered ones included; autocast's
+  low-precision weight copies counted).
   Checkpointed blocks save nothing inside; the inputs the checkpoint keeps until their
   backward are counted through a forward pre-hook on each such block.
 - Compute vs communication: ``torch.profiler`` over a few warm-up steps; communication
@@ -129,14 +130,21 @@ class SavedActivations:
             if isinstance(held, _Held):
                 weakref.finalize(hidden, _drop, held)
 
+    def _note_parameters(self, module: Any, args: Any) -> None:
+        """Before each submodule runs: its parameters as they are now. FSDP swaps in the
+        unsharded (all-gathered) parameters for the forward and frees them after; saved
+        views of those are parameters, not activations."""
+        self.parameter_ptrs.update(storage_ptr(p) for p in module.parameters(recurse=False))
+
     @contextlib.contextmanager
     def measure(self, module: Any = None) -> Iterator["SavedActivations"]:
         """Count while active; ``module``'s checkpointed blocks (if any) count their inputs."""
         import torch
 
-        handles = [block.register_forward_pre_hook(self._keep_input, with_kwargs=True)
-                   for block in (module.modules() if module is not None else ())
-                   if getattr(block, "harness_checkpointed", False)]
+        modules = list(module.modules()) if module is not None else []
+        handles = [m.register_forward_pre_hook(self._note_parameters) for m in modules]
+        handles += [block.register_forward_pre_hook(self._keep_input, with_kwargs=True)
+                    for block in modules if getattr(block, "harness_checkpointed", False)]
         try:
             with torch.autograd.graph.saved_tensors_hooks(self._pack, _unpack):
                 yield self
