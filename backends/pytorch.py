@@ -193,7 +193,7 @@ class PyTorchTrainingSession(TorchTrainingSession):
 
     def _forward_backward(self, inputs: dict[str, Any], update: bool) -> Any:
         custom = getattr(self.strategy, "forward_backward", None)  # pipeline: a schedule step
-        return custom(inputs, self._autocast()) if custom else super()._forward_backward(inputs, update)
+        return custom(inputs, update, self._autocast()) if custom else super()._forward_backward(inputs, update)
 
     def _clip(self) -> None:
         self.strategy.clip(self.module, self.plan.grad_clip)

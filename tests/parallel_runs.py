@@ -7,9 +7,11 @@ over replicas, as records hold them) and the whole trained weights
 (``full_state_dict``). ``run_single`` trains the same model on the same global batches
 in this process: the reference every strategy must match.
 
-Models: ``bert`` (harness's BERT classifier from a config) and ``llama`` (a transformers
-``LlamaForCausalLM`` from a ``LlamaConfig``: GQA, RoPE, SwiGLU, the causal-LM loss), both
-with dropout off so that every strategy computes the same mathematics.
+Models: ``bert`` (harness's BERT classifier from a config), ``llama`` (a transformers
+``LlamaForCausalLM`` from a ``LlamaConfig``: GQA, RoPE, SwiGLU, the causal-LM loss, behind
+the harness's logits wrapper) and ``llama-tied`` (the bare ``LlamaForCausalLM`` with tied
+input/output embeddings, as decoders are loaded), all with dropout off so that every
+strategy computes the same mathematics.
 """
 
 from __future__ import annotations
@@ -59,9 +61,12 @@ def build(kind: str) -> Any:
         config = dict(vocab_size=512, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
                       hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
         return load_model(ModelOptions(name="bert_test", config=config)).module
-    return causal_lm(transformers.LlamaConfig(vocab_size=512, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                                              tie_word_embeddings=False))
+    config = transformers.LlamaConfig(vocab_size=512, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                      tie_word_embeddings=kind == "llama-tied")
+    if kind == "llama-tied":  # as the decoder family loads it: the bare causal LM, embeddings tied
+        return transformers.LlamaForCausalLM(config)
+    return causal_lm(config)
 
 
 def causal_lm_loss(logits: Any, inputs: dict[str, Any]) -> Any:
@@ -106,7 +111,7 @@ def train(kind: str, opts: Any, world: Any) -> dict[str, Any]:
 
     module = build(kind)
     plan = TrainingPlan.from_options(opts, ("input_ids", "attention_mask"), STEPS, world,
-                                     loss=causal_lm_loss if kind == "llama" else None)
+                                     loss=None if kind == "bert" else causal_lm_loss)
     session = PyTorchBackend(PyTorchOptions()).prepare_training(module, plan)
     losses = []
     for batch in batches(kind):

@@ -1,5 +1,7 @@
 """Every strategy trains the same mathematics as one process (BERT and a Llama decoder).
 
+Models: BERT, a Llama decoder, and a bare ``LlamaForCausalLM`` with tied embeddings (the
+decoder family's shape; under pp the tied weight lives on the first and last stage).
 Each case spawns 2 (fsdp+tp: 4) gloo processes that train through the pytorch backend's
 real session (tests/parallel_runs.py) on fixed global batches, dropout off. Against the
 1-process run on the same batches, after ``STEPS`` AdamW steps with clipping:
@@ -25,7 +27,7 @@ LOSS_TOL = 1e-4
 WEIGHT_TOL = 1e-4
 CASES = [("bert", "fsdp"), ("bert", "tp"), ("bert", "pp"), ("bert", "fsdp+tp"),
          ("llama", "ddp"), ("llama", "fsdp"), ("llama", "tp"), ("llama", "pp"), ("llama", "pp-gpipe"),
-         ("llama", "fsdp+tp")]
+         ("llama", "fsdp+tp"), ("llama-tied", "fsdp"), ("llama-tied", "pp")]
 _single: dict[str, dict] = {}
 _runs: dict[tuple[str, str], dict] = {}
 

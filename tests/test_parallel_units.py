@@ -139,6 +139,22 @@ def test_tp_plans_come_from_transformers_or_the_bert_table(tiny_model, llama):
     assert decoder["model.model.layers.*.mlp.gate_proj"] == "colwise"
 
 
+def test_a_bare_decoder_is_its_own_transformers_model():
+    """The decoder family trains the bare ``LlamaForCausalLM`` (no wrapper): plans and stages
+    are addressed from it, not from its inner ``.model`` (the base ``LlamaModel``)."""
+    import transformers
+
+    from harness.training.architectures import hf_model
+
+    bare = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, tie_word_embeddings=True))
+    assert hf_model(bare) is bare
+    assert find_blocks(bare)[0] == "model.layers"
+    assert tp_plan(bare)["model.layers.*.self_attn.q_proj"] == "colwise"
+    assert pipeline_adapter(bare).last == ("model.norm", "lm_head")
+
+
 def test_a_model_without_a_tp_plan_or_stage_adapter_is_unsupported():
     import transformers
 

@@ -44,8 +44,9 @@ HEAD_FIELDS = ("num_attention_heads", "num_key_value_heads")
 
 
 def hf_model(module: Any) -> Any:
-    """The transformers model inside the harness's logits wrapper (or the module itself)."""
-    return getattr(module, "model", module)
+    """The transformers model: ``module`` itself when it is one (it has a ``config``; decoders
+    are trained unwrapped), else the one inside the harness's logits wrapper (``.model``)."""
+    return module if hasattr(module, "config") else getattr(module, "model", module)
 
 
 def describe(module: Any) -> str:

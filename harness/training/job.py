@@ -34,7 +34,9 @@ def set_dropout(model: LoadedModel, p: float) -> None:
     """
     import torch
 
-    hf_model = getattr(model.module, "model", model.module)
+    from harness.training.architectures import hf_model as transformers_model
+
+    hf_model = transformers_model(model.module)
     layers = [m for m in model.module.modules() if isinstance(m, torch.nn.Dropout)]
     if not layers:
         raise ConfigError(f"scenario.dropout={p} but model {model.name} has no dropout layers",
@@ -172,11 +174,12 @@ def whole_model(trained: Trained, model_options: ModelOptions) -> LoadedModel:
     if state is None:
         return trained.model
     fresh = load_model(model_options)
-    missing, unexpected = fresh.module.load_state_dict(state, strict=False)
-    buffers = {name for name, _ in fresh.module.named_buffers()}
-    if unexpected or set(missing) - buffers:
+    _, unexpected = fresh.module.load_state_dict(state, strict=False)
+    # Every parameter under one of its names (a tied one under its first); buffers are rebuilt.
+    missing = {name for name, _ in fresh.module.named_parameters()} - set(state)
+    if unexpected or missing:
         raise HarnessError(f"gathered weights do not match model {model_options.name}: missing "
-                           f"{sorted(set(missing) - buffers)[:3]}, unexpected {sorted(unexpected)[:3]}")
+                           f"{sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}")
     fresh.module.eval()
     return fresh
 

@@ -66,7 +66,8 @@ def checkpoint_blocks(blocks: Iterable[Any]) -> None:
         block.harness_checkpointed = True  # the activation meter counts what the checkpoint keeps
 
 
-def clip_grad_norm(parameters: Iterable[Any], max_norm: float, group: Any = None) -> float:
+def clip_grad_norm(parameters: Iterable[Any], max_norm: float, group: Any = None,
+                   exclude_from_norm: Optional[set[int]] = None) -> float:
     """Clip the global L2 norm of the gradients to ``max_norm``; return that norm.
 
     Works on any mix of plain and ``DTensor`` gradients (TP leaves embeddings and norms
@@ -74,16 +75,19 @@ def clip_grad_norm(parameters: Iterable[Any], max_norm: float, group: Any = None
     ``torch.nn.utils.clip_grad_norm_`` cannot stack their norms: each group of DTensor
     gradients on one mesh and placement is reduced to a full norm with ``full_tensor``.
     ``group`` (pipeline stages) adds the squared norms of the other ranks' disjoint
-    parameters. Gradients are scaled on their local shards, which is exact for every
-    placement (scaling is linear).
+    parameters; ``exclude_from_norm`` (parameter ids) are scaled but counted by another
+    rank (a tied weight held by two stages). Gradients are scaled on their local shards,
+    which is exact for every placement (scaling is linear).
     """
     import torch
     import torch.distributed as dist
     from torch.distributed.tensor import DTensor
 
-    grads = [p.grad for p in parameters if p.grad is not None]
+    parameters = [p for p in parameters if p.grad is not None]
+    grads = [p.grad for p in parameters]
+    skip = exclude_from_norm or set()
     groups: dict[Any, list[Any]] = {}
-    for grad in grads:
+    for grad in (p.grad for p in parameters if id(p) not in skip):
         key = (grad.device_mesh, grad.placements) if isinstance(grad, DTensor) else None
         groups.setdefault(key, []).append(grad)
     squares = []

@@ -8,7 +8,9 @@ what a stage costs. A step is one ``schedule.step`` over ``microbatches`` micro-
 (``Schedule1F1B`` or ``ScheduleGPipe``); between stages travel the hidden states and
 the 2-D attention mask.
 
-The loss lives on the last stage; it is all-reduced over the stages inside the step
+Tied input/output embeddings (Llama's ``tie_word_embeddings``) are held by the first and
+the last stage; their gradients are summed between the two before each update, so the
+copies stay equal. The loss lives on the last stage; it is all-reduced over the stages inside the step
 (one scalar), so every rank reports the pipeline's loss. Gradients: the loss of each
 micro-batch is divided by ``microbatches x grad_accum_steps`` (``scale_grads=False``), so
 accumulating several steps' gradients stays exact. Evaluation runs the stages forward
@@ -67,7 +69,9 @@ class PipelineParallel(Strategy):
         self.last = self.index == self.stages - 1
         self.stage_module: Any = None
         self.schedule: Any = None
-        self.fqns: dict[int, str] = {}
+        self.fqns: dict[int, list[str]] = {}
+        self.tied: list[Any] = []
+        self.tied_group: Any = None
 
     def setup(self, module: Any) -> tuple[Any, Any]:
         import torch
@@ -83,12 +87,19 @@ class PipelineParallel(Strategy):
         keep = [*adapter.shared, *(adapter.first if self.first else ()), *(adapter.last if self.last else ())]
         parts = {name: model.get_submodule(name) for name in keep}
         stage_blocks = [blocks[i] for i in ranges[self.index]]
-        self._refuse_shared_weights(model, adapter, blocks, ranges)
+        tied = self._tied(model, adapter, blocks, ranges)  # the same on every rank
+        if tied:
+            import torch.distributed as dist
+
+            self.tied_group = dist.new_group([0, self.stages - 1])  # every rank takes part in creating it
         if self.plan.parallel.activation_checkpointing:
             checkpoint_blocks(stage_blocks)
         self.stage_module = _stage_module_class()(adapter, parts, stage_blocks, model.config, self.first, self.last)
         kept = {id(p) for p in self.stage_module.parameters()}
-        self.fqns = {id(p): name for name, p in module.named_parameters() if id(p) in kept}
+        self.tied = [p for p in self.stage_module.parameters() if id(p) in tied]
+        for name, p in module.named_parameters(remove_duplicate=False):  # a tied weight under all its names
+            if id(p) in kept:
+                self.fqns.setdefault(id(p), []).append(name)
         with torch.no_grad():  # the other stages' weights: freed on this rank
             for p in module.parameters():
                 if id(p) not in kept:
@@ -100,18 +111,23 @@ class PipelineParallel(Strategy):
         return self.stage_module, self.stage_module
 
     @staticmethod
-    def _refuse_shared_weights(model: Any, adapter: Any, blocks: Any, ranges: list[range]) -> None:
-        """Tied weights on two stages would train as two copies: refuse (e.g. tied embeddings)."""
-        from harness.errors import ConfigError
-
+    def _tied(model: Any, adapter: Any, blocks: Any, ranges: list[range]) -> set[int]:
+        """Parameters the first and the last stage both hold (tied input/output embeddings)."""
         def ids(names: tuple[str, ...], block_range: range) -> set[int]:
             found = {id(p) for name in names for p in model.get_submodule(name).parameters()}
             return found | {id(p) for i in block_range for p in blocks[i].parameters()}
 
-        first, last = ids(adapter.first, ranges[0]), ids(adapter.last, ranges[-1])
-        if first & last:
-            raise ConfigError("pp: the first and last stages share weights (tied input and output embeddings)",
-                              "set model.config.tie_word_embeddings=false, or use strategy=fsdp")
+        return ids(adapter.first, ranges[0]) & ids(adapter.last, ranges[-1])
+
+    def _sync_tied_gradients(self) -> None:
+        """Tied weights live on the first and the last stage, each with its own part of the
+        gradient: summed over the two (as Megatron's embedding group does), so both copies
+        take the same update and stay equal."""
+        import torch.distributed as dist
+
+        for parameter in self.tied:
+            if parameter.grad is not None:
+                dist.all_reduce(parameter.grad, group=self.tied_group)
 
     @property
     def _loss_divisor(self) -> int:
@@ -122,7 +138,7 @@ class PipelineParallel(Strategy):
 
         return (self.plan.loss or label_cross_entropy)(output.float(), {"labels": target}) / self._loss_divisor
 
-    def forward_backward(self, inputs: dict[str, Any], autocast: Any) -> Any:
+    def forward_backward(self, inputs: dict[str, Any], update: bool, autocast: Any) -> Any:
         """One schedule step over the micro-batches; the mean micro-batch loss on every rank."""
         import torch
         import torch.distributed as dist
@@ -135,6 +151,8 @@ class PipelineParallel(Strategy):
                 self.schedule.step(*features, target=target, losses=losses, return_outputs=False)
             else:
                 self.schedule.step(target=target, losses=losses, return_outputs=False)
+        if update and self.tied:
+            self._sync_tied_gradients()
         if self.last:  # the schedule's per-micro-batch values of _loss, scaled back to the mean loss
             loss = torch.stack([value.detach() for value in losses]).sum() * self.plan.grad_accum_steps
         else:
@@ -143,7 +161,9 @@ class PipelineParallel(Strategy):
         return loss
 
     def clip(self, module: Any, max_norm: float) -> None:
-        clip_grad_norm(module.parameters(), max_norm, group=dist_world())
+        # A tied weight's (summed) gradient is on two stages: its norm counts once, on the first.
+        counted_elsewhere = {id(p) for p in self.tied} if not self.first else set()
+        clip_grad_norm(module.parameters(), max_norm, group=dist_world(), exclude_from_norm=counted_elsewhere)
 
     def predict(self, inputs: dict[str, Any], autocast: Any) -> Any:
         """The stages' forward passes in turn (point-to-point), logits broadcast from the last."""
@@ -172,7 +192,7 @@ class PipelineParallel(Strategy):
         """Every stage's parameters under the whole model's names, gathered on rank 0."""
         import torch.distributed as dist
 
-        mine = {self.fqns[id(p)]: p.detach().cpu() for p in self.stage_module.parameters()}
+        mine = {name: p.detach().cpu() for p in self.stage_module.parameters() for name in self.fqns[id(p)]}
         gathered: Optional[list[Any]] = [None] * self.stages if self.plan.world.is_main else None
         dist.gather_object(mine, gathered, dst=0)
         if gathered is None:
