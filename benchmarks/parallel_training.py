@@ -8,6 +8,11 @@ checkpointing and with bf16. Every run keeps ``scenario.batch_size`` per data-pa
 replica, so ddp/fsdp steps take twice the examples of tp/pp steps and all find the
 1-process record as their scaling baseline (same config apart from the world).
 
+Every process runs ``--threads`` intra-op threads (``OMP_NUM_THREADS``, default 1), the
+1-process baseline included: with its default of all cores, the baseline alone would
+compete with itself for the cores on a loaded machine (OpenMP spin-waits) and every
+scaling efficiency would be measured against a distorted rate.
+
 Prints a Markdown table from the records (rank 0's step time; memory of the rank that
 holds the most model state). A benchmark, not a test: on a shared machine the times are
 noisy; the memory columns are exact counts of the tensors each rank holds.
@@ -16,6 +21,7 @@ noisy; the memory columns are exact counts of the tensors each rank holds.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -59,7 +65,9 @@ def main() -> None:
     parser.add_argument("--model", default="bert_small")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=1, help="intra-op threads per process (OMP_NUM_THREADS)")
     args = parser.parse_args()
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the harness runs inherit it; torchrun workers keep it
     common = ["+scenario=bert_train", "backend=pytorch", f"model={args.model}", "dataset.train_size=2048",
               "dataset.eval_size=128", f"scenario.max_steps={args.steps}", "scenario.eval_interval=0",
               f"scenario.batch_size={args.batch_size}", "scenario.dropout=0", "scenario.warmup_steps_excluded=5"]

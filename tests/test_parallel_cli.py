@@ -15,6 +15,8 @@ import pytest
 
 from conftest import records_in, run_cli
 
+from harness import records
+
 pytestmark = pytest.mark.slow
 
 LOSS_TOL = 1e-4
@@ -51,6 +53,7 @@ def test_strategy_writes_one_ok_record_matching_the_single_process_run(folder, s
     (rec,) = [r for r in records_in(folder / "results") if r["run_id"] not in before]
     single = baseline(folder)["metrics"]["training"]
     training = rec["metrics"]["training"]
+    records.validate(rec)
     assert rec["status"] == "ok" and training["world_size"] == 2 and training["strategy"] == strategy
     assert training["samples_per_step"] == 16 and training["data_parallel_size"] == (2 if strategy == "fsdp" else 1)
     np.testing.assert_allclose([p[1] for p in training["loss_curve"]], [p[1] for p in single["loss_curve"]],
