@@ -319,9 +319,9 @@ class PyTorchBackend(Backend):
             precisions=frozenset(precisions),
             consumes=("torch",),
             training=True,
-            training_strategies=frozenset(STRATEGIES),
             recipes=frozenset() if cuda else frozenset({"int8_dynamic"}),
             tolerance={p: TOLERANCE[p] for p in precisions},
+            training_strategies=frozenset(STRATEGIES),
         )
 
     def compress(self, artifact: Artifact, recipe: Any, calibration: Any) -> Artifact:

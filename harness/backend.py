@@ -43,10 +43,10 @@ class Capabilities:
     precisions: frozenset[str] = frozenset({"fp32"})
     consumes: tuple[str, ...] = ("onnx",)
     training: bool = False
-    #: ``scenario.distributed.strategy`` values it trains with (when ``training``).
-    training_strategies: frozenset[str] = frozenset({"ddp"})
     recipes: frozenset[str] = frozenset()
     tolerance: Mapping[str, float] = field(default_factory=lambda: {"fp32": 1e-3})
+    #: ``scenario.distributed.strategy`` values it trains with (when ``training``).
+    training_strategies: frozenset[str] = frozenset({"ddp"})
 
 
 @dataclass
