@@ -70,7 +70,8 @@ def main() -> None:
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the harness runs inherit it; torchrun workers keep it
     common = ["+scenario=bert_train", "backend=pytorch", f"model={args.model}", "dataset.train_size=2048",
               "dataset.eval_size=128", f"scenario.max_steps={args.steps}", "scenario.eval_interval=0",
-              f"scenario.batch_size={args.batch_size}", "scenario.dropout=0", "scenario.warmup_steps_excluded=5"]
+              f"scenario.batch_size={args.batch_size}", "scenario.dropout=0", "scenario.warmup_steps_excluded=5",
+              f"backend.threads={args.threads}"]  # set_num_threads in every process, the workers too
     header = ("| run | samples/step | step p50 ms | samples/s | scaling eff. | params MiB/rank | model state MiB/rank "
               "| activations MiB/rank | peak RSS MiB | comm. share | final loss |")
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
