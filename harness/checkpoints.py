@@ -56,7 +56,7 @@ def checkpoint_key(model: "ModelOptions", data_fingerprint: str, recipe: "Traini
     from harness.training.options import MEASUREMENT_ONLY
 
     weights_relevant = {k: v for k, v in asdict(recipe).items() if k not in MEASUREMENT_ONLY}
-    weights_relevant["distributed"] = {"world_size": recipe.distributed.world_size}
+    weights_relevant["distributed"] = recipe.distributed.weights_identity()
     return cache.content_key("checkpoint/1", model_identity(model), data_fingerprint, weights_relevant, extra or {})
 
 
