@@ -1,8 +1,16 @@
-"""The Markdown report: tables via pandas/tabulate, figures as PNG files beside it."""
+"""The Markdown report: tables via pandas/tabulate, figures as PNG files beside it.
+
+Every string that came from a record (model names, labels, reasons, paths) is made
+inert before it reaches Markdown: ``&`` becomes ``&amp;``, and the characters that open
+Markdown or HTML constructs (``[ ] < > ` * _ ~ | \\``) are backslash-escaped, so
+``[click](http://evil)`` in a model name shows as that text instead of a link, a
+backtick cannot open a code span, ``<img src=x>`` stays text and a pipe cannot split
+a table cell. Newlines become spaces.
+"""
 
 from __future__ import annotations
 
-import html
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -12,9 +20,13 @@ from harness.report.build import Report
 PLOTS_DIR = "plots"
 
 
+_SPECIAL = re.compile(r"([\\`*_\[\]<>|~])")
+
+
 def _cell(value: object) -> str:
-    """Record text made inert in Markdown: HTML escaped, pipes and newlines kept out of tables."""
-    return html.escape(str(value), quote=False).replace("|", "\\|").replace("\n", " ")
+    """Record text made inert in Markdown (see the module doc)."""
+    text = " ".join(str(value).replace("&", "&amp;").splitlines())
+    return _SPECIAL.sub(r"\\\1", text)
 
 
 def _table(frame: pd.DataFrame) -> str:
@@ -26,9 +38,9 @@ def _table(frame: pd.DataFrame) -> str:
 def render(report: Report, plots_dir: str = PLOTS_DIR) -> str:
     """Markdown text; figures are referenced as ``<plots_dir>/<name>.png``."""
     lines = [f"# {_cell(report.title)}", ""]
-    lines.append(f"Generated {report.generated} from {report.record_count} record(s) in: " + ", ".join(f"`{_cell(p)}`" for p in report.inputs))
+    lines.append(f"Generated {report.generated} from {report.record_count} record(s) in: " + ", ".join(_cell(p) for p in report.inputs))
     if report.baseline:
-        lines.append(f"\nSpeedup is throughput relative to the baseline `{_cell(report.baseline)}` (same model and workload; same machine when it has one).")
+        lines.append(f"\nSpeedup is throughput relative to the baseline {_cell(report.baseline)} (same model and workload; same machine when it has one).")
     lines += [f"\n> {_cell(note)}" for note in report.notes]
     if not report.machines.empty:
         lines += ["", "## Machines", "", _table(report.machines)]
