@@ -250,8 +250,10 @@ class InferenceScenario(Scenario):
         from harness import hardware
 
         fingerprint = hardware.fingerprint(hardware.cpu_model(), os.cpu_count() or 1, ctx.backend.device_info())
-        ctx.status("roofline: FLOPs per sample and this host's measured GEMM peak (cached)")
-        return roofline_metrics(model.module, batch, samples_per_s, self.options.precision, device, fingerprint, ctx.cache_root)
+        ctx.status("roofline: FLOPs per sample and this host's measured GEMM peak (measured once under the host lock, cached)")
+        held = bool((ctx.spec.config.get("launcher") or {}).get("host_lock"))  # the launcher took it for this run
+        return roofline_metrics(model.module, batch, samples_per_s, self.options.precision, device, fingerprint,
+                                ctx.cache_root, host_lock_held=held)
 
     def _offline(self, ctx: RunContext, session: Any, inputs: Any, metrics: dict[str, Any], seq_len: int | None) -> None:
         """Offline throughput with the session's in-flight calls; single-stream figures kept beside it."""
