@@ -112,11 +112,22 @@ def write(record: dict[str, Any], results_dir: str | os.PathLike[str]) -> Path:
     folder = Path(results_dir)
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / file_name(record)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=folder)
+    write_atomic(target, json.dumps(record, indent=2, sort_keys=False, default=str, allow_nan=False) + "\n")
+    return target
+
+
+def write_atomic(target: Path, text: str) -> None:
+    """Write ``text`` to ``target`` so no reader ever sees part of it.
+
+    A uniquely named temp file in the same folder (so concurrent writers never share
+    one) is written, flushed and fsynced, then renamed over ``target``; the folder is
+    fsynced so the rename survives a power cut. On any error the temp file is removed.
+    """
+    folder = target.parent
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=target.suffix, dir=folder)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(record, handle, indent=2, sort_keys=False, default=str, allow_nan=False)
-            handle.write("\n")
+            handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, target)
@@ -124,7 +135,6 @@ def write(record: dict[str, Any], results_dir: str | os.PathLike[str]) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_dir(folder)
-    return target
 
 
 def _fsync_dir(folder: Path) -> None:

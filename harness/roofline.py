@@ -37,7 +37,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -281,17 +280,10 @@ def read_peak(path: Path, precision: str, device: str) -> dict[str, Any] | None:
 
 def write_peak(path: Path, payload: Mapping[str, Any]) -> None:
     """Atomically store ``payload`` with its checksum (unique temp name, fsync, rename)."""
+    from harness.records import write_atomic
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-peak-", suffix=".json", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump({"payload": payload, "sha256": _checksum(payload)}, handle, indent=1)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, json.dumps({"payload": payload, "sha256": _checksum(payload)}, indent=1))
 
 
 def cpu_signature(cpuinfo: str | None = None) -> dict[str, str]:

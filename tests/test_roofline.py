@@ -38,20 +38,21 @@ def test_trial_rate_divides_all_calls_flops_by_the_whole_span():
     assert roofline.trial_rate(call, 10.0, min_s=0.0, min_calls=2, clock=clock) == pytest.approx(100.0)
 
 
+class _Linear(torch.nn.Module):
+    input_names = ("x",)
+
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(8, 4, bias=False)
+
+    def forward(self, x):
+        return self.fc(x)
+
+
 def test_flops_per_sample_of_a_linear_layer():
-    class Net(torch.nn.Module):
-        input_names = ("x",)
-
-        def __init__(self):
-            super().__init__()
-            self.fc = torch.nn.Linear(8, 4, bias=False)
-
-        def forward(self, x):
-            return self.fc(x)
-
     # per sample: 8 * 4 multiply-adds = 64 FLOPs
     batch = {"x": np.ones((5, 8), dtype=np.float32)}
-    assert roofline.flops_per_sample(Net(), batch) == pytest.approx(64.0)
+    assert roofline.flops_per_sample(_Linear(), batch) == pytest.approx(64.0)
 
 
 def test_flops_per_sample_counts_the_attention_matmuls(tiny_model):
@@ -119,17 +120,6 @@ def test_a_run_above_the_cached_peak_remeasures_and_keeps_the_better(tmp_path):
     assert peak["flops_per_s"] == 300.0 and calls == ["fp32"] and "remeasured_because" in peak
     lower, _ = _fake(50.0)  # a re-measure on a busier machine never lowers the peak
     assert roofline.peak_flops("fp32", "cpu", "fp", str(tmp_path), measure=lower, at_least=400.0)["flops_per_s"] == 300.0
-
-
-class _Linear(torch.nn.Module):
-    input_names = ("x",)
-
-    def __init__(self):
-        super().__init__()
-        self.fc = torch.nn.Linear(8, 4, bias=False)
-
-    def forward(self, x):
-        return self.fc(x)
 
 
 def test_mfu_is_never_above_one(tmp_path, monkeypatch):
