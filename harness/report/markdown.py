@@ -1,15 +1,16 @@
 """The Markdown report: tables via pandas/tabulate, figures as PNG files beside it.
 
 Every string that came from a record (model names, labels, reasons, paths) is made
-inert before it reaches Markdown: ``&`` becomes ``&amp;``, and the characters that open
-Markdown or HTML constructs (``[ ] < > ` * _ ~ | \\``) are backslash-escaped, so
-``[click](http://evil)`` in a model name shows as that text instead of a link, a
-backtick cannot open a code span, ``<img src=x>`` stays text and a pipe cannot split
-a table cell. Newlines become spaces.
+inert before it reaches Markdown: ``& < >`` become HTML entities (no tag, no autolink),
+and the characters that open Markdown constructs (``[ ] ` * _ ~ | \\``) are
+backslash-escaped, so ``[click](http://evil)`` in a model name shows as that text
+instead of a link, a backtick cannot open a code span, ``<img src=x>`` stays text and
+a pipe cannot split a table cell. Newlines become spaces.
 """
 
 from __future__ import annotations
 
+import html
 import re
 from pathlib import Path
 
@@ -20,12 +21,12 @@ from harness.report.build import Report
 PLOTS_DIR = "plots"
 
 
-_SPECIAL = re.compile(r"([\\`*_\[\]<>|~])")
+_SPECIAL = re.compile(r"([\\`*_\[\]|~])")
 
 
 def cell(value: object) -> str:
     """Record text made inert in Markdown (see the module doc)."""
-    text = " ".join(str(value).replace("&", "&amp;").splitlines())
+    text = " ".join(html.escape(str(value), quote=False).splitlines())
     return _SPECIAL.sub(r"\\\1", text)
 
 
