@@ -243,8 +243,12 @@ def comparison_table(rows: pd.DataFrame, declared: list[Column] | tuple[Column, 
     kind's ``declared`` columns, appear only when some row has a value; ``Processes``
     only when some row is a data-parallel run.
     """
-    order = [key for key in ("backend.name", "scenario.precision", "backend.device", "machine", "world_size") if key in rows]
-    rows = rows.sort_values(order, na_position="last", kind="stable")
+    variants = variant_columns(rows)
+    sort_keys = {f"_v{i}": _sortable(variants[name]) for i, name in enumerate(variants.columns)}
+    order = [key for key in ("backend.name", "scenario.precision", "backend.device") if key in rows]
+    order += [*sort_keys, *(key for key in ("machine", "world_size") if key in rows)]
+    rows = rows.assign(**sort_keys).sort_values(order, na_position="last", kind="stable")
+    variants = variants.loc[rows.index]
     table = pd.DataFrame(
         {
             "Backend": rows["backend.name"],
@@ -255,7 +259,6 @@ def comparison_table(rows: pd.DataFrame, declared: list[Column] | tuple[Column, 
     )
     if data_parallel(rows):
         table["Processes"] = rows["world_size"].astype(int).astype(str)
-    variants = variant_columns(rows)
     for name in variants.columns:
         table[name if name not in table.columns else f"config {name}"] = variants[name]
     table["Runs"] = rows["runs"].astype(int).astype(str)
@@ -283,6 +286,12 @@ def comparison_table(rows: pd.DataFrame, declared: list[Column] | tuple[Column, 
         if column.key in ALWAYS or any(cells):
             table[_header(table, column.label)] = cells
     return table.fillna("").astype(str).reset_index(drop=True)
+
+
+def _sortable(values: pd.Series) -> pd.Series:
+    """Numbers in numeric order (``4`` before ``16``), text after them in text order."""
+    numbers = pd.to_numeric(values, errors="coerce")
+    return pd.Series(list(zip(numbers.isna(), numbers.fillna(0.0), values.astype(str))), index=values.index, dtype="object")
 
 
 def _header(table: pd.DataFrame, label: str) -> str:
