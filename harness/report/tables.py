@@ -237,7 +237,8 @@ def shown_columns(declared: list[Column] | tuple[Column, ...] = ()) -> list[Colu
 def comparison_table(rows: pd.DataFrame, declared: list[Column] | tuple[Column, ...] = ()) -> pd.DataFrame:
     """Display table of one model × scenario: a row per configuration and machine.
 
-    Rows are sorted so the machines of one backend sit next to each other. Config keys
+    Rows are sorted so the machines of one backend sit next to each other. Throughput and
+    latency show ``median (min–max)`` over repeats, other figures the median. Config keys
     that vary between the rows come right after the backend columns (one column each,
     e.g. ``batch_size``); metric columns other than throughput and latency, and the
     kind's ``declared`` columns, appear only when some row has a value; ``Processes``
@@ -282,7 +283,8 @@ def comparison_table(rows: pd.DataFrame, declared: list[Column] | tuple[Column, 
             visible = rows[column.when].map(lambda value: not missing(value))
         else:
             visible = pd.Series(column.when is None, index=rows.index)
-        cells = [with_spread(row, column.key, column.format) if show else "" for (_, row), show in zip(rows.iterrows(), visible)]
+        shown = with_spread if column.key in ALWAYS else (lambda row, key, fmt: format_value(row.get(key), fmt))
+        cells = [shown(row, column.key, column.format) if show else "" for (_, row), show in zip(rows.iterrows(), visible)]
         if column.key in ALWAYS or any(cells):
             table[_header(table, column.label)] = cells
     return table.fillna("").astype(str).reset_index(drop=True)

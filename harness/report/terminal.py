@@ -26,7 +26,9 @@ def rich_table(frame: pd.DataFrame, title: str | None = None) -> Table:
     table = Table(title=escape(title) if title else None, box=box.SIMPLE_HEAVY, title_justify="left")
     for column in frame.columns:
         numeric = _numeric(frame[column])
-        table.add_column(escape(str(column)), justify="right" if numeric else "left", overflow="fold", no_wrap=numeric)
+        longest = max((len(str(value)) for value in frame[column]), default=0)
+        table.add_column(escape(str(column)), justify="right" if numeric else "left", overflow="fold", no_wrap=numeric,
+                         min_width=None if numeric else min(max(longest, len(str(column))), 16))  # names stay readable
     for row in frame.itertuples(index=False):
         table.add_row(*(escape(str(value)) for value in row))
     return table
