@@ -368,7 +368,7 @@ def flops_per_sample(module: Any, batch: Mapping[str, np.ndarray]) -> float:
 
     Attention runs on PyTorch's math path while counting: the fused CPU kernel of
     ``scaled_dot_product_attention`` is invisible to the counter, which dropped the
-    attention matmuls (a third of bert_tiny's FLOPs at sequence 128).
+    attention matmuls (a quarter of bert_tiny's FLOPs at sequence 128).
     """
     import torch
     from torch.nn.attention import SDPBackend, sdpa_kernel

@@ -7,10 +7,9 @@ renderers (terminal, Markdown, HTML) never compute anything themselves.
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
-
 import json
 from functools import lru_cache
+from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
