@@ -57,10 +57,12 @@ def openvino_row(model: str, seconds: int, results: Path) -> tuple[float, dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="bert_tiny only, few rounds (a smoke run)")
+    parser.add_argument("--results", type=Path, help="keep the runs' records in this folder (default: a temp folder)")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        results = Path(tmp)
+        results = args.results or Path(tmp)
+        results.mkdir(parents=True, exist_ok=True)
         ratio, _ = overhead_row("bert_tiny", 2 if args.quick else 6, 100 if args.quick else 300, results)
         rows.append(("overhead p50, bert_tiny, ORT (isolation on)", ratio, "<= 1.02", ratio <= 1.02))
         fp32_paths = {}
