@@ -343,7 +343,10 @@ def peak_flops(precision: str, device: str, fingerprint: str, cache_root: str | 
     the better of the two measurements is kept. Raises :class:`PeakUnavailable` when no
     honest peak can be measured now.
     """
-    path = peak_path(precision, device, fingerprint, cache_root)
+    try:
+        path = peak_path(precision, device, fingerprint, cache_root)
+    except OSError:  # the cache folder cannot be created: measure anyway and keep nothing
+        path = Path(os.devnull, "peak.json")  # reading finds nothing; writing fails and is caught
     cached = read_peak(path, precision, device)
     if cached is not None and cached["flops_per_s"] >= at_least:
         return cached
@@ -356,7 +359,10 @@ def peak_flops(precision: str, device: str, fingerprint: str, cache_root: str | 
         if at_least:
             fresh["remeasured_because"] = f"a run achieved {at_least:.4g} FLOP/s above the cached peak"
         best = fresh if cached is None or fresh["flops_per_s"] >= cached["flops_per_s"] else {**cached, "rechecked": fresh["measured"]}
-        write_peak(path, best)
+        try:
+            write_peak(path, best)
+        except OSError as error:  # an unwritable cache costs the next run a re-measure, never this run its record
+            best = {**best, "not_cached": f"{type(error).__name__}: {error}"}
         return best
 
 

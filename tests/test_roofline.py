@@ -152,3 +152,13 @@ def test_cpu_signature_tells_cpus_with_the_same_name_apart():
     zen5 = zen4.replace("cpu family\t: 25", "cpu family\t: 26")
     assert roofline.cpu_signature(zen4)["cpu family"] == "25"
     assert roofline.cpu_signature(zen4) != roofline.cpu_signature(zen5)
+
+
+def test_an_unwritable_cache_costs_a_re_measure_never_the_run(tmp_path, monkeypatch):
+    measure, calls = _fake(100.0)
+    monkeypatch.setattr(roofline, "measure_peak", measure)
+    not_a_folder = tmp_path / "cache"
+    not_a_folder.write_text("a file where the cache should be")
+    batch = {"x": np.ones((2, 8), dtype=np.float32)}
+    out = roofline.roofline_metrics(_Linear(), batch, 1.0, "fp32", "cpu", "fp", str(not_a_folder), host_lock_held=True)
+    assert out["mfu"] == pytest.approx(0.64) and calls == ["fp32"]
