@@ -6,8 +6,9 @@ only say *where* or *how* this particular run happened. Those **run-local keys**
 
 - ``results_dir``, ``cache_dir``, ``overwrite``: where files go, whether to redo a job;
 - ``launcher.*``: isolation, timeouts, memory cap, host lock (bookkeeping, not workload);
-- ``scenario.distributed.node_rank`` / ``rdzv_endpoint``: which node of one multi-node
-  run this process is and where the nodes met; every node runs the same experiment.
+- ``scenario.distributed.node_rank`` / ``rdzv_endpoint`` / ``timeout_s``: which node of
+  one multi-node run this process is, where the nodes met and how long they waited for
+  each other; every node runs the same experiment.
 
 :func:`job_config` (the config minus those keys) is what a sweep's ``job_key`` hashes,
 so resuming a sweep and grouping a report agree on "same job". A report row adds two
@@ -42,6 +43,7 @@ RUN_LOCAL_KEYS: tuple[str, ...] = (
     "launcher",
     "scenario.distributed.node_rank",
     "scenario.distributed.rdzv_endpoint",
+    "scenario.distributed.timeout_s",
 )
 
 #: Config sections that describe the machine: a report's ``machine`` column, not its rows.

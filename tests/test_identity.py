@@ -17,7 +17,7 @@ CONFIG = {
     "model": {"name": "bert_small", "path": None, "checkpoint": None, "config": {"hidden_size": 256}},
     "dataset": {"name": "sentiment", "path": None},
     "scenario": {"name": "bert_fp32", "kind": "inference", "batch_size": 1,
-                 "distributed": {"nproc_per_node": 1, "node_rank": 0, "rdzv_endpoint": "n1:1"}},
+                 "distributed": {"nproc_per_node": 1, "node_rank": 0, "rdzv_endpoint": "n1:1", "timeout_s": 1800}},
 }
 
 

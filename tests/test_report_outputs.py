@@ -52,7 +52,7 @@ def test_pruned_rows_show_their_speedup_against_the_unpruned_fp32_row(tmp_path: 
     pruned["config"]["scenario"]["pruning"] = {"method": "structured"}
     records.write(pruned, tmp_path)
     (section,) = build.build(results.load(tmp_path), figures=False).sections
-    table = section.table.set_index(["Backend", "method"])
+    table = section.table.set_index(["Backend", "pruning.method"])
     assert table.loc[("onnxruntime", "structured"), "Speedup vs unpruned fp32"] == "1.80×"  # vs the same backend's row
     assert table.loc[("onnxruntime", "structured"), "Params"] == "5,000"
     assert table.loc[("onnxruntime", "(unset)"), "Speedup vs unpruned fp32"] == ""

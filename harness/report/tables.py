@@ -168,22 +168,21 @@ def _separated(clashes: list[list[Any]], leaves: dict[Any, dict[str, object]], k
     return sum(len({_text(leaves[i].get(key, _MISSING)) for i in members}) - 1 for members in clashes)
 
 
+#: Sections whose keys read well without their section name (``batch_size``, ``compile``).
+_IMPLIED = ("scenario.", "backend.")
+
+
 def key_labels(keys: list[str]) -> dict[str, str]:
-    """The shortest dotted suffix that names each key uniquely: ``batch_size``,
-    ``graph_optimization_level``, ``quantization.mode``."""
-    labels = {}
-    for key in keys:
-        parts = key.split(".")
-        for size in range(1, len(parts) + 1):
-            label = ".".join(parts[-size:])
-            if sum(other == label or other.endswith("." + label) for other in keys) == 1:
-                break
-        labels[key] = label
-    return labels
+    """Column names for config keys: ``scenario.`` and ``backend.`` dropped (``batch_size``,
+    ``graph_optimization_level``, ``quantization.mode``), other sections kept
+    (``dataset.name``, ``model.path``); the full key where two would read the same."""
+    short = {key: next((key[len(p):] for p in _IMPLIED if key.startswith(p)), key) for key in keys}
+    clashes = {label for label in short.values() if list(short.values()).count(label) > 1}
+    return {key: key if label in clashes else label for key, label in short.items()}
 
 
 def variant_columns(rows: pd.DataFrame, keys: list[str] | None = None) -> pd.DataFrame:
-    """One text column per varying key (see :func:`varying_keys`), headed by its short label."""
+    """One text column per varying key (see :func:`varying_keys`), headed by :func:`key_labels`."""
     keys = varying_keys(rows) if keys is None else keys
     labels = key_labels(keys)
     leaves = {index: s.config_leaves(row) for index, row in rows.iterrows()}
