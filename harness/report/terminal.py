@@ -28,7 +28,7 @@ def rich_table(frame: pd.DataFrame, title: str | None = None) -> Table:
         numeric = _numeric(frame[column])
         longest = max((len(str(value)) for value in frame[column]), default=0)
         table.add_column(escape(str(column)), justify="right" if numeric else "left", overflow="fold", no_wrap=numeric,
-                         min_width=None if numeric else min(max(longest, len(str(column))), 16))  # names stay readable
+                         min_width=None if numeric else min(max(longest, len(str(column))), 26))  # names stay readable
     for row in frame.itertuples(index=False):
         table.add_row(*(escape(str(value)) for value in row))
     return table
