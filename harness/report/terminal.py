@@ -27,8 +27,9 @@ def rich_table(frame: pd.DataFrame, title: str | None = None) -> Table:
     for column in frame.columns:
         numeric = _numeric(frame[column])
         longest = max((len(str(value)) for value in frame[column]), default=0)
-        table.add_column(escape(str(column)), justify="right" if numeric else "left", overflow="fold", no_wrap=numeric,
-                         min_width=None if numeric else min(max(longest, len(str(column))), 26))  # names stay readable
+        # Numbers are never split (their headers wrap instead); names keep up to 12 characters on a line.
+        width = longest if numeric else min(longest, 12)
+        table.add_column(escape(str(column)), justify="right" if numeric else "left", overflow="fold", min_width=width)
     for row in frame.itertuples(index=False):
         table.add_row(*(escape(str(value)) for value in row))
     return table
