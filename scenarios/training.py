@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from harness import hardware, records
+from harness.columns import Column
 from harness.errors import ConfigError, Unsupported
 from harness.hookspecs import hookimpl
 from harness.scenario import RunContext, Scenario, ScenarioResult
@@ -132,9 +133,20 @@ def _plain(value: Any) -> Any:
     return asdict(value) if is_dataclass(value) else value
 
 
+#: What a training run costs and reaches (``metrics.training``).
+TRAINING_COLUMNS = (
+    Column("metrics.training.world_size", "World size", "integer"),
+    Column("metrics.training.samples_per_s", "Train samples/s", "number", "higher"),
+    Column("metrics.training.time_to_target_s", "Time to target", "seconds", "lower"),
+    Column("metrics.training.final_accuracy", "Final accuracy", "fixed4", "higher"),
+    Column("metrics.training.scaling_efficiency", "Scaling efficiency", "percent", "higher"),
+)
+
+
 class TrainingScenario(Scenario):
     kind = "training"
     options_type = TrainingOptions
+    report_columns = TRAINING_COLUMNS
 
     def run(self, ctx: RunContext) -> ScenarioResult:
         opts: TrainingOptions = self.options
