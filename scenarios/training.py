@@ -140,6 +140,10 @@ TRAINING_COLUMNS = (
     Column("metrics.training.time_to_target_s", "Time to target", "seconds", "lower"),
     Column("metrics.training.final_accuracy", "Final accuracy", "fixed4", "higher"),
     Column("metrics.training.scaling_efficiency", "Scaling efficiency", "percent", "higher"),
+    Column("metrics.training.memory_max_rank.params_mib", "Params MiB/rank", "number", "lower"),
+    Column("metrics.training.memory_max_rank.model_state_mib", "Model state MiB/rank", "number", "lower"),
+    Column("metrics.training.memory_max_rank.activations_mib", "Activations MiB/rank", "number", "lower"),
+    Column("metrics.training.step_breakdown.communication_share", "Communication", "percent", "lower"),
 )
 
 

@@ -18,7 +18,7 @@ from harness.report import summary as s
 MIB = 2**20
 
 #: Statuses that mean "no valid measurement": listed with their reasons, never ranked.
-PROBLEM_STATUSES = ("mismatch", "failed", "timeout", "unsupported", "unavailable")
+PROBLEM_STATUSES = ("mismatch", "failed", "timeout", "interrupted", "unsupported", "unavailable")
 
 
 def number(value: Any, digits: int = 3) -> str:
