@@ -41,7 +41,7 @@ def choices(searchpath: list[str], registered: Sequence[str]) -> list[Choice]:
     from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf
 
-    from harness.cli import CONFIG_MODULE, group_options
+    from harness.compose import CONFIG_MODULE, group_options
 
     extra = [f"hydra.searchpath=[{','.join(searchpath)}]"] if searchpath else []
     found: list[Choice] = []
@@ -66,9 +66,9 @@ def choices(searchpath: list[str], registered: Sequence[str]) -> list[Choice]:
 def main(argv: Sequence[str] | None = None) -> None:
     parser().parse_args(argv)
     from harness import ui
-    from harness.config import typed
     from harness.errors import ConfigError, HarnessError
     from harness.plugins import get_plugins
+    from harness.validation import typed
 
     plugins = get_plugins()
     table = Table(title="harness backends (select with backend=<config>; a variant names its plugin backend in brackets)",

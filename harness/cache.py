@@ -30,6 +30,8 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional, Union
 
+from harness.identity import content_key as content_key  # cache keys and job keys: one hash
+
 #: Checksum file of a one-file entry: ``<name>.sha256`` beside it.
 CHECKSUM_SUFFIX = ".sha256"
 #: Checksum manifest of a folder entry (every other file of the folder, relative paths).
@@ -54,18 +56,6 @@ def cache_root(override: str | os.PathLike[str] | None = None) -> Path:
         base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
         root = Path(base) / "harness"
     return root.expanduser()
-
-
-def content_key(*parts: Any) -> str:
-    """A 20-hex-digit key over JSON-serialisable parts (dicts are key-sorted)."""
-    digest = hashlib.sha256()
-    for part in parts:
-        if isinstance(part, bytes):
-            digest.update(part)
-        else:
-            digest.update(json.dumps(part, sort_keys=True, default=str).encode())
-        digest.update(b"\x00")
-    return digest.hexdigest()[:20]
 
 
 def entry(kind: str, key: str, root: str | os.PathLike[str] | None = None) -> Path:

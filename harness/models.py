@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from harness.errors import ConfigError
+from harness.validation import choice, require
 from harness.generation.decoders import DECODER_FAMILIES
 
 #: bert, resnet: classifiers; the decoder LLM families come from their one table.
@@ -46,8 +47,6 @@ class ModelOptions:
     config: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        from harness.config import choice, require
-
         choice(self.family, FAMILIES, "family")
         require(self.num_labels >= 1, "num_labels", f"must be >= 1, got {self.num_labels}")
 

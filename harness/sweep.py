@@ -25,21 +25,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
-from harness.cache import content_key
-from harness.identity import job_config
+from harness.identity import job_key as job_key  # the key a sweep resumes by
 
 LEDGER_ENV = "HARNESS_SWEEP_LEDGER"
-
-
-def job_key(config: dict[str, Any]) -> str:
-    """A stable 20-hex-digit key of the resolved config minus its run-local keys.
-
-    The run-local keys (where results and caches go, the launcher's limits, ``overwrite``,
-    and which node of a multi-node run this is) are :data:`harness.identity.RUN_LOCAL_KEYS`,
-    the same definition a report row uses, so the nodes of one multi-node training run
-    share the key and a resumed sweep skips a finished job on every node alike.
-    """
-    return content_key(job_config(config))
 
 
 #: (path) -> (mtime_ns, size, job_key, status): each record file is read once per process.

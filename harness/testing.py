@@ -149,24 +149,17 @@ def compose_spec(backend: str, overrides: Iterable[str] = (), plugins: Any = Non
 def compose_overrides(overrides: Iterable[str], plugins: Any, results_dir: str | Path | None = None) -> Any:
     """A validated :class:`harness.config.RunSpec` from command-line ``overrides``, composed
     over the core's config tree and ``plugins``' search path as the ``harness`` command does."""
-    from hydra import compose, initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
+    from harness.spec import build_spec
 
-    from harness.config import build_spec
+    from harness import compose
 
     args = list(overrides)
     if results_dir is not None:
         args.append(f"results_dir={results_dir}")
     searchpath = plugins.config_searchpath()
-    if searchpath:
-        args.append(f"hydra.searchpath=[{','.join(searchpath)}]")
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_module(config_module="harness.conf", version_base="1.3"):
-            cfg = compose(config_name="config", overrides=args)
-    finally:
-        GlobalHydra.instance().clear()
-    return build_spec(cfg, plugins.registry)
+    with compose.hydra_context():
+        cfg = compose.compose(args, searchpath)
+    return build_spec(cfg, plugins.registry, recipes=lambda family: compose.recipe_for(family, searchpath))
 
 
 def run_spec(spec: Any, plugins: Any = None) -> dict[str, Any]:

@@ -27,12 +27,12 @@ from harness.models import load_model
 from harness.scenario import RunContext, Scenario, ScenarioResult
 from harness.training.job import check_fit, tensorboard_folder, train_model, training_metrics
 from harness.training.kd import KDLoss
-from harness.training.options import TrainingOptions
+from harness.training.options import RENDEZVOUS_KEYS, InferenceTiming, TrainingOptions
 from harness.training.plan import World
 
 
 @dataclass
-class DistillationOptions(TrainingOptions):
+class DistillationOptions(TrainingOptions, InferenceTiming):
     """``scenario.*`` keys of ``kind: distillation``: a training recipe for the student plus KD.
 
     ``student`` overrides fields of the model's transformers config (``hidden_size``,
@@ -47,7 +47,8 @@ class DistillationOptions(TrainingOptions):
         "hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 512})
 
     def __post_init__(self) -> None:
-        super().__post_init__()
+        TrainingOptions.__post_init__(self)
+        InferenceTiming.__post_init__(self)
         require(bool(self.teacher), "teacher", "must be 'auto' or a checkpoint folder")
         require(self.temperature > 0, "temperature", f"must be > 0, got {self.temperature}")
         require(0 <= self.alpha <= 1, "alpha", f"must be in [0, 1], got {self.alpha}")
@@ -75,6 +76,9 @@ def timed(ctx: RunContext, session: Any, batch: dict[str, np.ndarray], opts: Dis
 class DistillationScenario(Scenario):
     kind = "distillation"
     options_type = DistillationOptions
+    record_section = "distillation"
+    run_local_keys = RENDEZVOUS_KEYS
+    checkpoint_options = ("teacher",)
     report_columns = (
         Column("metrics.distillation.teacher_accuracy", "Teacher accuracy", "fixed4", "higher"),
         Column("metrics.distillation.student_accuracy", "Student accuracy", "fixed4", "higher"),

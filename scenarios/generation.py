@@ -126,6 +126,7 @@ def _check_sizes(opts: GenerationOptions, config: dict[str, Any], tokenizer: Any
 class GenerationScenario(Scenario):
     kind = "generation"
     options_type = GenerationOptions
+    record_section = "generation"
 
     def run(self, ctx: RunContext) -> ScenarioResult:
         opts: GenerationOptions = self.options

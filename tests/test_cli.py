@@ -87,7 +87,7 @@ def test_harness_backends_lists_builtins_as_available(tmp_path):
     ],
 )
 def test_extra_overrides_stay_in_the_override_group(args, expected):
-    from harness.cli import parse_args, with_overrides
+    from harness.precheck import parse_args, with_overrides
 
     assert with_overrides(args, parse_args(args), ["X=1"]) == expected
     assert parse_args(expected) is not None

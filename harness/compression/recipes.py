@@ -27,7 +27,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from harness.config import choice, require
+from harness.validation import choice, require
 
 PRECISIONS = ("int8", "fp16", "bf16")
 INT8_MODES = ("auto", "dynamic", "static", "qdq", "weights")

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from harness import stats
+from harness import checkpoints, stats
 from harness.backend import Backend, TrainingSession
 from harness.data import DatasetOptions, TaskData, load_dataset
 from harness.errors import ConfigError, HarnessError
@@ -196,8 +196,6 @@ def train_recipe(backend: Backend, model_options: ModelOptions, dataset_options:
                  tensorboard_dir: Optional[str] = None, data: Optional[TaskData] = None,
                  report: Callable[[str], None] = print, label: str = "training") -> dict[str, Any]:
     """Build, train, evaluate and (rank 0) save; return ``{"training", "model", "device"}``."""
-    from harness import checkpoints
-
     started = time.perf_counter()
     model = load_model(model_options)
     if data is None:
