@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from harness import checkpoints
 from harness.backend import Backend
@@ -37,7 +37,7 @@ def needs_auto(spec: RunSpec, checkpoint_options: tuple[str, ...]) -> bool:
 def first_trainer(registry: Registry) -> Backend:
     """The first registered backend that is available here and declares training, with its defaults."""
     for cls in registry.backends.values():
-        options = typed(cls.options_type, {}, "backend")
+        options: Any = typed(cls.options_type, {}, "backend")
         if cls.probe(options).available:
             backend = cls(options)
             if backend.capabilities().training:

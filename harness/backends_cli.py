@@ -51,7 +51,7 @@ def choices(searchpath: list[str], registered: Sequence[str]) -> list[Choice]:
             for option in group_options(searchpath)["backend"]:
                 try:
                     cfg = compose(config_name="config", overrides=[f"backend={option}", *extra])
-                    section = OmegaConf.to_container(cfg.backend, resolve=True)
+                    section: dict[str, Any] = OmegaConf.to_container(cfg.backend, resolve=True)  # type: ignore[assignment]
                 except Exception:  # a config that does not compose is a run-time error; listed as such below
                     section = {"name": option}
                 name = str(section.pop("name", option))

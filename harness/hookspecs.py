@@ -59,6 +59,7 @@ def harness_config_searchpath() -> list[str]:
     ``backend=<name>`` resolves without editing this repository. Results of all
     plugins are concatenated.
     """
+    raise NotImplementedError  # a specification: pluggy never calls its body
 
 
 # --- run lifecycle (called by the runner, in this order) --------------------------
@@ -70,5 +71,5 @@ def harness_run_start(spec: Any) -> None:
 
 
 @hookspec
-def harness_record_written(record: dict, path: str) -> None:
+def harness_record_written(record: dict[str, Any], path: str) -> None:
     """Called after a record has been written atomically to ``path``."""

@@ -189,9 +189,9 @@ def portable_token(value: Any, given: Mapping[str, Any] | None) -> Any:
 def identity_config(record: Mapping[str, Any]) -> dict[str, Any]:
     """The record's config as a report row knows it: run-local and machine keys removed,
     machine-local paths replaced by :func:`portable_token`."""
-    config = record.get("config") if isinstance(record.get("config"), Mapping) else {}
+    config: Mapping[str, Any] = record["config"] if isinstance(record.get("config"), Mapping) else {}
     kept = without(job_config(config, kind_keys_of(record)), MACHINE_KEYS)
-    inputs = record.get("inputs") if isinstance(record.get("inputs"), Mapping) else {}
+    inputs: Mapping[str, Any] = record["inputs"] if isinstance(record.get("inputs"), Mapping) else {}
     for key in PATH_KEYS:
         value = get(kept, key)
         if is_path_value(value):

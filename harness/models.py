@@ -115,12 +115,13 @@ def _from_config(options: ModelOptions) -> tuple[Any, str]:
     torch.manual_seed(options.seed)
     if options.family in DECODER_FAMILIES:
         return DECODER_FAMILIES[options.family].build(options.config), f"config:{options.name}"
+    model: Any
     if options.family == "bert":
-        cfg = transformers.BertConfig(num_labels=options.num_labels, **options.config)
-        model = transformers.BertForSequenceClassification(cfg)
+        model = transformers.BertForSequenceClassification(
+            transformers.BertConfig(num_labels=options.num_labels, **options.config))  # type: ignore[call-arg]
     else:
-        cfg = transformers.ResNetConfig(num_labels=options.num_labels, **options.config)
-        model = transformers.ResNetForImageClassification(cfg)
+        model = transformers.ResNetForImageClassification(
+            transformers.ResNetConfig(num_labels=options.num_labels, **options.config))  # type: ignore[call-arg]
     return model, f"config:{options.name}"
 
 

@@ -172,12 +172,10 @@ def count_jobs(overrides: list[str], options: dict[str, list[str]] | None = None
             if not override.is_sweep_override():
                 continue
             if _is_glob(override):
-                size = len(override.value().filter((options or {}).get(override.key_or_group, [])))
+                size: Optional[int] = len(override.value().filter((options or {}).get(override.key_or_group, [])))
             else:
                 size = _sweep_size(override)
-                if size is None:
-                    size = len(list(override.sweep_string_iterator()))
-            total *= size
+            total *= size if size is not None else len(list(override.sweep_string_iterator()))
         return total
     except Exception:
         return None

@@ -352,4 +352,4 @@ def bound_threads(spec: Any) -> tuple[Any, list[str]]:
                             f"using {cores} (0 lets the library choose)")
     if not changes:
         return spec, []
-    return dataclasses.replace(spec, backend_options=dataclasses.replace(options, **changes)), warnings
+    return dataclasses.replace(spec, backend_options=dataclasses.replace(options, **changes)), warnings  # type: ignore[type-var]

@@ -53,7 +53,7 @@ def base_record(spec: RunSpec, plugins: Plugins) -> dict[str, Any]:
             "name": spec.backend_name,
             "version": "unknown",
             "device": "unknown",
-            "options": asdict(spec.backend_options) if is_dataclass(spec.backend_options) else {},
+            "options": asdict(spec.backend_options) if is_dataclass(spec.backend_options) else {},  # type: ignore[arg-type]
             "plugin": asdict(origin) if origin else None,
         },
         "model": {"name": spec.model.name, "params": None, "source": spec.model.path or "config"},

@@ -74,7 +74,7 @@ def build_spec(cfg: DictConfig, registry: Registry,
     scenario_name = _name(scenario, "name", "scenario")
     scenario_kind = _name(scenario, "kind", "scenario")
     scenario_cls = registry.scenario(scenario_kind)
-    scenario_options = typed(scenario_cls.options_type, scenario, "scenario")
+    scenario_options: Any = typed(scenario_cls.options_type, scenario, "scenario")
     model = typed(ModelOptions, _section(cfg, "model"), "model")
     run_local = tuple(f"scenario.{key}" for key in scenario_cls.run_local_keys)
     node_rank, nnodes = scenario_cls.nodes(scenario_options)

@@ -44,7 +44,6 @@ def test_results_dir_override(tmp_path):
         (["backend=nope"], "unknown backend 'nope'; available: "),
         (["+scenario=nope"], "unknown scenario 'nope'"),
         (["model=nope"], "unknown model 'nope'"),
-        (["scenario=bert_fp32"], "+scenario=bert_fp32"),
         (["+scenario=bert_fp32", "scenario.batch_size=abc"], "scenario.batch_size"),
         (["+scenario=bert_fp32", "scenario.batch_size=-1"], "scenario.batch_size"),
         (["+scenario=bert_fp32", "scenario.nope=1"], "scenario.nope"),

@@ -88,7 +88,7 @@ def test_unwritable_results_dir_is_refused_before_measuring(disk, multirun, tmpf
 def test_results_dir_that_is_a_file_refuses_a_sweep_before_its_first_job(tmp_path):
     (tmp_path / "results").write_text("not a folder")
     proc = run_cli("-m", "backend=numpy,raises", "+scenario=quick", cwd=tmp_path, env=FAULTS)
-    error_line(proc, 2, f"results_dir 'results' cannot be a folder: 'results' is a file")
+    error_line(proc, 2, "results_dir 'results' cannot be a folder: 'results' is a file")
     assert "measuring" not in proc.stderr and (tmp_path / "results").read_text() == "not a folder"
 
 
