@@ -103,6 +103,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     Console(highlight=False, width=None if sys.stdout.isatty() else 240).print(table)  # piped: reasons on one line
     for problem in plugins.problems:
         ui.warning(problem.warning())
+    for line in plugins.deprecations:
+        ui.warning(line)
     sys.exit(0)
 
 

@@ -24,13 +24,15 @@ from typing import Any, Iterator, Optional
 
 from harness import cache
 from harness.errors import ConfigError, Unsupported
+from harness.families import FAMILIES
 from harness.models import LoadedModel, ModelOptions
 from harness.training.options import MEASUREMENT_ONLY, TrainingOptions
 
 KIND = "checkpoints"
 MARKER = "harness_checkpoint.json"
-#: The train recipe (a ``conf/scenario/`` name) whose output ``auto`` means, per model family.
-RECIPES = {"bert": "bert_train", "resnet": "resnet_train"}
+#: The train recipe (a ``conf/scenario/`` name) whose output ``auto`` means, per model family
+#: (from the family table).
+RECIPES = {name: f.train_recipe for name, f in FAMILIES.items() if f.train_recipe}
 
 
 def model_identity(options: ModelOptions) -> dict[str, Any]:
@@ -142,7 +144,8 @@ def training_lock(key: str, cache_root: str | os.PathLike[str] | None) -> Iterat
 
 def tokenizer_of(options: ModelOptions) -> Any:
     """A local model folder's own tokenizer (text models), else None (the embedded one)."""
-    if options.family != "bert" or not options.path:
+    family = FAMILIES[options.family]
+    if not (family.tokenizer and family.kind == "classifier") or not options.path:
         return None
     folder = Path(options.path).expanduser()
     if not (folder / "tokenizer.json").is_file():

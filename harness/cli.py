@@ -229,6 +229,8 @@ def _main() -> None:
     expected = checked.count
     if precheck.runs_jobs(parsed):
         ui.stage(_header(plugins))
+        for line in plugins.deprecations:
+            ui.warning(line)
         if multirun and expected:
             ui.stage(f"sweep: {expected} job{'s' if expected != 1 else ''}")
             os.environ[SWEEP_JOBS_ENV] = str(expected)

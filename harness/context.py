@@ -8,11 +8,14 @@ Nothing here calls back into the runner or the CLI.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import shutil
+import tempfile
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from harness.backend import Artifact, Backend
+from harness import cache
+from harness.backend import Artifact, Backend, Workspace
 from harness.checkpoints import checkpoint_folder
 from harness.compression.pipeline import compress
 from harness.config import RunSpec
@@ -36,6 +39,26 @@ class RunContext:
     #: The backend that fine-tunes when a scenario asks (:meth:`trainer`); found by the runner.
     find_trainer: Callable[[], Backend] | None = None
     _model_cache: dict[str, Any] = field(default_factory=dict)
+    _workspace: Workspace | None = None
+
+    @property
+    def workspace(self) -> Workspace:
+        """The backend's folders for this run (:class:`harness.backend.Workspace`): its own
+        cache under ``<cache>/backends/<name>/`` and a work folder removed by :meth:`close`."""
+        if self._workspace is None:
+            root = cache.cache_dir(self.cache_root)
+            own = root / "backends" / self.backend.name
+            own.mkdir(parents=True, exist_ok=True)
+            (root / "work").mkdir(parents=True, exist_ok=True)
+            workdir = Path(tempfile.mkdtemp(prefix=f"{self.backend.name}-", dir=root / "work"))
+            self._workspace = Workspace(cache_dir=own, workdir=workdir)
+        return self._workspace
+
+    def close(self) -> None:
+        """End of the run: remove the work folder (the backend's cache stays)."""
+        if self._workspace is not None:
+            shutil.rmtree(self._workspace.workdir, ignore_errors=True)
+            self._workspace = None
 
     @property
     def cache_root(self) -> str | None:
@@ -91,10 +114,12 @@ class RunContext:
         formats = self.backend.capabilities().consumes
         if "onnx" in formats and ("torch" not in formats or formats.index("onnx") < formats.index("torch")):
             result = export_onnx(model, data.sample_batch(2), self.cache_root, on_status=self.status)
-            artifact = Artifact(model.name, model.input_names, model.output_names, onnx_path=result.path, meta=meta)
+            artifact = Artifact(model.name, model.input_names, model.output_names, onnx_path=result.path, meta=meta,
+                                workspace=self.workspace)
             return artifact, {"export": result.metrics()}
         if "torch" in formats:
-            artifact = Artifact(model.name, model.input_names, model.output_names, module=model.module, meta=meta)
+            artifact = Artifact(model.name, model.input_names, model.output_names, module=model.module, meta=meta,
+                                workspace=self.workspace)
             return artifact, {}
         raise Unsupported(
             f"backend '{self.backend.name}' consumes {', '.join(formats)}, which the harness cannot produce",
@@ -108,4 +133,6 @@ class RunContext:
         Calibration samples come from ``data``'s train split in batches of ``batch_size``;
         see :func:`harness.compression.pipeline.compress`.
         """
-        return compress(self.backend, artifact, recipe, data, source_key, self.cache_root, self.status, batch_size)
+        out, stages = compress(self.backend, artifact, recipe, data, source_key, self.cache_root, self.status, batch_size)
+        meta = {**artifact.meta, **out.meta}  # the run's shapes travel with the compressed model too
+        return replace(out, meta=meta, workspace=out.workspace or self.workspace), stages

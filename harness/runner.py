@@ -41,6 +41,7 @@ def base_record(spec: RunSpec, plugins: Plugins) -> dict[str, Any]:
     """
     origin = plugins.registry.plugin_of("backends", spec.backend_name)
     kind = plugins.registry.scenarios.get(spec.scenario_kind)
+    backend_cls = plugins.registry.backends.get(spec.backend_name)
     summary = {"precision": "fp32", "batch_size": None, "seq_len": None, **spec.summary}
     record: dict[str, Any] = {
         "schema": records.SCHEMA_ID,
@@ -64,7 +65,8 @@ def base_record(spec: RunSpec, plugins: Plugins) -> dict[str, Any]:
         # Content digests of the config's file paths: reports match models by content, not by path.
         "inputs": identity.portable_inputs(spec.config),
         # The kind's report columns, so a report needs no plugin to show them.
-        "columns": [column.as_dict() for column in getattr(kind, "report_columns", ())],
+        "columns": [column.as_dict() for column in
+                    (*getattr(kind, "report_columns", ()), *getattr(backend_cls, "report_columns", ()))],
         # The kind's run-local keys, so a report groups rows without the plugin.
         "identity": {"run_local_keys": list(spec.run_local_keys)},
         "metrics": {},
@@ -164,8 +166,8 @@ def execute(
         backend_cls = plugins.registry.backend(spec.backend_name)
         enter(f"probing backend '{spec.backend_name}'")
         availability = backend_cls.probe(spec.backend_options)
-        # The probe's version stands if the backend is unavailable or its constructor fails;
-        # a constructed backend replaces it with the version it actually loaded.
+        # One source: the probe's version of the library the backend drives (plugin API 1
+        # backends still report theirs through version(), read below).
         record["backend"]["version"] = availability.versions.get(spec.backend_name, "unknown")
         if not availability.available:
             raise Unavailable(
@@ -176,8 +178,9 @@ def execute(
             after_probe()
         enter(f"starting backend '{spec.backend_name}'")
         backend = backend_cls(spec.backend_options)
-        record["backend"]["version"] = backend.version()
-        record["backend"]["device"] = backend.device()
+        if plugins.legacy("backends", spec.backend_name):
+            record["backend"]["version"] = backend.version()
+            record["backend"]["device"] = backend.device()
         accelerator = backend.device_info()
         if accelerator:
             record["hardware"] = hardware.describe(accelerator, spec.hardware.label)
@@ -189,7 +192,10 @@ def execute(
         if spec.auto_recipe is not None or needs_auto(spec, kind.checkpoint_options):
             ctx.auto_checkpoint = resolve_auto(spec, trainer, say)
         enter(f"running scenario '{spec.scenario_name}'")
-        result = scenario.run(ctx)
+        try:
+            result = scenario.run(ctx)
+        finally:
+            ctx.close()
     except HarnessError as exc:
         record["status"] = exc.status
         record["reason"] = exc.one_line()

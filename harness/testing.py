@@ -38,6 +38,9 @@ What is checked, each a test (``docs/plugins.md`` explains every rule):
   backend does not list with :class:`~harness.errors.Unsupported`, never a silent fallback;
 * ``test_training_is_declared_honestly`` -- a backend without ``training`` refuses
   ``prepare_training``; one with it lowers the loss of a batch in a few steps;
+* ``test_real_model_shapes[...]`` -- opt-in (``--harness-real-models``,
+  ``HARNESS_REAL_MODELS=1`` or ``real_models = True``): the real ``bert_small`` and
+  ``resnet_small`` at their scenarios' batch and input shapes match eager fp32;
 * ``test_full_run_writes_a_valid_record`` -- a whole ``+scenario=bert_fp32`` run through
   :func:`harness.runner.execute` gives a schema-valid record: ``ok`` when the backend is
   available, ``unavailable`` with the probe's reason when it is not.
@@ -54,7 +57,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Iterable, Sequence
+from typing import Any, ClassVar, Iterable, Iterator, Sequence
 
 import numpy as np
 import pytest
@@ -64,6 +67,7 @@ __all__ = [
     "Case",
     "FAST_OVERRIDES",
     "KNOWN_PRECISIONS",
+    "REAL_MODELS",
     "compose_overrides",
     "compose_spec",
     "every_recipe",
@@ -120,6 +124,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=[],
         metavar="NAME",
         help="run the conformance kit (pytest --pyargs harness.testing) against this backend; repeatable",
+    )
+    group.addoption(
+        "--harness-real-models",
+        action="store_true",
+        default=False,
+        help="also run the real-model tier: bert_small and resnet_small at their scenarios' real shapes (minutes on a CPU)",
     )
     group.addoption(
         "--harness-override",
@@ -270,6 +280,15 @@ def training_plan(model: Any, steps: int) -> Any:
 # --- the kit ----------------------------------------------------------------------------
 
 
+#: The real-model tier: each model at its own scenario's shapes (random weights: the shapes
+#: and operators are what a compiler can fail on), with small data splits.
+REAL_MODELS: dict[str, tuple[str, ...]] = {
+    "bert_small": ("scenario=bert_fp32", "model=bert_small", "++model.checkpoint=null",
+                   "dataset.train_size=64", "dataset.eval_size=32"),
+    "resnet_small": ("scenario=resnet_fp32", "++model.checkpoint=null", "dataset.train_size=64", "dataset.eval_size=32"),
+}
+
+
 class BackendConformance:
     """Subclass with ``backend = "<name>"`` to run every conformance check on that backend.
 
@@ -277,7 +296,8 @@ class BackendConformance:
 
     * ``backend`` -- the registered backend name (empty: take ``--harness-backend``);
     * ``overrides`` -- extra Hydra overrides for this backend (``backend.device=cuda``);
-    * ``image`` -- also check a tiny ResNet (skipped when the backend says Unsupported).
+    * ``image`` -- also check a tiny ResNet (skipped when the backend says Unsupported);
+    * ``real_models`` -- also run the real-model tier (:data:`REAL_MODELS`).
 
     ``--harness-override KEY=VALUE`` on the command line adds overrides to every class.
     """
@@ -285,6 +305,8 @@ class BackendConformance:
     backend: ClassVar[str] = ""
     overrides: ClassVar[Sequence[str]] = ()
     image: ClassVar[bool] = True
+    #: Opt into the real-model tier (bert_small, resnet_small at real shapes) for this class.
+    real_models: ClassVar[bool] = False
 
     # -- parametrization and fixtures (class scope: one probe, one export per backend) --
 
@@ -348,10 +370,12 @@ class BackendConformance:
 
     @pytest.fixture(scope="class")
     @classmethod
-    def harness_context(cls, harness_spec: Any, harness_backend: Any) -> Any:
+    def harness_context(cls, harness_spec: Any, harness_backend: Any) -> Iterator[Any]:
         from harness.scenario import RunContext
 
-        return RunContext(spec=harness_spec, backend=harness_backend, status=lambda _message: None)
+        context = RunContext(spec=harness_spec, backend=harness_backend, status=lambda _message: None)
+        yield context
+        context.close()
 
     @pytest.fixture(scope="class")
     @classmethod
@@ -391,6 +415,8 @@ class BackendConformance:
         assert all(isinstance(d, str) and d for d in harness_probe.devices), "devices must be non-empty strings"
         if harness_probe.available:
             assert harness_probe.devices, f"{name} is available but names no device"
+            assert harness_probe.versions.get(name), (
+                f"{name} is available but its probe gives no versions['{name}']: that is the version every record carries")
         else:
             assert _one_line(harness_probe.reason), f"{name} is unavailable without a one-line reason: {harness_probe.reason!r}"
         again = harness_plugins.registry.backend(name).probe(harness_spec.backend_options)
@@ -416,9 +442,10 @@ class BackendConformance:
         assert isinstance(caps.training, bool)
         known = {recipe.name for recipe in every_recipe()}
         assert set(caps.recipes) <= known, f"unknown recipe name(s) {sorted(set(caps.recipes) - known)}; the harness asks for: {sorted(known)}"
-        assert isinstance(harness_backend.version(), str) and harness_backend.version()
         assert isinstance(harness_backend.device(), str) and harness_backend.device()
         assert isinstance(harness_backend.device_info(), dict)
+        for column in type(harness_backend).report_columns:
+            assert column.key.startswith("metrics.backend."), f"backend column {column.key} must read metrics.backend.*"
 
     # -- outputs ---------------------------------------------------------------------
 
@@ -458,6 +485,52 @@ class BackendConformance:
                 assert diff <= tolerance, f"ResNet fp32 outputs differ from eager by {diff:.3g} (tolerance {tolerance})"
         finally:
             session.close()
+
+    # -- real models (opt-in) -----------------------------------------------------------
+
+    @pytest.mark.parametrize("model_name", sorted(REAL_MODELS))
+    def test_real_model_shapes(self, model_name: str, request: pytest.FixtureRequest, harness_backend: Any,
+                               harness_plugins: Any, harness_spec: Any) -> None:
+        """The real ``bert_small`` / ``resnet_small`` at their scenario's batch and input shape,
+        prepared at fp32 and checked against eager: a tiny model can pass where a real shape
+        fails to compile. Opt-in (``real_models = True``, ``--harness-real-models`` or
+        ``HARNESS_REAL_MODELS=1``): it takes minutes on a CPU."""
+        import os
+
+        from harness.errors import Unsupported
+        from harness.scenario import RunContext
+
+        wanted = self.real_models or os.environ.get("HARNESS_REAL_MODELS", "") not in ("", "0")
+        try:
+            wanted = wanted or bool(request.config.getoption("--harness-real-models"))
+        except ValueError:  # the kit's pytest options are not registered in this session
+            pass
+        if not wanted:
+            pytest.skip("real-model tier is opt-in: --harness-real-models, HARNESS_REAL_MODELS=1 or real_models = True")
+        overrides = [*REAL_MODELS[model_name], f"backend={harness_spec.backend_name}", *self.overrides,
+                     *(request.config.getoption("--harness-override", default=[]) or [])]
+        spec = compose_overrides(overrides, harness_plugins)
+        context = RunContext(spec=spec, backend=harness_backend, status=lambda _message: None)
+        try:
+            model = context.load_model()
+            opts = spec.scenario_options
+            data = context.load_data(opts.seq_len, model.tokenizer)
+            case = _case(context, model, data, opts.batch_size, spec.model.family)
+            try:
+                session = harness_backend.prepare(case.artifact, "fp32")
+            except Unsupported as exc:
+                if spec.model.family == "resnet":
+                    pytest.skip(f"image models: {exc.one_line()}")
+                raise
+            try:
+                tolerance = harness_backend.capabilities().tolerance["fp32"]
+                for batch, reference in zip(case.batches, case.references):
+                    diff = _max_diff(_outputs(session, session.load(batch), case.output_name), reference)
+                    assert diff <= tolerance, f"{model_name} fp32 outputs differ from eager by {diff:.3g} (tolerance {tolerance})"
+            finally:
+                session.close()
+        finally:
+            context.close()
 
     # -- sessions ---------------------------------------------------------------------
 

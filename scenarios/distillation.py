@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from harness import stats
+from harness.accuracy import session_logits
 from harness.columns import Column
 from harness.config import require
 from harness.errors import Unsupported
@@ -55,13 +56,10 @@ class DistillationOptions(TrainingOptions, InferenceTiming):
 
 
 def logits_of(session: Any, features: dict[str, np.ndarray], output: str, batch_size: int) -> np.ndarray:
-    """An inference session's logits over all rows of ``features``, batch by batch."""
-    rows = len(next(iter(features.values())))
-    chunks = []
-    for start in range(0, rows, batch_size):
-        batch = {k: v[start:start + batch_size] for k, v in features.items()}
-        chunks.append(session.fetch(session.run(session.load(batch)))[output].astype(np.float32))
-    return np.concatenate(chunks)
+    """An inference session's logits over all rows of ``features``, in batches of exactly
+    ``batch_size`` rows (the last one padded, its padding dropped: the batch-shape guarantee
+    of the backend contract)."""
+    return session_logits(session, features, batch_size, output).astype(np.float32)
 
 
 def timed(ctx: RunContext, session: Any, batch: dict[str, np.ndarray], opts: DistillationOptions, label: str) -> list[float]:

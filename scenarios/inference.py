@@ -200,7 +200,10 @@ class InferenceScenario(Scenario):
         memory = session.memory()
         if memory:
             metrics["memory_mib"] = memory
-        metrics.update(session.metrics())  # backend-specific sections, e.g. metrics.xla
+        engine = session.metrics()
+        if engine:
+            metrics["backend"] = engine  # plugin API 2: engine facts under metrics.backend
+            metrics.update(engine)  # plugin API 1 merged them at the top (e.g. metrics.xla); kept for one release
 
         if opts.accuracy.enabled:
             ctx.status(f"scoring accuracy on the eval split ({opts.accuracy.limit or len(data.eval)} examples)")

@@ -179,7 +179,7 @@ class ServingScenario(Scenario):
             precision=session.precision,
             metrics=metrics,
             model={"source": ctx.spec.model.path or "config", **models.described()},
-            backend={"device": str(session.describe().get("device", ctx.backend.device()))},
+            backend={"device": str(session.describe().get("device") or ctx.backend.device())},
         )
 
     def _session(self, ctx: RunContext, model: ServingModel) -> ServingSession:

@@ -12,7 +12,8 @@ import pytest
 import import_graph
 
 #: Bottom to top. A module may import modules of its own layer or of layers below. A
-#: pattern names a module and everything under it; the longest matching pattern places it.
+#: pattern names a module and everything under it (``harness`` itself: only the package's
+#: ``__init__``); the longest matching pattern places it.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("foundation", (
         "harness.errors", "harness.validation", "harness.identity", "harness.cache", "harness.records",
@@ -21,7 +22,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         "harness.slurm",
     )),
     ("options and sources", (
-        "harness.config", "harness.models", "harness.data", "harness.training.options", "harness.training.plan",
+        "harness.config", "harness.families", "harness.models", "harness.data", "harness.training.options", "harness.training.plan",
         "harness.compression", "harness.compression.recipes", "harness.compression.calibration",
         "harness.generation", "harness.generation.decoders", "harness.generation.corpus", "harness.generation.tokenizer",
         "harness.serving", "harness.training",
@@ -61,7 +62,7 @@ def layer_of(module: str) -> tuple[int, str] | None:
     best: tuple[int, int, str] | None = None
     for index, (name, patterns) in enumerate(LAYERS):
         for pattern in patterns:
-            if module == pattern or module.startswith(pattern + "."):
+            if module == pattern or (pattern != "harness" and module.startswith(pattern + ".")):
                 if best is None or len(pattern) > best[0]:
                     best = (len(pattern), index, name)
     return None if best is None else (best[1], best[2])
