@@ -264,9 +264,10 @@ class Backend(abc.ABC):
                           "report it to the plugin's maintainers")
 
     def version(self) -> str:
-        """Deprecated (plugin API 1): the record takes the version from
-        ``probe().versions[name]``. Read only for plugins that declare API 1."""
-        return "unknown"
+        """The version of the library this backend drives, as its probe reports it
+        (``probe().versions[name]``: the one source; caches key compressed artifacts by it).
+        Do not override: under plugin API 1 an override filled the record."""
+        return str(type(self).probe(self.options).versions.get(self.name, "unknown"))
 
     def device(self) -> str:
         """The device this backend targets, e.g. ``cpu`` or ``cuda:0``. The record's

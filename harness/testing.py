@@ -233,6 +233,26 @@ def _case(ctx: Any, model: Any, data: Any, batch_size: int, family: str) -> Case
     return Case(model, artifact, (first, second), references, data, source_key, family)
 
 
+def _matches_eager_at_fp32(backend: Any, case: Case, label: str) -> None:
+    """``case``'s two batches at fp32 within the backend's tolerance of eager; an image model
+    the backend answers ``Unsupported`` for is skipped (text models must run)."""
+    from harness.errors import Unsupported
+
+    try:
+        session = backend.prepare(case.artifact, "fp32")
+    except Unsupported as exc:
+        if case.family == "resnet":
+            pytest.skip(f"image models: {exc.one_line()}")
+        raise
+    try:
+        tolerance = backend.capabilities().tolerance["fp32"]
+        for batch, reference in zip(case.batches, case.references):
+            diff = _max_diff(_outputs(session, session.load(batch), case.output_name), reference)
+            assert diff <= tolerance, f"{label} fp32 outputs differ from eager by {diff:.3g} (tolerance {tolerance})"
+    finally:
+        session.close()
+
+
 def every_recipe() -> list[Any]:
     """One :class:`harness.compression.recipes.Recipe` per recipe name the harness can ask for."""
     from harness.compression.recipes import INT8_MODES, Recipe, conversion
@@ -472,19 +492,7 @@ class BackendConformance:
             session.close()
 
     def test_image_model_matches_reference(self, harness_backend: Any, harness_image_case: Any) -> None:
-        from harness.errors import Unsupported
-
-        try:
-            session = harness_backend.prepare(harness_image_case.artifact, "fp32")
-        except Unsupported as exc:
-            pytest.skip(f"image models: {exc.one_line()}")
-        try:
-            tolerance = harness_backend.capabilities().tolerance["fp32"]
-            for batch, reference in zip(harness_image_case.batches, harness_image_case.references):
-                diff = _max_diff(_outputs(session, session.load(batch), harness_image_case.output_name), reference)
-                assert diff <= tolerance, f"ResNet fp32 outputs differ from eager by {diff:.3g} (tolerance {tolerance})"
-        finally:
-            session.close()
+        _matches_eager_at_fp32(harness_backend, harness_image_case, "ResNet")
 
     # -- real models (opt-in) -----------------------------------------------------------
 
@@ -497,7 +505,6 @@ class BackendConformance:
         ``HARNESS_REAL_MODELS=1``): it takes minutes on a CPU."""
         import os
 
-        from harness.errors import Unsupported
         from harness.scenario import RunContext
 
         wanted = self.real_models or os.environ.get("HARNESS_REAL_MODELS", "") not in ("", "0")
@@ -516,19 +523,7 @@ class BackendConformance:
             opts = spec.scenario_options
             data = context.load_data(opts.seq_len, model.tokenizer)
             case = _case(context, model, data, opts.batch_size, spec.model.family)
-            try:
-                session = harness_backend.prepare(case.artifact, "fp32")
-            except Unsupported as exc:
-                if spec.model.family == "resnet":
-                    pytest.skip(f"image models: {exc.one_line()}")
-                raise
-            try:
-                tolerance = harness_backend.capabilities().tolerance["fp32"]
-                for batch, reference in zip(case.batches, case.references):
-                    diff = _max_diff(_outputs(session, session.load(batch), case.output_name), reference)
-                    assert diff <= tolerance, f"{model_name} fp32 outputs differ from eager by {diff:.3g} (tolerance {tolerance})"
-            finally:
-                session.close()
+            _matches_eager_at_fp32(harness_backend, case, model_name)
         finally:
             context.close()
 
