@@ -238,7 +238,12 @@ def _main() -> None:
     single = None if multirun or parsed is None else checked.jobs.get(tuple(compose.normalise(list(parsed.overrides))))
     if single is not None and not any(o.lstrip("+~").startswith("hydra") for o in parsed.overrides):  # type: ignore[union-attr]
         # One run: the job the check composed and validated is the run; Hydra has nothing to add.
-        sys.exit(run_job(None, False, 0, [], job=single))
+        ledger = sweep.new_ledger(None)
+        try:
+            code = run_job(None, False, 0, [], job=single)
+        except KeyboardInterrupt as exc:
+            sys.exit(_finish(ledger, False, expected, exc))
+        sys.exit(max(code, _finish(ledger, False, expected, None)))
     _run_hydra(args, parsed, searchpath, multirun, expected, checked)
 
 
