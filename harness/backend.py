@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
 import numpy as np
 
+from harness.cache import Workspace
 from harness.columns import Column
 from harness.errors import Unsupported
 from harness.timing import Timer, WallClockTimer
@@ -39,6 +40,8 @@ if TYPE_CHECKING:
     from harness.generation.session import DecoderSource, GenerationPlan, GenerationSession
 
 Batch = Mapping[str, np.ndarray]
+
+__all__ = ["Artifact", "Availability", "Backend", "Batch", "Capabilities", "Session", "TrainingSession", "Workspace"]
 
 
 @dataclass(frozen=True)
@@ -71,20 +74,6 @@ class Capabilities:
     tolerance: Mapping[str, float] = field(default_factory=lambda: {"fp32": 1e-3})
     #: ``scenario.distributed.strategy`` values it trains with (when ``training``).
     training_strategies: frozenset[str] = frozenset({"ddp"})
-
-
-@dataclass(frozen=True)
-class Workspace:
-    """Where a backend may write during one run.
-
-    ``cache_dir``: this backend's own artifact cache (``<cache>/backends/<name>/``), kept
-    across runs: key what you store there by its inputs (the ONNX file's content, your
-    options, the library version). ``workdir``: a fresh folder for this run, removed when
-    the run ends.
-    """
-
-    cache_dir: Path
-    workdir: Path
 
 
 @dataclass

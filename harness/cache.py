@@ -26,7 +26,9 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional, Union
 
@@ -238,3 +240,30 @@ def publish(built: Path, final: Path, required: Iterable[str] = (), *, replace: 
             _remove_folder(final)
     os.replace(built, final)
     return final
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """Where a backend may write during one run.
+
+    ``cache_dir``: this backend's own artifact cache (``<cache>/backends/<name>/``), kept
+    across runs: key what you store there by its inputs (the ONNX file's content, your
+    options, the library version). ``workdir``: a fresh folder for this run, removed when
+    the run ends.
+    """
+
+    cache_dir: Path
+    workdir: Path
+
+    @classmethod
+    def create(cls, backend: str, root: str | os.PathLike[str] | None = None) -> "Workspace":
+        """``<cache>/backends/<backend>/`` (made if missing) and a new ``<cache>/work/<backend>-*`` folder."""
+        base = cache_dir(root)
+        own = base / "backends" / backend
+        own.mkdir(parents=True, exist_ok=True)
+        (base / "work").mkdir(parents=True, exist_ok=True)
+        return cls(cache_dir=own, workdir=Path(tempfile.mkdtemp(prefix=f"{backend}-", dir=base / "work")))
+
+    def close(self) -> None:
+        """Remove the work folder (the backend's cache stays)."""
+        shutil.rmtree(self.workdir, ignore_errors=True)

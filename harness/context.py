@@ -8,13 +8,10 @@ Nothing here calls back into the runner or the CLI.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from harness import cache
 from harness.backend import Artifact, Backend, Workspace
 from harness.checkpoints import checkpoint_folder
 from harness.compression.pipeline import compress
@@ -46,18 +43,13 @@ class RunContext:
         """The backend's folders for this run (:class:`harness.backend.Workspace`): its own
         cache under ``<cache>/backends/<name>/`` and a work folder removed by :meth:`close`."""
         if self._workspace is None:
-            root = cache.cache_dir(self.cache_root)
-            own = root / "backends" / self.backend.name
-            own.mkdir(parents=True, exist_ok=True)
-            (root / "work").mkdir(parents=True, exist_ok=True)
-            workdir = Path(tempfile.mkdtemp(prefix=f"{self.backend.name}-", dir=root / "work"))
-            self._workspace = Workspace(cache_dir=own, workdir=workdir)
+            self._workspace = Workspace.create(self.backend.name, self.cache_root)
         return self._workspace
 
     def close(self) -> None:
         """End of the run: remove the work folder (the backend's cache stays)."""
         if self._workspace is not None:
-            shutil.rmtree(self._workspace.workdir, ignore_errors=True)
+            self._workspace.close()
             self._workspace = None
 
     @property

@@ -349,7 +349,8 @@ class _ModelSources:
             model = self.ctx.load_model()
             tokenizer = model.tokenizer or corpus_tokenizer(self.ctx.cache_root)
             self._source = DecoderSource(model.name, model.module, model.config, tokenizer, model.params,
-                                         model.weights_digest(), self.ctx.cache_root, self.ctx.status)
+                                         model.weights_digest(), self.ctx.cache_root, self.ctx.status,
+                                         workspace=self.ctx.workspace)
         return self._source
 
     def tokenizer(self) -> Optional[Tokenizer]:
