@@ -88,12 +88,15 @@ def test_defaults_have_one_value(registry):
     from harness.config import HardwareOptions
     from harness.data import DatasetOptions
     from harness.launcher import LauncherOptions
+    from harness.models import ModelOptions
 
     cfg = OmegaConf.to_container(composed(), resolve=True)
     problems = _disagreements(cfg["scenario"], registry.scenario("inference").options_type)
     problems += _disagreements(cfg["launcher"], LauncherOptions)
     problems += _disagreements(cfg["hardware"], HardwareOptions)
     problems += _disagreements(cfg["dataset"], DatasetOptions)
+    # the default model's YAML (its transformers config aside: a dataclass default of {} means "the library's")
+    problems += _disagreements({k: v for k, v in cfg["model"].items() if k != "config"}, ModelOptions)
     for name, cls in registry.backends.items():
         if name in BACKENDS:
             section = OmegaConf.to_container(composed(f"backend={name}").backend, resolve=True)
