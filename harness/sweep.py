@@ -17,6 +17,7 @@ summary table once Hydra returns.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -145,6 +146,21 @@ def report(outcome: Outcome) -> None:
 
         ui.warning(f"job {outcome.num} is missing from the sweep summary: the ledger {folder} refused it "
                    f"({exc.strerror or exc})")
+
+
+def prune_empty_dirs(root: Path) -> None:
+    """Remove the folders under ``root`` (and ``root``) that hold no file, deepest first.
+
+    Hydra makes a sweep folder and one folder per job even though the harness writes
+    nothing there (records land in ``results_dir``); left behind they pile up as
+    ``.multirun/<time>/<n>``. Folders with anything in them (submitit's Slurm logs,
+    another running sweep's files) stay.
+    """
+    if not root.is_dir():
+        return
+    for folder, _, _ in sorted(os.walk(root), key=lambda entry: entry[0].count(os.sep), reverse=True):
+        with contextlib.suppress(OSError):
+            os.rmdir(folder)
 
 
 def read_ledger(folder: Path) -> list[Outcome]:

@@ -41,6 +41,7 @@ def no_partial_files(folder: Path) -> None:
     if folder.exists():
         assert not list(folder.glob(".tmp-*")) and not list(folder.glob(".harness-probe-*"))
         assert not (folder / ".sweeps").exists()
+        assert not (folder / ".multirun").exists()  # Hydra's empty job folders are pruned
         for path in folder.glob("*.json"):
             records.validate(json.loads(path.read_text()))
 
