@@ -178,7 +178,7 @@ def _finish(ledger: Path, multirun: bool, expected: int | None, interrupted: Bas
     if ledger.parent.name == ".sweeps":
         with contextlib.suppress(OSError):
             ledger.parent.rmdir()  # once no other sweep uses it
-        sweep.prune_empty_dirs(ledger.parent.parent / ".multirun")  # Hydra's per-job folders, empty here
+        sweep.prune_sweep_dirs(ledger.parent.parent / ".multirun")  # Hydra's per-job folders, empty here
     code = max((o.exit_code for o in outcomes), default=0)
     if multirun and (outcomes or interrupted):
         ui.out.print(sweep.summary_table(outcomes))

@@ -104,6 +104,10 @@ class Outcome:
         )
 
 
+#: The file Hydra's sweeper saves in its sweep folder (the sweep's own config).
+HYDRA_SWEEP_CONFIG = "multirun.yaml"
+
+
 def new_ledger(results_dir: str | os.PathLike[str] | None = None) -> Path:
     """Create a ledger folder and publish it to jobs through :data:`LEDGER_ENV`.
 
@@ -148,18 +152,21 @@ def report(outcome: Outcome) -> None:
                    f"({exc.strerror or exc})")
 
 
-def prune_empty_dirs(root: Path) -> None:
-    """Remove the folders under ``root`` (and ``root``) that hold no file, deepest first.
+def prune_sweep_dirs(root: Path) -> None:
+    """Remove Hydra's sweep folders under ``root`` that hold nothing of use, deepest first.
 
-    Hydra makes a sweep folder and one folder per job even though the harness writes
-    nothing there (records land in ``results_dir``); left behind they pile up as
-    ``.multirun/<time>/<n>``. Folders with anything in them (submitit's Slurm logs,
-    another running sweep's files) stay.
+    Hydra makes ``.multirun/<time>/`` with its ``multirun.yaml`` and one empty folder per
+    job, although the harness writes nothing there (records land in ``results_dir`` and
+    carry the resolved config); left behind they pile up one per sweep. A folder that
+    holds anything else (submitit's Slurm scripts and logs, another running sweep's
+    files) stays, with its ``multirun.yaml``.
     """
     if not root.is_dir():
         return
     for folder, _, _ in sorted(os.walk(root), key=lambda entry: entry[0].count(os.sep), reverse=True):
         with contextlib.suppress(OSError):
+            if os.listdir(folder) == [HYDRA_SWEEP_CONFIG]:
+                os.unlink(os.path.join(folder, HYDRA_SWEEP_CONFIG))
             os.rmdir(folder)
 
 

@@ -85,17 +85,20 @@ def test_ledger_round_trip(tmp_path, monkeypatch):
 # --- the CLI -------------------------------------------------------------------------------------
 
 
-def test_prune_empty_dirs_keeps_folders_with_files(tmp_path):
+def test_prune_sweep_dirs_keeps_folders_with_files(tmp_path):
     root = tmp_path / ".multirun"
     (root / "2026-01-01_00-00-00" / "0").mkdir(parents=True)
     (root / "2026-01-01_00-00-00" / "1").mkdir()
+    (root / "2026-01-01_00-00-00" / "multirun.yaml").write_text("hydra: {}")
     logs = root / "2026-01-02_00-00-00" / ".submitit" / "123_0"
     logs.mkdir(parents=True)
     (logs / "123_0_log.out").write_text("slurm log")
-    sweep.prune_empty_dirs(root)
+    (root / "2026-01-02_00-00-00" / "multirun.yaml").write_text("hydra: {}")
+    sweep.prune_sweep_dirs(root)
     assert not (root / "2026-01-01_00-00-00").exists()
     assert (logs / "123_0_log.out").read_text() == "slurm log"
-    sweep.prune_empty_dirs(tmp_path / "absent")  # nothing to do, no error
+    assert (root / "2026-01-02_00-00-00" / "multirun.yaml").is_file()  # beside the Slurm logs it stays
+    sweep.prune_sweep_dirs(tmp_path / "absent")  # nothing to do, no error
 
 
 def test_sweep_exit_code_is_zero_only_when_every_job_is_ok(tmp_path, fault_env):
