@@ -226,7 +226,7 @@ def is_trial(record: Mapping[str, Any]) -> bool:
 def trials(recs: list[Mapping[str, Any]]) -> dict[str, Any]:
     """Every study among ``recs``: study name -> a DataFrame of its trials in run order
     (``trial``, ``status``, ``objective``, ``returned``, the searched keys, ``reason``,
-    ``run_id``), with ``attrs``: ``objective`` (name), ``direction``, ``unit``, ``best``
+    ``run_id``), each judged by the ``tune`` options it ran with, with ``attrs``: ``objective`` (name), ``direction``, ``unit``, ``best``
     (the index of the best feasible trial or None), ``params`` (the searched keys)."""
     import pandas as pd
 
@@ -250,7 +250,7 @@ def trials(recs: list[Mapping[str, Any]]) -> dict[str, Any]:
                     keys.append(key)
         rows = []
         for number, record in enumerate(members):
-            verdict = evaluate(record, tune)
+            verdict = evaluate(record, _own_options(record, tune))  # as Optuna was told at the time
             row: dict[str, Any] = {"trial": number, "status": verdict.status, "objective": verdict.value,
                                    "returned": verdict.returned}
             row.update({key: _config_value(record, key) for key in keys})
@@ -266,6 +266,13 @@ def trials(recs: list[Mapping[str, Any]]) -> dict[str, Any]:
                            params=keys, max_p99_ms=tune.max_p99_ms, backend=backend)
         out[study] = frame
     return out
+
+
+def _own_options(record: Mapping[str, Any], fallback: TuneOptions) -> TuneOptions:
+    try:
+        return options(lookup(record, "config.tune"))
+    except ConfigError:
+        return fallback
 
 
 def _config_value(record: Mapping[str, Any], key: str) -> Any:
@@ -301,7 +308,10 @@ def importance(frame: Any) -> dict[str, float]:
         from optuna.importance import MeanDecreaseImpurityImportanceEvaluator
     except ImportError:
         return {}
+    import warnings
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     study = optuna.create_study(direction=frame.attrs.get("direction", "maximize"))
     choices = {key: sorted(feasible[key].astype(str).unique()) for key in keys}
     for _, row in feasible.iterrows():
@@ -338,10 +348,10 @@ def show_studies() -> None:
                 cells[1] = f"[bold green]{cells[1]} (best)[/]"
             table.add_row(*cells)
         ui.out.print(table)
-        best = best_overrides(frame)
-        if best:
-            value = frame.loc[frame.attrs["best"], "objective"]
-            ui.out.print(f"best configuration ({tune.objective} {value:,.4g} {tune.target.unit}): {' '.join(best)}",
-                         soft_wrap=True, markup=False, highlight=False)
+        if frame.attrs["best"] is not None:
+            row = frame.loc[frame.attrs["best"]]
+            chosen = " ".join(best_overrides(frame)) or "the fixed configuration (no searched key)"
+            ui.out.print(f"best configuration ({tune.objective} {row['objective']:,.4g} {tune.target.unit}, run {row['run_id']}): "
+                         f"{chosen}", soft_wrap=True, markup=False, highlight=False)
         else:
             ui.error(f"study {study}: no feasible trial yet (fix: relax tune.max_p99_ms or run more trials)")
