@@ -25,11 +25,15 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Mapping, Optional
 
 from harness import records, sweep
 from harness.errors import ConfigError
+from harness.identity import RUN_LOCAL_KEYS
 from harness.validation import choice, require, typed
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 @dataclass(frozen=True)
@@ -246,6 +250,8 @@ def trials(recs: list[Mapping[str, Any]]) -> dict[str, Any]:
         for record in members:  # keys the command line swept (hydra.sweeper.params) show too
             for override in lookup(record, "job.overrides") or []:
                 key = str(override).split("=", 1)[0].lstrip("+~")
+                if key.split(".")[0] in RUN_LOCAL_KEYS or key.startswith("hydra"):
+                    continue  # how the trial ran (a bound, a folder), not what it measured
                 if key not in keys and len({_config_value(r, key) for r in members}) > 1:
                     keys.append(key)
         rows = []
@@ -324,6 +330,27 @@ def importance(frame: Any) -> dict[str, float]:
     return {key: float(value) for key, value in ranked.items()}
 
 
+def best_text(trials: pd.DataFrame) -> str:
+    """The best feasible trial and how to run it alone, or why there is none."""
+    best = trials.attrs.get("best")
+    if best is None:
+        return "no feasible trial: every trial failed or violated the constraint"
+    row = trials.loc[best]
+    overrides = " ".join(best_overrides(trials)) or "the fixed configuration"
+    value = f"{row['objective']:,.4g} {trials.attrs.get('unit', '')}".strip()
+    return f"best: trial {row['trial']}, {trials.attrs['objective']} {value} (run {row['run_id']}): {overrides}"
+
+
+def display(trials: pd.DataFrame) -> pd.DataFrame:
+    """The trials table as strings: trial, status, objective, each searched key, reason."""
+    best = trials.attrs.get("best")
+    columns = ["trial", "status", "objective", *trials.attrs.get("params", []), "reason"]
+    shown = trials[columns].copy().astype("object")
+    shown["objective"] = ["-" if _number(value) is None else f"{value:,.4g}" for value in trials["objective"]]
+    shown["status"] = [f"{s} (best)" if i == best else s for i, s in zip(trials.index, trials["status"])]
+    return shown.map(lambda value: "" if value is None else str(value))
+
+
 def show_studies() -> None:
     """After a tuning sweep: each study's trials so far (all runs of it) and the best configuration."""
     from rich.markup import escape
@@ -336,22 +363,15 @@ def show_studies() -> None:
         frame = trials([r for r in recs if lookup(r, "config.tune.study") == study]).get(study)
         if frame is None:
             continue
+        shown = display(frame)
         table = Table(title=f"tuning study {escape(study)} ({len(frame)} trials, {tune.direction} {tune.objective})",
                       title_justify="left")
-        columns = ["trial", "status", "objective", *frame.attrs["params"], "reason"]
-        for column in columns:
-            table.add_column(escape(column), overflow="fold")
-        for index, row in frame.iterrows():
-            cells = [escape("-" if row[c] is None or (isinstance(row[c], float) and math.isnan(row[c])) else
-                            (f"{row[c]:,.4g}" if c == "objective" else str(row[c]))) for c in columns]
-            if index == frame.attrs["best"]:
-                cells[1] = f"[bold green]{cells[1]} (best)[/]"
-            table.add_row(*cells)
+        for column in shown.columns:
+            table.add_column(escape(str(column)), overflow="fold")
+        for row in shown.itertuples(index=False):
+            table.add_row(*(escape(str(value)) for value in row))
         ui.out.print(table)
-        if frame.attrs["best"] is not None:
-            row = frame.loc[frame.attrs["best"]]
-            chosen = " ".join(best_overrides(frame)) or "the fixed configuration (no searched key)"
-            ui.out.print(f"best configuration ({tune.objective} {row['objective']:,.4g} {tune.target.unit}, run {row['run_id']}): "
-                         f"{chosen}", soft_wrap=True, markup=False, highlight=False)
-        else:
+        if frame.attrs["best"] is None:
             ui.error(f"study {study}: no feasible trial yet (fix: relax tune.max_p99_ms or run more trials)")
+        else:
+            ui.out.print(best_text(frame), soft_wrap=True, markup=False, highlight=False)

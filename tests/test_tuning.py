@@ -184,7 +184,7 @@ def test_study_resumes_and_failed_or_infeasible_trials_are_recorded_not_fatal(tm
     results = tmp_path / "results"
     first = tune_cli(tmp_path, results, "hydra.sweeper.n_trials=2", "scenario.size=choice(16,32)")
     assert first.returncode == 0, first.stderr[-3000:]
-    assert "best configuration (throughput" in first.stdout and "Traceback" not in first.stderr
+    assert "best: trial" in first.stdout and "throughput" in first.stdout and "Traceback" not in first.stderr
     assert len(records_in(results)) == 2
     # The same command again continues the study: trials 3 and 4, one failing, one over the p99 bound.
     failing = tune_cli(tmp_path, results, "hydra.sweeper.n_trials=1", "scenario.size=choice(16,32)", "backend.fault=choice(raise)")
@@ -202,3 +202,36 @@ def test_study_resumes_and_failed_or_infeasible_trials_are_recorded_not_fatal(tm
     frame = next(iter(tuning.trials(recs).values()))
     assert sorted(frame["status"]) == ["failed", "infeasible", "ok", "ok"]
     assert "4 trials" in slow.stdout
+    report = run_cli(str(results), "--out", str(tmp_path / "report"), command="harness-report", cwd=tmp_path)
+    assert report.returncode == 0, report.stderr[-2000:]
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "## Tuning: inference-quick-bert\\_small-numpy" in text and "infeasible" in text and "failed" in text
+
+
+# --- the report's tuning section ------------------------------------------------------------------
+
+
+def test_report_shows_each_study_with_failed_and_infeasible_trials_and_its_figures(tmp_path):
+    from test_results import make_record
+
+    from harness import records, results
+    from harness.report import build, html_page, markdown
+
+    trials = [("ok", 100.0, 5.0, 1), ("failed", None, 5.0, 2), ("ok", 900.0, 50.0, 4), ("ok", 300.0, 5.0, 2), ("ok", 150.0, 6.0, 1)]
+    for n, (status, throughput, p99, threads) in enumerate(trials):
+        record = make_record(status=status, reason="RuntimeError: boom" if status != "ok" else "", throughput=throughput, p99=p99)
+        record["created"] = f"2026-01-01T00:00:0{n}+00:00"
+        record["config"]["backend"]["threads"] = threads
+        record["config"]["tune"] = {"study": "s1", "params": {"backend.threads": "choice(1,2,4)"}, "max_p99_ms": 10.0}
+        records.write(record, tmp_path)
+    report = build.build(results.load(tmp_path))
+    [study] = report.tuning
+    assert list(study.table["status"]) == ["ok", "failed", "infeasible", "ok (best)", "ok"]
+    assert "p99 50.000 ms > tune.max_p99_ms 10 ms" in study.table["reason"].tolist()
+    assert "RuntimeError: boom" in study.table["reason"].iloc[1]
+    assert study.best.startswith("best: trial 3, throughput 300") and "backend.threads=2" in study.best
+    assert "3 ok, 1 infeasible, 1 failed" in study.headline
+    assert [figure.name.split("_")[0] for figure in study.figures] == ["tuning", "importance"]
+    text = markdown.render(report)
+    assert "## Tuning: s1" in text and "infeasible" in text and "plots/tuning_s1.png" in text
+    assert "Tuning: s1" in html_page.render(report)
