@@ -5,6 +5,7 @@ the real ``harness`` command (the test fault plugin's quick scenario: no model, 
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 from pathlib import Path
@@ -235,3 +236,24 @@ def test_report_shows_each_study_with_failed_and_infeasible_trials_and_its_figur
     text = markdown.render(report)
     assert "## Tuning: s1" in text and "infeasible" in text and "plots/tuning_s1.png" in text
     assert "Tuning: s1" in html_page.render(report)
+
+
+def test_compare_tuned_judges_the_best_trial_against_the_defaults_run(tmp_path, capsys):
+    from test_results import make_record
+
+    from harness import compare, records
+
+    records.write(make_record(throughput=100.0, p50=10.0, p99=12.0), tmp_path / "defaults")  # threads=4, batch 1
+    for n, (throughput, threads) in enumerate([(150.0, 1), (400.0, 2), (90.0, 8)]):
+        record = make_record(throughput=throughput, p50=10.0 * 100.0 / throughput, p99=12.0)
+        record["created"] = f"2026-01-01T00:00:0{n}+00:00"
+        record["config"]["backend"]["threads"] = threads
+        record["config"]["tune"] = {"study": "s1", "params": {"backend.threads": "choice(1,2,8)"}}
+        records.write(record, tmp_path / "tuned")
+    assert compare.main([str(tmp_path / "defaults"), str(tmp_path / "tuned"), "--tuned", "--format", "json"]) == 0
+    [row] = json.loads(capsys.readouterr().out)["rows"]
+    assert (row["verdict"], row["baseline"], row["candidate"]) == ("better", 100.0, 400.0)
+    # Without --tuned the trials are other configurations: nothing matches.
+    assert compare.main([str(tmp_path / "defaults"), str(tmp_path / "tuned"), "--format", "json"]) == 0
+    verdicts = {r["verdict"] for r in json.loads(capsys.readouterr().out)["rows"]}
+    assert verdicts == {"only in baseline", "only in candidate"}
