@@ -338,6 +338,8 @@ def _check(args: list[str], searchpath: list[str], options: dict[str, list[str]]
         problem = compose_jobs(_covering(jobs), searchpath, registry, found, label_jobs=len(jobs) > 1)
     if problem is None:
         problem = _sweep_base_problem(overrides, searchpath)
+    if problem and "hydra/sweeper" in problem and "optuna" in problem:  # +tune= without the tune extra
+        problem += " (fix: pip install 'harness[tune]' for Hydra's Optuna sweeper; docs/tuning.md)"
     return Checked(problem, None if custom_sweeper or jobs is None else len(jobs), found)
 
 

@@ -204,7 +204,7 @@ def trial_value(cfg: Any, num: int) -> float:
     try:
         tune = options(cfg.tune)
     except ConfigError as exc:  # the check validated the fixed part; a proposed value can still be wrong
-        ui.error(f"trial {num}: {exc.one_line()}")
+        ui.error(f"job {num}: {exc.one_line()}")
         return DEFAULT_PENALTY.get(str(cfg.tune.get("direction")), 0.0)
     _STUDIES[tune.study] = (str(cfg.results_dir), tune)
     outcome = _outcome(num)
@@ -212,7 +212,7 @@ def trial_value(cfg: Any, num: int) -> float:
     verdict = evaluate(record, tune)
     objective = tune.target
     shown = "-" if verdict.value is None else f"{verdict.value:,.4g} {objective.unit}".strip()
-    line = f"trial {num}: {tune.objective} {shown} -> {verdict.status}"
+    line = f"job {num}: {tune.objective} {shown} -> {verdict.status}"
     if verdict.status != "ok":
         line += f" ({verdict.reason}); Optuna receives the penalty {verdict.returned:g}"
     (ui.stage if verdict.status == "ok" else ui.warning)(line)
