@@ -348,7 +348,7 @@ def display(trials: pd.DataFrame) -> pd.DataFrame:
     shown = trials[columns].copy().astype("object")
     shown["objective"] = ["-" if _number(value) is None else f"{value:,.4g}" for value in trials["objective"]]
     shown["status"] = [f"{s} (best)" if i == best else s for i, s in zip(trials.index, trials["status"])]
-    return shown.map(lambda value: "" if value is None else str(value))
+    return shown.map(lambda value: "" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value))
 
 
 def show_studies() -> None:
@@ -372,6 +372,7 @@ def show_studies() -> None:
             table.add_row(*(escape(str(value)) for value in row))
         ui.out.print(table)
         if frame.attrs["best"] is None:
-            ui.error(f"study {study}: no feasible trial yet (fix: relax tune.max_p99_ms or run more trials)")
+            ui.error(f"study {study}: no feasible trial yet (fix: relax the bound, tune.max_p99_ms or "
+                     "scenario.target_accuracy, train longer, or run more trials)")
         else:
             ui.out.print(best_text(frame), soft_wrap=True, markup=False, highlight=False)
