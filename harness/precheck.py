@@ -321,6 +321,10 @@ def _check(args: list[str], searchpath: list[str], options: dict[str, list[str]]
     if problem:
         return Checked(problem)
     found: dict[tuple[str, ...], compose.Job] = {}
+    tuning = next((o for o in overrides if o.lstrip("+").startswith(("tune=", "tune@"))), None)
+    if not parsed.multirun and tuning:
+        return Checked(f"{tuning} runs a study of many trials, which needs Hydra's multirun "
+                       f"(fix: harness -m {' '.join(args)}; docs/tuning.md)")
     if not parsed.multirun:
         return Checked(compose_jobs([overrides], searchpath, registry, found), 1, found)
     total, limit = count_jobs(overrides, options), max_jobs()
@@ -329,7 +333,7 @@ def _check(args: list[str], searchpath: list[str], options: dict[str, list[str]]
     if total is not None and total > limit:
         return Checked(f"this sweep has {total:,} jobs, more than the {limit:,} allowed without asking "
                        f"(fix: narrow the sweep, or export {MAX_JOBS_ENV}={total} to run them all)")
-    custom_sweeper = any(o.lstrip("+~").startswith(("hydra/sweeper", "hydra.sweeper", "tune=", "tune@")) for o in overrides)
+    custom_sweeper = bool(tuning) or any(o.lstrip("+~").startswith(("hydra/sweeper", "hydra.sweeper")) for o in overrides)
     jobs = sweep_jobs(overrides, options) if not custom_sweeper else [fixed_part(overrides)]
     if isinstance(jobs, str):
         return Checked(jobs)

@@ -160,6 +160,11 @@ def test_precheck_validates_the_fixed_part_of_a_tuning_sweep_without_expanding_i
     assert bad.problem and "batch_size" in bad.problem
 
 
+def test_a_tuning_preset_without_multirun_is_one_line_naming_the_fix(plugins):
+    checked = precheck.check(["+tune=inference", "model=bert_tiny"], [], compose.group_options([]), plugins.registry)
+    assert checked.problem and "needs Hydra's multirun" in checked.problem and "harness -m +tune=inference" in checked.problem
+
+
 @pytest.fixture
 def plugins():
     from harness.plugins import get_plugins
