@@ -19,7 +19,7 @@ venv-xla: $(XLA_STAMP)
 $(STAMP): pyproject.toml constraints.txt examples/harness-plugin-example/pyproject.toml
 	@test -x $(PY) || (command -v $(PYTHON) >/dev/null && $(PYTHON) -m venv $(VENV)) || python3 -m venv $(VENV)
 	$(PY) -m pip install $(PIP_FLAGS) -c constraints.txt --upgrade pip setuptools wheel
-	$(PY) -m pip install $(PIP_FLAGS) -c constraints.txt -e '.[openvino,llm,tensorboard,parquet,test,lint,slurm,sweep,serving,llamacpp]'
+	$(PY) -m pip install $(PIP_FLAGS) -c constraints.txt -e '.[openvino,llm,tensorboard,parquet,test,lint,slurm,sweep,tune,serving,llamacpp]'
 	# llama.cpp's server, llama-bench and GGUF converter from the same sources as the bindings (cached per machine).
 	PY=$(PY) scripts/llm-server/build-llamacpp.sh
 	# The example third-party plugin, installed the way a vendor's package would be.

@@ -151,7 +151,13 @@ def _hydra_task(cfg: Any) -> int:
     from hydra.types import RunMode
 
     hc = HydraConfig.get()
-    return run_job(cfg, hc.mode == RunMode.MULTIRUN, int(hc.job.num or 0), list(hc.overrides.task))
+    multirun, num = hc.mode == RunMode.MULTIRUN, int(hc.job.num or 0)
+    code = run_job(cfg, multirun, num, list(hc.overrides.task))
+    if multirun and "tune" in cfg:  # a tuning trial: the sweeper receives the objective its record holds
+        from harness import tuning
+
+        return tuning.trial_value(cfg, num)  # type: ignore[return-value]
+    return code
 
 
 def _header(plugins: Plugins) -> str:
@@ -265,6 +271,9 @@ def _run_hydra(args: list[str], parsed: Any, searchpath: list[str], multirun: bo
             extra.append(f"++hydra.job.env_set.{sweep.LEDGER_ENV}={ledger}")
         sys.argv[1:] = compose.normalise(precheck.with_overrides(args, parsed, extra))
         app()
+        from harness import tuning
+
+        tuning.show_studies()  # a tuning sweep: its trials so far and the best configuration
     except KeyboardInterrupt as exc:
         interrupted = exc
     except Exception as exc:  # Hydra refusing the command line itself (e.g. -m with --cfg)

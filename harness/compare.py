@@ -1,13 +1,18 @@
 """``harness-compare``: a regression gate for CI, baseline records against candidate records.
 
     harness-compare BASELINE_DIR CANDIDATE_DIR [--threshold 5%] [--metric throughput|p50|p99]
-                    [--format table|markdown|json] [--any-machine]
+                    [--format table|markdown|json] [--any-machine] [--ignore KEYS] [--tuned]
 
 Rows are matched by configuration identity (:mod:`harness.identity`: the config without
 run-local keys, machine-local paths replaced by content digests) and machine, so two
 checkouts on two CI runners compare like with like. Config keys that only one side
 has anywhere (an option the candidate's harness added) are left out of the match, or
-every row would be "only in one side" after each new option.
+every row would be "only in one side" after each new option. ``--ignore KEYS`` leaves
+more keys out; ``--tuned`` reduces the candidate side to the best trial of each tuning
+study (``+tune=``, :mod:`harness.tuning`) and ignores the keys the study searched, so the
+tuned configuration is judged against the defaults run of the same model and scenario.
+Throughput compared across batch sizes scales the latency-sample bootstrap by the batch
+ratio (throughput is batch x calls / total latency).
 
 Each matched row gets a verdict from the change of its metric (median over repeats)
 and whether that change is *significant*:
@@ -116,17 +121,45 @@ def load(path: str) -> pd.DataFrame:
     return frame[frame["status"] == "ok"].reset_index(drop=True)
 
 
-def match_keys(baseline: pd.DataFrame, candidate: pd.DataFrame, any_machine: bool) -> tuple[pd.Series, pd.Series]:
-    """Per row: its identity restricted to the config keys both sides know, plus the machine."""
+def match_keys(baseline: pd.DataFrame, candidate: pd.DataFrame, any_machine: bool,
+               ignore: Sequence[str] = ()) -> tuple[pd.Series, pd.Series]:
+    """Per row: its identity restricted to the config keys both sides know (less the
+    ``ignore`` keys and the keys below them), plus the machine."""
     leaves = [[identity.flat(json.loads(text)) for text in side["identity.config"]] for side in (baseline, candidate)]
     known = [set().union(*side) if side else set() for side in leaves]
-    common = known[0] & known[1]
+    common = {key for key in known[0] & known[1] if not any(key == i or key.startswith(i + ".") for i in ignore)}
     out = []
     for side, side_leaves in zip((baseline, candidate), leaves):
         keys = [identity.canonical({k: v for k, v in leaf.items() if k in common}) for leaf in side_leaves]
         machine = [""] * len(side) if any_machine else list(side["machine"].astype(str))
         out.append(pd.Series([f"{m}\x00{k}" for m, k in zip(machine, keys)], index=side.index, dtype="object"))
     return out[0], out[1]
+
+
+def tuned(candidate: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """``--tuned``: each tuning study's best feasible trial (:mod:`harness.tuning`) and the
+    keys the studies searched, which the match then ignores."""
+    from harness import records, tuning
+
+    study = "config.tune.study"
+    rows = candidate[candidate[study].notna()] if study in candidate.columns else candidate.iloc[0:0]
+    studies = tuning.trials([records.read(path) for path in rows["path"]])
+    best = [str(frame.loc[frame.attrs["best"], "run_id"]) for frame in studies.values() if frame.attrs["best"] is not None]
+    if not best:
+        raise UsageError("--tuned: no tuning study with a feasible trial among the candidate records "
+                         "(fix: point CANDIDATE_DIR at the results_dir of a +tune= sweep)")
+    searched = list(dict.fromkeys(key for frame in studies.values() for key in frame.attrs["params"]))
+    return candidate[candidate["run_id"].isin(best)].reset_index(drop=True), searched
+
+
+def _batch_ratio(base: pd.DataFrame, cand: pd.DataFrame) -> float | None:
+    """Candidate over baseline batch size (throughput from mean latencies scales by it);
+    None when a side mixes batch sizes."""
+    sizes = [pd.to_numeric(side.get("scenario.batch_size", pd.Series([1.0])), errors="coerce").fillna(1.0).unique()
+             for side in (base, cand)]
+    if any(len(size) != 1 for size in sizes):
+        return None
+    return float(sizes[1][0]) / float(sizes[0][0])
 
 
 def _pooled(frame: pd.DataFrame) -> list[float]:
@@ -169,11 +202,12 @@ def bootstrap_ratio(base: Sequence[float], cand: Sequence[float], metric: Metric
 
 def _evidence(base: pd.DataFrame, cand: pd.DataFrame, metric: Metric, b: float, c: float) -> tuple[float | None, float | None, str]:
     """(ratio CI low, high, how it was decided) for one matched row."""
-    if metric.percentile is not None or (_single_stream(base) and _single_stream(cand)):
+    scale = 1.0 if metric.percentile is not None else _batch_ratio(base, cand)  # rows matched across batch sizes (--tuned)
+    if scale is not None and (metric.percentile is not None or (_single_stream(base) and _single_stream(cand))):
         base_samples, cand_samples = _pooled(base), _pooled(cand)
         if len(base_samples) >= 2 and len(cand_samples) >= 2:
             low, high = bootstrap_ratio(base_samples, cand_samples, metric)
-            return low, high, f"bootstrap of raw samples ({len(base_samples)} vs {len(cand_samples)})"
+            return low * scale, high * scale, f"bootstrap of raw samples ({len(base_samples)} vs {len(cand_samples)})"
     if metric.noise_ci and all(f"{metric.noise_ci}.{end}" in side for side in (base, cand) for end in ("low", "high")):
         bl, bh = base[f"{metric.noise_ci}.low"].min(), base[f"{metric.noise_ci}.high"].max()
         cl, ch = cand[f"{metric.noise_ci}.low"].min(), cand[f"{metric.noise_ci}.high"].max()
@@ -197,9 +231,9 @@ def verdict(change: float, low: float | None, high: float | None, metric: Metric
 
 
 def compare(baseline: pd.DataFrame, candidate: pd.DataFrame, metric: Metric, threshold: float,
-            any_machine: bool = False) -> list[Row]:
+            any_machine: bool = False, ignore: Sequence[str] = ()) -> list[Row]:
     """Every configuration of either side with its verdict."""
-    base_keys, cand_keys = match_keys(baseline, candidate, any_machine)
+    base_keys, cand_keys = match_keys(baseline, candidate, any_machine, ignore)
     labels = _labels(pd.concat([baseline, candidate], ignore_index=True))
     label_of = dict(zip(pd.concat([base_keys, cand_keys], ignore_index=True), labels))
     rows: list[Row] = []
@@ -304,6 +338,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--metric", choices=sorted(METRICS), default="throughput", help="what to compare (default throughput)")
     p.add_argument("--format", choices=("table", "markdown", "json"), default="table", help="output (default table)")
     p.add_argument("--any-machine", action="store_true", help="match configurations across machines too")
+    p.add_argument("--ignore", default="", metavar="KEYS",
+                   help="comma-separated config keys left out of the match (a section name covers its keys), "
+                   "e.g. backend.intra_op_threads,scenario.batch_size")
+    p.add_argument("--tuned", action="store_true",
+                   help="CANDIDATE_DIR holds +tune= trials: compare each study's best trial with the baseline, "
+                   "ignoring the keys the study searched (docs/tuning.md)")
     return p
 
 
@@ -312,11 +352,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         threshold = parse_threshold(args.threshold)
         baseline, candidate = load(args.baseline), load(args.candidate)
+        ignore = [key.strip() for key in args.ignore.split(",") if key.strip()]
+        if args.tuned:
+            candidate, searched = tuned(candidate)
+            ignore += searched
     except UsageError as error:
         print(f"harness-compare: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     metric = METRICS[args.metric]
-    rows = compare(baseline, candidate, metric, threshold, args.any_machine)
+    rows = compare(baseline, candidate, metric, threshold, args.any_machine, ignore)
     if args.format == "json":
         print(json.dumps({"metric": args.metric, "column": metric.column, "threshold": threshold,
                           "worse": any(row.verdict == "worse" for row in rows),

@@ -6,6 +6,8 @@ only say *where* or *how* this particular run happened. Those **run-local keys**
 
 - ``results_dir``, ``cache_dir``, ``overwrite``: where files go, whether to redo a job;
 - ``launcher.*``: isolation, timeouts, memory cap, host lock (bookkeeping, not workload);
+- ``tune.*``: which tuning study a trial belongs to and how it is scored (docs/tuning.md),
+  so a tuned configuration and the same configuration run alone are one experiment;
 - ``scenario.distributed.node_rank`` / ``rdzv_endpoint`` / ``timeout_s``: which node of
   one multi-node run this process is, where the nodes met and how long they waited for
   each other; every node runs the same experiment.
@@ -43,6 +45,7 @@ RUN_LOCAL_KEYS: tuple[str, ...] = (
     "cache_dir",
     "overwrite",
     "launcher",
+    "tune",
 )
 
 #: The kind keys records written before ``identity.run_local_keys`` existed left out

@@ -321,6 +321,10 @@ def _check(args: list[str], searchpath: list[str], options: dict[str, list[str]]
     if problem:
         return Checked(problem)
     found: dict[tuple[str, ...], compose.Job] = {}
+    tuning = next((o for o in overrides if o.lstrip("+").startswith(("tune=", "tune@"))), None)
+    if not parsed.multirun and tuning:
+        return Checked(f"{tuning} runs a study of many trials, which needs Hydra's multirun "
+                       f"(fix: harness -m {' '.join(args)}; docs/tuning.md)")
     if not parsed.multirun:
         return Checked(compose_jobs([overrides], searchpath, registry, found), 1, found)
     total, limit = count_jobs(overrides, options), max_jobs()
@@ -329,7 +333,8 @@ def _check(args: list[str], searchpath: list[str], options: dict[str, list[str]]
     if total is not None and total > limit:
         return Checked(f"this sweep has {total:,} jobs, more than the {limit:,} allowed without asking "
                        f"(fix: narrow the sweep, or export {MAX_JOBS_ENV}={total} to run them all)")
-    jobs = sweep_jobs(overrides, options)
+    custom_sweeper = bool(tuning) or any(o.lstrip("+~").startswith(("hydra/sweeper", "hydra.sweeper")) for o in overrides)
+    jobs = sweep_jobs(overrides, options) if not custom_sweeper else [fixed_part(overrides)]
     if isinstance(jobs, str):
         return Checked(jobs)
     problem = None
@@ -337,5 +342,23 @@ def _check(args: list[str], searchpath: list[str], options: dict[str, list[str]]
         problem = compose_jobs(_covering(jobs), searchpath, registry, found, label_jobs=len(jobs) > 1)
     if problem is None:
         problem = _sweep_base_problem(overrides, searchpath)
-    custom_sweeper = any(o.lstrip("+~").startswith(("hydra/sweeper", "hydra.sweeper")) for o in overrides)
+    if problem and "hydra/sweeper" in problem and "optuna" in problem:  # +tune= without the tune extra
+        problem += " (fix: pip install 'harness[tune]' for Hydra's Optuna sweeper; docs/tuning.md)"
     return Checked(problem, None if custom_sweeper or jobs is None else len(jobs), found)
+
+
+def fixed_part(overrides: list[str]) -> list[str]:
+    """The one job checked for a sweeper that chooses values itself (Optuna, ``+tune=``):
+    every override that is not swept, and the first value of a ``choice``/``range``
+    sweep; an ``interval(...)`` (a distribution, not a list of values) is left to the
+    sweeper. Sweeps are not expanded: the sweeper decides which combinations run."""
+    job = []
+    for override in _parse(overrides):
+        key = override.get_key_element()
+        if not override.is_sweep_override():
+            job.append(override.input_line)
+        elif not override.is_interval_sweep():
+            first = next(iter(override.sweep_string_iterator()), None)
+            if first is not None:
+                job.append(f"{key}={first}")
+    return job

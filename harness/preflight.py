@@ -45,7 +45,7 @@ from harness.families import family
 
 #: The keys the primary config may have at the top level.
 TOP_LEVEL_KEYS = ("backend", "scenario", "model", "dataset", "results_dir", "cache_dir", "hardware", "overwrite",
-                  "launcher")
+                  "launcher", "tune")
 #: Free space below which an output folder counts as full.
 MIN_FREE_BYTES = {"results_dir": 4 * 2**20, "cache_dir": 64 * 2**20}
 #: Bytes of the probe written into each output folder.

@@ -52,7 +52,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     )),
     ("command line and reports", (
         "harness", "harness.compose", "harness.precheck", "harness.cli", "harness.backends_cli", "harness.testing",
-        "harness.report", "harness.compare",
+        "harness.report", "harness.compare", "harness.tuning",
     )),
 ]
 

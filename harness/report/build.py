@@ -17,20 +17,12 @@ import pandas as pd
 
 from harness import results
 from harness.columns import Column, missing
-from harness.report import plots, tables
+from harness.report import plots, studies, tables
 from harness.report import summary as s
+from harness.report.plots import Plot
 
 SAMPLES = "metrics.latency_ms.samples"
 LOSS_CURVE = "metrics.training.loss_curve"
-
-
-@dataclass(frozen=True)
-class Plot:
-    """A rendered plot: ``name`` is a file stem unique within the report."""
-
-    name: str
-    title: str
-    png: bytes
 
 
 @dataclass
@@ -64,6 +56,7 @@ class Report:
     problems: pd.DataFrame
     skipped: list[str]
     notes: list[str]
+    tuning: list[studies.Study] = field(default_factory=list)
 
 
 def build(
@@ -105,6 +98,7 @@ def build(
         problems=tables.problems_table(frame),
         skipped=[str(item) for item in skipped],
         notes=notes,
+        tuning=studies.build(frame, names, figures),
     )
 
 

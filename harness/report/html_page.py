@@ -69,6 +69,12 @@ def render(report: Report) -> str:
         body += ["<h2>Accuracy vs throughput</h2>", _figures(report.accuracy)]
     if report.training:
         body += ["<h2>Training</h2>", _figures(report.training)]
+    for study in report.tuning:
+        body += [f"<h2>Tuning: {escape(study.name)}</h2>", f'<p class="meta">{escape(study.headline)}</p>',
+                 f"<p><strong>{escape(study.best)}</strong></p>", _table(study.table)]
+        if not study.importance.empty:
+            body.append(_table(study.importance))
+        body.append(_figures(study.figures))
     if not report.problems.empty:
         body += ["<h2>Runs without a valid measurement</h2>", _table(report.problems, "problems")]
     if report.skipped:

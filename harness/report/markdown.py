@@ -56,6 +56,12 @@ def render(report: Report, plots_dir: str = PLOTS_DIR) -> str:
     if report.training:
         lines += ["", "## Training", ""]
         lines += [f"![{cell(figure.title)}]({plots_dir}/{figure.name}.png)\n" for figure in report.training]
+    for study in report.tuning:
+        lines += ["", f"## Tuning: {cell(study.name)}", "", cell(study.headline), "", f"**{cell(study.best)}**", "",
+                  _table(study.table)]
+        if not study.importance.empty:
+            lines += ["", _table(study.importance)]
+        lines += [f"\n![{cell(figure.title)}]({plots_dir}/{figure.name}.png)" for figure in study.figures]
     if not report.problems.empty:
         lines += ["", "## Runs without a valid measurement", "", _table(report.problems)]
     if report.skipped:
@@ -68,6 +74,7 @@ def write(report: Report, out_dir: Path, name: str = "report.md") -> list[Path]:
     plots = out_dir / PLOTS_DIR
     written = []
     figures = [figure for section in report.sections for figure in section.figures] + report.accuracy + report.training
+    figures += [figure for study in report.tuning for figure in study.figures]
     if figures:
         plots.mkdir(parents=True, exist_ok=True)
     for figure in figures:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Iterator, Mapping, Sequence
 
 import matplotlib
@@ -33,6 +34,15 @@ STYLE = {
     "axes.spines.right": False,
 }
 DPI = 100
+
+
+@dataclass(frozen=True)
+class Plot:
+    """A rendered plot: ``name`` is a file stem unique within the report."""
+
+    name: str
+    title: str
+    png: bytes
 
 
 @contextmanager

@@ -47,6 +47,9 @@ def show(report: Report, console: Console | None = None) -> None:
         console.print(rich_table(report.machines, "Machines"))
     for section in report.sections:
         console.print(rich_table(section.table, section.title))
+    for study in report.tuning:
+        console.print(rich_table(study.table, f"Tuning: {study.name} — {study.headline}"))
+        console.print(escape(study.best), soft_wrap=True, highlight=False)
     if not report.problems.empty:
         console.print(rich_table(report.problems, "Runs without a valid measurement"))
     for skipped in report.skipped:
