@@ -24,7 +24,7 @@ BERT) and ``int8_weights`` (weight-only). The float ops left in an int8 model ru
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from harness.backend import Artifact, Availability, Backend, Capabilities, Sessi
 from harness.config import choice, cores_bound, require
 from harness.errors import HarnessError, Unavailable, Unsupported
 from harness.hookspecs import hookimpl
+from harness.serving.batching import BatchingOptions
 
 HINTS = ("latency", "throughput")
 #: INFERENCE_PRECISION_HINT per scenario precision.
@@ -60,6 +61,7 @@ class OpenVINOOptions:
     static_shapes: bool = True
     model_cache: bool = True
     generation_engine: str = "auto"  # LLMs: genai (LLMPipeline) | stateful (InferRequest loop) | auto
+    serving: BatchingOptions = field(default_factory=BatchingOptions)  # LLM serving: ContinuousBatchingPipeline sizing
 
     def __post_init__(self) -> None:
         require(bool(self.device), "device", "must name an OpenVINO device, e.g. CPU, GPU, NPU or AUTO")
@@ -185,6 +187,17 @@ class OpenVINOBackend(Backend):
         from harness.backends import openvino_generation
 
         return openvino_generation.prepare(self, source, plan)
+
+    def prepare_serving(self, model: Any, plan: Any) -> Any:
+        """LLM serving: openvino-genai's ContinuousBatchingPipeline (:mod:`harness.backends.openvino_serving`);
+        ``backend.serving.mode=fifo``: one request at a time through the generation session."""
+        if self.options.serving.mode == "fifo":
+            from harness.serving.inprocess import fifo_session
+
+            return fifo_session(self, model, plan)
+        from harness.backends import openvino_serving
+
+        return openvino_serving.prepare(self, model, plan)
 
     def version(self) -> str:
         import openvino as ov

@@ -32,7 +32,7 @@ from harness.hookspecs import hookimpl
 from harness.scenario import RunContext, Scenario, ScenarioResult
 from harness.serving.figures import SLO, step_figures
 from harness.serving.load import Limits, Load, StepResult, run_step
-from harness.serving.session import GenerationRequest, ServingModel, ServingSession, Tokenizer
+from harness.serving.session import GenerationRequest, ServingModel, ServingPlan, ServingSession, Tokenizer
 from harness.serving.sweep import search_max_rate, sweep_rates, synchronous, throughput
 from harness.serving.workload import PlainTokenizer, PromptPool, WorkloadOptions, build_requests, load_tokenizer
 
@@ -191,25 +191,28 @@ class ServingScenario(Scenario):
 
     def _session(self, ctx: RunContext, model: ServingModel) -> ServingSession:
         """The backend's own serving session, else FIFO serving over its generation session."""
-        opts: ServingOptions = self.options
         backend = ctx.backend
+        plan = self.plan()
         prepare = getattr(backend, "prepare_serving", None)
         if prepare is not None:
-            return prepare(model, opts.precision)
+            return prepare(model, plan)
         if not backend.capabilities().generation:
             raise Unsupported(f"backend '{backend.name}' cannot serve streamed generation requests",
                               "use backend=openai (any OpenAI-compatible server), llamacpp, or a backend that generates")
-        from harness.generation.session import GenerationPlan
-        from harness.serving.inprocess import GenerationServingSession
+        from harness.serving.inprocess import fifo_session
 
-        precision = "fp32" if opts.precision == "auto" else opts.precision
+        return fifo_session(backend, model, plan)
+
+    def plan(self) -> ServingPlan:
+        """The precision and the workload's bounds a session is prepared for."""
+        opts: ServingOptions = self.options
         w = opts.workload
         longest_prompt = w.prompt_tokens_max or max(w.prompt_tokens + int(4 * w.prompt_tokens_stdev), w.prompt_tokens)
         longest_output = w.output_tokens_max or max(w.output_tokens + int(4 * w.output_tokens_stdev), w.output_tokens)
-        plan = GenerationPlan(precision, 1, longest_prompt, longest_output)
-        source = model.source()
-        generation = backend.prepare_generation(source, plan)
-        return GenerationServingSession(generation, model.tokenizer(), precision, backend.name)
+        in_flight = {"concurrency": opts.concurrency, "sweep": opts.sweep.max_concurrency}.get(opts.load)
+        if opts.search.enabled:  # the search's open-loop steps are unbounded
+            in_flight = None
+        return ServingPlan(opts.precision, longest_prompt, longest_output, in_flight)
 
     async def _accuracy(self, ctx: RunContext, session: ServingSession, models: "_ModelSources", texts: list[str],
                         metrics: dict[str, Any]) -> None:
@@ -253,8 +256,10 @@ class ServingScenario(Scenario):
             nonlocal step_no
             step_no += 1
             ctx.status(f"step {step_no} {load.name}: up to {opts.requests} requests, <= {opts.max_seconds:g} s")
+            session.take_batch_stats()  # what came before this step (warm-up, earlier steps' stragglers) is not its
             result = await run_step(session, requests_for(step_no), load, opts.limits, seed=opts.workload.seed + step_no)
             figures = self._figures(result, slo)
+            figures["engine_batches"] = session.take_batch_stats()
             serving["steps"].append(figures)
             metrics["backend"] = session.describe()
             if result.aborted:

@@ -14,7 +14,18 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from harness.serving.session import Emit, GenerationRequest, StreamEnd, ThreadedSession, TokenChunk, Tokenizer, now
+from harness.serving.session import (Emit, GenerationRequest, ServingModel, ServingPlan, StreamEnd, ThreadedSession,
+                                     TokenChunk, Tokenizer, now)
+
+
+def fifo_session(backend: Any, model: ServingModel, plan: ServingPlan) -> "GenerationServingSession":
+    """FIFO serving over ``backend``'s generation session, prepared for the plan's longest request."""
+    from harness.generation.session import GenerationPlan
+
+    precision = "fp32" if plan.precision == "auto" else plan.precision
+    generation = backend.prepare_generation(model.source(), GenerationPlan(precision, 1, plan.max_prompt_tokens,
+                                                                           plan.max_output_tokens))
+    return GenerationServingSession(generation, model.tokenizer(), precision, backend.name)
 
 
 class GenerationServingSession(ThreadedSession):
@@ -37,8 +48,8 @@ class GenerationServingSession(ThreadedSession):
         else:
             raise ValueError("an in-process engine needs token ids, and no tokenizer is known")
         (output,) = self.session.generate([prompt], request.max_tokens, GREEDY)
-        for when in output.token_times:
-            emit(TokenChunk(when))
+        for token, when in zip(output.tokens, output.token_times):
+            emit(TokenChunk(when, ids=(int(token),)))
         return StreamEnd(now(), prompt_tokens=len(prompt), output_tokens=len(output.tokens), finish_reason="length")
 
     def tokenizer(self) -> Optional[Tokenizer]:
