@@ -279,10 +279,9 @@ class OpenVINOGenerationSession(GenerationSession):
         self._stepper = None
 
 
-def prepare(backend: Any, source: Any, plan: GenerationPlan) -> OpenVINOGenerationSession:
-    """Build (or reuse) the genai model folder and open the engine ``backend.generation_engine`` picks."""
-    from harness.backends.openvino import compile_config
-
+def prepare(backend: Any, source: Any, plan: GenerationPlan, properties: dict[str, Any]) -> OpenVINOGenerationSession:
+    """Build (or reuse) the genai model folder and open the engine ``backend.generation_engine`` picks,
+    compiled with the backend's ``properties`` (its ``compile_config`` for the plan's precision)."""
     if plan.precision not in PRECISION:
         raise Unsupported(f"openvino generation runs fp32, bf16 or fp16, not {plan.precision}",
                           "use scenario.precision=fp32")
@@ -294,7 +293,7 @@ def prepare(backend: Any, source: Any, plan: GenerationPlan) -> OpenVINOGenerati
     elif engine == "genai" and _version("openvino-genai") == "missing":
         raise Unavailable("openvino-genai is not installed, so backend.generation_engine=genai cannot run",
                           "pip install openvino-genai (the harness[openvino] extra has it), or backend.generation_engine=stateful")
-    properties = compile_config(backend.options, plan.precision, None)
+    properties = dict(properties)
     properties["KV_CACHE_PRECISION"] = PRECISION[plan.precision]
     pad = source.tokenizer.pad_token_id if source.tokenizer is not None else 0
     try:

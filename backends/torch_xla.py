@@ -51,7 +51,7 @@ from harness.training.torch_session import TorchTrainingSession
 if TYPE_CHECKING:
     from harness.registry import Registry
 
-HARNESS_PLUGIN_API = "1"
+HARNESS_PLUGIN_API = "2"
 
 DEVICES = ("auto", "cpu", "tpu")
 MATMUL_PRECISIONS = ("default", "high", "highest")
@@ -481,6 +481,10 @@ class TorchXLABackend(Backend):
                 f"torch_xla training runs one process (world size {plan.world.size} requested)",
                 "drop scenario.distributed for backend=torch_xla",
             )
+        if plan.parallel.activation_checkpointing:
+            raise Unsupported("activation checkpointing is not wired for torch_xla (XLA's compiler would fold "
+                              "torch.utils.checkpoint's recomputation away; torch_xla has its own)",
+                              "drop scenario.activation_checkpointing for backend=torch_xla")
         device = self._xla_device()
         self._set_matmul_precision()
         return TorchXLATrainingSession(module, plan, device, self.device())

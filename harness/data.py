@@ -523,7 +523,7 @@ def _text_task(texts: Sequence[list[str]], labels: Sequence[np.ndarray],
         raise ConfigError("the tokenizer has no padding token", "set tokenizer.pad_token or use another")
     splits = [Split(_encode(tokenizer, t, seq_len), np.asarray(y, dtype=np.int64), list(t))
               for t, y in zip(texts, labels)]
-    return TaskData("text-classification", len(names), names, tokenizer, seq_len, *splits)
+    return TaskData("text-classification", len(names), names, tokenizer, seq_len, *splits)  # type: ignore[arg-type]
 
 
 def _encode(tokenizer: Any, texts: list[str], seq_len: int) -> dict[str, np.ndarray]:

@@ -17,6 +17,7 @@ summary table once Hydra returns.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -25,30 +26,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
-from harness.cache import content_key
+from harness.identity import job_key as job_key  # the key a sweep resumes by
 
 LEDGER_ENV = "HARNESS_SWEEP_LEDGER"
-#: Top-level config keys that do not change what a job measures.
-VOLATILE_KEYS = ("results_dir", "cache_dir", "overwrite", "launcher")
-
-
-#: Keys inside ``scenario.distributed`` that differ between the nodes of one multi-node run
-#: (or between its attempts) without changing what it measures.
-NODE_KEYS = ("node_rank", "rdzv_endpoint")
-
-
-def job_key(config: dict[str, Any]) -> str:
-    """A stable 20-hex-digit key of the resolved config, minus :data:`VOLATILE_KEYS`.
-
-    The nodes of one multi-node training run share it (:data:`NODE_KEYS` are left out),
-    so a resumed sweep skips a finished job on every node alike.
-    """
-    kept = {k: v for k, v in config.items() if k not in VOLATILE_KEYS}
-    scenario = kept.get("scenario")
-    if isinstance(scenario, dict) and isinstance(scenario.get("distributed"), dict):
-        distributed = {k: v for k, v in scenario["distributed"].items() if k not in NODE_KEYS}
-        kept["scenario"] = {**scenario, "distributed": distributed}
-    return content_key(kept)
 
 
 #: (path) -> (mtime_ns, size, job_key, status): each record file is read once per process.
@@ -166,6 +146,21 @@ def report(outcome: Outcome) -> None:
 
         ui.warning(f"job {outcome.num} is missing from the sweep summary: the ledger {folder} refused it "
                    f"({exc.strerror or exc})")
+
+
+def prune_empty_dirs(root: Path) -> None:
+    """Remove the folders under ``root`` (and ``root``) that hold no file, deepest first.
+
+    Hydra makes a sweep folder and one folder per job even though the harness writes
+    nothing there (records land in ``results_dir``); left behind they pile up as
+    ``.multirun/<time>/<n>``. Folders with anything in them (submitit's Slurm logs,
+    another running sweep's files) stay.
+    """
+    if not root.is_dir():
+        return
+    for folder, _, _ in sorted(os.walk(root), key=lambda entry: entry[0].count(os.sep), reverse=True):
+        with contextlib.suppress(OSError):
+            os.rmdir(folder)
 
 
 def read_ledger(folder: Path) -> list[Outcome]:

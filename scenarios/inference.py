@@ -22,6 +22,7 @@ from harness.accuracy import AccuracyGate, run_accuracy
 from harness.compression.pipeline import artifact_size
 from harness.compression.pruning import PruningOptions
 from harness.compression.recipes import QuantizationOptions, recipe_for
+from harness.columns import Column
 from harness.config import choice, require
 from harness.errors import Mismatch
 from harness.export import eager_outputs
@@ -89,7 +90,7 @@ class InferenceOptions:
     seq_len: int = 128
     warmup_iters: int = 5
     min_iters: int = 20
-    min_duration_s: float = 2.0
+    min_duration_s: float = 3.0
     max_duration_s: float = 60.0
     keep_samples: bool = True
     load: str = "single_stream"
@@ -140,6 +141,19 @@ def offline_throughput(calls: int, seconds: float, batch_size: int) -> float:
 class InferenceScenario(Scenario):
     kind = "inference"
     options_type = InferenceOptions
+    report_columns = (
+        # scenario.load=server: the MLPerf-style verdict at the offered load
+        Column("metrics.server.target_qps", "Server QPS", "number"),
+        Column("metrics.server.latency_at_percentile_ms", "Server p99 (ms)", "number", "lower"),
+        Column("metrics.server.latency_bound_ms", "p99 bound (ms)", "number"),
+        Column("metrics.server.result", "Server", "text"),
+        Column("metrics.server.max_valid_qps", "Max valid QPS", "number", "higher"),
+        # scenario.pruning: what was removed, and the speed against the unpruned fp32 row
+        Column("metrics.pruning.params_after", "Params", "integer", "lower", when="metrics.pruning.method"),
+        Column("metrics.pruning.sparsity.all", "Sparsity", "percent", when="metrics.pruning.method"),
+        Column("metrics.throughput.samples_per_s", "Speedup vs unpruned fp32", "ratio", "higher",
+               vs={"scenario.precision": "fp32"}, when="metrics.pruning.method"),
+    )
 
     def run(self, ctx: RunContext) -> ScenarioResult:
         opts: InferenceOptions = self.options
@@ -186,7 +200,10 @@ class InferenceScenario(Scenario):
         memory = session.memory()
         if memory:
             metrics["memory_mib"] = memory
-        metrics.update(session.metrics())  # backend-specific sections, e.g. metrics.xla
+        engine = session.metrics()
+        if engine:
+            metrics["backend"] = engine  # plugin API 2: engine facts under metrics.backend
+            metrics.update(engine)  # plugin API 1 merged them at the top (e.g. metrics.xla); kept for one release
 
         if opts.accuracy.enabled:
             ctx.status(f"scoring accuracy on the eval split ({opts.accuracy.limit or len(data.eval)} examples)")
@@ -209,12 +226,11 @@ class InferenceScenario(Scenario):
 
     def _prune(self, ctx: RunContext, reference_model: Any) -> tuple[Any, dict[str, Any]]:
         """The pruned (and fine-tuned) copy of the model; the reference stays untouched."""
-        from harness.checkpoints import training_backend
         from harness.compression.pruning import prune
 
         options = self.options.pruning
         train_data = ctx.load_data(options.finetune_seq_len, reference_model.tokenizer)
-        trainer = training_backend(ctx.backend) if options.finetune_steps else None
+        trainer = ctx.trainer() if options.finetune_steps else None
         return prune(reference_model, train_data, options, cache_root=ctx.cache_root, trainer=trainer, report=ctx.status)
 
     def _validate(self, session: Any, inputs: Any, model: Any, batch: Any, backend: Any) -> dict[str, Any]:
@@ -236,8 +252,10 @@ class InferenceScenario(Scenario):
         from harness import hardware
 
         fingerprint = hardware.fingerprint(hardware.cpu_model(), os.cpu_count() or 1, ctx.backend.device_info())
-        ctx.status("roofline: FLOPs per sample and this host's measured GEMM peak (cached)")
-        return roofline_metrics(model.module, batch, samples_per_s, self.options.precision, device, fingerprint, ctx.cache_root)
+        ctx.status("roofline: FLOPs per sample and this host's measured GEMM peak (measured once under the host lock, cached)")
+        held = bool((ctx.spec.config.get("launcher") or {}).get("host_lock"))  # the launcher took it for this run
+        return roofline_metrics(model.module, batch, samples_per_s, self.options.precision, device, fingerprint,
+                                ctx.cache_root, host_lock_held=held)
 
     def _offline(self, ctx: RunContext, session: Any, inputs: Any, metrics: dict[str, Any], seq_len: int | None) -> None:
         """Offline throughput with the session's in-flight calls; single-stream figures kept beside it."""

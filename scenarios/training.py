@@ -20,25 +20,30 @@ from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from harness import hardware, records
+from harness import hardware, identity, records
+from harness.columns import Column
 from harness.errors import ConfigError, Unsupported
 from harness.hookspecs import hookimpl
 from harness.scenario import RunContext, Scenario, ScenarioResult
 from harness.training import metrics as training_metrics
+from harness.training.architectures import check_layout
 from harness.training.job import tensorboard_folder, train_recipe
-from harness.training.options import TrainingOptions
-
-#: Config sections that differ between a data-parallel run and its 1-process baseline
-#: without making them different experiments.
-_NOT_COMPARED = ("results_dir", "cache_dir", "hardware", "launcher")
+from harness.training.options import RENDEZVOUS_KEYS, TrainingOptions
 
 
-def require_training(ctx: RunContext, precision: str) -> None:
-    """Refuse, with the reason, a backend that does not declare training or this precision."""
+
+def require_training(ctx: RunContext, precision: str, strategy: str = "ddp") -> None:
+    """Refuse, with the reason, a backend that does not declare training, this precision
+    or this parallel strategy (before any process is launched)."""
     backend = ctx.backend
-    if not backend.capabilities().training:
+    capabilities = backend.capabilities()
+    if not capabilities.training:
         raise Unsupported(f"backend '{backend.name}' cannot train: its capabilities declare inference only",
                           "train with a backend whose harness-backends entry lists training, e.g. backend=pytorch")
+    if strategy not in capabilities.training_strategies:
+        raise Unsupported(f"backend '{backend.name}' does not train with strategy {strategy} (it declares "
+                          f"{', '.join(sorted(capabilities.training_strategies))})",
+                          "use one of those strategies, or backend=pytorch for fsdp, tp, pp and fsdp+tp")
     backend.check_precision(precision)
 
 
@@ -56,12 +61,9 @@ def record_metrics(training: dict[str, Any]) -> dict[str, Any]:
 
 
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:
-    """A run's config without what a 1-process baseline may differ in (world, folders)."""
-    out = {k: v for k, v in config.items() if k not in _NOT_COMPARED}
-    scenario = dict(out.get("scenario") or {})
-    scenario.pop("distributed", None)
-    out["scenario"] = scenario
-    return out
+    """A run's config without what a 1-process baseline may differ in: the run-local keys
+    (folders, launcher), the machine, and the whole ``scenario.distributed`` section."""
+    return identity.without(identity.job_config(config, ()), (*identity.MACHINE_KEYS, "scenario.distributed"))
 
 
 def find_baseline(ctx: RunContext) -> tuple[Optional[dict[str, Any]], str]:
@@ -109,22 +111,63 @@ def add_scaling(ctx: RunContext, training: dict[str, Any]) -> None:
     )
 
 
+def model_config(model: Any) -> dict[str, Any]:
+    """The model's transformers config as far as it is known without building it: a
+    local folder's ``config.json`` under the config overrides."""
+    import json
+
+    config: dict[str, Any] = {}
+    if model.path and (Path(model.path).expanduser() / "config.json").is_file():
+        config.update(json.loads((Path(model.path).expanduser() / "config.json").read_text()))
+    config.update(model.config or {})
+    return config
+
+
 def _plain(value: Any) -> Any:
     return asdict(value) if is_dataclass(value) else value
+
+
+#: What a training run costs and reaches (``metrics.training``).
+TRAINING_COLUMNS = (
+    Column("metrics.training.world_size", "World size", "integer"),
+    Column("metrics.training.samples_per_s", "Train samples/s", "number", "higher"),
+    Column("metrics.training.time_to_target_s", "Time to target", "seconds", "lower"),
+    Column("metrics.training.final_accuracy", "Final accuracy", "fixed4", "higher"),
+    Column("metrics.training.scaling_efficiency", "Scaling efficiency", "percent", "higher"),
+    Column("metrics.training.memory_max_rank.params_mib", "Params MiB/rank", "number", "lower"),
+    Column("metrics.training.memory_max_rank.model_state_mib", "Model state MiB/rank", "number", "lower"),
+    Column("metrics.training.memory_max_rank.activations_mib", "Activations MiB/rank", "number", "lower"),
+    Column("metrics.training.step_breakdown.communication_share", "Communication", "percent", "lower"),
+)
 
 
 class TrainingScenario(Scenario):
     kind = "training"
     options_type = TrainingOptions
+    report_columns = TRAINING_COLUMNS
+    record_section = "training"
+    run_local_keys = RENDEZVOUS_KEYS
+
+    @classmethod
+    def nodes(cls, options: TrainingOptions) -> tuple[int, int]:
+        """One ``harness`` per node: ``scenario.distributed.node_rank`` of ``nnodes``."""
+        return options.distributed.node_rank, options.distributed.nnodes
+
+    @classmethod
+    def lock_group(cls, options: TrainingOptions) -> str | None:
+        """The nodes of one run meet at one torchrun rendezvous."""
+        return f"torchrun rendezvous {options.distributed.rdzv_endpoint}"
 
     def run(self, ctx: RunContext) -> ScenarioResult:
         opts: TrainingOptions = self.options
         spec = ctx.spec
-        require_training(ctx, opts.precision)
+        require_training(ctx, opts.precision, opts.distributed.strategy)
         if spec.model.checkpoint:
             raise ConfigError("model.checkpoint is for inference runs; training starts from model.path or the config",
                               "use model.path=<folder> to fine-tune a saved checkpoint")
         dist = opts.distributed
+        if dist.world_size > 1:
+            check_layout(model_config(spec.model), spec.model.name, dist.strategy, dist.mesh_shape)
         board = str(tensorboard_folder(spec.results_dir, spec.scenario_name, spec.backend_name))
         if dist.world_size > 1:
             from harness.training.ddp import launch
