@@ -35,6 +35,7 @@ from harness.errors import ConfigError, HarnessError, Unsupported, exception_lin
 from harness.generation.session import (GREEDY, Decoding, DecoderSource, GenerationOutput, GenerationPlan,
                                         GenerationSession, now)
 from harness.hookspecs import hookimpl
+from harness.serving.inprocess import FIFO
 from harness.serving.gguf import GGUF_TYPES, LLAMACPP_VERSION, converter_dir, gguf_for
 from harness.serving.session import (Emit, GenerationRequest, ServingModel, ServingPlan, StreamEnd, ThreadedSession,
                                      TokenChunk, Tokenizer)
@@ -236,9 +237,9 @@ class LlamaCppServingSession(ThreadedSession):
     def scorer(self) -> Any:
         return self._scorer
 
-    def describe(self) -> dict[str, Any]:
-        return {**_facts(self.engine, self.stage, "none: one request at a time (FIFO), one worker thread"),
-                "device": "cpu"}
+    def metrics(self) -> dict[str, Any]:
+        return {**_facts(self.engine, self.stage, "none: one request at a time (FIFO) in one worker thread "
+                         "(llama-cpp-python's Llama decodes one sequence)"), "concurrency": FIFO}
 
     async def aclose(self) -> None:
         await super().aclose()

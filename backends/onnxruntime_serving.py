@@ -161,7 +161,7 @@ class OrtBatchedEngine(SteppedEngine):
             handle.finished = True
             self._regroup(keep=[i for i, s in enumerate(self.rows) if s is not handle])
 
-    def describe(self) -> dict[str, Any]:
+    def metrics(self) -> dict[str, Any]:
         return {"running": len(self.rows), "past_tokens": int(self.mask.shape[1]) if self.rows else 0}
 
 
@@ -191,8 +191,9 @@ def prepare(backend: Any, model: ServingModel, plan: ServingPlan) -> EngineThrea
         "batching": (f"continuous: the harness's scheduler over the IOBinding decoder, up to {options.max_batch} sequences; "
                      f"a step prefills waiting requests (<= {options.max_batched_tokens} padded tokens) or decodes every "
                      "running one; joining and leaving rows regroup the left-padded past tensors"),
+        "concurrency": f"continuous batching, <= {options.max_batch} (harness scheduler)",
         "max_batch": options.max_batch, "max_batched_tokens": options.max_batched_tokens,
         "kv_cache": "per-sequence rows of past/present OrtValues, left-padded to the longest running sequence",
-        "device": backend.device(),
     }
-    return EngineThreadSession(engine, model.tokenizer(), precision, facts, scorer=LazyScorer(lambda ids: generation))
+    return EngineThreadSession(engine, model.tokenizer(), precision, facts, scorer=LazyScorer(lambda ids: generation),
+                               device=str(getattr(generation, "device", backend.device())))

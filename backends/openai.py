@@ -110,6 +110,7 @@ class OpenAIServingSession(ServingSession):
 
         self.options = options
         self.model = model
+        self.device = options.root  # the server is the device: its base URL
         self._tokenizer = tokenizer
         self._headers = _headers(options)
         timeout = httpx.Timeout(options.timeout_s, connect=options.connect_timeout_s)
@@ -121,10 +122,11 @@ class OpenAIServingSession(ServingSession):
     def tokenizer(self) -> Optional[Tokenizer]:
         return self._tokenizer
 
-    def describe(self) -> dict[str, Any]:
+    def metrics(self) -> dict[str, Any]:
         return {
             "engine": "remote OpenAI-compatible server",
             "batching": "the server's own (remote)",
+            "concurrency": "the server's own",
             "endpoint": f"{self.options.root}/{'chat/completions' if self.options.api == 'chat' else 'completions'}",
             "model": self.model,
             "retries_used": self.retries_used,

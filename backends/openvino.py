@@ -24,7 +24,7 @@ BERT) and ``int8_weights`` (weight-only). The float ops left in an int8 model ru
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -196,9 +196,14 @@ class OpenVINOBackend(Backend):
             from harness.serving.inprocess import fifo_session
 
             return fifo_session(self, model, plan)
-        from harness.backends import openvino_serving
+        from harness.backends import openvino_generation, openvino_serving
 
-        return openvino_serving.prepare(self, model, plan)
+        precision = "fp32" if plan.precision == "auto" else plan.precision
+        if precision not in openvino_generation.PRECISION:
+            raise Unsupported(f"openvino serving runs fp32, bf16 or fp16, not {precision}", "use scenario.precision=fp32")
+        self.check_device_precision(precision)
+        return openvino_serving.prepare(self, model, replace(plan, precision=precision), compile_config(self.options, precision, None),
+                                        device_family(self.options.device))
 
     def version(self) -> str:
         import openvino as ov

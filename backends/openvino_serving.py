@@ -173,35 +173,32 @@ class GenaiEngine(SteppedEngine):
     def cancel(self, handle: Any) -> None:
         handle.cancel()
 
-    def describe(self) -> dict[str, Any]:
+    def metrics(self) -> dict[str, Any]:
         metrics = self.pipe.get_metrics()
         return {"kv_cache_bytes": int(metrics.cache_size_in_bytes),
                 "kv_cache_max_usage_percent": float(metrics.max_cache_usage),
                 "kv_cache_avg_usage_percent": float(metrics.avg_cache_usage)}
 
 
-def prepare(backend: Any, model: ServingModel, plan: ServingPlan) -> EngineThreadSession:
-    """A continuous-batching session on ``backend.options.device`` sized by ``backend.serving``."""
+def prepare(backend: Any, model: ServingModel, plan: ServingPlan, properties: dict[str, Any], family: str) -> EngineThreadSession:
+    """A continuous-batching session on ``backend.options.device`` sized by ``backend.serving``,
+    compiled with the backend's ``properties`` (its ``compile_config`` for ``plan.precision``, checked
+    by the backend); ``family`` is the device family (CPU, GPU...), which fixes the KV block size."""
     import openvino_genai as genai
 
-    from harness.backends.openvino import compile_config, device_family
     from harness.backends.openvino_generation import PRECISION, _version
 
-    precision = "fp32" if plan.precision == "auto" else plan.precision
-    if precision not in PRECISION:
-        raise Unsupported(f"openvino serving runs fp32, bf16 or fp16, not {precision}", "use scenario.precision=fp32")
-    backend.check_device_precision(precision)
+    precision = plan.precision
     options: BatchingOptions = backend.options.serving
     source = model.source()
     folder = cb_folder(source)
-    layout = kv_layout(source.config)
-    block = BLOCK_TOKENS.get(device_family(backend.options.device), 32)
+    block = BLOCK_TOKENS.get(family, 32)
     scheduler = genai.SchedulerConfig()
     scheduler.max_num_seqs = options.max_batch
     scheduler.max_num_batched_tokens = options.max_batched_tokens  # prompts longer than this are prefilled in chunks
     scheduler.num_kv_blocks = options.cache_blocks(plan, block)
     scheduler.enable_prefix_caching = False  # every request pays its own prefill, as the workload intends
-    properties = compile_config(backend.options, precision, None)
+    properties = dict(properties)
     properties["KV_CACHE_PRECISION"] = PRECISION[precision]
     try:
         pipe = genai.ContinuousBatchingPipeline(str(folder), scheduler, backend.options.device, properties)
@@ -213,12 +210,12 @@ def prepare(backend: Any, model: ServingModel, plan: ServingPlan) -> EngineThrea
         "batching": (f"continuous: openvino-genai's scheduler over a paged KV cache, up to {options.max_batch} sequences "
                      f"and {scheduler.max_num_batched_tokens} tokens per step"
                      + (", prompts split and fused with running decodes" if scheduler.dynamic_split_fuse else "")),
+        "concurrency": f"continuous batching, <= {options.max_batch} (openvino-genai)",
         "max_batch": options.max_batch, "max_batched_tokens": scheduler.max_num_batched_tokens,
         "dynamic_split_fuse": bool(scheduler.dynamic_split_fuse), "prefix_caching": False,
         "kv_cache_blocks": scheduler.num_kv_blocks, "kv_cache_block_tokens": block,
         "kv_cache_tokens": scheduler.num_kv_blocks * block, "kv_cache_precision": properties["KV_CACHE_PRECISION"],
         "inference_precision": properties["INFERENCE_PRECISION_HINT"], "model_folder": str(folder),
-        "device": backend.options.device,
     }
     engine = GenaiEngine(pipe, int(eos) if isinstance(eos, int) else None)
 
@@ -228,5 +225,6 @@ def prepare(backend: Any, model: ServingModel, plan: ServingPlan) -> EngineThrea
         # more than one prompt per call selects the stateful request: the engine that returns logits
         return backend.prepare_generation(source, GenerationPlan(precision, max(2, int(ids.shape[0])), int(ids.shape[1]), 1))
 
-    return EngineThreadSession(engine, model.tokenizer(), precision, facts, scorer=LazyScorer(scoring_session))
+    return EngineThreadSession(engine, model.tokenizer(), precision, facts, scorer=LazyScorer(scoring_session),
+                               device=backend.options.device)
 

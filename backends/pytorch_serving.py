@@ -66,9 +66,10 @@ class TransformersServingSession(ServingSession):
     """Streams requests through a running ``ContinuousBatchingManager``."""
 
     def __init__(self, manager: Any, tokenizer: Optional[Tokenizer], precision: str, facts: dict[str, Any],
-                 eos_id: Any, scorer: LazyScorer) -> None:
+                 eos_id: Any, scorer: LazyScorer, device: str = "cpu") -> None:
         self.manager = manager
         self.precision = precision
+        self.device = device
         self._tokenizer = tokenizer
         self._facts = facts
         self._eos = eos_id if eos_id is not None else -1
@@ -117,7 +118,7 @@ class TransformersServingSession(ServingSession):
             stats["problem"] = self.manager.count_problem
         return stats
 
-    def describe(self) -> dict[str, Any]:
+    def metrics(self) -> dict[str, Any]:
         return dict(self._facts)
 
     async def aclose(self) -> None:
@@ -156,10 +157,11 @@ def prepare(backend: Any, model: ServingModel, plan: ServingPlan) -> Transformer
         "batching": (f"continuous: transformers' scheduler ({resolved.scheduler_type}) over a paged KV cache, up to "
                      f"{options.max_batch} requests and {options.max_batched_tokens} tokens per forward pass, "
                      "prompts split to fit"),
+        "concurrency": f"continuous batching, <= {options.max_batch} (transformers)",
         "max_batch": options.max_batch, "max_batched_tokens": options.max_batched_tokens,
         "attention": module.config._attn_implementation, "async_batching": resolved.use_async_batching,
         "kv_cache_blocks": blocks, "kv_cache_block_tokens": PAGE_TOKENS, "kv_cache_tokens": blocks * PAGE_TOKENS,
-        "prefix_sharing": False, "dtype": pytorch_generation.DTYPES[precision], "device": device,
+        "prefix_sharing": False, "dtype": pytorch_generation.DTYPES[precision],
     }
     eos = source.config.get("eos_token_id")
 
@@ -169,5 +171,5 @@ def prepare(backend: Any, model: ServingModel, plan: ServingPlan) -> Transformer
         return pytorch_generation.prepare(source, GenerationPlan(precision, int(ids.shape[0]), int(ids.shape[1]), 1),
                                           device, None)
 
-    return TransformersServingSession(manager, model.tokenizer(), precision, facts, eos, LazyScorer(scoring_session))
+    return TransformersServingSession(manager, model.tokenizer(), precision, facts, eos, LazyScorer(scoring_session), device)
 

@@ -26,6 +26,7 @@ import asyncio
 from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
+from harness.columns import Column
 from harness.config import choice, require
 from harness.errors import ConfigError, HarnessError, Unsupported
 from harness.hookspecs import hookimpl
@@ -155,6 +156,21 @@ class ServingScenario(Scenario):
     kind = "serving"
     options_type = ServingOptions
     record_section = "serving"
+    report_columns = (
+        # what the engine does with concurrent requests (each serving session states it)
+        Column("metrics.backend.concurrency", "Concurrency", "text"),
+        # one load level (server, concurrency): its figures
+        Column("metrics.serving.request_throughput", "Req/s", "number", "higher"),
+        Column("metrics.serving.output_tokens_per_s", "Out tok/s", "number", "higher"),
+        Column("metrics.serving.goodput", "Goodput (req/s)", "number", "higher"),
+        Column("metrics.serving.verdict", "SLO", "text"),
+        # a sweep: where it saturated, the best goodput, the highest VALID rate, how many steps met the SLOs
+        Column("metrics.serving.saturation_rate", "Saturation (req/s)", "number", "higher"),
+        Column("metrics.serving.peak_goodput", "Peak goodput (req/s)", "number", "higher"),
+        Column("metrics.serving.max_valid_rate", "Max valid rate", "number", "higher"),
+        Column("metrics.serving.valid_steps", "Valid steps", "text"),
+        Column("metrics.serving.search.max_rate_meeting_slo", "Max rate in SLO", "number", "higher"),
+    )
 
     def run(self, ctx: RunContext) -> ScenarioResult:
         opts: ServingOptions = self.options
@@ -179,7 +195,7 @@ class ServingScenario(Scenario):
             precision=session.precision,
             metrics=metrics,
             model={"source": ctx.spec.model.path or "config", **models.described()},
-            backend={"device": str(session.describe().get("device") or ctx.backend.device())},
+            backend={"device": session.device},
         )
 
     def _session(self, ctx: RunContext, model: ServingModel) -> ServingSession:
@@ -236,7 +252,7 @@ class ServingScenario(Scenario):
         pool = PromptPool(texts, session.tokenizer())
         serving: dict[str, Any] = {"load": opts.load, "slo": slo.as_dict(), "steps": []}
         metrics["serving"] = serving
-        metrics["backend"] = session.describe()
+        metrics["backend"] = session.metrics()
         step_no = 0
 
         def requests_for(step: int) -> list[GenerationRequest]:
@@ -254,7 +270,7 @@ class ServingScenario(Scenario):
             figures = self._figures(result, slo)
             figures["engine_batches"] = session.take_batch_stats()
             serving["steps"].append(figures)
-            metrics["backend"] = session.describe()
+            metrics["backend"] = session.metrics()
             if result.aborted:
                 raise ServerLost(f"{ctx.backend.name}: {result.aborted}",
                                  "check the server (its log, memory, whether it was stopped) and run again", metrics)
@@ -285,6 +301,7 @@ class ServingScenario(Scenario):
             for rate in rates:
                 await step(Load(opts.sweep.arrivals, rate=rate))
             serving["max_valid_rate"] = max((s["offered_rate"] for s in serving["steps"] if s["verdict"] == "VALID"), default=None)
+            serving.update(sweep_headline(serving["steps"]))
         if opts.search.enabled:
             serving["search"] = await self._search(step, sync_rate or 0.0, saturation or 0.0, slo)
 
@@ -316,6 +333,15 @@ class ServingScenario(Scenario):
         figures["stopped_issuing"] = result.stopped_issuing
         figures["aborted"] = result.aborted
         return figures
+
+
+def sweep_headline(steps: list[dict[str, Any]]) -> dict[str, Any]:
+    """A sweep's one-line figures: the best goodput of any step and ``k/n`` steps VALID (n: steps
+    with a verdict; both None without an SLO)."""
+    judged = [s for s in steps if s.get("verdict") is not None]
+    goodputs = [s["goodput"] for s in steps if s.get("goodput") is not None]
+    return {"peak_goodput": max(goodputs, default=None),
+            "valid_steps": f"{sum(s['verdict'] == 'VALID' for s in judged)}/{len(judged)}" if judged else None}
 
 
 def prompt_texts(ctx: RunContext) -> list[str]:

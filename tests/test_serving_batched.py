@@ -217,7 +217,7 @@ def test_batched_engine_matches_one_at_a_time_and_eager(name, engine, llama_sour
             together = await serve(session, requests_for(PROMPTS), together=True)
             stats_together = session.take_batch_stats()
             alone = await serve(session, requests_for(PROMPTS), together=False)
-            return together, stats_together, alone, session.take_batch_stats(), session.describe()
+            return together, stats_together, alone, session.take_batch_stats(), session.metrics()
         finally:
             await session.aclose()
 
@@ -244,7 +244,7 @@ def test_fifo_mode_serves_through_the_generation_session(name, llama_source):
     model = ServingModel("llama_tiny", lambda: llama_source, lambda: PlainTokenizer(llama_source.tokenizer))
     session = backend(name, serving={"mode": "fifo"}).prepare_serving(model, ServingPlan("fp32", 32, 4))
     assert isinstance(session, GenerationServingSession)
-    assert session.describe()["batching"].startswith("none: one request at a time (FIFO)")
+    assert session.metrics()["batching"].startswith("none: one request at a time (FIFO)")
     asyncio.run(session.aclose())
 
 

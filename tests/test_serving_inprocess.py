@@ -61,7 +61,7 @@ def test_fifo_serving_over_a_generation_session():
     # one at a time: the k-th in line waits for k whole requests before its first token
     for k, record in enumerate(records):
         assert record.ttft_ms >= (3 * k + 1) * STEP_S * 1000 * 0.95
-    assert session.describe()["batching"].startswith("none: one request at a time (FIFO)")
+    assert session.metrics()["batching"].startswith("none: one request at a time (FIFO)")
 
 
 class Endless(ThreadedSession):

@@ -141,7 +141,7 @@ class SteppedEngine(abc.ABC):
     @abc.abstractmethod
     def cancel(self, handle: Any) -> None: ...
 
-    def describe(self) -> dict[str, Any]:
+    def metrics(self) -> dict[str, Any]:
         return {}
 
     def close(self) -> None:
@@ -171,9 +171,10 @@ class EngineThreadSession(ServingSession):
     """
 
     def __init__(self, engine: SteppedEngine, tokenizer: Optional[Tokenizer], precision: str,
-                 facts: dict[str, Any], scorer: Optional[LazyScorer] = None) -> None:
+                 facts: dict[str, Any], scorer: Optional[LazyScorer] = None, device: str = "cpu") -> None:
         self.engine = engine
         self.precision = precision
+        self.device = device
         self.stats = BatchStats()
         self._tokenizer = tokenizer
         self._facts = facts
@@ -216,8 +217,8 @@ class EngineThreadSession(ServingSession):
     def take_batch_stats(self) -> dict[str, Any]:
         return self.stats.take()
 
-    def describe(self) -> dict[str, Any]:
-        return {**self._facts, **self.engine.describe()}
+    def metrics(self) -> dict[str, Any]:
+        return {**self._facts, **self.engine.metrics()}
 
     async def aclose(self) -> None:
         with self._wake:

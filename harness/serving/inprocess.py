@@ -18,6 +18,10 @@ from harness.serving.session import (Emit, GenerationRequest, ServingModel, Serv
                                      TokenChunk, Tokenizer, now)
 
 
+#: ``metrics.backend.concurrency`` of an engine that serves one request at a time.
+FIFO = "one at a time (FIFO)"
+
+
 def fifo_session(backend: Any, model: ServingModel, plan: ServingPlan) -> "GenerationServingSession":
     """FIFO serving over ``backend``'s generation session, prepared for the plan's longest request."""
     from harness.generation.session import GenerationPlan
@@ -37,6 +41,7 @@ class GenerationServingSession(ThreadedSession):
         self._tokenizer = tokenizer
         self.precision = precision
         self.backend = backend
+        self.device = str(getattr(session, "device", "cpu"))
 
     def generate(self, request: GenerationRequest, emit: Emit) -> StreamEnd:
         from harness.generation.session import GREEDY
@@ -58,10 +63,10 @@ class GenerationServingSession(ThreadedSession):
     def scorer(self) -> Any:
         return self.session
 
-    def describe(self) -> dict[str, Any]:
+    def metrics(self) -> dict[str, Any]:
         facts = dict(self.session.metrics())
         facts["batching"] = f"none: one request at a time (FIFO) through {self.backend}'s generation session"
-        facts["device"] = getattr(self.session, "device", "cpu")
+        facts["concurrency"] = FIFO
         return facts
 
     async def aclose(self) -> None:

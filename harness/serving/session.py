@@ -13,7 +13,7 @@ the event loop that issues arrivals is never blocked by an engine:
   on a real server.
 
 How requests share the engine is the session's own business and it says so in
-:meth:`ServingSession.describe` (``batching``), which lands in ``metrics.backend``:
+:meth:`ServingSession.metrics` (``batching``), which lands in ``metrics.backend``:
 one at a time (FIFO), N parallel slots, continuous batching in the engine, or
 whatever a remote server does. An engine with continuous batching (openvino-genai's
 pipeline, a batched torch scheduler) implements :meth:`ServingSession.stream` over its
@@ -139,6 +139,9 @@ class ServingSession(abc.ABC):
 
     #: What the scenario records as ``scenario.precision`` for this session.
     precision: str = "unknown"
+    #: The device the engine runs on (the record's ``backend.device``; one source, as
+    #: ``Session.device`` is for inference): ``cpu``, ``cuda:0``, ``GPU``, or ``remote``.
+    device: str = "cpu"
 
     @abc.abstractmethod
     def stream(self, request: GenerationRequest) -> AsyncIterator[StreamEvent]:
@@ -161,8 +164,10 @@ class ServingSession(abc.ABC):
         token ids (then :meth:`perplexity` on text is tried)."""
         return None
 
-    def describe(self) -> dict[str, Any]:
-        """How this session serves (engine, batching, slots, endpoint) for ``metrics.backend``."""
+    def metrics(self) -> dict[str, Any]:
+        """Engine facts for ``metrics.backend`` (plugin API 2, like ``Session.metrics``): above all
+        ``engine`` and ``batching``, what the engine does with concurrent requests (one at a time,
+        continuous batching and its sizes, a remote server's own), plus KV cache sizing."""
         return {}
 
     def take_batch_stats(self) -> Optional[dict[str, Any]]:
