@@ -18,33 +18,12 @@ import pandas as pd
 from harness import results
 from harness.columns import Column, missing
 from harness.report import plots, tables
+from harness.report.parts import Plot, Section
+from harness.report.serving import sections as serving_sections
 from harness.report import summary as s
 
 SAMPLES = "metrics.latency_ms.samples"
 LOSS_CURVE = "metrics.training.loss_curve"
-
-
-@dataclass(frozen=True)
-class Plot:
-    """A rendered plot: ``name`` is a file stem unique within the report."""
-
-    name: str
-    title: str
-    png: bytes
-
-
-@dataclass
-class Section:
-    """One model × scenario: its comparison table and figures."""
-
-    model: str
-    scenario: str
-    table: pd.DataFrame
-    figures: list[Plot] = field(default_factory=list)
-
-    @property
-    def title(self) -> str:
-        return f"{self.model} · {self.scenario}"
 
 
 @dataclass
@@ -64,6 +43,7 @@ class Report:
     problems: pd.DataFrame
     skipped: list[str]
     notes: list[str]
+    serving: list[Section] = field(default_factory=list)
 
 
 def build(
@@ -102,6 +82,7 @@ def build(
         sections=_sections(ok, summary, declared, colors, names, figures),
         accuracy=_accuracy_figures(summary, colors, names) if figures else [],
         training=_training_figures(ok, names) if figures else [],
+        serving=serving_sections(ok, colors, names, figures),
         problems=tables.problems_table(frame),
         skipped=[str(item) for item in skipped],
         notes=notes,
