@@ -86,12 +86,14 @@ def sections(ok: pd.DataFrame, colors: Mapping[str, object], name: Callable[...,
         section = Section(str(model), str(scenario), step_table(steps), topic=TOPIC)
         if figures:
             runs = ok[ok["run_id"].isin(steps["run_id"])]
-            slo = {key: _first(runs, column) for key, column in SLO_KEYS.items()}
+            slos = [dict(zip(SLO_KEYS, values)) for values in
+                    {tuple(_number(run.get(column)) for column in SLO_KEYS.values()) for _, run in runs.iterrows()}]
+            slos = [{k: (None if math.isnan(v) else v) for k, v in slo.items()} for slo in slos]
             series = steps.assign(series=steps["label"] + " @ " + steps["machine"])
             curves = {label: rows for label, rows in series.groupby("series", sort=True)}
             saturation = {label: _first(rows[rows["saturation"]], "request_throughput") for label, rows in curves.items()}
             section.figures.append(Plot(name("serving-latency", model, scenario), f"Latency vs offered rate — {model} · {scenario}",
-                                        plots.serving_latency_chart(curves, slo, saturation, f"{model} · {scenario}")))
+                                        plots.serving_latency_chart(curves, slos, saturation, f"{model} · {scenario}")))
             best = goodput_rows(steps)
             if not best.empty:
                 section.figures.append(Plot(name("goodput", model, scenario), f"Goodput by backend and machine — {model} · {scenario}",
