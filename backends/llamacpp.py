@@ -35,9 +35,10 @@ from harness.errors import ConfigError, HarnessError, Unsupported, exception_lin
 from harness.generation.session import (GREEDY, Decoding, DecoderSource, GenerationOutput, GenerationPlan,
                                         GenerationSession, now)
 from harness.hookspecs import hookimpl
+from harness.serving.inprocess import FIFO
 from harness.serving.gguf import GGUF_TYPES, LLAMACPP_VERSION, converter_dir, gguf_for
-from harness.serving.session import (Emit, GenerationRequest, ServingModel, StreamEnd, ThreadedSession, TokenChunk,
-                                     Tokenizer)
+from harness.serving.session import (Emit, GenerationRequest, ServingModel, ServingPlan, StreamEnd, ThreadedSession,
+                                     TokenChunk, Tokenizer)
 
 #: What ``scenario.precision=auto`` means here: llama.cpp's usual deployment type.
 DEFAULT_PRECISION = "fp16"
@@ -227,7 +228,7 @@ class LlamaCppServingSession(ThreadedSession):
     def generate(self, request: GenerationRequest, emit: Emit) -> StreamEnd:
         prompt = list(request.prompt_ids) or self._tokenizer.encode(request.prompt)
         decoding = GREEDY
-        count = self.engine.stream(prompt, request.max_tokens, decoding, lambda token, t: emit(TokenChunk(t)))
+        count = self.engine.stream(prompt, request.max_tokens, decoding, lambda token, t: emit(TokenChunk(t, ids=(token,))))
         return StreamEnd(now(), prompt_tokens=len(prompt), output_tokens=count, finish_reason="length")
 
     def tokenizer(self) -> Tokenizer:
@@ -236,9 +237,9 @@ class LlamaCppServingSession(ThreadedSession):
     def scorer(self) -> Any:
         return self._scorer
 
-    def describe(self) -> dict[str, Any]:
-        return {**_facts(self.engine, self.stage, "none: one request at a time (FIFO), one worker thread"),
-                "device": "cpu"}
+    def metrics(self) -> dict[str, Any]:
+        return {**_facts(self.engine, self.stage, "none: one request at a time (FIFO) in one worker thread "
+                         "(llama-cpp-python's Llama decodes one sequence)"), "concurrency": FIFO}
 
     async def aclose(self) -> None:
         await super().aclose()
@@ -290,8 +291,8 @@ class LlamaCppBackend(Backend):
         engine.check_fits(plan.max_prompt_len, plan.max_new_tokens)
         return LlamaCppGenerationSession(engine, stage)
 
-    def prepare_serving(self, model: ServingModel, precision: str) -> LlamaCppServingSession:
-        precision = DEFAULT_PRECISION if precision == "auto" else precision
+    def prepare_serving(self, model: ServingModel, plan: ServingPlan) -> LlamaCppServingSession:
+        precision = DEFAULT_PRECISION if plan.precision == "auto" else plan.precision
         self.check_precision(precision)
         source = model.source()
         engine, stage = self._engine(source.folder(), precision, model.cache_root, model.status)

@@ -22,6 +22,7 @@ from harness.backend import Artifact, Availability, Backend, Capabilities, Sessi
 from harness.config import choice, cores_bound, require
 from harness.errors import Unsupported
 from harness.hookspecs import hookimpl
+from harness.serving.batching import BatchingOptions
 
 OPT_LEVELS = ("disable", "basic", "extended", "all")
 RECIPES = frozenset({"int8_dynamic", "int8_static", "int8_qdq", "fp16"})
@@ -42,6 +43,7 @@ class OnnxRuntimeOptions:
     graph_optimization_level: str = "all"
     execution_mode: str = "sequential"
     providers: list[str] = field(default_factory=lambda: ["CPUExecutionProvider"])
+    serving: BatchingOptions = field(default_factory=BatchingOptions)  # LLM serving: the harness's batched decoder
 
     def __post_init__(self) -> None:
         require(self.intra_op_threads >= 0, "intra_op_threads", f"must be >= 0, got {self.intra_op_threads}")
@@ -100,6 +102,17 @@ class OnnxRuntimeBackend(Backend):
         from harness.backends import onnxruntime_generation
 
         return onnxruntime_generation.prepare(self, source, plan)
+
+    def prepare_serving(self, model: Any, plan: Any) -> Any:
+        """LLM serving: the harness's continuous-batching scheduler over the IOBinding decoder
+        (:mod:`harness.backends.onnxruntime_serving`); ``backend.serving.mode=fifo``: one request at a time."""
+        if self.options.serving.mode == "fifo":
+            from harness.serving.inprocess import fifo_session
+
+            return fifo_session(self, model, plan)
+        from harness.backends import onnxruntime_serving
+
+        return onnxruntime_serving.prepare(self, model, plan)
 
     def compress(self, artifact: Artifact, recipe: Any, calibration: Any) -> Artifact:
         """Realise ``recipe`` with ORT's quantization / conversion tools into ``calibration.workdir``."""

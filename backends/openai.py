@@ -31,7 +31,7 @@ from harness.backend import Artifact, Availability, Backend, Capabilities, Sessi
 from harness.config import choice, require
 from harness.errors import ConfigError, Unsupported, exception_line
 from harness.hookspecs import hookimpl
-from harness.serving.session import (GenerationRequest, ServerGone, ServingModel, ServingSession, StreamEnd,
+from harness.serving.session import (GenerationRequest, ServerGone, ServingModel, ServingPlan, ServingSession, StreamEnd,
                                      StreamEvent, TokenChunk, Tokenizer, now)
 from harness.serving.sse import SSEDecoder
 from harness.serving.workload import load_tokenizer
@@ -110,6 +110,7 @@ class OpenAIServingSession(ServingSession):
 
         self.options = options
         self.model = model
+        self.device = options.root  # the server is the device: its base URL
         self._tokenizer = tokenizer
         self._headers = _headers(options)
         timeout = httpx.Timeout(options.timeout_s, connect=options.connect_timeout_s)
@@ -121,10 +122,11 @@ class OpenAIServingSession(ServingSession):
     def tokenizer(self) -> Optional[Tokenizer]:
         return self._tokenizer
 
-    def describe(self) -> dict[str, Any]:
+    def metrics(self) -> dict[str, Any]:
         return {
             "engine": "remote OpenAI-compatible server",
             "batching": "the server's own (remote)",
+            "concurrency": "the server's own",
             "endpoint": f"{self.options.root}/{'chat/completions' if self.options.api == 'chat' else 'completions'}",
             "model": self.model,
             "retries_used": self.retries_used,
@@ -284,12 +286,12 @@ class OpenAIBackend(Backend):
         raise Unsupported("backend 'openai' serves LLM generation requests over HTTP; it runs no local model",
                           "use +scenario=llm_serve with backend=openai")
 
-    def prepare_serving(self, model: ServingModel, precision: str) -> OpenAIServingSession:
+    def prepare_serving(self, model: ServingModel, plan: ServingPlan) -> OpenAIServingSession:
         """A session on the probed server; the served model is ``backend.model`` or the only one listed."""
         import httpx
 
-        if precision not in ("auto", "server"):
-            raise Unsupported(f"backend 'openai' runs what the server runs; precision '{precision}' cannot be chosen by the client",
+        if plan.precision not in ("auto", "server"):
+            raise Unsupported(f"backend 'openai' runs what the server runs; precision '{plan.precision}' cannot be chosen by the client",
                               "leave scenario.precision=auto (the server's precision is the server's choice)")
         name = self.options.model
         if not name:

@@ -24,7 +24,7 @@ BERT) and ``int8_weights`` (weight-only). The float ops left in an int8 model ru
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from harness.backend import Artifact, Availability, Backend, Capabilities, Sessi
 from harness.config import choice, cores_bound, require
 from harness.errors import HarnessError, Unavailable, Unsupported
 from harness.hookspecs import hookimpl
+from harness.serving.batching import BatchingOptions
 
 HINTS = ("latency", "throughput")
 #: INFERENCE_PRECISION_HINT per scenario precision.
@@ -60,6 +61,7 @@ class OpenVINOOptions:
     static_shapes: bool = True
     model_cache: bool = True
     generation_engine: str = "auto"  # LLMs: genai (LLMPipeline) | stateful (InferRequest loop) | auto
+    serving: BatchingOptions = field(default_factory=BatchingOptions)  # LLM serving: ContinuousBatchingPipeline sizing
 
     def __post_init__(self) -> None:
         require(bool(self.device), "device", "must name an OpenVINO device, e.g. CPU, GPU, NPU or AUTO")
@@ -186,6 +188,22 @@ class OpenVINOBackend(Backend):
 
         properties = compile_config(self.options, plan.precision, None) if plan.precision in openvino_generation.PRECISION else {}
         return openvino_generation.prepare(self, source, plan, properties)
+
+    def prepare_serving(self, model: Any, plan: Any) -> Any:
+        """LLM serving: openvino-genai's ContinuousBatchingPipeline (:mod:`harness.backends.openvino_serving`);
+        ``backend.serving.mode=fifo``: one request at a time through the generation session."""
+        if self.options.serving.mode == "fifo":
+            from harness.serving.inprocess import fifo_session
+
+            return fifo_session(self, model, plan)
+        from harness.backends import openvino_generation, openvino_serving
+
+        precision = "fp32" if plan.precision == "auto" else plan.precision
+        if precision not in openvino_generation.PRECISION:
+            raise Unsupported(f"openvino serving runs fp32, bf16 or fp16, not {precision}", "use scenario.precision=fp32")
+        self.check_device_precision(precision)
+        return openvino_serving.prepare(self, model, replace(plan, precision=precision), compile_config(self.options, precision, None),
+                                        device_family(self.options.device))
 
     def version(self) -> str:
         import openvino as ov

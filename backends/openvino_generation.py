@@ -37,7 +37,7 @@ import shutil
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -80,20 +80,35 @@ def genai_folder(source: Any, core: Any) -> Path:
     import openvino as ov
 
     onnx_path = source.onnx()
-    started = time.perf_counter()
     key = cache.content_key("openvino-genai-folder/1", source.stages["export"]["key"], ov.__version__,
                             _version("openvino-tokenizers"))
-    final = cache.cache_dir(source.cache_root) / "openvino_llm" / key
+
+    def stateful_ir() -> Any:
+        model = core.read_model(str(onnx_path))
+        make_stateful(model, kv_layout(source.config).layers)
+        return model
+
+    return cached_genai_folder(source, "openvino_llm", key, stateful_ir, "openvino_ir",
+                               f"converting {source.name} to a stateful OpenVINO IR with its tokenizer")
+
+
+def cached_genai_folder(source: Any, kind: str, key: str, build: Callable[[], Any], stage: str, doing: str,
+                        **facts: Any) -> Path:
+    """An openvino-genai model folder (the IR ``build()`` returns, tokenizer IRs, configs) under
+    ``<cache>/<kind>/<key>``: built once in a staging folder and renamed into place, so a crash
+    never leaves half a folder behind; its build time and size go to ``source.stages[stage]``."""
+    import openvino as ov
+
+    started = time.perf_counter()
+    final = cache.cache_dir(source.cache_root) / kind / key
     cached = (final / MARKER).is_file()
     if not cached:
-        source.status(f"converting {source.name} to a stateful OpenVINO IR with its tokenizer (cached under {final})")
+        source.status(f"{doing} (cached under {final})")
         final.parent.mkdir(parents=True, exist_ok=True)
         staging = final.parent / f".tmp-{key}-{uuid.uuid4().hex[:8]}"
         staging.mkdir()
         try:
-            model = core.read_model(str(onnx_path))
-            make_stateful(model, kv_layout(source.config).layers)
-            ov.save_model(model, str(staging / "openvino_model.xml"), compress_to_fp16=False)
+            ov.save_model(build(), str(staging / "openvino_model.xml"), compress_to_fp16=False)
             tokenizer = _tokenizer_ir(source.tokenizer, staging)
             source.module.config.to_json_file(str(staging / "config.json"))
             source.module.generation_config.to_json_file(str(staging / "generation_config.json"))
@@ -104,8 +119,8 @@ def genai_folder(source: Any, core: Any) -> Path:
             shutil.rmtree(staging, ignore_errors=True)
     meta = json.loads((final / MARKER).read_text())
     size = sum(f.stat().st_size for f in final.glob("openvino_model.*"))
-    source.stages["openvino_ir"] = {"seconds": round(time.perf_counter() - started, 3), "cached": cached,
-                                    "size_bytes": size, "tokenizer": meta["tokenizer"], "key": key}
+    source.stages[stage] = {"seconds": round(time.perf_counter() - started, 3), "cached": cached,
+                            "size_bytes": size, "tokenizer": meta["tokenizer"], "key": key, **facts}
     return final
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import copy
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -23,6 +23,7 @@ from harness.config import choice, cores_bound, require
 from harness.errors import Unsupported
 from harness.hardware import cuda_device_info
 from harness.hookspecs import hookimpl
+from harness.serving.batching import BatchingOptions
 from harness.timing import CudaEventTimer, WallClockTimer
 from harness.training.options import STRATEGIES
 from harness.training.parallel import LOW_PRECISION as AUTOCAST
@@ -41,6 +42,7 @@ class PyTorchOptions:
     compile_mode: str = "default"
     cuda_graphs: bool = False
     threads: int = cores_bound()  # more than the cores present are clamped (preflight)
+    serving: BatchingOptions = field(default_factory=BatchingOptions)  # LLM serving: transformers continuous batching
 
     def __post_init__(self) -> None:
         require(self.device == "cpu" or self.device.startswith("cuda"), "device", f"'{self.device}' is not cpu or cuda[:N]")
@@ -377,6 +379,21 @@ class PyTorchBackend(Backend):
             torch.set_num_threads(self.options.threads)
         compile_mode = self.options.compile_mode if self.options.compile else None
         return pytorch_generation.prepare(source, plan, self.options.device, compile_mode)
+
+    def prepare_serving(self, model: Any, plan: Any) -> Any:
+        """LLM serving: transformers' continuous batching (:mod:`harness.backends.pytorch_serving`);
+        ``backend.serving.mode=fifo``: one request at a time through the generation session."""
+        import torch
+
+        if self.options.threads:
+            torch.set_num_threads(self.options.threads)
+        if self.options.serving.mode == "fifo":
+            from harness.serving.inprocess import fifo_session
+
+            return fifo_session(self, model, plan)
+        from harness.backends import pytorch_serving
+
+        return pytorch_serving.prepare(self, model, plan)
 
     def prepare_training(self, module: Any, plan: Any) -> PyTorchTrainingSession:
         """Training with the plan's optimizer, schedule and precision; DDP when its world is > 1."""

@@ -20,6 +20,7 @@ from typing import Any, Optional
 import numpy as np
 
 from harness.accuracy import AccuracyGate
+from harness.columns import Column
 from harness.config import choice, require
 from harness.errors import ConfigError, Mismatch
 from harness.generation import corpus, decoders, quality, timing
@@ -127,6 +128,12 @@ class GenerationScenario(Scenario):
     kind = "generation"
     options_type = GenerationOptions
     record_section = "generation"
+    report_columns = (  # what decides between LLM engines: time to first token, per-token time, tokens/s
+        Column("metrics.generation.ttft_ms.p50", "TTFT p50 (ms)", "number", "lower"),
+        Column("metrics.generation.tpot_ms.p50", "TPOT p50 (ms)", "number", "lower"),
+        Column("metrics.generation.decode_tokens_per_s", "Decode tok/s", "number", "higher"),
+        Column("metrics.generation.output_tokens_per_s", "Output tok/s", "number", "higher"),
+    )
 
     def run(self, ctx: RunContext) -> ScenarioResult:
         opts: GenerationOptions = self.options

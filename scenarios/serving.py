@@ -26,13 +26,14 @@ import asyncio
 from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
+from harness.columns import Column
 from harness.config import choice, require
 from harness.errors import ConfigError, HarnessError, Unsupported
 from harness.hookspecs import hookimpl
 from harness.scenario import RunContext, Scenario, ScenarioResult
 from harness.serving.figures import SLO, step_figures
 from harness.serving.load import Limits, Load, StepResult, run_step
-from harness.serving.session import GenerationRequest, ServingModel, ServingSession, Tokenizer
+from harness.serving.session import GenerationRequest, ServingModel, ServingPlan, ServingSession, Tokenizer
 from harness.serving.sweep import search_max_rate, sweep_rates, synchronous, throughput
 from harness.serving.workload import PlainTokenizer, PromptPool, WorkloadOptions, build_requests, load_tokenizer
 
@@ -155,6 +156,21 @@ class ServingScenario(Scenario):
     kind = "serving"
     options_type = ServingOptions
     record_section = "serving"
+    report_columns = (
+        # what the engine does with concurrent requests (each serving session states it)
+        Column("metrics.backend.concurrency", "Concurrency", "text"),
+        # one load level (server, concurrency): its figures
+        Column("metrics.serving.request_throughput", "Req/s", "number", "higher"),
+        Column("metrics.serving.output_tokens_per_s", "Out tok/s", "number", "higher"),
+        Column("metrics.serving.goodput", "Goodput (req/s)", "number", "higher"),
+        Column("metrics.serving.verdict", "SLO", "text"),
+        # a sweep: where it saturated, the best goodput, the highest VALID rate, how many steps met the SLOs
+        Column("metrics.serving.saturation_rate", "Saturation (req/s)", "number", "higher"),
+        Column("metrics.serving.peak_goodput", "Peak goodput (req/s)", "number", "higher"),
+        Column("metrics.serving.max_valid_rate", "Max valid rate", "number", "higher"),
+        Column("metrics.serving.valid_steps", "Valid steps", "text"),
+        Column("metrics.serving.search.max_rate_meeting_slo", "Max rate in SLO", "number", "higher"),
+    )
 
     def run(self, ctx: RunContext) -> ScenarioResult:
         opts: ServingOptions = self.options
@@ -179,30 +195,33 @@ class ServingScenario(Scenario):
             precision=session.precision,
             metrics=metrics,
             model={"source": ctx.spec.model.path or "config", **models.described()},
-            backend={"device": str(session.describe().get("device") or ctx.backend.device())},
+            backend={"device": session.device},
         )
 
     def _session(self, ctx: RunContext, model: ServingModel) -> ServingSession:
         """The backend's own serving session, else FIFO serving over its generation session."""
-        opts: ServingOptions = self.options
         backend = ctx.backend
+        plan = self.plan()
         prepare = getattr(backend, "prepare_serving", None)
         if prepare is not None:
-            return prepare(model, opts.precision)
+            return prepare(model, plan)
         if not backend.capabilities().generation:
             raise Unsupported(f"backend '{backend.name}' cannot serve streamed generation requests",
                               "use backend=openai (any OpenAI-compatible server), llamacpp, or a backend that generates")
-        from harness.generation.session import GenerationPlan
-        from harness.serving.inprocess import GenerationServingSession
+        from harness.serving.inprocess import fifo_session
 
-        precision = "fp32" if opts.precision == "auto" else opts.precision
+        return fifo_session(backend, model, plan)
+
+    def plan(self) -> ServingPlan:
+        """The precision and the workload's bounds a session is prepared for."""
+        opts: ServingOptions = self.options
         w = opts.workload
         longest_prompt = w.prompt_tokens_max or max(w.prompt_tokens + int(4 * w.prompt_tokens_stdev), w.prompt_tokens)
         longest_output = w.output_tokens_max or max(w.output_tokens + int(4 * w.output_tokens_stdev), w.output_tokens)
-        plan = GenerationPlan(precision, 1, longest_prompt, longest_output)
-        source = model.source()
-        generation = backend.prepare_generation(source, plan)
-        return GenerationServingSession(generation, model.tokenizer(), precision, backend.name)
+        in_flight = {"concurrency": opts.concurrency, "sweep": opts.sweep.max_concurrency}.get(opts.load)
+        if opts.search.enabled:  # the search's open-loop steps are unbounded
+            in_flight = None
+        return ServingPlan(opts.precision, longest_prompt, longest_output, in_flight)
 
     async def _accuracy(self, ctx: RunContext, session: ServingSession, models: "_ModelSources", texts: list[str],
                         metrics: dict[str, Any]) -> None:
@@ -233,7 +252,7 @@ class ServingScenario(Scenario):
         pool = PromptPool(texts, session.tokenizer())
         serving: dict[str, Any] = {"load": opts.load, "slo": slo.as_dict(), "steps": []}
         metrics["serving"] = serving
-        metrics["backend"] = session.describe()
+        metrics["backend"] = session.metrics()
         step_no = 0
 
         def requests_for(step: int) -> list[GenerationRequest]:
@@ -246,10 +265,12 @@ class ServingScenario(Scenario):
             nonlocal step_no
             step_no += 1
             ctx.status(f"step {step_no} {load.name}: up to {opts.requests} requests, <= {opts.max_seconds:g} s")
+            session.take_batch_stats()  # what came before this step (warm-up, earlier steps' stragglers) is not its
             result = await run_step(session, requests_for(step_no), load, opts.limits, seed=opts.workload.seed + step_no)
             figures = self._figures(result, slo)
+            figures["engine_batches"] = session.take_batch_stats()
             serving["steps"].append(figures)
-            metrics["backend"] = session.describe()
+            metrics["backend"] = session.metrics()
             if result.aborted:
                 raise ServerLost(f"{ctx.backend.name}: {result.aborted}",
                                  "check the server (its log, memory, whether it was stopped) and run again", metrics)
@@ -280,6 +301,7 @@ class ServingScenario(Scenario):
             for rate in rates:
                 await step(Load(opts.sweep.arrivals, rate=rate))
             serving["max_valid_rate"] = max((s["offered_rate"] for s in serving["steps"] if s["verdict"] == "VALID"), default=None)
+            serving.update(sweep_headline(serving["steps"]))
         if opts.search.enabled:
             serving["search"] = await self._search(step, sync_rate or 0.0, saturation or 0.0, slo)
 
@@ -311,6 +333,15 @@ class ServingScenario(Scenario):
         figures["stopped_issuing"] = result.stopped_issuing
         figures["aborted"] = result.aborted
         return figures
+
+
+def sweep_headline(steps: list[dict[str, Any]]) -> dict[str, Any]:
+    """A sweep's one-line figures: the best goodput of any step and ``k/n`` steps VALID (n: steps
+    with a verdict; both None without an SLO)."""
+    judged = [s for s in steps if s.get("verdict") is not None]
+    goodputs = [s["goodput"] for s in steps if s.get("goodput") is not None]
+    return {"peak_goodput": max(goodputs, default=None),
+            "valid_steps": f"{sum(s['verdict'] == 'VALID' for s in judged)}/{len(judged)}" if judged else None}
 
 
 def prompt_texts(ctx: RunContext) -> list[str]:

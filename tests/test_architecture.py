@@ -42,6 +42,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         "harness.generation.loop", "harness.generation.timing", "harness.serving.session", "harness.serving.load",
         "harness.serving.figures", "harness.serving.sweep", "harness.serving.sse", "harness.serving.timing",
         "harness.serving.gguf", "harness.serving.gguf_convert", "harness.serving.inprocess", "harness.serving.workload",
+        "harness.serving.batching",
     )),
     ("scenario contract", ("harness.context", "harness.scenario")),
     ("plugin machinery", ("harness.registry", "harness.hookspecs", "harness.plugins", "harness.spec")),

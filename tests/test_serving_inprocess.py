@@ -61,7 +61,7 @@ def test_fifo_serving_over_a_generation_session():
     # one at a time: the k-th in line waits for k whole requests before its first token
     for k, record in enumerate(records):
         assert record.ttft_ms >= (3 * k + 1) * STEP_S * 1000 * 0.95
-    assert session.describe()["batching"].startswith("none: one request at a time (FIFO)")
+    assert session.metrics()["batching"].startswith("none: one request at a time (FIFO)")
 
 
 class Endless(ThreadedSession):
@@ -108,7 +108,8 @@ def test_a_request_cut_by_its_timeout_stops_the_worker_and_the_loop_stays_free()
 
 @pytest.mark.slow
 def test_llm_serve_on_a_generation_backend(tmp_path):
-    """backend=pytorch has no serving session of its own: FIFO over its generation session."""
+    """backend=pytorch serves through transformers' continuous batching; the record says so and
+    carries the engine's own batch sizes (FIFO over the generation session: test_serving_batched)."""
     done = run_cli("+scenario=llm_serve", "backend=pytorch", "model=llama_tiny", "scenario.requests=4",
                    "scenario.load=concurrency", "scenario.concurrency=2", "scenario.workload.prompt_tokens=12",
                    "scenario.workload.output_tokens=6", "scenario.warmup_requests=1", "scenario.accuracy.texts=2",
@@ -118,6 +119,7 @@ def test_llm_serve_on_a_generation_backend(tmp_path):
     assert record["status"] == "ok" and record["scenario"]["precision"] == "fp32"
     (step,) = record["metrics"]["serving"]["steps"]
     assert step["requests"]["finished"] == 4 and step["per_request"]["prompt_tokens"] == [12] * 4
-    assert "FIFO" in record["metrics"]["backend"]["batching"]
+    assert record["metrics"]["backend"]["batching"].startswith("continuous: transformers'")
+    assert step["engine_batches"]["engine_steps"] >= 6 and step["engine_batches"]["batch_size_max"] <= 2
     accuracy = record["metrics"]["accuracy"]
     assert accuracy["metric"] == "perplexity" and accuracy["relative"] == pytest.approx(1.0, abs=1e-3)

@@ -18,25 +18,12 @@ import pandas as pd
 from harness import results
 from harness.columns import Column, missing
 from harness.report import plots, studies, tables
+from harness.report.parts import Plot, Section
+from harness.report.serving import sections as serving_sections
 from harness.report import summary as s
-from harness.report.plots import Plot
 
 SAMPLES = "metrics.latency_ms.samples"
 LOSS_CURVE = "metrics.training.loss_curve"
-
-
-@dataclass
-class Section:
-    """One model × scenario: its comparison table and figures."""
-
-    model: str
-    scenario: str
-    table: pd.DataFrame
-    figures: list[Plot] = field(default_factory=list)
-
-    @property
-    def title(self) -> str:
-        return f"{self.model} · {self.scenario}"
 
 
 @dataclass
@@ -57,6 +44,7 @@ class Report:
     skipped: list[str]
     notes: list[str]
     tuning: list[studies.Study] = field(default_factory=list)
+    serving: list[Section] = field(default_factory=list)
 
 
 def build(
@@ -95,6 +83,7 @@ def build(
         sections=_sections(ok, summary, declared, colors, names, figures),
         accuracy=_accuracy_figures(summary, colors, names) if figures else [],
         training=_training_figures(ok, names) if figures else [],
+        serving=serving_sections(ok, colors, names, figures),
         problems=tables.problems_table(frame),
         skipped=[str(item) for item in skipped],
         notes=notes,

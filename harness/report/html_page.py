@@ -67,6 +67,8 @@ def render(report: Report) -> str:
         body += [f"<h2>{escape(section.title)}</h2>", _table(section.table), _figures(section.figures)]
     if report.accuracy:
         body += ["<h2>Accuracy vs throughput</h2>", _figures(report.accuracy)]
+    for serving in report.serving:
+        body += [f"<h2>{escape(serving.title)}</h2>", _table(serving.table), _figures(serving.figures)]
     if report.training:
         body += ["<h2>Training</h2>", _figures(report.training)]
     for study in report.tuning:

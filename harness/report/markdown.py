@@ -53,6 +53,9 @@ def render(report: Report, plots_dir: str = PLOTS_DIR) -> str:
     if report.accuracy:
         lines += ["", "## Accuracy vs throughput", ""]
         lines += [f"![{cell(figure.title)}]({plots_dir}/{figure.name}.png)\n" for figure in report.accuracy]
+    for serving in report.serving:
+        lines += ["", f"## {cell(serving.title)}", "", _table(serving.table)]
+        lines += [f"\n![{cell(figure.title)}]({plots_dir}/{figure.name}.png)" for figure in serving.figures]
     if report.training:
         lines += ["", "## Training", ""]
         lines += [f"![{cell(figure.title)}]({plots_dir}/{figure.name}.png)\n" for figure in report.training]
@@ -73,7 +76,8 @@ def write(report: Report, out_dir: Path, name: str = "report.md") -> list[Path]:
     """Write the Markdown file and its PNG figures; return every path written."""
     plots = out_dir / PLOTS_DIR
     written = []
-    figures = [figure for section in report.sections for figure in section.figures] + report.accuracy + report.training
+    figures = [figure for section in [*report.sections, *report.serving] for figure in section.figures]
+    figures += report.accuracy + report.training
     figures += [figure for study in report.tuning for figure in study.figures]
     if figures:
         plots.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Iterator, Mapping, Sequence
 
 import matplotlib
@@ -23,6 +22,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, NullFormatter
 
 from harness.report import summary as s
+from harness.report.parts import Plot as Plot  # plots render into it
 from harness.report import tables
 
 STYLE = {
@@ -34,15 +34,6 @@ STYLE = {
     "axes.spines.right": False,
 }
 DPI = 100
-
-
-@dataclass(frozen=True)
-class Plot:
-    """A rendered plot: ``name`` is a file stem unique within the report."""
-
-    name: str
-    title: str
-    png: bytes
 
 
 @contextmanager
@@ -203,4 +194,80 @@ def training_chart(curves: Mapping[str, Sequence[Sequence[float]]], title: str) 
         axes.set_ylabel("loss")
         axes.set_title(title)
         axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        return _png(figure)
+
+
+def serving_latency_chart(curves: Mapping[str, pd.DataFrame], slos: Sequence[Mapping[str, float | None]],
+                          saturation: Mapping[str, float | None], title: str) -> bytes:
+    """TTFT p99 and ITL p99 against offered rate, one line per configuration @ machine.
+
+    ``curves[label]`` has one row per load step (``offered_rate``, ``ttft_p99_ms``,
+    ``itl_p99_ms``, ``verdict``); steps that met the SLOs are filled dots, the others
+    crosses. Each distinct SLO in ``slos`` (``ttft_ms``, ``tpot_ms``; runs may have been
+    judged by different ones) draws its bounds as dashed lines (ITL is held to the TPOT
+    bound: a token's gap is what TPOT averages); ``saturation[label]`` (the closed-loop
+    step's throughput) is a dotted vertical line in the series' colour. Latencies spanning
+    more than 30× get a log axis, so a slow engine does not flatten the others.
+    """
+    palette = matplotlib.colormaps["tab10"]
+    with _style():
+        figure = Figure(figsize=(11.0, 4.2))
+        panels = figure.subplots(1, 2)
+        for axes, key, slo_key, name in ((panels[0], "ttft_p99_ms", "ttft_ms", "TTFT p99 (ms)"),
+                                         (panels[1], "itl_p99_ms", "tpot_ms", "ITL p99 (ms)")):
+            for i, label in enumerate(sorted(curves)):
+                color = palette(i % palette.N)
+                steps = curves[label].sort_values("offered_rate")
+                x, y = _floats(steps["offered_rate"]), _floats(steps[key])
+                axes.plot(x, y, color=color, linewidth=1.2, label=label)
+                valid = (steps["verdict"] == "VALID").to_numpy()
+                axes.scatter(x[valid], y[valid], color=color, marker="o", s=22, zorder=3)
+                axes.scatter(x[~valid], y[~valid], color=color, marker="x", s=26, zorder=3)
+                if saturation.get(label):
+                    axes.axvline(float(saturation[label] or 0), color=color, linestyle=":", linewidth=1)
+            bounds = sorted({float(b) for slo in slos if (b := slo.get(slo_key)) is not None})
+            for n, bound in enumerate(bounds):
+                axes.axhline(bound, color="#cf222e", linestyle=("--", "-.", ":")[n % 3], linewidth=1,
+                             label=f"SLO {'TTFT' if slo_key == 'ttft_ms' else 'TPOT'} {bound:g} ms")
+            axes.set_xlabel("offered rate (requests/s)")
+            axes.set_ylabel(name)
+            axes.set_xlim(left=0)
+            values = np.concatenate([_floats(c[key]) for c in curves.values()] + [np.asarray(bounds, dtype=float)])
+            values = values[np.isfinite(values) & (values > 0)]
+            if values.size and values.max() / values.min() > 30:
+                log_axis(axes.yaxis)
+            else:
+                axes.set_ylim(bottom=0)
+        handles, labels = panels[0].get_legend_handles_labels()
+        extra = [h for h, label in zip(*panels[1].get_legend_handles_labels()) if label.startswith("SLO")]
+        handles += extra
+        labels += [h.get_label() for h in extra]
+        handles += [Line2D([], [], color="grey", linestyle=":"), Line2D([], [], color="grey", marker="x", linestyle="")]
+        labels += ["saturation (closed-loop throughput)", "step over the SLO (INVALID)"]
+        figure.legend(handles, labels, loc="lower center", ncol=2, fontsize="small", bbox_to_anchor=(0.5, -0.02 - 0.04 * len(labels) / 2))
+        figure.suptitle(title)
+        return _png(figure)
+
+
+def goodput_chart(rows: pd.DataFrame, title: str, colors: Mapping[str, object]) -> bytes:
+    """Grouped bars: each configuration's goodput (requests/s meeting every SLO; a sweep's best
+    step), one bar per machine, with the request throughput of that step as an outline."""
+    configs = sorted(rows["label"].unique())
+    machines = sorted(rows["machine"].astype(str).unique())
+    width = 0.8 / len(machines)
+    positions = np.arange(len(configs))
+    with _style():
+        figure = Figure(figsize=(max(6.0, 1.2 * len(configs) + 2), 4.0))
+        axes = figure.add_subplot()
+        for i, machine in enumerate(machines):
+            mine = rows[rows["machine"].astype(str) == machine].set_index("label").reindex(configs)
+            at = positions - 0.4 + width * (i + 0.5)
+            axes.bar(at, np.nan_to_num(_floats(mine["request_throughput"])), width, fill=False,
+                     edgecolor=colors.get(machine, "grey"), linestyle="--", linewidth=1)
+            axes.bar(at, np.nan_to_num(_floats(mine["goodput"])), width, color=colors.get(machine), label=machine)
+        axes.set_xticks(positions)
+        axes.set_xticklabels(configs, rotation=20, ha="right")
+        axes.set_ylabel("goodput (requests/s in SLO)")
+        axes.legend(fontsize="small", title="machine (dashed: all finished req/s)")
+        axes.set_title(title)
         return _png(figure)

@@ -19,7 +19,7 @@ import pandas as pd
 
 from harness import records, tuning
 from harness.report import plots
-from harness.report.plots import Plot
+from harness.report.parts import Plot
 
 STUDY = "config.tune.study"
 #: Marker colour per trial status in the objective-by-trial figure.

@@ -45,7 +45,7 @@ def show(report: Report, console: Console | None = None) -> None:
         console.print(f"[yellow]note:[/] {escape(note)}")
     if not report.machines.empty:
         console.print(rich_table(report.machines, "Machines"))
-    for section in report.sections:
+    for section in [*report.sections, *report.serving]:
         console.print(rich_table(section.table, section.title))
     for study in report.tuning:
         console.print(rich_table(study.table, f"Tuning: {study.name} — {study.headline}"))

@@ -14,7 +14,22 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from harness.serving.session import Emit, GenerationRequest, StreamEnd, ThreadedSession, TokenChunk, Tokenizer, now
+from harness.serving.session import (Emit, GenerationRequest, ServingModel, ServingPlan, StreamEnd, ThreadedSession,
+                                     TokenChunk, Tokenizer, now)
+
+
+#: ``metrics.backend.concurrency`` of an engine that serves one request at a time.
+FIFO = "one at a time (FIFO)"
+
+
+def fifo_session(backend: Any, model: ServingModel, plan: ServingPlan) -> "GenerationServingSession":
+    """FIFO serving over ``backend``'s generation session, prepared for the plan's longest request."""
+    from harness.generation.session import GenerationPlan
+
+    precision = "fp32" if plan.precision == "auto" else plan.precision
+    generation = backend.prepare_generation(model.source(), GenerationPlan(precision, 1, plan.max_prompt_tokens,
+                                                                           plan.max_output_tokens))
+    return GenerationServingSession(generation, model.tokenizer(), precision, backend.name)
 
 
 class GenerationServingSession(ThreadedSession):
@@ -26,6 +41,7 @@ class GenerationServingSession(ThreadedSession):
         self._tokenizer = tokenizer
         self.precision = precision
         self.backend = backend
+        self.device = str(getattr(session, "device", "cpu"))
 
     def generate(self, request: GenerationRequest, emit: Emit) -> StreamEnd:
         from harness.generation.session import GREEDY
@@ -37,8 +53,8 @@ class GenerationServingSession(ThreadedSession):
         else:
             raise ValueError("an in-process engine needs token ids, and no tokenizer is known")
         (output,) = self.session.generate([prompt], request.max_tokens, GREEDY)
-        for when in output.token_times:
-            emit(TokenChunk(when))
+        for token, when in zip(output.tokens, output.token_times):
+            emit(TokenChunk(when, ids=(int(token),)))
         return StreamEnd(now(), prompt_tokens=len(prompt), output_tokens=len(output.tokens), finish_reason="length")
 
     def tokenizer(self) -> Optional[Tokenizer]:
@@ -47,10 +63,10 @@ class GenerationServingSession(ThreadedSession):
     def scorer(self) -> Any:
         return self.session
 
-    def describe(self) -> dict[str, Any]:
+    def metrics(self) -> dict[str, Any]:
         facts = dict(self.session.metrics())
         facts["batching"] = f"none: one request at a time (FIFO) through {self.backend}'s generation session"
-        facts["device"] = getattr(self.session, "device", "cpu")
+        facts["concurrency"] = FIFO
         return facts
 
     async def aclose(self) -> None:

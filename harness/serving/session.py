@@ -13,7 +13,7 @@ the event loop that issues arrivals is never blocked by an engine:
   on a real server.
 
 How requests share the engine is the session's own business and it says so in
-:meth:`ServingSession.describe` (``batching``), which lands in ``metrics.backend``:
+:meth:`ServingSession.metrics` (``batching``), which lands in ``metrics.backend``:
 one at a time (FIFO), N parallel slots, continuous batching in the engine, or
 whatever a remote server does. An engine with continuous batching (openvino-genai's
 pipeline, a batched torch scheduler) implements :meth:`ServingSession.stream` over its
@@ -54,13 +54,16 @@ class TokenChunk:
     """Output that became available at host time ``t`` (``time.perf_counter``).
 
     ``tokens`` is how many tokens it carries: 1 for an engine that emits token by
-    token; a server may pack several into one streamed chunk.
+    token; a server may pack several into one streamed chunk. ``ids`` are their token
+    ids when the engine knows them (in-process engines: greedy tokens are then checked
+    against eager fp32).
     """
 
     t: float
     tokens: int = 1
     text: str = ""
     logprobs: tuple[float, ...] = ()
+    ids: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -115,11 +118,30 @@ class ServingModel:
     status: Callable[[str], None] = print
 
 
+@dataclass(frozen=True)
+class ServingPlan:
+    """What a serving session is prepared for: the precision and the workload's bounds.
+
+    ``precision`` is the scenario's (``auto`` = the backend's usual deployment type);
+    ``max_prompt_tokens`` and ``max_output_tokens`` bound every request of the run, and
+    ``max_in_flight`` is how many requests the load keeps in flight at most (None: an
+    open loop, unbounded). Engines size their KV cache and batch from these.
+    """
+
+    precision: str = "auto"
+    max_prompt_tokens: int = 128
+    max_output_tokens: int = 64
+    max_in_flight: Optional[int] = None
+
+
 class ServingSession(abc.ABC):
     """Many concurrent, streamed generation requests against one engine or server."""
 
     #: What the scenario records as ``scenario.precision`` for this session.
     precision: str = "unknown"
+    #: The device the engine runs on (the record's ``backend.device``; one source, as
+    #: ``Session.device`` is for inference): ``cpu``, ``cuda:0``, ``GPU``, or ``remote``.
+    device: str = "cpu"
 
     @abc.abstractmethod
     def stream(self, request: GenerationRequest) -> AsyncIterator[StreamEvent]:
@@ -142,9 +164,17 @@ class ServingSession(abc.ABC):
         token ids (then :meth:`perplexity` on text is tried)."""
         return None
 
-    def describe(self) -> dict[str, Any]:
-        """How this session serves (engine, batching, slots, endpoint) for ``metrics.backend``."""
+    def metrics(self) -> dict[str, Any]:
+        """Engine facts for ``metrics.backend`` (plugin API 2, like ``Session.metrics``): above all
+        ``engine`` and ``batching``, what the engine does with concurrent requests (one at a time,
+        continuous batching and its sizes, a remote server's own), plus KV cache sizing."""
         return {}
+
+    def take_batch_stats(self) -> Optional[dict[str, Any]]:
+        """The engine's own batch sizes since the last call (and forget them), for an
+        engine that batches requests (:class:`harness.serving.batching.BatchStats`);
+        None for one that does not, or that cannot see its batches (a remote server)."""
+        return None
 
     async def perplexity(self, texts: Sequence[str]) -> dict[str, Any]:
         """Perplexity of the served model on ``texts``: ``{"value": float | None, "reason": str, "tokens": int}``.
@@ -206,7 +236,7 @@ class ThreadedSession(ServingSession):
                 return
             except BaseException as exc:  # handed to the consumer, which fails this request
                 try:
-                    post(_Failure(exc))
+                    post(Failure(exc))
                 except RequestCancelled:
                     pass
                 return
@@ -217,13 +247,8 @@ class ThreadedSession(ServingSession):
 
         self._executor.submit(work)
         try:
-            while True:
-                item = await queue.get()
-                if isinstance(item, _Failure):
-                    raise item.error
-                yield item
-                if isinstance(item, StreamEnd):
-                    return
+            async for event in relay(queue):
+                yield event
         finally:
             cancelled.set()
 
@@ -232,8 +257,22 @@ class ThreadedSession(ServingSession):
 
 
 @dataclass(frozen=True)
-class _Failure:
+class Failure:
+    """Put on a request's queue by an engine thread: the consumer raises ``error``."""
+
     error: BaseException
+
+
+async def relay(queue: "asyncio.Queue[Any]") -> AsyncIterator[StreamEvent]:
+    """A request's events as an engine thread posts them on ``queue``, up to its :class:`StreamEnd`;
+    a :class:`Failure` is raised in the consumer."""
+    while True:
+        item = await queue.get()
+        if isinstance(item, Failure):
+            raise item.error
+        yield item
+        if isinstance(item, StreamEnd):
+            return
 
 
 def now() -> float:
