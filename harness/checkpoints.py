@@ -6,8 +6,8 @@ source folder), the dataset's fingerprint and the training recipe (every option 
 changes the weights), so a changed input never reuses a stale checkpoint.
 
 ``model.checkpoint=auto`` asks for the checkpoint that the family's train recipe
-(``bert_train`` for BERT, ``resnet_train`` for ResNet) produces for this model and
-dataset. The recipe's options are read from its YAML in ``conf/scenario/`` through
+(``bert_train`` for BERT, ``resnet_train`` for ResNet, ``llm_train`` for the decoder
+LLMs) produces for this model and dataset. The recipe's options are read from its YAML in ``conf/scenario/`` through
 Hydra's compose API, so ``harness +scenario=bert_train`` and ``auto`` compute the same
 key: a checkpoint trained by either is reused by both, and ``auto`` trains it once
 when absent. A folder is complete only once its marker file exists; it is written
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 KIND = "checkpoints"
 MARKER = "harness_checkpoint.json"
 #: The train recipe (a ``conf/scenario/`` name) whose output ``auto`` means, per model family.
-RECIPES = {"bert": "bert_train", "resnet": "resnet_train"}
+RECIPES = {"bert": "bert_train", "resnet": "resnet_train", "llama": "llm_train", "gpt2": "llm_train"}
 
 
 def model_identity(options: "ModelOptions") -> dict[str, Any]:
@@ -82,10 +82,10 @@ def save(model: "LoadedModel", tokenizer: Any, key: str, cache_root: str | os.Pa
     (:mod:`harness.cache`); a previous checkpoint under the same key is replaced only
     once the new one is complete.
     """
-    hf_model = getattr(model.module, "model", model.module)
+    hf_model = transformers_model(model.module)
     if not hasattr(hf_model, "save_pretrained"):
         raise Unsupported(f"model {model.name} cannot be saved as a checkpoint (no save_pretrained)",
-                          "train a transformers model (family bert or resnet)")
+                          "train a transformers model (family bert, resnet, llama or gpt2)")
     final = cache.cache_dir(cache_root) / KIND / key
     with cache.staging(KIND, key, cache_root) as staging:
         with _quiet_transformers():
@@ -97,6 +97,15 @@ def save(model: "LoadedModel", tokenizer: Any, key: str, cache_root: str | os.Pa
         (staging / MARKER).write_text(json.dumps({"key": key, "saved": time.time(), **meta}, indent=2, default=str))
         cache.publish(staging, final, (MARKER,), replace=True)
     return final
+
+
+def transformers_model(module: Any) -> Any:
+    """The transformers model a loaded module holds: the module itself when it is one (a
+    decoder LLM, whose ``.model`` is the base model *without* its LM head), else the
+    ``.model`` of the harness's logits wrapper (BERT, ResNet)."""
+    from transformers import PreTrainedModel
+
+    return module if isinstance(module, PreTrainedModel) else getattr(module, "model", module)
 
 
 @contextlib.contextmanager
@@ -185,7 +194,7 @@ def resolve(
     recipe_name = RECIPES.get(model_options.family, "?")
     recipe = recipe_options(model_options.family)
     base = replace(model_options, checkpoint=None)
-    data = load_dataset(dataset_options, seq_len=recipe.seq_len, tokenizer=_tokenizer_of(base))
+    data = load_dataset(dataset_options, seq_len=recipe.seq_len, tokenizer=_tokenizer_of(base, cache_root))
     key = checkpoint_key(base, data.fingerprint(), recipe)
     found = find(key, cache_root)
     if found is not None:
@@ -207,7 +216,8 @@ def resolve(
     path = result["training"].get("checkpoint")
     if not path:
         raise HarnessError("auto-training finished without saving a checkpoint")
-    status(f"model.checkpoint=auto: trained to accuracy {result['training']['final_accuracy']:.4f}, saved {path}")
+    metric = result["training"]["eval_metric"]
+    status(f"model.checkpoint=auto: trained to {metric} {result['training'][f'final_{metric}']:.4f}, saved {path}")
     return Path(path)
 
 
@@ -237,13 +247,16 @@ def _training_lock(key: str, cache_root: str | os.PathLike[str] | None) -> Itera
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _tokenizer_of(options: "ModelOptions") -> Any:
-    """A local model folder's own tokenizer (text models), else None (the embedded one)."""
-    if options.family != "bert" or not options.path:
-        return None
-    folder = Path(options.path).expanduser()
-    if not (folder / "tokenizer.json").is_file():
-        return None
-    from transformers import AutoTokenizer
+def _tokenizer_of(options: "ModelOptions", cache_root: str | os.PathLike[str] | None) -> Any:
+    """The tokenizer the recipe's data is made with, as training will pick it: a local
+    model folder's own (text models), else the embedded one of the family (None for
+    BERT's word-level one, the corpus BPE for decoders)."""
+    from harness.generation.tokenizer import text_tokenizer
 
-    return AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    own = None
+    folder = Path(options.path).expanduser() if options.path else None
+    if options.family != "resnet" and folder is not None and (folder / "tokenizer.json").is_file():
+        from transformers import AutoTokenizer
+
+        own = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    return text_tokenizer(options.family, own, None if cache_root is None else str(cache_root))

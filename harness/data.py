@@ -293,7 +293,8 @@ _WARNED: set[tuple[str, str]] = set()
 #: Classes of the built-in dataset kinds (``files`` reads them from the data).
 BUILTIN_LABELS = {"sentiment": 2, "digits": 10}
 #: The task each dataset kind poses.
-TASKS = {"sentiment": "text-classification", "digits": "image-classification", "files": "text-classification"}
+TASKS = {"sentiment": "text-classification", "digits": "image-classification", "files": "text-classification",
+         "corpus": "causal-lm"}
 
 
 def _load_files(options: DatasetOptions, seq_len: int, tokenizer: Any) -> TaskData:
@@ -533,11 +534,13 @@ def _encode(tokenizer: Any, texts: list[str], seq_len: int) -> dict[str, np.ndar
     return {key: np.asarray(encoded[key], dtype=np.int64) for key in ("input_ids", "attention_mask")}
 
 
-def _not_a_task(options: DatasetOptions, seq_len: int, tokenizer: Any) -> TaskData:
-    raise ConfigError(f"dataset '{options.name}' is a text corpus for decoder LLMs, not a classification task",
-                      "use it with +scenario=llm_fp32 (kind generation), or pick dataset=sentiment/digits/files")
+def _load_corpus(options: DatasetOptions, seq_len: int, tokenizer: Any) -> TaskData:
+    """The embedded text corpus as a causal-LM task (windows of ``seq_len`` tokens) for decoder LLMs."""
+    from harness.generation.corpus import causal_lm_task
+
+    return causal_lm_task(options, seq_len, tokenizer)
 
 
 _LOADERS: dict[str, Callable[[DatasetOptions, int, Any], TaskData]] = {
-    "sentiment": _load_sentiment, "digits": _load_digits, "files": _load_files, "corpus": _not_a_task,
+    "sentiment": _load_sentiment, "digits": _load_digits, "files": _load_files, "corpus": _load_corpus,
 }

@@ -297,17 +297,20 @@ def _size(count: int) -> str:
 
 
 def check_dataset(spec: Any, model: Optional[tuple[dict[str, Any], str]] = None) -> None:
-    """The data fits the model: text for BERT, images for ResNet, and no more classes
-    than the model's classification head has."""
+    """The data fits the model: text for BERT, images for ResNet, a text corpus for decoder
+    LLMs, and no more classes than the model's classification head has."""
     from harness.data import TASKS, check_labels
+    from harness.generation.decoders import is_decoder
 
     if spec.dataset.kind == "files" and spec.dataset.path and not Path(spec.dataset.path).expanduser().exists():
         raise ConfigError(f"dataset.path '{spec.dataset.path}' does not exist",
                           "point dataset.path at a csv/tsv/jsonl/parquet file or a folder")
     task = TASKS.get(spec.dataset.kind)
-    wanted = "image-classification" if spec.model.family == "resnet" else "text-classification"
+    family = spec.model.family
+    wanted = "image-classification" if family == "resnet" else "causal-lm" if is_decoder(family) else "text-classification"
     if task is not None and task != wanted:
-        fix = "dataset=digits" if wanted == "image-classification" else "dataset=sentiment or dataset=files"
+        fix = {"image-classification": "dataset=digits", "causal-lm": "dataset=corpus"}.get(
+            wanted, "dataset=sentiment or dataset=files")
         raise ConfigError(f"model.family={spec.model.family} does {wanted} but dataset '{spec.dataset.name}' "
                           f"is {task}", f"{fix}, or a model of the other family")
     config, source = model or model_config(spec.model)

@@ -49,7 +49,7 @@ def record_metrics(training: dict[str, Any]) -> dict[str, Any]:
         "training": training,
         "latency_ms": step,
         "throughput": {"samples_per_s": training["samples_per_s"], "tokens_per_s": training["tokens_per_s"]},
-        "accuracy": {"metric": "accuracy", "value": training["final_accuracy"], "reference": None,
+        "accuracy": {"metric": training["eval_metric"], "value": training[f"final_{training['eval_metric']}"], "reference": None,
                      "relative": None, "agreement": None},
         "memory_mib": training["memory_mib"],
     }

@@ -105,6 +105,7 @@ class TrainingOptions(InferenceTiming):
     eval_batch_size: int = 256
     log_interval: int = 10      # steps averaged into one loss-curve point
     target_accuracy: Optional[float] = None
+    target_perplexity: Optional[float] = None  # causal LMs: eval perplexity to reach (lower is better)
     seed: int = 0
     warmup_steps_excluded: int = 5  # first steps left out of throughput and latency
     distributed: DistributedOptions = field(default_factory=DistributedOptions)
@@ -131,6 +132,8 @@ class TrainingOptions(InferenceTiming):
         require(self.eval_interval >= 0, "eval_interval", f"must be >= 0, got {self.eval_interval}")
         require(self.target_accuracy is None or 0 < self.target_accuracy <= 1, "target_accuracy",
                 f"must be in (0, 1] or null, got {self.target_accuracy}")
+        require(self.target_perplexity is None or self.target_perplexity >= 1, "target_perplexity",
+                f"must be >= 1 (perplexity's floor) or null, got {self.target_perplexity}")
         require(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
         require(self.warmup_steps_excluded >= 0, "warmup_steps_excluded", f"must be >= 0, got {self.warmup_steps_excluded}")
 
@@ -146,4 +149,5 @@ class TrainingOptions(InferenceTiming):
 #: Options that change what is measured or logged but never the trained weights;
 #: the checkpoint key leaves them out so a re-run with another eval cadence reuses it.
 MEASUREMENT_ONLY = ("warmup_iters", "min_iters", "min_duration_s", "max_duration_s", "eval_interval",
-                    "eval_batch_size", "log_interval", "target_accuracy", "warmup_steps_excluded")
+                    "eval_batch_size", "log_interval", "target_accuracy", "target_perplexity",
+                    "warmup_steps_excluded")

@@ -29,6 +29,12 @@ def label_cross_entropy(logits: Any, inputs: dict[str, Any]) -> Any:
     return F.cross_entropy(logits, inputs["labels"])
 
 
+def output_logits(output: Any) -> Any:
+    """The logits tensor of a forward pass: the harness's wrappers return it, a bare
+    transformers model (decoders are trained unwrapped) returns an output with ``.logits``."""
+    return getattr(output, "logits", output)
+
+
 class TorchTrainingSession(TrainingSession):
     """A torch module trained in place with the plan's optimizer, schedule and loss.
 
@@ -74,7 +80,7 @@ class TorchTrainingSession(TrainingSession):
         no_sync = getattr(self.model, "no_sync", None)
         with contextlib.nullcontext() if update or no_sync is None else no_sync():
             with self._autocast():
-                logits = self.model(**self._features(inputs))
+                logits = output_logits(self.model(**self._features(inputs)))
             loss = self.loss_fn(logits.float(), inputs)
             scaled = loss / self.plan.grad_accum_steps
             (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
@@ -106,7 +112,7 @@ class TorchTrainingSession(TrainingSession):
         self.module.eval()
         try:
             with torch.no_grad(), self._autocast():
-                logits = self.module(**self._features(inputs))
+                logits = output_logits(self.module(**self._features(inputs)))
             self._sync_device()
             return logits.detach().cpu().float().numpy()
         finally:
