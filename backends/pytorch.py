@@ -24,9 +24,10 @@ from harness.errors import Unsupported
 from harness.hardware import cuda_device_info
 from harness.hookspecs import hookimpl
 from harness.timing import CudaEventTimer, WallClockTimer
+from harness.training.options import STRATEGIES
+from harness.training.parallel import LOW_PRECISION as AUTOCAST
 from harness.training.torch_session import TorchTrainingSession
 
-AUTOCAST = {"bf16": "bfloat16", "fp16": "float16"}
 #: Max abs logit difference against eager fp32 that each precision is allowed.
 TOLERANCE = {"fp32": 1e-4, "tf32": 5e-2, "bf16": 0.25, "fp16": 0.05, "int8": 0.5}
 
@@ -149,47 +150,80 @@ class PyTorchSession(Session):
 
 
 class PyTorchTrainingSession(TorchTrainingSession):
-    """A module being trained: the shared torch step, plus AMP and (world size > 1) DDP.
+    """A module being trained: the shared torch step, plus AMP and the parallel strategies.
 
     Mixed precision is ``torch.autocast`` (bf16 on the CPU; bf16/fp16 on CUDA), fp16
     through a grad scaler; the loss is computed in fp32 on the float logits. On CUDA
     steps are timed with CUDA events and ``train_step`` returns once the stream is done
     (copying the loss to the host syncs), like inference calls. A world size above 1
-    joins the torchrun process group (gloo on the CPU, nccl on CUDA) and wraps the
-    module in DDP.
+    joins the torchrun process group (gloo on the CPU, nccl on CUDA) and spreads the
+    module with the plan's strategy (:mod:`harness.training.parallel`: DDP, FSDP2, tensor
+    or pipeline parallel; fsdp realises mixed precision with its own policy). The session
+    also accounts this rank's memory and, on the plan's profiled steps, splits step time
+    into compute and communication (:mod:`harness.training.accounting`).
     """
 
     def __init__(self, module: Any, plan: Any, device: str, compile_mode: str | None = None) -> None:
         import torch
 
-        torch.manual_seed(plan.seed + plan.world.rank)  # dropout masks differ across ranks
+        from harness.training.accounting import StepProfiler
+        from harness.training.parallel import strategy_for
+
+        torch.manual_seed(plan.seed + plan.world.dp_rank)  # dropout differs across replicas, not within one
         self.device = device
         self.cuda = is_cuda(device)
+        self.strategy = strategy_for(plan, device)
+        self.collective_eval = self.strategy.collective_eval
         super().__init__(module, plan, device)
-        self._owns_group = False
-        if plan.world.size > 1:
-            self.model = self._data_parallel()
         if compile_mode is not None:
             self.model = torch.compile(self.model, mode=compile_mode)
-        self.autocast_dtype = autocast_dtype(plan.precision)
+        self.autocast_dtype = getattr(torch, self.strategy.autocast_dtype()) if self.strategy.autocast_dtype() else None
         self.scaler = torch.amp.GradScaler("cuda") if plan.precision == "fp16" else None
         self.stream = torch.cuda.current_stream(device) if self.cuda else None
         self.timer = CudaEventTimer(self.stream) if self.cuda else WallClockTimer()
+        self.profiler = StepProfiler(self.cuda)
+        self.activations_mib: float | None = None
+        self.state_bytes: dict[str, int] = {}
 
-    def _data_parallel(self) -> Any:
-        import torch
-        import torch.distributed as dist
-        from torch.nn.parallel import DistributedDataParallel
+    def _spread(self, module: Any) -> tuple[Any, Any]:
+        return self.strategy.setup(module)
 
-        if not dist.is_initialized():
-            try:
-                dist.init_process_group(backend="nccl" if self.cuda else "gloo")
-            except ValueError as exc:  # torch names the missing env variable
-                raise Unsupported(f"world size {self.plan.world.size} needs torchrun's environment: {exc}",
-                                  "launch through scenario.distributed.nproc_per_node") from None
-            self._owns_group = True
-        ids = [torch.device(self.device).index] if self.cuda else None
-        return DistributedDataParallel(self.module, device_ids=ids)
+    def _gradient_sync(self, update: bool) -> Any:
+        return self.strategy.gradient_sync(self.model, update)
+
+    def _forward_backward(self, inputs: dict[str, Any], update: bool) -> Any:
+        custom = getattr(self.strategy, "forward_backward", None)  # pipeline: a schedule step
+        return custom(inputs, update, self._autocast()) if custom else super()._forward_backward(inputs, update)
+
+    def _clip(self) -> None:
+        self.strategy.clip(self.module, self.plan.grad_clip)
+
+    def _observe(self) -> Any:
+        """Step 1's first micro-batch: peak saved activations; profiled steps: the time split."""
+        import contextlib
+
+        from harness.training.accounting import SavedActivations
+
+        step = (self.micro_batches - 1) // self.plan.grad_accum_steps + 1
+        stack = contextlib.ExitStack()
+        if self.micro_batches == 1:
+            meter = stack.enter_context(SavedActivations(self.module.parameters()).measure(self.module))
+            stack.callback(lambda: setattr(self, "activations_mib", meter.peak_mib))
+        if step in self.plan.parallel.profile_steps:
+            stack.enter_context(self.profiler.profile())
+        return stack
+
+    def _before_zero_grad(self) -> None:
+        from harness.training.accounting import state_bytes
+
+        if not self.state_bytes:  # the first update: sizes do not change after it
+            self.state_bytes = state_bytes(self.module, self.optimizer)
+
+    def predict(self, inputs: dict[str, Any]) -> np.ndarray:
+        custom = getattr(self.strategy, "predict", None)  # pipeline: the stages in turn
+        if custom is None:
+            return super().predict(inputs)
+        return custom(inputs, self._autocast()).numpy()
 
     def _autocast(self) -> Any:
         return autocast(self.autocast_dtype, self.cuda)
@@ -204,22 +238,49 @@ class PyTorchTrainingSession(TorchTrainingSession):
             self.timer.mark_done()
 
     def memory(self) -> dict[str, float]:
-        if self.cuda:
-            import torch
+        """Process figures (peak RSS, or CUDA's peak allocation) and this rank's accounted model
+        state (parameters, gradients, optimizer state) and step-1 saved activations."""
+        from harness.training.accounting import state_mib
 
-            return {"peak_allocated_mib": torch.cuda.max_memory_allocated(self.device) / 2**20}
-        from harness.hardware import host_memory_mib
+        figures = {**process_memory(self.device if self.cuda else None), **state_mib(self.state_bytes)}
+        figures["activations_mib"] = self.activations_mib
+        return figures
 
-        return host_memory_mib()
+    def parallel_metrics(self) -> dict[str, Any]:
+        """How the model was spread, and every rank's memory and time split (a collective)."""
+        plan = self.plan
+        mine = {"rank": plan.world.rank, **self.memory(),
+                **{k: v for k, v in self.profiler.summary(plan.parallel.profile_steps).items()
+                   if k in ("communication_ms", "compute_ms", "communication_share")}}
+        return {
+            "strategy": self.strategy.name if plan.world.size > 1 else plan.parallel.strategy,
+            "mixed_precision": self.strategy.describe_precision(),
+            "per_rank": self.strategy.gather(mine),
+            "step_breakdown": self.profiler.summary(plan.parallel.profile_steps),
+        }
+
+    def global_losses(self, losses: list[float]) -> list[float]:
+        """Each step's loss averaged over the replicas (rank 0 alone saw its own slice)."""
+        return self.strategy.global_mean(losses)
+
+    def full_state_dict(self) -> Any:
+        """The whole model's weights on rank 0 when the module holds only a part (a collective)."""
+        return self.strategy.full_state_dict(self.module)
 
     def close(self) -> None:
         """Leave the process group this session joined, after every rank got here."""
-        if self._owns_group:
-            import torch.distributed as dist
+        self.strategy.close()
 
-            dist.barrier()
-            dist.destroy_process_group()
-            self._owns_group = False
+
+def process_memory(cuda_device: str | None) -> dict[str, float]:
+    """CUDA's peak allocation on ``cuda_device``, else the process's RSS and peak RSS (MiB)."""
+    if cuda_device is not None:
+        import torch
+
+        return {"peak_allocated_mib": torch.cuda.max_memory_allocated(cuda_device) / 2**20}
+    from harness.hardware import host_memory_mib
+
+    return host_memory_mib()
 
 
 class PyTorchBackend(Backend):
@@ -252,6 +313,7 @@ class PyTorchBackend(Backend):
             generation=True,
             recipes=frozenset() if cuda else frozenset({"int8_dynamic"}),
             tolerance={p: TOLERANCE[p] for p in precisions},
+            training_strategies=frozenset(STRATEGIES),
         )
 
     def compress(self, artifact: Artifact, recipe: Any, calibration: Any) -> Artifact:
@@ -328,6 +390,14 @@ class PyTorchBackend(Backend):
         if self.options.cuda_graphs:
             raise Unsupported("backend.cuda_graphs captures inference calls, not training steps",
                               "drop backend.cuda_graphs for training")
+        strategy = plan.parallel.strategy if plan.world.size > 1 else "ddp"
+        if plan.precision == "fp16" and strategy not in ("ddp", "fsdp"):
+            raise Unsupported(f"fp16 loss scaling is not wired for strategy {strategy} (the scaler's overflow check "
+                              "would have to agree across tensor or pipeline shards)",
+                              "use scenario.precision=bf16, or strategy=ddp/fsdp for fp16")
+        if self.options.compile and strategy == "pp":
+            raise Unsupported("backend.compile wraps the model's forward, which a pipeline schedule never calls",
+                              "drop backend.compile for strategy=pp")
         if self.options.threads:
             torch.set_num_threads(self.options.threads)
         device = self.options.device

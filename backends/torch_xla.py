@@ -481,6 +481,10 @@ class TorchXLABackend(Backend):
                 f"torch_xla training runs one process (world size {plan.world.size} requested)",
                 "drop scenario.distributed for backend=torch_xla",
             )
+        if plan.parallel.activation_checkpointing:
+            raise Unsupported("activation checkpointing is not wired for torch_xla (XLA's compiler would fold "
+                              "torch.utils.checkpoint's recomputation away; torch_xla has its own)",
+                              "drop scenario.activation_checkpointing for backend=torch_xla")
         device = self._xla_device()
         self._set_matmul_precision()
         return TorchXLATrainingSession(module, plan, device, self.device())

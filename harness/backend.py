@@ -51,6 +51,8 @@ class Capabilities:
     generation: bool = False
     recipes: frozenset[str] = frozenset()
     tolerance: Mapping[str, float] = field(default_factory=lambda: {"fp32": 1e-3})
+    #: ``scenario.distributed.strategy`` values it trains with (when ``training``).
+    training_strategies: frozenset[str] = frozenset({"ddp"})
 
 
 @dataclass

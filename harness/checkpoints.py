@@ -56,7 +56,7 @@ def checkpoint_key(model: "ModelOptions", data_fingerprint: str, recipe: "Traini
     from harness.training.options import MEASUREMENT_ONLY
 
     weights_relevant = {k: v for k, v in asdict(recipe).items() if k not in MEASUREMENT_ONLY}
-    weights_relevant["distributed"] = {"world_size": recipe.distributed.world_size}
+    weights_relevant["distributed"] = recipe.distributed.weights_identity()
     return cache.content_key("checkpoint/1", model_identity(model), data_fingerprint, weights_relevant, extra or {})
 
 
@@ -82,6 +82,9 @@ def save(model: "LoadedModel", tokenizer: Any, key: str, cache_root: str | os.Pa
     (:mod:`harness.cache`); a previous checkpoint under the same key is replaced only
     once the new one is complete.
     """
+    from harness.training.architectures import hf_model as transformers_model
+
+    # A decoder is saved whole: its ``.model`` is the base *without* the LM head.
     hf_model = transformers_model(model.module)
     if not hasattr(hf_model, "save_pretrained"):
         raise Unsupported(f"model {model.name} cannot be saved as a checkpoint (no save_pretrained)",
@@ -97,15 +100,6 @@ def save(model: "LoadedModel", tokenizer: Any, key: str, cache_root: str | os.Pa
         (staging / MARKER).write_text(json.dumps({"key": key, "saved": time.time(), **meta}, indent=2, default=str))
         cache.publish(staging, final, (MARKER,), replace=True)
     return final
-
-
-def transformers_model(module: Any) -> Any:
-    """The transformers model a loaded module holds: the module itself when it is one (a
-    decoder LLM, whose ``.model`` is the base model *without* its LM head), else the
-    ``.model`` of the harness's logits wrapper (BERT, ResNet)."""
-    from transformers import PreTrainedModel
-
-    return module if isinstance(module, PreTrainedModel) else getattr(module, "model", module)
 
 
 @contextlib.contextmanager

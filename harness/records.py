@@ -3,11 +3,20 @@
 A record is written to a temp file in the target folder, flushed, fsynced and
 renamed into place, so a reader (or a crash) never sees half a record. Records are
 never rewritten: each run gets a unique id and file name.
+
+JSON has no NaN or Infinity (Python's ``json`` would write bare ``NaN`` tokens that
+strict parsers, jq and browsers reject), and a non-finite figure is never a
+measurement. The writer therefore replaces each one with ``null`` and names it in
+``non_finite`` (``{"metrics.mfu": "NaN"}``). When a required figure was the non-finite
+one (a latency percentile), the record would break the schema: the run becomes
+``failed`` with a reason naming the keys, and its metrics move to ``rejected_metrics``
+so nothing measured is lost.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import tempfile
@@ -52,17 +61,73 @@ def file_name(record: dict[str, Any]) -> str:
     return f"{stamp}_{_slug(record['scenario']['name'])}_{_slug(record['backend']['name'])}_{record['run_id'][:8]}.json"
 
 
+def finite(record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` with every NaN/Infinity replaced by ``None``, named in ``non_finite``."""
+    found: dict[str, str] = {}
+
+    def clean(value: Any, path: str) -> Any:
+        if getattr(value, "shape", None) == () and hasattr(value, "item"):
+            value = value.item()  # numpy scalars: plain Python numbers, checked like any other
+        if isinstance(value, float) and not math.isfinite(value):
+            found[path] = "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+            return None
+        if isinstance(value, dict):
+            return {key: clean(item, f"{path}.{key}" if path else str(key)) for key, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(item, f"{path}[{index}]") for index, item in enumerate(value)]
+        return value
+
+    out = clean(record, "")
+    if found:
+        out["non_finite"] = {**(record.get("non_finite") or {}), **found}
+    return out
+
+
+def _schema_safe(record: dict[str, Any]) -> dict[str, Any]:
+    """A sanitized record that breaks the schema only through its nulls: status failed, metrics kept aside."""
+    try:
+        validate(record)
+        return record
+    except jsonschema.ValidationError:
+        if not record.get("non_finite"):
+            raise
+    keys = ", ".join(sorted(record["non_finite"]))
+    out = {**record, "status": "failed", "metrics": {}, "rejected_metrics": record.get("metrics") or {}}
+    out["reason"] = (f"non-finite measurement ({keys}) written as null; the run's figures are unusable "
+                     f"(fix: rerun; if it repeats, the backend returns NaN/Infinity: report it)"
+                     + (f"; before: {record['status']}: {record['reason']}" if record.get("reason") else ""))
+    return out
+
+
 def write(record: dict[str, Any], results_dir: str | os.PathLike[str]) -> Path:
-    """Validate ``record`` and write it atomically under ``results_dir``; return its path."""
-    validate(record)
+    """Validate ``record`` and write it atomically under ``results_dir``; return its path.
+
+    NaN and Infinity become ``null`` and are listed in ``non_finite`` (see the module doc);
+    ``record`` itself is updated to what was written, so the caller shows and exits with that.
+    """
+    written = _schema_safe(finite(record))
+    validate(written)
+    record.clear()
+    record.update(written)
     folder = Path(results_dir)
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / file_name(record)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=folder)
+    write_atomic(target, json.dumps(record, indent=2, sort_keys=False, default=str, allow_nan=False) + "\n")
+    return target
+
+
+def write_atomic(target: Path, text: str) -> None:
+    """Write ``text`` to ``target`` so no reader ever sees part of it.
+
+    A uniquely named temp file in the same folder (so concurrent writers never share
+    one) is written, flushed and fsynced, then renamed over ``target``; the folder is
+    fsynced so the rename survives a power cut. On any error the temp file is removed.
+    """
+    folder = target.parent
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=target.suffix, dir=folder)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(record, handle, indent=2, sort_keys=False, default=str)
-            handle.write("\n")
+            handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, target)
@@ -70,7 +135,6 @@ def write(record: dict[str, Any], results_dir: str | os.PathLike[str]) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_dir(folder)
-    return target
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -6,6 +6,15 @@ record, nested sections flattened into dotted columns (``metrics.latency_ms.p50`
 machine kind), ``world_size`` (how many processes produced the numbers) and ``path``
 (the file the row came from).
 
+Which experiment a row is (:mod:`harness.identity`): ``identity`` is a short hash of
+the record's config without run-local and machine keys and with machine-local paths
+replaced by their content digests; ``identity.config`` is that config as canonical
+JSON; ``identity.model`` hashes the model (architecture and source, not the display
+name) and dataset sections; ``model.label`` is the model's name, with the checkpoint
+folder and digest when it came from a path. ``columns`` holds the report columns the
+record's scenario kind declared (JSON; :func:`declared_columns`). Infinities in
+numeric columns read as NaN: a report never draws or divides by them.
+
 Raw arrays (latency samples, training curves) stay out of the flat columns: they
 would make every CSV cell a megabyte and every groupby slow. :func:`raw` fetches
 them on demand from the record files named in ``path``.
@@ -23,13 +32,16 @@ import os
 import re
 import warnings
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import jsonschema
+import numpy as np
 import pandas as pd
 
-from harness import records
+from harness import identity, records
+from harness.columns import Column, from_record
 
 PathLike = str | os.PathLike[str]
 
@@ -42,7 +54,10 @@ CORE_COLUMNS: tuple[str, ...] = (
     "reason",
     "machine",
     "world_size",
+    "identity",
+    "identity.model",
     "model.name",
+    "model.label",
     "model.size_bytes",
     "scenario.name",
     "scenario.kind",
@@ -77,6 +92,9 @@ NUMERIC_COLUMNS: tuple[str, ...] = (
     "metrics.accuracy.value",
     "metrics.accuracy.reference",
     "metrics.accuracy.relative",
+    "metrics.mfu",
+    "metrics.memory_mib.peak_rss_mib",
+    "metrics.memory_mib.peak_allocated_mib",
 )
 
 
@@ -178,6 +196,11 @@ class _Invalid(Exception):
     """Why one file is not a usable record."""
 
 
+@lru_cache(maxsize=1)
+def _validator() -> jsonschema.Draft202012Validator:
+    return jsonschema.Draft202012Validator(records.schema())
+
+
 def _read_valid(path: Path) -> dict[str, Any]:
     try:
         record = records.read(path)
@@ -185,7 +208,7 @@ def _read_valid(path: Path) -> dict[str, Any]:
         raise _Invalid(f"invalid JSON ({error})") from error
     except (OSError, UnicodeDecodeError) as error:
         raise _Invalid(f"unreadable ({error})") from error
-    problem = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(records.schema()).iter_errors(record))
+    problem = jsonschema.exceptions.best_match(_validator().iter_errors(record))
     if problem is not None:
         raise _Invalid(f"schema violation at {problem.json_path}: {problem.message}")
     return record
@@ -204,20 +227,62 @@ def flatten(recs: list[dict[str, Any]], paths: Iterable[PathLike] | None = None)
         if frame[name].isna().all() and any(other.startswith(name + ".") for other in frame.columns)
     ]
     frame = frame.drop(columns=parents)
-    for name in CORE_COLUMNS:
-        if name not in frame.columns:
-            frame[name] = None
+    absent = [name for name in dict.fromkeys([*CORE_COLUMNS, *NUMERIC_COLUMNS]) if name not in frame.columns]
+    frame = pd.concat([frame, pd.DataFrame({name: [None] * len(frame) for name in absent}, index=frame.index)], axis=1)
     for name in NUMERIC_COLUMNS:
         frame[name] = pd.to_numeric(frame[name], errors="coerce").astype("float64")
-    if "metrics.mfu" in frame.columns:
-        frame["metrics.mfu"] = pd.to_numeric(frame["metrics.mfu"], errors="coerce").astype("float64")
+    numeric = frame.select_dtypes(include="number").columns
+    frame[numeric] = frame[numeric].replace([np.inf, -np.inf], np.nan)
     frame["created"] = pd.to_datetime(frame["created"], utc=True, errors="coerce", format="ISO8601")
     frame["machine"] = machine_names(frame)
     frame["world_size"] = world_sizes(frame)
+    ids = _identity_columns(recs, frame.index)
+    frame = pd.concat([frame.drop(columns=list(ids.columns), errors="ignore"), ids], axis=1).copy()  # one block per dtype
     frame["path"] = [str(path) for path in paths] if paths is not None else None
     leading = [name for name in CORE_COLUMNS if name in frame.columns]
     rest = sorted(name for name in frame.columns if name not in leading and name != "path")
     return frame[leading + rest + ["path"]].reset_index(drop=True)
+
+
+def _identity_columns(recs: list[dict[str, Any]], index: pd.Index) -> pd.DataFrame:
+    """The identity columns described in the module doc, one row per record."""
+    configs = [identity.identity_config(record) for record in recs]
+    return pd.DataFrame(
+        {
+            "identity": [identity.key_of(config) for config in configs],
+            "identity.config": [identity.canonical(config) for config in configs],
+            "identity.model": [
+                identity.key_of([identity.without(config.get("model") or {}, ["checkpoint", "name"]), config.get("dataset")])
+                for config in configs
+            ],
+            "model.label": [_model_label(record, config) for record, config in zip(recs, configs)],
+            "columns": [identity.canonical([c.as_dict() for c in from_record(record)]) for record in recs],
+        },
+        index=index,
+        dtype="object",
+    )
+
+
+def _model_label(record: dict[str, Any], config: dict[str, Any]) -> str:
+    """``bert_small``, or ``bert_small [my-ckpt@1a2b…]`` for a model loaded from a path."""
+    name = str((record.get("model") or {}).get("name") or "?")
+    token = identity.get(config, "model.path")
+    return f"{name} [{token}]" if identity.is_path_value(token) else name
+
+
+def declared_columns(frame: pd.DataFrame) -> list[Column]:
+    """Every report column the rows' scenario kinds declared, in first-seen order, once each."""
+    seen: dict[tuple[str, str], Column] = {}
+    if "columns" not in frame.columns:
+        return []
+    for text in frame["columns"].dropna().unique():
+        try:
+            entries = json.loads(text)
+        except (TypeError, ValueError):
+            continue
+        for column in from_record({"columns": entries}):
+            seen.setdefault((column.key, column.label), column)
+    return list(seen.values())
 
 
 def machine_names(frame: pd.DataFrame) -> pd.Series:

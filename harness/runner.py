@@ -20,7 +20,7 @@ from functools import partial
 from types import TracebackType
 from typing import Any, Callable
 
-from harness import hardware, records
+from harness import hardware, identity, memory, records
 from harness.config import RunSpec
 from harness.errors import HarnessError, Unavailable
 from harness.plugins import Plugins
@@ -39,6 +39,7 @@ def base_record(spec: RunSpec, plugins: Plugins) -> dict[str, Any]:
     """A record for ``spec`` with status ``failed`` and empty metrics, filled in as the run goes."""
     origin = plugins.registry.plugin_of("backends", spec.backend_name)
     opts = spec.scenario_options
+    kind = plugins.registry.scenarios.get(spec.scenario_kind)
     return {
         "schema": records.SCHEMA_ID,
         "run_id": records.new_run_id(),
@@ -64,6 +65,10 @@ def base_record(spec: RunSpec, plugins: Plugins) -> dict[str, Any]:
         "software": hardware.software(),
         "plugins": _plugin_rows(plugins),
         "config": spec.config,
+        # Content digests of the config's file paths: reports match models by content, not by path.
+        "inputs": identity.portable_inputs(spec.config),
+        # The kind's report columns, so a report needs no plugin to show them.
+        "columns": [column.as_dict() for column in getattr(kind, "report_columns", ())],
         "metrics": {},
     }
 
@@ -190,4 +195,6 @@ def execute(
     record["model"].update(result.model)
     record["backend"].update(result.backend)
     record["metrics"] = result.metrics
+    if result.metrics:
+        memory.add_run_peak(record["metrics"], str((spec.config.get("launcher") or {}).get("isolation", "process")))
     return record

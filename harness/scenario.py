@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
 from harness.backend import Artifact, Backend
+from harness.columns import Column
 from harness.config import RunSpec
 from harness.errors import Unsupported
 
@@ -115,6 +116,10 @@ class Scenario(abc.ABC):
 
     kind: ClassVar[str]
     options_type: ClassVar[type]
+    #: The kind's own figures for the terminal table and reports (besides the common
+    #: throughput, latency, memory, accuracy, MFU). The runner copies them into each
+    #: record, so a report shows them even where this plugin is not installed.
+    report_columns: ClassVar[tuple[Column, ...]] = ()
 
     def __init__(self, options: Any) -> None:
         self.options = options

@@ -26,29 +26,20 @@ from pathlib import Path
 from typing import Any, Iterable, Optional
 
 from harness.cache import content_key
+from harness.identity import job_config
 
 LEDGER_ENV = "HARNESS_SWEEP_LEDGER"
-#: Top-level config keys that do not change what a job measures.
-VOLATILE_KEYS = ("results_dir", "cache_dir", "overwrite", "launcher")
-
-
-#: Keys inside ``scenario.distributed`` that differ between the nodes of one multi-node run
-#: (or between its attempts) without changing what it measures.
-NODE_KEYS = ("node_rank", "rdzv_endpoint")
 
 
 def job_key(config: dict[str, Any]) -> str:
-    """A stable 20-hex-digit key of the resolved config, minus :data:`VOLATILE_KEYS`.
+    """A stable 20-hex-digit key of the resolved config minus its run-local keys.
 
-    The nodes of one multi-node training run share it (:data:`NODE_KEYS` are left out),
-    so a resumed sweep skips a finished job on every node alike.
+    The run-local keys (where results and caches go, the launcher's limits, ``overwrite``,
+    and which node of a multi-node run this is) are :data:`harness.identity.RUN_LOCAL_KEYS`,
+    the same definition a report row uses, so the nodes of one multi-node training run
+    share the key and a resumed sweep skips a finished job on every node alike.
     """
-    kept = {k: v for k, v in config.items() if k not in VOLATILE_KEYS}
-    scenario = kept.get("scenario")
-    if isinstance(scenario, dict) and isinstance(scenario.get("distributed"), dict):
-        distributed = {k: v for k, v in scenario["distributed"].items() if k not in NODE_KEYS}
-        kept["scenario"] = {**scenario, "distributed": distributed}
-    return content_key(kept)
+    return content_key(job_config(config))
 
 
 #: (path) -> (mtime_ns, size, job_key, status): each record file is read once per process.

@@ -14,6 +14,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from harness.columns import format_value, from_record
+from harness.identity import get
+
 # Piped output gets a wide console so tables are not truncated to 80 columns.
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, highlight=False)
@@ -52,11 +55,32 @@ def _fmt(value: Any, digits: int = 2) -> str:
     return str(value)
 
 
+def _peak_mib(metrics: dict[str, Any]) -> Any:
+    """The device peak where the backend measured one (CUDA), else the run's peak RSS."""
+    figures = metrics.get("memory_mib") or {}
+    if not isinstance(figures, dict):
+        return None
+    return figures.get("peak_allocated_mib", figures.get("peak_rss_mib"))
+
+
 def record_table(records: list[dict[str, Any]]) -> Table:
-    """The summary table: one row per record."""
+    """The summary table: one row per record, plus the columns its scenario kind declares.
+
+    A declared column (``record["columns"]``, see :mod:`harness.columns`) appears when
+    some record fills it; columns that need another run to compare with (``vs``) are
+    left to ``harness-report``.
+    """
+    declared = {}
+    for rec in records:
+        for column in from_record(rec):
+            if not column.derived and any(get(r, column.key) is not None for r in records):
+                declared.setdefault((column.key, column.label), column)
     table = Table(title="harness results", title_justify="left")
-    for column in ("status", "backend", "scenario", "precision", "batch", "p50 ms", "p99 ms", "samples/s", "accuracy"):
-        table.add_column(column, justify="right" if column in ("batch", "p50 ms", "p99 ms", "samples/s", "accuracy") else "left")
+    fixed = ("status", "backend", "scenario", "precision", "batch", "p50 ms", "p99 ms", "samples/s", "accuracy", "peak MiB", "MFU")
+    for column in fixed:
+        table.add_column(column, justify="left" if column in fixed[:4] else "right")
+    for column in declared.values():
+        table.add_column(escape(column.label), justify="left" if column.format == "text" else "right")
     for rec in records:
         metrics = rec.get("metrics") or {}
         latency = metrics.get("latency_ms") or {}
@@ -64,8 +88,9 @@ def record_table(records: list[dict[str, Any]]) -> Table:
         accuracy = (metrics.get("accuracy") or {}).get("value")
         status = rec["status"]
         colour = "green" if status == "ok" else "red"
+        mfu = metrics.get("mfu")
         table.add_row(
-            f"[{colour}]{status}[/]",
+            f"[{colour}]{escape(status)}[/]",
             escape(rec["backend"]["name"]),
             escape(rec["scenario"]["name"]),
             escape(rec["scenario"]["precision"]),
@@ -74,5 +99,8 @@ def record_table(records: list[dict[str, Any]]) -> Table:
             _fmt(latency.get("p99"), 3),
             _fmt(throughput.get("samples_per_s"), 1),
             _fmt(accuracy, 4),
+            _fmt(_peak_mib(metrics), 0),
+            "-" if mfu is None else f"{mfu:.1%}",
+            *(escape(format_value(get(rec, column.key), column.format) or "-") for column in declared.values()),
         )
     return table

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from harness import stats
+from harness.columns import Column
 from harness.config import require
 from harness.errors import Unsupported
 from harness.hookspecs import hookimpl
@@ -74,6 +75,14 @@ def timed(ctx: RunContext, session: Any, batch: dict[str, np.ndarray], opts: Dis
 class DistillationScenario(Scenario):
     kind = "distillation"
     options_type = DistillationOptions
+    report_columns = (
+        Column("metrics.distillation.teacher_accuracy", "Teacher accuracy", "fixed4", "higher"),
+        Column("metrics.distillation.student_accuracy", "Student accuracy", "fixed4", "higher"),
+        Column("metrics.distillation.agreement", "Agreement", "fixed4", "higher"),
+        Column("metrics.distillation.param_ratio", "Student/teacher params", "percent", "lower"),
+        Column("metrics.distillation.speedup", "Student speedup", "ratio", "higher"),
+        Column("metrics.training.time_to_target_s", "Time to target", "seconds", "lower"),
+    )
 
     def run(self, ctx: RunContext) -> ScenarioResult:
         from harness.scenarios.training import require_training

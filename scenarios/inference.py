@@ -22,6 +22,7 @@ from harness.accuracy import AccuracyGate, run_accuracy
 from harness.compression.pipeline import artifact_size
 from harness.compression.pruning import PruningOptions
 from harness.compression.recipes import QuantizationOptions, recipe_for
+from harness.columns import Column
 from harness.config import choice, require
 from harness.errors import Mismatch
 from harness.export import eager_outputs
@@ -140,6 +141,19 @@ def offline_throughput(calls: int, seconds: float, batch_size: int) -> float:
 class InferenceScenario(Scenario):
     kind = "inference"
     options_type = InferenceOptions
+    report_columns = (
+        # scenario.load=server: the MLPerf-style verdict at the offered load
+        Column("metrics.server.target_qps", "Server QPS", "number"),
+        Column("metrics.server.latency_at_percentile_ms", "Server p99 (ms)", "number", "lower"),
+        Column("metrics.server.latency_bound_ms", "p99 bound (ms)", "number"),
+        Column("metrics.server.result", "Server", "text"),
+        Column("metrics.server.max_valid_qps", "Max valid QPS", "number", "higher"),
+        # scenario.pruning: what was removed, and the speed against the unpruned fp32 row
+        Column("metrics.pruning.params_after", "Params", "integer", "lower", when="metrics.pruning.method"),
+        Column("metrics.pruning.sparsity.all", "Sparsity", "percent", when="metrics.pruning.method"),
+        Column("metrics.throughput.samples_per_s", "Speedup vs unpruned fp32", "ratio", "higher",
+               vs={"scenario.precision": "fp32"}, when="metrics.pruning.method"),
+    )
 
     def run(self, ctx: RunContext) -> ScenarioResult:
         opts: InferenceOptions = self.options
@@ -236,8 +250,10 @@ class InferenceScenario(Scenario):
         from harness import hardware
 
         fingerprint = hardware.fingerprint(hardware.cpu_model(), os.cpu_count() or 1, ctx.backend.device_info())
-        ctx.status("roofline: FLOPs per sample and this host's measured GEMM peak (cached)")
-        return roofline_metrics(model.module, batch, samples_per_s, self.options.precision, device, fingerprint, ctx.cache_root)
+        ctx.status("roofline: FLOPs per sample and this host's measured GEMM peak (measured once under the host lock, cached)")
+        held = bool((ctx.spec.config.get("launcher") or {}).get("host_lock"))  # the launcher took it for this run
+        return roofline_metrics(model.module, batch, samples_per_s, self.options.precision, device, fingerprint,
+                                ctx.cache_root, host_lock_held=held)
 
     def _offline(self, ctx: RunContext, session: Any, inputs: Any, metrics: dict[str, Any], seq_len: int | None) -> None:
         """Offline throughput with the session's in-flight calls; single-stream figures kept beside it."""

@@ -21,10 +21,12 @@ from pathlib import Path
 from typing import Any, Optional
 
 from harness import hardware, records
+from harness.columns import Column
 from harness.errors import ConfigError, Unsupported
 from harness.hookspecs import hookimpl
 from harness.scenario import RunContext, Scenario, ScenarioResult
 from harness.training import metrics as training_metrics
+from harness.training.architectures import check_layout
 from harness.training.job import tensorboard_folder, train_recipe
 from harness.training.options import TrainingOptions
 
@@ -33,12 +35,18 @@ from harness.training.options import TrainingOptions
 _NOT_COMPARED = ("results_dir", "cache_dir", "hardware", "launcher")
 
 
-def require_training(ctx: RunContext, precision: str) -> None:
-    """Refuse, with the reason, a backend that does not declare training or this precision."""
+def require_training(ctx: RunContext, precision: str, strategy: str = "ddp") -> None:
+    """Refuse, with the reason, a backend that does not declare training, this precision
+    or this parallel strategy (before any process is launched)."""
     backend = ctx.backend
-    if not backend.capabilities().training:
+    capabilities = backend.capabilities()
+    if not capabilities.training:
         raise Unsupported(f"backend '{backend.name}' cannot train: its capabilities declare inference only",
                           "train with a backend whose harness-backends entry lists training, e.g. backend=pytorch")
+    if strategy not in capabilities.training_strategies:
+        raise Unsupported(f"backend '{backend.name}' does not train with strategy {strategy} (it declares "
+                          f"{', '.join(sorted(capabilities.training_strategies))})",
+                          "use one of those strategies, or backend=pytorch for fsdp, tp, pp and fsdp+tp")
     backend.check_precision(precision)
 
 
@@ -109,22 +117,51 @@ def add_scaling(ctx: RunContext, training: dict[str, Any]) -> None:
     )
 
 
+def model_config(model: Any) -> dict[str, Any]:
+    """The model's transformers config as far as it is known without building it: a
+    local folder's ``config.json`` under the config overrides."""
+    import json
+
+    config: dict[str, Any] = {}
+    if model.path and (Path(model.path).expanduser() / "config.json").is_file():
+        config.update(json.loads((Path(model.path).expanduser() / "config.json").read_text()))
+    config.update(model.config or {})
+    return config
+
+
 def _plain(value: Any) -> Any:
     return asdict(value) if is_dataclass(value) else value
+
+
+#: What a training run costs and reaches (``metrics.training``).
+TRAINING_COLUMNS = (
+    Column("metrics.training.world_size", "World size", "integer"),
+    Column("metrics.training.samples_per_s", "Train samples/s", "number", "higher"),
+    Column("metrics.training.time_to_target_s", "Time to target", "seconds", "lower"),
+    Column("metrics.training.final_accuracy", "Final accuracy", "fixed4", "higher"),
+    Column("metrics.training.scaling_efficiency", "Scaling efficiency", "percent", "higher"),
+    Column("metrics.training.memory_max_rank.params_mib", "Params MiB/rank", "number", "lower"),
+    Column("metrics.training.memory_max_rank.model_state_mib", "Model state MiB/rank", "number", "lower"),
+    Column("metrics.training.memory_max_rank.activations_mib", "Activations MiB/rank", "number", "lower"),
+    Column("metrics.training.step_breakdown.communication_share", "Communication", "percent", "lower"),
+)
 
 
 class TrainingScenario(Scenario):
     kind = "training"
     options_type = TrainingOptions
+    report_columns = TRAINING_COLUMNS
 
     def run(self, ctx: RunContext) -> ScenarioResult:
         opts: TrainingOptions = self.options
         spec = ctx.spec
-        require_training(ctx, opts.precision)
+        require_training(ctx, opts.precision, opts.distributed.strategy)
         if spec.model.checkpoint:
             raise ConfigError("model.checkpoint is for inference runs; training starts from model.path or the config",
                               "use model.path=<folder> to fine-tune a saved checkpoint")
         dist = opts.distributed
+        if dist.world_size > 1:
+            check_layout(model_config(spec.model), spec.model.name, dist.strategy, dist.mesh_shape)
         board = str(tensorboard_folder(spec.results_dir, spec.scenario_name, spec.backend_name))
         if dist.world_size > 1:
             from harness.training.ddp import launch

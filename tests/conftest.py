@@ -31,6 +31,20 @@ def run_cli(*args: str, cwd: Path, command: str = "harness", env: dict[str, str]
     return subprocess.run([str(BIN / command), *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
 
 
+def run_two_nodes(*args: str, cwd: Path, timeout: int = 400) -> tuple[subprocess.CompletedProcess[str], tuple[int, str, str]]:
+    """Nodes 0 and 1 of one multi-node run as two ``harness`` processes on this host:
+    node 1 in the background, node 0 through :func:`run_cli`; ``args`` carry nnodes=2 and
+    the rendezvous. Returns node 0's process and node 1's ``(returncode, stdout, stderr)``."""
+    node1 = subprocess.Popen([str(BIN / "harness"), *args, "scenario.distributed.node_rank=1"], cwd=cwd,
+                             env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        node0 = run_cli(*args, "scenario.distributed.node_rank=0", cwd=cwd, timeout=timeout)
+        out1, err1 = node1.communicate(timeout=120)
+    finally:
+        node1.kill()
+    return node0, (node1.returncode, out1, err1)
+
+
 def records_in(folder: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -93,23 +92,14 @@ def _free_port() -> int:
 def test_two_nodes_train_as_one_world_and_node_0_writes_the_record(tmp_path):
     """Two ``harness`` processes as two nodes of one run on one host: they share the host lock
     (the second joins the first's) instead of waiting for each other."""
-    import subprocess
-
-    from conftest import BIN
+    from conftest import run_two_nodes
 
     common = ["+scenario=bert_train", "backend=pytorch", *TINY, "scenario.epochs=0", "scenario.max_steps=4",
               "scenario.distributed.nnodes=2", f"scenario.distributed.rdzv_endpoint=127.0.0.1:{_free_port()}",
               "scenario.distributed.timeout_s=240", f"results_dir={tmp_path / 'results'}"]
-    node1 = subprocess.Popen([str(BIN / "harness"), *common, "scenario.distributed.node_rank=1"], cwd=tmp_path,
-                             env=dict(os.environ),
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        node0 = run_cli(*common, "scenario.distributed.node_rank=0", cwd=tmp_path, timeout=300)
-        out1, err1 = node1.communicate(timeout=120)
-    finally:
-        node1.kill()
+    node0, (code1, out1, err1) = run_two_nodes(*common, cwd=tmp_path, timeout=300)
     assert node0.returncode == 0, node0.stderr[-3000:]
-    assert node1.returncode == 0, err1[-3000:]
+    assert code1 == 0, err1[-3000:]
     assert "node 0 of 2" in err1 and "writes the record" in err1 and "record:" not in out1
     assert "joining pid" in err1 + node0.stderr  # whichever node came second joined the other's lock
     (rec,) = records_in(tmp_path / "results")

@@ -268,7 +268,8 @@ def test_distributed_slurm_preset_reads_the_task(tmp_path, monkeypatch):
     with initialize_config_module(config_module="harness.conf", version_base="1.3"):
         cfg = compose(config_name="config", overrides=["+scenario=bert_train", "+distributed=slurm"])
     dist = OmegaConf.to_container(cfg.scenario.distributed, resolve=True)
-    assert dist == {"nproc_per_node": 1, "nnodes": 2, "node_rank": 1, "rdzv_endpoint": "n1:20007", "timeout_s": 1800}
+    assert dist == {"nproc_per_node": 1, "nnodes": 2, "node_rank": 1, "rdzv_endpoint": "n1:20007", "timeout_s": 1800,
+                    "strategy": "ddp", "mesh": None, "microbatches": 4, "pipeline_schedule": "1f1b"}
 
 
 def test_worker_threads_split_the_cores(monkeypatch):

@@ -6,6 +6,7 @@ lay it out, so the three can never disagree about a number.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -15,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from harness import results
+from harness.columns import Column, missing
 from harness.report import plots, tables
 from harness.report import summary as s
 
@@ -72,11 +74,17 @@ def build(
     title: str = "harness benchmark report",
     inputs: Sequence[str] = (),
     skipped: Sequence[object] = (),
+    figures: bool = True,
 ) -> Report:
-    """Summarise ``frame`` (from :func:`harness.results.load`) into a :class:`Report`."""
+    """Summarise ``frame`` (from :func:`harness.results.load`) into a :class:`Report`.
+
+    ``figures=False`` skips the plots (tables only), e.g. for quick checks of many records.
+    """
+    frame, notes = _sane(frame)
+    declared = results.declared_columns(frame)
+    extra = [key for column in declared for key in (column.key, column.when) if key]
     ok = frame[frame["status"] == "ok"]
-    summary = s.aggregate_repeats(ok) if not ok.empty else pd.DataFrame(columns=[*s.CONFIG_KEYS, "runs"])
-    notes: list[str] = []
+    summary = s.aggregate_repeats(ok, extra=extra) if not ok.empty else pd.DataFrame(columns=[*s.CONFIG_KEYS, "runs"])
     if baseline and not summary.empty:
         summary = s.speedup_vs_baseline(summary, baseline)
         if not summary["baseline"].any():
@@ -91,13 +99,31 @@ def build(
         baseline=baseline_text,
         machines=tables.machines_table(frame),
         overview=tables.throughput_matrix(summary),
-        sections=_sections(ok, summary, colors, names),
-        accuracy=_accuracy_figures(summary, colors, names),
-        training=_training_figures(ok, names),
+        sections=_sections(ok, summary, declared, colors, names, figures),
+        accuracy=_accuracy_figures(summary, colors, names) if figures else [],
+        training=_training_figures(ok, names) if figures else [],
         problems=tables.problems_table(frame),
         skipped=[str(item) for item in skipped],
         notes=notes,
     )
+
+
+def _sane(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """``frame`` without figures no honest report shows, and a note for each kind removed.
+
+    An MFU above 1 means the peak it was divided by was too low (records from before
+    peaks were re-measured on demand): it is blanked, never shown as 170%.
+    """
+    notes: list[str] = []
+    if s.MFU in frame.columns:
+        mfu = pd.to_numeric(frame[s.MFU], errors="coerce")
+        above = mfu > 1.0
+        if above.any():
+            frame = frame.copy()
+            frame.loc[above, s.MFU] = np.nan
+            notes.append(f"{int(above.sum())} record(s) carry an MFU above 100% (a GEMM peak measured too low by an "
+                         "older harness); their MFU is left blank. Re-run them to get an honest figure.")
+    return frame, notes
 
 
 class _Names:
@@ -116,22 +142,34 @@ class _Names:
         return name
 
 
-def _sections(ok: pd.DataFrame, summary: pd.DataFrame, colors: Mapping[str, object], names: _Names) -> list[Section]:
+def _sections(
+    ok: pd.DataFrame,
+    summary: pd.DataFrame,
+    declared: Sequence[Column],
+    colors: Mapping[str, object],
+    names: _Names,
+    figures: bool = True,
+) -> list[Section]:
     if summary.empty:
         return []
-    samples = results.raw(ok, SAMPLES)
+    samples = results.raw(ok, SAMPLES) if figures else pd.Series(dtype="object")
     sections = []
-    for (model, scenario), rows in summary.groupby(["model.name", "scenario.name"], sort=True, dropna=False):
-        section = Section(str(model), str(scenario), tables.comparison_table(rows))
-        if rows[s.THROUGHPUT].notna().any():
+    for (model, scenario), rows in summary.groupby(["model.label", "scenario.name"], sort=True, dropna=False):
+        section = Section(str(model), str(scenario), tables.comparison_table(rows, declared))
+        if not figures:
+            sections.append(section)
+            continue
+        labels = _unique(tables.config_labels(rows, variant=True), rows["machine"])
+        if pd.to_numeric(rows[s.THROUGHPUT], errors="coerce").notna().any():
             section.figures.append(
                 Plot(
                     names("throughput", model, scenario),
                     f"Throughput by backend and machine — {section.title}",
-                    plots.throughput_chart(rows, section.title, colors),
+                    plots.throughput_chart(rows.assign(_label=labels), section.title, colors),
                 )
             )
-        pooled = _pooled_samples(ok[(ok["model.name"] == model) & (ok["scenario.name"] == scenario)], samples)
+        mine = ok[(ok["model.label"] == model) & (ok["scenario.name"] == scenario)]
+        pooled = _pooled_samples(mine, rows, labels, samples)
         if pooled:
             section.figures.append(
                 Plot(
@@ -144,14 +182,44 @@ def _sections(ok: pd.DataFrame, summary: pd.DataFrame, colors: Mapping[str, obje
     return sections
 
 
-def _pooled_samples(rows: pd.DataFrame, samples: pd.Series) -> dict[tuple[str, str], list[float]]:
-    """Raw latency samples per (configuration label, machine), repeats concatenated."""
+def _unique(labels: pd.Series, machines: pd.Series) -> pd.Series:
+    """``labels`` made unique per machine (``#2`` appended) so no two bars share a slot."""
+    seen: dict[tuple[str, str], int] = {}
+    out = []
+    for label, machine in zip(labels, machines.map(str)):
+        n = seen[(label, machine)] = seen.get((label, machine), 0) + 1
+        out.append(label if n == 1 else f"{label} #{n}")
+    return pd.Series(out, index=labels.index, dtype="object")
+
+
+def _pooled_samples(
+    runs: pd.DataFrame, rows: pd.DataFrame, labels: pd.Series, samples: pd.Series
+) -> dict[tuple[str, str], list[float]]:
+    """Finite raw latency samples per (configuration label, machine), repeats concatenated.
+
+    A run belongs to the summary row with its identity and machine (the row's label);
+    frames without identities fall back to the shown configuration keys.
+    """
+    keys = list(dict.fromkeys(key for key in ("identity", *s.CONFIG_KEYS) if key in runs.columns and key in rows.columns))
+    label_of = dict(zip(_tuples(rows, keys), labels))
     pooled: dict[tuple[str, str], list[float]] = {}
-    for index, label, machine in zip(rows.index, tables.config_labels(rows), rows["machine"]):
+    for index, key, machine in zip(runs.index, _tuples(runs, keys), runs["machine"].map(str)):
+        label = label_of.get(key)
         values = samples.get(index)
-        if values:
-            pooled.setdefault((label, str(machine)), []).extend(values)
+        if label is None or not values:
+            continue
+        finite = [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+        if finite:
+            pooled.setdefault((label, machine), []).extend(finite)
     return pooled
+
+
+def _tuples(frame: pd.DataFrame, keys: list[str]) -> list[tuple[object, ...]]:
+    return [tuple(map(_key, values)) for values in frame[keys].itertuples(index=False, name=None)]
+
+
+def _key(value: object) -> object:
+    return None if missing(value) else value
 
 
 def _accuracy_figures(summary: pd.DataFrame, colors: Mapping[str, object], names: _Names) -> list[Plot]:
@@ -159,7 +227,7 @@ def _accuracy_figures(summary: pd.DataFrame, colors: Mapping[str, object], names
         return []
     figures = []
     scored = summary.dropna(subset=[s.ACCURACY, s.THROUGHPUT])
-    for (model, kind), rows in scored.groupby(["model.name", "scenario.kind"], sort=True, dropna=False):
+    for (model, kind), rows in scored.groupby(["model.label", "scenario.kind"], sort=True, dropna=False):
         title = f"Accuracy vs throughput — {model} ({kind})"
         front = s.pareto_front(rows)
         figures.append(Plot(names("accuracy", model, kind), title, plots.accuracy_chart(rows, front, title, colors)))
@@ -171,8 +239,8 @@ def _training_figures(ok: pd.DataFrame, names: _Names) -> list[Plot]:
         return []
     curves = results.raw(ok, LOSS_CURVE)
     figures = []
-    for model, rows in ok[curves.notna()].groupby("model.name", sort=True):
-        labels = tables.config_labels(rows) + " @ " + rows["machine"].astype(str)
+    for model, rows in ok[curves.notna()].groupby("model.label", sort=True):
+        labels = tables.config_labels(rows, variant=True) + " @ " + rows["machine"].astype(str)
         repeated = labels.duplicated(keep=False)
         lines = {}
         for index, label in labels.items():
@@ -191,6 +259,9 @@ def _curve(points: object) -> list[list[float]] | None:
         array = np.asarray(points, dtype=float)
     except (TypeError, ValueError):
         return None
-    if array.ndim != 2 or array.shape[1] != 2 or not len(array):
+    if array.ndim != 2 or array.shape[1] != 2:
+        return None
+    array = array[np.isfinite(array).all(axis=1)]
+    if not len(array):
         return None
     return array.tolist()

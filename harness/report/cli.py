@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -81,6 +82,8 @@ def run(args: argparse.Namespace, console: Console) -> list[Path]:
     if loaded.frame.empty:
         detail = f" ({len(loaded.skipped)} file(s) skipped as malformed)" if loaded.skipped else ""
         raise _NoRecords(f"no run records found in {', '.join(map(str, args.paths))}{detail}")
+    out: Path = args.out
+    writable(out)  # before the work: a bad --out is found in a second, not after every plot
     report = build.build(
         loaded.frame,
         baseline=baseline,
@@ -90,21 +93,40 @@ def run(args: argparse.Namespace, console: Console) -> list[Path]:
         skipped=loaded.skipped,
     )
     terminal.show(report, console)
-    out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
-    if "md" in formats:
-        written += markdown.write(report, out)
-    if "html" in formats:
-        written += html_page.write(report, out)
-    if "csv" in formats:
-        written.append(export.write_csv(loaded.frame, out / "results.csv"))
-    if "parquet" in formats:
-        try:
-            written.append(export.write_parquet(loaded.frame, out / "results.parquet"))
-        except ImportError as error:
-            raise UserError(f"parquet export needs pyarrow (pip install 'harness[parquet]'): {error}") from None
+    try:
+        if "md" in formats:
+            written += markdown.write(report, out)
+        if "html" in formats:
+            written += html_page.write(report, out)
+        if "csv" in formats:
+            written.append(export.write_csv(loaded.frame, out / "results.csv"))
+        if "parquet" in formats:
+            try:
+                written.append(export.write_parquet(loaded.frame, out / "results.parquet"))
+            except ImportError as error:
+                raise UserError(f"parquet export needs pyarrow (pip install 'harness[parquet]'): {error}") from None
+    except OSError as error:  # e.g. the disk filled up while writing
+        raise UserError(f"cannot write the report to {out}: {_why(error)} (fix: free space or choose another --out)") from None
     return written
+
+
+def writable(out: Path) -> None:
+    """Create ``out`` and prove a file can be written there, or raise a one-line :class:`UserError`."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a folder (fix: choose a folder path for --out)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".harness-report-probe-") as probe:
+            probe.write(b"x" * 4096)
+            probe.flush()
+            os.fsync(probe.fileno())
+    except OSError as error:
+        raise UserError(f"cannot write the report to {out}: {_why(error)} (fix: choose a writable --out folder)") from None
+
+
+def _why(error: OSError) -> str:
+    return error.strerror or str(error) or type(error).__name__
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,4 +1,12 @@
-"""CSV and Parquet exports of the flat results table, for spreadsheets and notebooks."""
+"""CSV and Parquet exports of the flat results table, for spreadsheets and notebooks.
+
+Spreadsheets execute a cell that starts with ``=``, ``+``, ``-`` or ``@`` (and, in some,
+a tab or carriage return) as a formula: a model label ``=HYPERLINK("http://evil", "x")``
+would become a live link, or worse, in whoever opens results.csv. Every *text* cell
+starting with one of those characters (or their full-width forms) is therefore written
+with a leading apostrophe, the OWASP-recommended neutraliser; numbers are untouched
+(``-1.5`` stays a number). Parquet is typed and executes nothing, so it keeps the text.
+"""
 
 from __future__ import annotations
 
@@ -19,8 +27,25 @@ def _columnar(frame: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+#: First characters that make a spreadsheet cell a formula (ASCII and full-width forms).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "\uff1d", "\uff0b", "\uff0d", "\uff20")
+
+
+def inert(value: object) -> object:
+    """A text cell a spreadsheet will not run: ``'`` prefixed when it could start a formula."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
 def write_csv(frame: pd.DataFrame, path: Path) -> Path:
-    frame.to_csv(path, index=False)
+    """The flat table as CSV, text cells neutralised (see the module doc)."""
+    safe = frame.copy()
+    for name in safe.columns:
+        if safe[name].dtype == object or pd.api.types.is_string_dtype(safe[name]):
+            safe[name] = safe[name].map(inert)
+    safe.columns = [inert(str(name)) for name in safe.columns]
+    safe.to_csv(path, index=False)
     return path
 
 

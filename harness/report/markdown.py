@@ -1,8 +1,17 @@
-"""The Markdown report: tables via pandas/tabulate, figures as PNG files beside it."""
+"""The Markdown report: tables via pandas/tabulate, figures as PNG files beside it.
+
+Every string that came from a record (model names, labels, reasons, paths) is made
+inert before it reaches Markdown: ``& < >`` become HTML entities (no tag, no autolink),
+and the characters that open Markdown constructs (``[ ] ` * _ ~ | \\``) are
+backslash-escaped, so ``[click](http://evil)`` in a model name shows as that text
+instead of a link, a backtick cannot open a code span, ``<img src=x>`` stays text and
+a pipe cannot split a table cell. Newlines become spaces.
+"""
 
 from __future__ import annotations
 
 import html
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -12,41 +21,45 @@ from harness.report.build import Report
 PLOTS_DIR = "plots"
 
 
-def _cell(value: object) -> str:
-    """Record text made inert in Markdown: HTML escaped, pipes and newlines kept out of tables."""
-    return html.escape(str(value), quote=False).replace("|", "\\|").replace("\n", " ")
+_SPECIAL = re.compile(r"([\\`*_\[\]|~])")
+
+
+def cell(value: object) -> str:
+    """Record text made inert in Markdown (see the module doc)."""
+    text = " ".join(html.escape(str(value), quote=False).splitlines())
+    return _SPECIAL.sub(r"\\\1", text)
 
 
 def _table(frame: pd.DataFrame) -> str:
-    safe = frame.map(_cell)
-    safe.columns = [_cell(column) for column in frame.columns]
+    safe = frame.map(cell)
+    safe.columns = [cell(column) for column in frame.columns]
     return safe.to_markdown(index=False, disable_numparse=True)
 
 
 def render(report: Report, plots_dir: str = PLOTS_DIR) -> str:
     """Markdown text; figures are referenced as ``<plots_dir>/<name>.png``."""
-    lines = [f"# {_cell(report.title)}", ""]
-    lines.append(f"Generated {report.generated} from {report.record_count} record(s) in: " + ", ".join(f"`{_cell(p)}`" for p in report.inputs))
+    lines = [f"# {cell(report.title)}", ""]
+    lines.append(f"Generated {report.generated} from {report.record_count} record(s) in: " + ", ".join(cell(p) for p in report.inputs))
     if report.baseline:
-        lines.append(f"\nSpeedup is throughput relative to the baseline `{_cell(report.baseline)}` (same model and workload; same machine when it has one).")
-    lines += [f"\n> {_cell(note)}" for note in report.notes]
+        lines.append(f"\nSpeedup is throughput relative to the baseline {cell(report.baseline)} (same model and workload; same machine when it has one).")
+    lines += [f"\n> {cell(note)}" for note in report.notes]
     if not report.machines.empty:
         lines += ["", "## Machines", "", _table(report.machines)]
     if not report.overview.empty:
         lines += ["", "## Throughput by machine (samples/s, median)", "", _table(report.overview)]
     for section in report.sections:
-        lines += ["", f"## {_cell(section.title)}", "", _table(section.table)]
-        lines += [f"\n![{_cell(figure.title)}]({plots_dir}/{figure.name}.png)" for figure in section.figures]
+        lines += ["", f"## {cell(section.title)}", "", _table(section.table)]
+        lines += [f"\n![{cell(figure.title)}]({plots_dir}/{figure.name}.png)" for figure in section.figures]
     if report.accuracy:
         lines += ["", "## Accuracy vs throughput", ""]
-        lines += [f"![{_cell(figure.title)}]({plots_dir}/{figure.name}.png)\n" for figure in report.accuracy]
+        lines += [f"![{cell(figure.title)}]({plots_dir}/{figure.name}.png)\n" for figure in report.accuracy]
     if report.training:
         lines += ["", "## Training", ""]
-        lines += [f"![{_cell(figure.title)}]({plots_dir}/{figure.name}.png)\n" for figure in report.training]
+        lines += [f"![{cell(figure.title)}]({plots_dir}/{figure.name}.png)\n" for figure in report.training]
     if not report.problems.empty:
         lines += ["", "## Runs without a valid measurement", "", _table(report.problems)]
     if report.skipped:
-        lines += ["", "## Skipped files", ""] + [f"- {_cell(item)}" for item in report.skipped]
+        lines += ["", "## Skipped files", ""] + [f"- {cell(item)}" for item in report.skipped]
     return "\n".join(lines) + "\n"
 
 

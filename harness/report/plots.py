@@ -17,7 +17,9 @@ import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.axis import Axis
 from matplotlib.lines import Line2D
+from matplotlib.ticker import FuncFormatter, NullFormatter
 
 from harness.report import summary as s
 from harness.report import tables
@@ -39,6 +41,24 @@ def _style() -> Iterator[None]:
         yield
 
 
+def _floats(values: object) -> np.ndarray:
+    """Numbers as floats; anything missing or non-finite is NaN."""
+    array = pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(dtype=float, copy=True)
+    array[~np.isfinite(array)] = np.nan
+    return array
+
+
+def log_axis(axis: Axis) -> None:
+    """Log scale with plain tick labels (``10``, ``100``, ``0.5``).
+
+    Matplotlib's log ticks are mathtext (``$\\mathdefault{10^{2}}$``); with mathtext
+    off (record labels must stay text) they would print as that raw string.
+    """
+    axis.axes.set_xscale("log") if axis is axis.axes.xaxis else axis.axes.set_yscale("log")
+    axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
 def _png(figure: Figure) -> bytes:
     FigureCanvasAgg(figure)
     buffer = io.BytesIO()
@@ -58,7 +78,8 @@ def throughput_chart(rows: pd.DataFrame, title: str, colors: Mapping[str, object
     ``rows`` is aggregated (see :func:`summary.aggregate_repeats`); whiskers span
     min–max over repeats.
     """
-    rows = rows.assign(_config=tables.config_labels(rows), machine=rows["machine"].astype(str))
+    labels = rows["_label"] if "_label" in rows.columns else tables.config_labels(rows, variant=True)
+    rows = rows.assign(_config=labels, machine=rows["machine"].astype(str)).drop_duplicates(["_config", "machine"])
     configs = sorted(rows["_config"].unique())
     machines = sorted(rows["machine"].unique())
     width = 0.8 / len(machines)
@@ -68,13 +89,13 @@ def throughput_chart(rows: pd.DataFrame, title: str, colors: Mapping[str, object
         axes = figure.add_subplot()
         for i, machine in enumerate(machines):
             mine = rows[rows["machine"] == machine].set_index("_config").reindex(configs)
-            median = mine[s.THROUGHPUT].to_numpy(dtype=float)
-            low = mine.get(f"{s.THROUGHPUT}.min", mine[s.THROUGHPUT]).to_numpy(dtype=float)
-            high = mine.get(f"{s.THROUGHPUT}.max", mine[s.THROUGHPUT]).to_numpy(dtype=float)
-            errors = np.nan_to_num(np.vstack([median - low, high - median]))
+            median = _floats(mine[s.THROUGHPUT])
+            low = _floats(mine.get(f"{s.THROUGHPUT}.min", mine[s.THROUGHPUT]))
+            high = _floats(mine.get(f"{s.THROUGHPUT}.max", mine[s.THROUGHPUT]))
+            errors = np.clip(np.nan_to_num(np.vstack([median - low, high - median]), posinf=0.0, neginf=0.0), 0, None)
             axes.bar(
                 positions - 0.4 + width * (i + 0.5),
-                np.nan_to_num(median),
+                np.nan_to_num(median, posinf=0.0, neginf=0.0),
                 width,
                 yerr=errors,
                 capsize=3,
@@ -95,7 +116,8 @@ def latency_chart(samples: Mapping[tuple[str, str], Sequence[float]], title: str
     slow CPU run does not flatten every accelerator box into a line.
     """
     keys = sorted(samples)
-    data = [np.asarray(samples[key], dtype=float) for key in keys]
+    data = [_floats(samples[key]) for key in keys]
+    data = [values[np.isfinite(values)] for values in data]
     with _style():
         figure = Figure(figsize=(8.0, 1.0 + 0.45 * len(keys)))
         axes = figure.add_subplot()
@@ -112,7 +134,7 @@ def latency_chart(samples: Mapping[tuple[str, str], Sequence[float]], title: str
             patch.set_alpha(0.7)
         medians = [float(np.median(values)) for values in data if values.size]
         if medians and min(medians) > 0 and max(medians) / min(medians) > 30:
-            axes.set_xscale("log")
+            log_axis(axes.xaxis)
         axes.invert_yaxis()
         axes.set_xlabel("latency per batch (ms)")
         axes.set_title(title)
@@ -128,7 +150,7 @@ def accuracy_chart(rows: pd.DataFrame, front: pd.Series, title: str, colors: Map
     The Pareto front (no other point is both faster and more accurate) is ringed,
     joined and labelled; other points stay unlabelled so labels never pile up.
     """
-    configs = tables.config_labels(rows, device=False)
+    configs = tables.config_labels(rows, device=False, variant=True)
     rows = rows.assign(_config=configs, machine=rows["machine"].astype(str))
     markers = {config: MARKERS[i % len(MARKERS)] for i, config in enumerate(sorted(set(configs)))}
     with _style():
@@ -165,6 +187,7 @@ def training_chart(curves: Mapping[str, Sequence[Sequence[float]]], title: str) 
         axes = figure.add_subplot()
         for label in sorted(curves):
             points = np.asarray(curves[label], dtype=float).reshape(-1, 2)
+            points = points[np.isfinite(points).all(axis=1)]
             axes.plot(points[:, 0], points[:, 1], label=label, linewidth=1.2)
         axes.set_xlabel("step")
         axes.set_ylabel("loss")

@@ -7,10 +7,15 @@ renderers (terminal, Markdown, HTML) never compute anything themselves.
 
 from __future__ import annotations
 
+import json
+from functools import lru_cache
 from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+
+from harness.columns import Column, missing
+from harness.identity import flat
 
 THROUGHPUT = "metrics.throughput.samples_per_s"
 LATENCY_P50 = "metrics.latency_ms.p50"
@@ -19,14 +24,24 @@ ACCURACY = "metrics.accuracy.value"
 RELATIVE_ACCURACY = "metrics.accuracy.relative"
 MODEL_SIZE = "model.size_bytes"
 MFU = "metrics.mfu"
+PEAK_RSS = "metrics.memory_mib.peak_rss_mib"
+DEVICE_PEAK = "metrics.memory_mib.peak_allocated_mib"
 
 #: The metrics a report summarises; the ones a frame lacks are left out.
-METRICS: tuple[str, ...] = (THROUGHPUT, LATENCY_P50, LATENCY_P99, ACCURACY, RELATIVE_ACCURACY, MODEL_SIZE, MFU)
+METRICS: tuple[str, ...] = (
+    THROUGHPUT, LATENCY_P50, LATENCY_P99, ACCURACY, RELATIVE_ACCURACY, MODEL_SIZE, MFU, PEAK_RSS, DEVICE_PEAK,
+)
 
-#: Runs agreeing on all of these are repeats of one configuration. ``world_size`` is
-#: among them because a data-parallel run reports the global rate of all its processes.
+#: Runs agreeing on all of these are repeats of one configuration. ``identity`` (see
+#: :mod:`harness.identity`) is the whole config without run-local and machine keys, so
+#: runs that differ in *any* identifying key never share a row; the others name the
+#: row and are the same for equal identities (``world_size`` too: it comes from the
+#: config). ``machine`` keeps one configuration on two machines apart.
 CONFIG_KEYS: tuple[str, ...] = (
+    "identity",
+    "identity.model",
     "model.name",
+    "model.label",
     "scenario.name",
     "scenario.kind",
     "scenario.precision",
@@ -40,9 +55,10 @@ CONFIG_KEYS: tuple[str, ...] = (
 
 #: Configurations agreeing on these do the same work per sample, so their
 #: throughputs can be divided: a speedup is only computed within one workload.
-#: ``world_size`` is not among them: a 2-process run against the 1-process one of the
-#: same workload is the scaling speedup.
-WORKLOAD_KEYS: tuple[str, ...] = ("model.name", "scenario.kind", "scenario.batch_size", "scenario.seq_len")
+#: ``identity.model`` is the model's architecture and source (not its trained weights)
+#: and the dataset. ``world_size`` is not among them: a 2-process run against the
+#: 1-process one of the same workload is the scaling speedup.
+WORKLOAD_KEYS: tuple[str, ...] = ("model.name", "identity.model", "scenario.kind", "scenario.batch_size", "scenario.seq_len")
 
 #: Short names accepted in ``--baseline`` filters; any other key is a column name.
 FILTER_ALIASES: Mapping[str, str] = {
@@ -63,22 +79,55 @@ def aggregate_repeats(
     frame: pd.DataFrame,
     keys: Sequence[str] = CONFIG_KEYS,
     metrics: Sequence[str] = METRICS,
+    extra: Sequence[str] = (),
 ) -> pd.DataFrame:
     """One row per configuration: ``runs`` (count), and per metric its median, min and max.
 
     The median is the headline because one noisy repeat must not move it; min and
     max (columns ``<metric>.min`` / ``<metric>.max``) show how far repeats disagree.
-    Metrics missing from ``frame`` are skipped; missing keys are an error.
+    ``extra`` columns (a kind's declared columns) are summarised the same way when
+    numeric, else as their distinct values joined with `` / ``. ``identity.config`` is
+    carried along. Metrics and keys missing from ``frame`` are skipped.
     """
-    keys = list(keys)
-    present = [name for name in metrics if name in frame.columns]
+    keys = [key for key in keys if key in frame.columns]
+    if not keys:
+        raise ValueError("no configuration keys in this frame")
+    present = [name for name in dict.fromkeys([*metrics, *extra]) if name in frame.columns and name not in keys]
+    numeric = [name for name in present if _numeric(frame[name])]
+    texts = [name for name in present if name not in numeric]
     grouped = frame.groupby(keys, dropna=False, sort=True)
-    counts = grouped.size().rename("runs")
-    if not present:
-        return counts.reset_index()
-    stats = grouped[present].agg(["median", "min", "max"])
-    stats.columns = [metric if stat == "median" else f"{metric}.{stat}" for metric, stat in stats.columns]
-    return pd.concat([counts, stats], axis=1).reset_index()
+    parts: list[pd.DataFrame | pd.Series] = [grouped.size().rename("runs")]
+    if numeric:
+        stats = grouped[numeric].agg(["median", "min", "max"])
+        stats.columns = [metric if stat == "median" else f"{metric}.{stat}" for metric, stat in stats.columns]
+        parts.append(stats)
+    carried = [name for name in ("identity.config",) if name in frame.columns and name not in keys]
+    for name in [*texts, *carried]:
+        parts.append(grouped[name].agg(_distinct).rename(name))
+    out = pd.concat(parts, axis=1).reset_index()
+    # Readable order (by name, not by identity hash), the hash last only to break ties.
+    order = [key for key in keys if not key.startswith("identity")] + [key for key in keys if key.startswith("identity")]
+    return out.sort_values(order, kind="stable", na_position="last").reset_index(drop=True)
+
+
+def _numeric(series: pd.Series) -> bool:
+    if pd.api.types.is_bool_dtype(series):
+        return False
+    if pd.api.types.is_numeric_dtype(series):
+        return True
+    values = series.dropna()
+    return bool(len(values)) and all(isinstance(v, (int, float, np.number)) and not isinstance(v, bool) for v in values)
+
+
+def _distinct(values: pd.Series) -> object:
+    """One value when the repeats agree, else each distinct value with its count."""
+    texts = [str(value) for value in values if not missing(value)]
+    if not texts:
+        return None
+    counts = pd.Series(texts).value_counts(sort=False)
+    if len(counts) == 1:
+        return texts[0]
+    return " / ".join(f"{value} ×{count}" for value, count in sorted(counts.items()))
 
 
 def parse_filter(text: str) -> dict[str, str]:
@@ -133,7 +182,9 @@ def speedup_vs_baseline(
     otherwise hide in the ratio), else taken from another machine, whose name
     ``baseline.machine`` then reports. Among equals the same scenario wins, then the
     fewest processes (so a data-parallel run is measured against the 1-process run:
-    its scaling), then the first in sort order. Rows with no baseline get NaN.
+    its scaling), then the closest configuration (fewest differing config keys, so a
+    sweep's ``graph_optimization_level=disable`` row is its own baseline, not the
+    ``all`` one's), then the first in sort order. Rows with no baseline get NaN.
     ``baseline`` is True for the rows measured against themselves: a 2-process run
     matching the filter is still measured against the 1-process one, and is no baseline.
     """
@@ -154,11 +205,12 @@ def speedup_vs_baseline(
                 "other_machine": candidates[machine] != row[machine],
                 "other_scenario": (candidates[scenario] != row[scenario]) if scenario in out.columns else False,
                 "processes": candidates[world_size] if world_size in out.columns else 1,
+                "distance": [config_distance(row, candidate) for _, candidate in candidates.iterrows()],
                 "machine": candidates[machine].map(_as_text),
             },
             index=candidates.index,
         )
-        order = ["other_machine", "other_scenario", "processes", "machine"]
+        order = ["other_machine", "other_scenario", "processes", "distance", "machine"]
         chosen = candidates.loc[rank.sort_values(order, kind="stable").index[0]]
         speedups.append(float(row[metric]) / float(chosen[metric]) if chosen[metric] else np.nan)
         base_machines.append(chosen[machine])
@@ -193,3 +245,56 @@ def pareto_front(frame: pd.DataFrame, x: str = THROUGHPUT, y: str = ACCURACY) ->
     front = np.zeros(len(frame), dtype=bool)
     front[valid] = ~(at_least & better).any(axis=1)
     return pd.Series(front, index=frame.index, name="pareto")
+
+
+@lru_cache(maxsize=4096)
+def _leaves(config_json: str) -> dict[str, object]:
+    try:
+        return flat(json.loads(config_json))
+    except (TypeError, ValueError):
+        return {}
+
+
+def config_leaves(row: pd.Series) -> dict[str, object]:
+    """The row's identity config as dotted leaves (empty when the frame has none)."""
+    text = row.get("identity.config")
+    return _leaves(text) if isinstance(text, str) else {}
+
+
+def config_distance(a: pd.Series, b: pd.Series) -> int:
+    """How many identity-config keys differ between two rows (a key one lacks counts)."""
+    left, right = config_leaves(a), config_leaves(b)
+    return sum(left.get(key, _ABSENT) != right.get(key, _ABSENT) for key in left.keys() | right.keys())
+
+
+_ABSENT = object()
+
+#: Rows compared by a column's ``vs`` share these (and differ only in what ``vs`` selects).
+REFERENCE_KEYS: tuple[str, ...] = (
+    "machine", "backend.name", "backend.device", "model.name", "scenario.batch_size", "scenario.seq_len", "world_size",
+)
+
+
+def relative_values(summary: pd.DataFrame, column: Column) -> pd.Series:
+    """``column.key`` of each row divided by that of its reference row (see :class:`Column`).
+
+    The reference row shares :data:`REFERENCE_KEYS`, matches ``column.vs`` and lacks
+    ``column.when`` (an unpruned row for a pruned one); among several, the closest
+    configuration wins. Rows without ``column.when``, without a value, or without a
+    reference get NaN.
+    """
+    out = pd.Series(np.nan, index=summary.index, dtype="float64")
+    if column.key not in summary.columns:
+        return out
+    values = pd.to_numeric(summary[column.key], errors="coerce")
+    has_when = summary[column.when].map(lambda v: not missing(v)) if column.when in summary.columns else (
+        pd.Series(column.when is None, index=summary.index))
+    references = summary[matches(summary, column.vs) & ~has_when & values.gt(0)]
+    keys = [key for key in REFERENCE_KEYS if key in summary.columns]
+    for index, row in summary[has_when & values.notna()].iterrows():
+        candidates = references[_same_keys(references, row, keys)]
+        if candidates.empty:
+            continue
+        nearest = min(candidates.index, key=lambda i: config_distance(row, candidates.loc[i]))
+        out[index] = float(values[index]) / float(values[nearest])
+    return out

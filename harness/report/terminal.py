@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pandas as pd
 from rich import box
 from rich.console import Console
@@ -10,15 +12,24 @@ from rich.table import Table
 
 from harness.report.build import Report
 
-NUMERIC_HEADERS = ("Runs", "Processes", "Throughput", "p50", "p99", "Accuracy", "Rel.", "Speedup", "Size", "MFU", "Records", "Cores")
+_NUMBER = re.compile(r"[\d,.\-+%×()– ]+(?: s)?(?: \(baseline\)| \(vs .*\))?")
+
+
+def _numeric(values: pd.Series) -> bool:
+    """True when every non-empty cell reads as a number (``1,234``, ``5.0%``, ``1.80×``, ``12 (10–14)``)."""
+    cells = [str(value) for value in values if str(value)]
+    return bool(cells) and all(_NUMBER.fullmatch(cell) for cell in cells)
 
 
 def rich_table(frame: pd.DataFrame, title: str | None = None) -> Table:
     """A rich Table of a display frame; cells are escaped so ``[bold]`` in a label stays text."""
     table = Table(title=escape(title) if title else None, box=box.SIMPLE_HEAVY, title_justify="left")
     for column in frame.columns:
-        numeric = str(column).startswith(NUMERIC_HEADERS)
-        table.add_column(escape(str(column)), justify="right" if numeric else "left", overflow="fold", no_wrap=numeric)
+        numeric = _numeric(frame[column])
+        longest = max((len(str(value)) for value in frame[column]), default=0)
+        # Numbers are never split (their headers wrap instead); names keep up to 12 characters on a line.
+        width = longest if numeric else min(longest, 12)
+        table.add_column(escape(str(column)), justify="right" if numeric else "left", overflow="fold", min_width=width)
     for row in frame.itertuples(index=False):
         table.add_row(*(escape(str(value)) for value in row))
     return table

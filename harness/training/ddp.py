@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -29,6 +30,11 @@ from typing import Any, Callable
 
 from harness.errors import EXIT_CODES, HarnessError
 from harness.training.options import DistributedOptions
+
+
+#: Lines torch.profiler's kineto prints on every start/stop (``USDT:... profiler_start``):
+#: the profiled warm-up steps would otherwise flood the run's status output.
+PROFILER_NOISE = re.compile(r"^\s*(USDT|STAGE):\d{4}-\d\d-\d\d ")
 
 
 class LaunchTimeout(HarnessError):
@@ -109,7 +115,7 @@ def launch(job: dict[str, Any], dist: DistributedOptions, status: Callable[[str]
             assert proc.stdout is not None
             for line in proc.stdout:
                 tail.append(line)
-                if line.strip():
+                if line.strip() and not PROFILER_NOISE.match(line):
                     status(line.rstrip())
 
         reader = threading.Thread(target=pump, daemon=True)

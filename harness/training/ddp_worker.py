@@ -19,11 +19,13 @@ from typing import Any
 from harness.errors import HarnessError
 
 
-def world_from_env() -> Any:
+def world_from_env(distributed: Any) -> Any:
+    """This process's place from torchrun's environment, in ``distributed``'s mesh."""
     from harness.training.plan import World
 
     try:
-        return World(int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]))
+        return World.of(int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]),
+                        distributed)
     except KeyError as exc:
         raise HarnessError(f"ddp_worker runs under torchrun, but {exc.args[0]} is not set",
                            "launch it through scenario.distributed.nproc_per_node") from None
@@ -43,7 +45,8 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
     from harness.training.job import train_recipe
     from harness.training.options import TrainingOptions
 
-    world = world_from_env()
+    options = typed(TrainingOptions, job["training"], "scenario")
+    world = world_from_env(options.distributed)
     backend_cls = get_plugins().registry.backend(job["backend"]["name"])
     backend = backend_cls(typed(backend_cls.options_type, job["backend"]["options"], "backend"))
 
@@ -55,7 +58,7 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
         backend,
         typed(ModelOptions, job["model"], "model"),
         typed(DatasetOptions, job["dataset"], "dataset"),
-        typed(TrainingOptions, job["training"], "scenario"),
+        options,
         cache_root=job.get("cache_root"),
         world=world,
         tensorboard_dir=job.get("tensorboard_dir"),

@@ -15,7 +15,7 @@ from typing import Any, Callable, Optional
 from harness import stats
 from harness.backend import Backend, TrainingSession
 from harness.data import DatasetOptions, TaskData, load_dataset
-from harness.errors import ConfigError
+from harness.errors import ConfigError, HarnessError
 from harness.models import LoadedModel, ModelOptions, load_model
 from harness.training import loop, metrics, objectives
 from harness.training.options import TrainingOptions
@@ -34,7 +34,9 @@ def set_dropout(model: LoadedModel, p: float) -> None:
     """
     import torch
 
-    hf_model = getattr(model.module, "model", model.module)
+    from harness.training.architectures import hf_model as transformers_model
+
+    hf_model = transformers_model(model.module)
     layers = [m for m in model.module.modules() if isinstance(m, torch.nn.Dropout)]
     if not layers:
         raise ConfigError(f"scenario.dropout={p} but model {model.name} has no dropout layers",
@@ -120,8 +122,20 @@ def training_metrics(trained: Trained, options: TrainingOptions, data: TaskData,
     objective = objectives.of(data.task)
     target = metrics.time_to_target(result.evals, objective.target(options), objective.metric, objective.higher_is_better)
     plan = trained.plan
+    dist = options.distributed
+    spread = trained.session.parallel_metrics() if hasattr(trained.session, "parallel_metrics") else {}
     return {
         "world_size": world.size,
+        "strategy": spread.get("strategy", dist.strategy if world.size > 1 else "ddp"),
+        "mesh": dict(plan.parallel.mesh) or {"dp": 1},
+        "data_parallel_size": world.dp_size,
+        "microbatches": plan.parallel.microbatches if plan.parallel.strategy == "pp" and world.size > 1 else None,
+        "pipeline_schedule": dist.pipeline_schedule if plan.parallel.strategy == "pp" and world.size > 1 else None,
+        "activation_checkpointing": plan.parallel.activation_checkpointing,
+        "mixed_precision": spread.get("mixed_precision"),
+        "memory_per_rank": spread.get("per_rank"),
+        "memory_max_rank": metrics.max_over_ranks(spread.get("per_rank")),
+        "step_breakdown": spread.get("step_breakdown"),
         "steps": len(result.step_ms),
         "epochs": len(result.step_ms) * per_step / len(data.train),
         "samples_per_step": per_step,
@@ -155,6 +169,28 @@ def training_metrics(trained: Trained, options: TrainingOptions, data: TaskData,
     }
 
 
+def whole_model(trained: Trained, model_options: ModelOptions) -> LoadedModel:
+    """The trained model with all its weights on rank 0 (a collective for sharded sessions).
+
+    A session that spread the module (fsdp, tp, pp) leaves each rank a part of it; it
+    gathers the whole weights on rank 0, where they are loaded into a freshly built copy
+    of the model, so the checkpoint is a plain ``save_pretrained`` folder like any other.
+    """
+    gather = getattr(trained.session, "full_state_dict", None)
+    state = gather() if gather is not None else None
+    if state is None:
+        return trained.model
+    fresh = load_model(model_options)
+    _, unexpected = fresh.module.load_state_dict(state, strict=False)
+    # Every parameter under one of its names (a tied one under its first); buffers are rebuilt.
+    missing = {name for name, _ in fresh.module.named_parameters()} - set(state)
+    if unexpected or missing:
+        raise HarnessError(f"gathered weights do not match model {model_options.name}: missing "
+                           f"{sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}")
+    fresh.module.eval()
+    return fresh
+
+
 def close(session: TrainingSession) -> None:
     """Let a session leave whatever it joined (a process group); optional in the contract."""
     closer = getattr(session, "close", None)
@@ -181,6 +217,7 @@ def train_recipe(backend: Backend, model_options: ModelOptions, dataset_options:
     trained = train_model(backend, model, data, options, world=world, tensorboard_dir=tensorboard_dir,
                           report=report, label=label)
     section = training_metrics(trained, options, data, world)
+    model = whole_model(trained, model_options)
     if world.is_main:
         metric = section["eval_metric"]
         meta = {"recipe": options.__class__.__name__, "model": model_options.name, "dataset": dataset_options.name,

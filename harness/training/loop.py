@@ -5,9 +5,11 @@ that declares training runs through it. Each optimizer step is this rank's
 ``grad_accum_steps`` micro-batches; the step latency is the sum of their
 ``train_step`` calls under the session's timer (host batch assembly and the copy to
 the device happen before, outside the timed region, as for inference calls).
-Rank 0 evaluates on the whole eval split; the other ranks go straight on to the next
-step and wait for rank 0 in its gradient all-reduce, so rank 0's step times stay
-clean.
+Rank 0 evaluates on the whole eval split; under ddp the other ranks go straight on to
+the next step and wait for rank 0 in its gradient all-reduce, so rank 0's step times
+stay clean. A session whose model is spread over the ranks (fsdp, tp, pp) sets
+``collective_eval``: every rank then takes part in each evaluation's forward passes.
+Data is sliced by data-parallel replica (``World.dp_size``/``dp_rank``), not by process.
 """
 
 from __future__ import annotations
@@ -47,8 +49,8 @@ class LoopResult:
 
 
 def samples_per_step(options: TrainingOptions, world: World) -> int:
-    """Global samples consumed by one optimizer step."""
-    return options.batch_size * options.grad_accum_steps * world.size
+    """Global samples consumed by one optimizer step: batch x accumulation x data-parallel replicas."""
+    return options.batch_size * options.grad_accum_steps * world.dp_size
 
 
 def steps_per_epoch(train: Split, options: TrainingOptions, world: World) -> int:
@@ -67,9 +69,9 @@ def step_batches(train: Split, options: TrainingOptions, world: World) -> Iterat
     """This rank's micro-batches for each optimizer step, epoch after epoch.
 
     Each epoch is a fresh permutation seeded with ``seed + epoch``, identical on every
-    rank; a step takes the next ``batch x accumulation x world`` examples and this rank
-    the ``batch``-sized slice of each micro-step that is its own, so ranks never
-    share examples within an epoch.
+    rank; a step takes the next ``batch x accumulation x replicas`` examples and this
+    rank the ``batch``-sized slice of each micro-step that is its replica's, so replicas
+    never share examples within an epoch (the ranks of one replica read the same).
     """
     per_step = samples_per_step(options, world)
     size = options.batch_size
@@ -80,7 +82,7 @@ def step_batches(train: Split, options: TrainingOptions, world: World) -> Iterat
             index = order[start:start + per_step]
             micro = []
             for accum in range(options.grad_accum_steps):
-                lo = (accum * world.size + world.rank) * size
+                lo = (accum * world.dp_size + world.dp_rank) * size
                 take = index[lo:lo + size]
                 micro.append({**{k: v[take] for k, v in train.features.items()}, "labels": train.labels[take]})
             yield micro
@@ -112,6 +114,7 @@ def train(
     result = LoopResult()
     timer = session.timer
     train_step = session.train_step
+    collective_eval = bool(getattr(session, "collective_eval", False))
     every = max(1, total_steps // 10)
     metric = objectives.of(data.task).metric
     bad = 0
@@ -140,8 +143,10 @@ def train(
             writer.add_scalar("train/step_ms", step_ms, step)
             if lr is not None:
                 writer.add_scalar("train/lr", lr, step)
-        evaluating = world.is_main and (step == total_steps or (options.eval_interval and step % options.eval_interval == 0))
-        if evaluating:
+        due = step == total_steps or bool(options.eval_interval and step % options.eval_interval == 0)
+        if due and collective_eval and not world.is_main:
+            evaluate(session, data, options.eval_batch_size)  # its part of the model's forward passes
+        elif due and world.is_main:
             eval_start = time.perf_counter()
             accuracy = evaluate(session, data, options.eval_batch_size)
             now = time.perf_counter()
@@ -153,6 +158,9 @@ def train(
         elif world.is_main and step % every == 0:
             report(f"{label}: step {step}/{total_steps}, loss {loss:.4f}, {time.perf_counter() - started:.0f} s")
     result.wall_seconds = time.perf_counter() - started
+    global_losses = getattr(session, "global_losses", None)  # optional: the mean over replicas
+    if global_losses is not None:
+        result.losses = global_losses(result.losses)
     if writer is not None:
         writer.flush()
     return result

@@ -7,7 +7,7 @@ Each formula here has a unit test with hand-computed numbers
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 
 def measured_steps(step_ms: Sequence[float], excluded: int) -> list[float]:
@@ -79,3 +79,20 @@ def loss_points(losses: Sequence[float], interval: int) -> list[list[float]]:
         if window:
             points.append([min(end, len(losses)), sum(window) / len(window)])
     return points
+
+
+#: Per-rank memory figures summarised for report columns (the busiest rank bounds the device).
+RANK_MEMORY_KEYS = ("params_mib", "grads_mib", "optimizer_mib", "model_state_mib", "activations_mib",
+                    "peak_rss_mib", "peak_allocated_mib")
+
+
+def max_over_ranks(per_rank: Optional[Sequence[dict[str, Any]]]) -> Optional[dict[str, float]]:
+    """Each memory figure's maximum over the ranks (figures no rank has are left out)."""
+    if not per_rank:
+        return None
+    out = {}
+    for key in RANK_MEMORY_KEYS:
+        values = [r[key] for r in per_rank if isinstance(r.get(key), (int, float))]
+        if values:
+            out[key] = max(values)
+    return out

@@ -18,13 +18,20 @@ TRANSFORMERS_SCHEDULES = {"constant": "constant_with_warmup", "linear": "linear"
 
 
 def parameter_groups(module: Any, weight_decay: float) -> list[dict[str, Any]]:
-    """Two groups: matrices and kernels decay, biases and norm weights do not."""
-    decay, no_decay = [], []
+    """Matrices and kernels decay, biases and norm weights do not.
+
+    Parameters are further grouped by kind: plain tensors apart from ``DTensor`` shards,
+    and DTensors by mesh. The optimizers' fused multi-tensor updates run one group at a
+    time and cannot mix them (tensor parallelism leaves embeddings and norms plain;
+    fsdp+tp puts blocks on a 2-D mesh and the rest on the data-parallel one).
+    """
+    groups: dict[tuple[bool, Any], list[Any]] = {}
     for parameter in module.parameters():
         if parameter.requires_grad:
-            (decay if parameter.ndim >= 2 else no_decay).append(parameter)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return [group for group in groups if group["params"]]
+            mesh = getattr(parameter, "device_mesh", None)  # DTensor only
+            groups.setdefault((parameter.ndim >= 2, None if mesh is None else id(mesh)), []).append(parameter)
+    return [{"params": params, "weight_decay": weight_decay if decays else 0.0}
+            for (decays, _), params in sorted(groups.items(), key=lambda kv: (not kv[0][0], kv[0][1] is not None))]
 
 
 def build_optimizer(module: Any, plan: TrainingPlan) -> Any:

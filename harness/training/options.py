@@ -16,6 +16,9 @@ from harness.config import choice, require
 OPTIMIZERS = ("adamw", "adam", "sgd", "adagrad", "adadelta")
 SCHEDULES = ("constant", "linear", "cosine")
 PRECISIONS = ("fp32", "bf16", "fp16")
+#: How the model is spread over the processes (``scenario.distributed.strategy``).
+STRATEGIES = ("ddp", "fsdp", "tp", "pp", "fsdp+tp")
+PIPELINE_SCHEDULES = ("1f1b", "gpipe")
 
 
 @dataclass
@@ -27,6 +30,13 @@ class DistributedOptions:
     each node with its ``node_rank``; the rendezvous is static (node 0 at
     ``rdzv_endpoint`` hosts it), so global rank 0 is always on node 0, and node 0 alone
     writes the run's record. ``+distributed=slurm`` fills these fields from a Slurm job.
+
+    ``strategy`` says how the model is spread over the processes: ``ddp`` (a replica per
+    process), ``fsdp`` (parameters, gradients and optimizer state sharded), ``tp`` (each
+    block's attention and MLP matrices split), ``pp`` (the blocks split into consecutive
+    stages, ``microbatches`` per step on a ``pipeline_schedule``), ``fsdp+tp`` (a 2-D
+    ``mesh`` ``[dp, tp]``). ``batch_size`` is per data-parallel replica: a tensor-parallel
+    group or a pipeline is one replica, so tp and pp runs take the 1-process run's steps.
     """
 
     nproc_per_node: int = 1
@@ -34,6 +44,10 @@ class DistributedOptions:
     node_rank: int = 0
     rdzv_endpoint: Optional[str] = None  # host:port of the rendezvous; None = this machine
     timeout_s: float = 1800.0            # whole torchrun launch, start-up included
+    strategy: str = "ddp"
+    mesh: Optional[list[int]] = None     # fsdp+tp only: [dp, tp]; None = derived (mesh_shape)
+    microbatches: int = 4                # pp only: micro-batches per step through the stages
+    pipeline_schedule: str = "1f1b"      # pp only: 1f1b | gpipe
 
     def __post_init__(self) -> None:
         require(self.nproc_per_node >= 1, "distributed.nproc_per_node", f"must be >= 1, got {self.nproc_per_node}")
@@ -47,10 +61,65 @@ class DistributedOptions:
             require(bool(host) and port.isdigit() and 0 < int(port) < 65536, "distributed.rdzv_endpoint",
                     f"must be host:port (node 0's address and a free port), got {self.rdzv_endpoint!r}")
         require(self.timeout_s > 0, "distributed.timeout_s", f"must be > 0, got {self.timeout_s}")
+        choice(self.strategy, STRATEGIES, "distributed.strategy")
+        choice(self.pipeline_schedule, PIPELINE_SCHEDULES, "distributed.pipeline_schedule")
+        require(self.microbatches >= 1, "distributed.microbatches", f"must be >= 1, got {self.microbatches}")
+        require(self.strategy == "ddp" or self.world_size > 1, "distributed.strategy",
+                f"{self.strategy} splits the model over processes but nproc_per_node x nnodes is 1: "
+                "set scenario.distributed.nproc_per_node=2 or more, or strategy=ddp")
+        if self.mesh is not None:
+            self.mesh = [int(size) for size in self.mesh]
+            require(self.strategy == "fsdp+tp", "distributed.mesh",
+                    f"only strategy fsdp+tp takes a [dp, tp] mesh; {self.strategy} uses all {self.world_size} "
+                    "processes on one dimension: drop scenario.distributed.mesh")
+            require(len(self.mesh) == 2 and all(size >= 1 for size in self.mesh), "distributed.mesh",
+                    f"must be [dp, tp] with sizes >= 1, got {self.mesh}")
+        if self.strategy == "fsdp+tp":
+            dp, tp = self.mesh_shape.values()
+            require(dp * tp == self.world_size, "distributed.mesh",
+                    f"[{dp}, {tp}] holds {dp * tp} processes but the world has {self.world_size} "
+                    "(nproc_per_node x nnodes); make dp x tp equal it")
+            require(dp >= 2 and tp >= 2, "distributed.mesh",
+                    f"fsdp+tp needs dp >= 2 and tp >= 2, got [{dp}, {tp}]: use 4 or more processes, "
+                    "or strategy=fsdp / strategy=tp")
+        if self.strategy == "pp" and self.pipeline_schedule == "1f1b":
+            require(self.microbatches >= self.world_size, "distributed.microbatches",
+                    f"1f1b needs at least one micro-batch per stage ({self.world_size}), got {self.microbatches}: "
+                    "raise it or use pipeline_schedule=gpipe")
 
     @property
     def world_size(self) -> int:
         return self.nproc_per_node * self.nnodes
+
+    @property
+    def mesh_shape(self) -> dict[str, int]:
+        """The device mesh, dimension name -> size, outermost first.
+
+        ``fsdp+tp`` without a ``mesh`` keeps tensor parallelism inside a node (its
+        collectives are on the critical path of every layer) and shards across nodes:
+        ``[nnodes, nproc_per_node]``; on one node ``[world / 2, 2]``.
+        """
+        world = self.world_size
+        if self.strategy == "fsdp+tp":
+            if self.mesh is not None:
+                return {"dp": self.mesh[0], "tp": self.mesh[1]}
+            if self.nnodes > 1:
+                return {"dp": self.nnodes, "tp": self.nproc_per_node}
+            return {"dp": max(1, world // 2), "tp": 2}
+        return {{"tp": "tp", "pp": "pp"}.get(self.strategy, "dp"): world}
+
+    @property
+    def data_parallel_size(self) -> int:
+        """Replicas that read different data: the mesh's ``dp`` dimension (1 for tp and pp)."""
+        return self.mesh_shape.get("dp", 1)
+
+    def weights_identity(self) -> dict[str, object]:
+        """What of the world changes the trained weights (for checkpoint keys): the
+        replica count sets the global batch; a strategy other than ddp is recorded too
+        (same mathematics, other reduction order). ddp keeps its former key."""
+        if self.strategy == "ddp":
+            return {"world_size": self.world_size}
+        return {"world_size": self.world_size, "strategy": self.strategy, "mesh": self.mesh_shape}
 
 
 @dataclass
@@ -108,6 +177,8 @@ class TrainingOptions(InferenceTiming):
     target_perplexity: Optional[float] = None  # causal LMs: eval perplexity to reach (lower is better)
     seed: int = 0
     warmup_steps_excluded: int = 5  # first steps left out of throughput and latency
+    activation_checkpointing: bool = False  # recompute each block's activations in backward
+    profile_steps: int = 2      # multi-process: warm-up steps profiled for the compute/communication split
     distributed: DistributedOptions = field(default_factory=DistributedOptions)
 
     def __post_init__(self) -> None:
@@ -136,6 +207,22 @@ class TrainingOptions(InferenceTiming):
                 f"must be >= 1 (perplexity's floor) or null, got {self.target_perplexity}")
         require(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
         require(self.warmup_steps_excluded >= 0, "warmup_steps_excluded", f"must be >= 0, got {self.warmup_steps_excluded}")
+        require(self.profile_steps >= 0, "profile_steps", f"must be >= 0 (0 = off), got {self.profile_steps}")
+        dist = self.distributed
+        if dist.strategy == "pp":
+            require(self.batch_size % dist.microbatches == 0, "distributed.microbatches",
+                    f"batch_size {self.batch_size} does not split into {dist.microbatches} equal micro-batches: "
+                    "make scenario.batch_size a multiple of it")
+
+    def profiled_steps(self) -> list[int]:
+        """The steps profiled for the compute/communication split: the last ``profile_steps``
+        warm-up steps before measurement (never step 1, which pays for lazy set-up), so
+        the profiler's overhead never reaches the measured steps. Empty for one process:
+        there is no communication to separate."""
+        if self.distributed.world_size == 1:
+            return []
+        first = max(2, self.warmup_steps_excluded - self.profile_steps + 1)
+        return list(range(first, self.warmup_steps_excluded + 1))
 
     def total_steps(self, steps_per_epoch: int) -> int:
         """Optimizer steps the run makes: ``max_steps`` when set, else whole epochs."""
@@ -150,4 +237,4 @@ class TrainingOptions(InferenceTiming):
 #: the checkpoint key leaves them out so a re-run with another eval cadence reuses it.
 MEASUREMENT_ONLY = ("warmup_iters", "min_iters", "min_duration_s", "max_duration_s", "eval_interval",
                     "eval_batch_size", "log_interval", "target_accuracy", "target_perplexity",
-                    "warmup_steps_excluded")
+                    "warmup_steps_excluded", "activation_checkpointing", "profile_steps")

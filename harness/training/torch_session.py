@@ -52,9 +52,11 @@ class TorchTrainingSession(TrainingSession):
         from harness.training.optim import build_optimizer, build_schedule
 
         self.plan = plan
-        self.module = module.to(device).train()  # before the optimizer: its state lives on the device
-        #: What steps call: the module, or a wrapper of it (DDP, torch.compile) a subclass sets.
-        self.model = self.module
+        # Placed (and, by a subclass, spread over the processes) before the optimizer is
+        # built: its state lives on the device, and FSDP/TP replace the parameters.
+        #: ``module`` holds the parameters the optimizer updates; ``model`` is what steps
+        #: call: the module or a wrapper of it (DDP, torch.compile).
+        self.module, self.model = self._spread(module.to(device).train())
         self.optimizer = build_optimizer(self.module, plan)
         self.scheduler = build_schedule(self.optimizer, plan)
         self.loss_fn = plan.loss or label_cross_entropy
@@ -74,34 +76,61 @@ class TorchTrainingSession(TrainingSession):
     def _features(self, inputs: dict[str, Any]) -> dict[str, Any]:
         return {name: inputs[name] for name in self.plan.input_names}
 
-    def train_step(self, inputs: dict[str, Any]) -> float:
-        self.micro_batches += 1
-        update = self.micro_batches % self.plan.grad_accum_steps == 0
+    def _spread(self, module: Any) -> tuple[Any, Any]:
+        """``(module the optimizer updates, model steps call)``; a subclass shards or wraps here."""
+        return module, module
+
+    def _gradient_sync(self, update: bool) -> Any:
+        """The context of a micro-batch's backward: DDP's ``no_sync`` on the ones that do not update."""
         no_sync = getattr(self.model, "no_sync", None)
-        with contextlib.nullcontext() if update or no_sync is None else no_sync():
+        return contextlib.nullcontext() if update or no_sync is None else no_sync()
+
+    def _observe(self) -> Any:
+        """The context a whole micro-batch (forward, backward, update) runs in: a subclass
+        measures its memory or profiles it here."""
+        return contextlib.nullcontext()
+
+    def _forward_backward(self, inputs: dict[str, Any], update: bool) -> Any:
+        """Forward and backward of one micro-batch; returns the (detached) loss tensor."""
+        with self._gradient_sync(update):
             with self._autocast():
                 logits = output_logits(self.model(**self._features(inputs)))
             loss = self.loss_fn(logits.float(), inputs)
             scaled = loss / self.plan.grad_accum_steps
             (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
-        if update:
-            self._update()
-        self._finish_step()
-        return float(loss.detach().cpu())
+        return loss.detach()
+
+    def train_step(self, inputs: dict[str, Any]) -> float:
+        self.micro_batches += 1
+        update = self.micro_batches % self.plan.grad_accum_steps == 0
+        with self._observe():
+            loss = self._forward_backward(inputs, update)
+            if update:
+                self._update()
+            self._finish_step()
+        return float(loss.cpu())
+
+    def _clip(self) -> None:
+        """Clip the global gradient norm to ``grad_clip`` (a subclass clips sharded gradients)."""
+        import torch
+
+        torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.plan.grad_clip)
+
+    def _before_zero_grad(self) -> None:
+        """Called with the update's gradients still in place (a subclass measures them)."""
 
     def _update(self) -> None:
         """Clip (the unscaled gradients), step the optimizer, clear the gradients, step the schedule."""
-        import torch
-
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         if self.plan.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.plan.grad_clip)
+            self._clip()
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
             self.optimizer.step()
+        self._before_zero_grad()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
 

@@ -1,0 +1,195 @@
+"""What makes two runs the same experiment: one definition for sweeps, reports and the CI gate.
+
+A run's resolved config says everything about what it measured, plus a few keys that
+only say *where* or *how* this particular run happened. Those **run-local keys**
+(:data:`RUN_LOCAL_KEYS`) never separate two experiments:
+
+- ``results_dir``, ``cache_dir``, ``overwrite``: where files go, whether to redo a job;
+- ``launcher.*``: isolation, timeouts, memory cap, host lock (bookkeeping, not workload);
+- ``scenario.distributed.node_rank`` / ``rdzv_endpoint`` / ``timeout_s``: which node of
+  one multi-node run this process is, where the nodes met and how long they waited for
+  each other; every node runs the same experiment.
+
+:func:`job_config` (the config minus those keys) is what a sweep's ``job_key`` hashes,
+so resuming a sweep and grouping a report agree on "same job". A report row adds two
+rules on top (:func:`identity_config`):
+
+- the machine is its own dimension (``hardware.*`` goes to the report's ``machine``
+  column), so one configuration run on two machines compares side by side;
+- machine-local paths (:data:`PATH_KEYS`: ``model.path``, ``model.checkpoint``,
+  ``dataset.path``, ``scenario.teacher``) become ``<folder or file name>@<content hash>``
+  using the digests the run wrote into ``record["inputs"]`` (:func:`portable_inputs`), so
+  the same checkpoint copied to two machines is one model, and two different checkpoints
+  in folders of the same name are two.
+
+Everything else in the config identifies the experiment: any other difference (a
+graph-optimisation level, a quantization mode, a step count, a seed) makes another row.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+#: Dotted config keys that change where or how one run happens, never what it measures.
+RUN_LOCAL_KEYS: tuple[str, ...] = (
+    "results_dir",
+    "cache_dir",
+    "overwrite",
+    "launcher",
+    "scenario.distributed.node_rank",
+    "scenario.distributed.rdzv_endpoint",
+    "scenario.distributed.timeout_s",
+)
+
+#: Config sections that describe the machine: a report's ``machine`` column, not its rows.
+MACHINE_KEYS: tuple[str, ...] = ("hardware",)
+
+#: Config keys that may hold a machine-local file or folder path (``auto``/null are not paths).
+PATH_KEYS: tuple[str, ...] = ("model.path", "model.checkpoint", "dataset.path", "scenario.teacher")
+
+#: Values of :data:`PATH_KEYS` that name no file: kept as they are.
+NOT_PATHS = frozenset({"auto", "none", "null", ""})
+
+_CHUNK = 1 << 20
+
+
+def without(config: Mapping[str, Any], keys: Iterable[str]) -> dict[str, Any]:
+    """A deep copy of ``config`` without the dotted ``keys`` (absent keys are ignored)."""
+    out = copy.deepcopy(dict(config))
+    for dotted in keys:
+        *parents, leaf = dotted.split(".")
+        node: Any = out
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    return out
+
+
+def job_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The config minus :data:`RUN_LOCAL_KEYS`: what a sweep job key hashes."""
+    return without(config, RUN_LOCAL_KEYS)
+
+
+def get(mapping: Mapping[str, Any] | None, dotted: str) -> Any:
+    """``mapping['a']['b']`` for ``'a.b'``; None when any part is missing."""
+    node: Any = mapping
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping):
+            return None
+        node = node.get(part)
+    return node
+
+
+def _set(mapping: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = mapping
+    for part in parents:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            return
+        node = child
+    if leaf in node:
+        node[leaf] = value
+
+
+def is_path_value(value: Any) -> bool:
+    """True for a string that names a file or folder (not ``auto``, not empty)."""
+    return isinstance(value, str) and value.strip().lower() not in NOT_PATHS
+
+
+def content_digest(path: str | os.PathLike[str]) -> str:
+    """sha256 over a file's bytes, or over a folder's files (relative names, sizes, bytes).
+
+    Hidden files and folders (``.git``, ``.cache``) are left out: they are not the model.
+    Raises ``OSError`` when the path cannot be read.
+    """
+    root = Path(path).expanduser()
+    if not root.exists():
+        raise FileNotFoundError(f"no such file or folder: {root}")
+    digest = hashlib.sha256()
+    files = [root] if root.is_file() else sorted(
+        p for p in root.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    )
+    for file in files:
+        name = file.name if file == root else file.relative_to(root).as_posix()
+        digest.update(f"{name}\0{file.stat().st_size}\0".encode())
+        with open(file, "rb") as handle:
+            while chunk := handle.read(_CHUNK):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def portable_inputs(config: Mapping[str, Any]) -> dict[str, dict[str, str]]:
+    """``{dotted key: {"name", "sha256"}}`` for every :data:`PATH_KEYS` value naming a readable path.
+
+    Written into each record at run time, where the files are, so a report on another
+    machine can tell models apart by content instead of by an absolute path. Paths that
+    cannot be read are left out (the run itself reports that problem).
+    """
+    found: dict[str, dict[str, str]] = {}
+    for key in PATH_KEYS:
+        value = get(config, key)
+        if not is_path_value(value):
+            continue
+        try:
+            found[key] = {"name": Path(str(value).rstrip("/")).name or str(value), "sha256": content_digest(value)}
+        except OSError:
+            continue
+    return found
+
+
+def portable_token(value: Any, given: Mapping[str, Any] | None) -> Any:
+    """How a path value shows in an identity: ``name@<16 hex>`` of its content when the
+    record carries the digest, else just the file or folder name (older records)."""
+    if not is_path_value(value):
+        return value
+    if isinstance(given, Mapping) and given.get("sha256"):
+        return f"{given.get('name') or Path(str(value)).name}@{str(given['sha256'])[:16]}"
+    return Path(str(value).rstrip("/")).name or str(value)
+
+
+def identity_config(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The record's config as a report row knows it: run-local and machine keys removed,
+    machine-local paths replaced by :func:`portable_token`."""
+    config = record.get("config") if isinstance(record.get("config"), Mapping) else {}
+    kept = without(job_config(config), MACHINE_KEYS)
+    inputs = record.get("inputs") if isinstance(record.get("inputs"), Mapping) else {}
+    for key in PATH_KEYS:
+        value = get(kept, key)
+        if is_path_value(value):
+            _set(kept, key, portable_token(value, inputs.get(key)))
+    return kept
+
+
+def canonical(value: Any) -> str:
+    """Stable JSON text of ``value`` (keys sorted): equal configs give equal text."""
+    return json.dumps(value, sort_keys=True, default=str, separators=(",", ":"))
+
+
+def key_of(value: Any, length: int = 16) -> str:
+    """A short hex hash of :func:`canonical` text."""
+    return hashlib.sha256(canonical(value).encode()).hexdigest()[:length]
+
+
+def flat(config: Any, prefix: str = "") -> dict[str, Any]:
+    """Dotted leaves of a nested mapping; lists become their canonical JSON text.
+
+    ``{"backend": {"providers": ["CPU"]}}`` -> ``{"backend.providers": '["CPU"]'}``.
+    An empty mapping is a leaf of its own (``{}``), so it still differs from a missing one.
+    """
+    if isinstance(config, Mapping):
+        if not config and prefix:
+            return {prefix: "{}"}
+        out: dict[str, Any] = {}
+        for key, value in config.items():
+            out.update(flat(value, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    if isinstance(config, (list, tuple)):
+        return {prefix: canonical(list(config))}
+    return {prefix: config}
