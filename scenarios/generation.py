@@ -20,6 +20,7 @@ from typing import Any, Optional
 import numpy as np
 
 from harness.accuracy import AccuracyGate
+from harness.columns import Column
 from harness.compression.recipes import WEIGHT_BITS, WeightRecipe
 from harness.config import choice, require
 from harness.errors import ConfigError, Mismatch
@@ -152,6 +153,18 @@ def _check_sizes(opts: GenerationOptions, config: dict[str, Any], tokenizer: Any
 class GenerationScenario(Scenario):
     kind = "generation"
     options_type = GenerationOptions
+    report_columns = (
+        Column("metrics.generation.ttft_ms.p50", "TTFT p50 (ms)", "number", "lower"),
+        Column("metrics.generation.tpot_ms.p50", "TPOT p50 (ms)", "number", "lower"),
+        Column("metrics.generation.itl_ms.p99", "ITL p99 (ms)", "number", "lower"),
+        Column("metrics.generation.decode_tokens_per_s", "Decode tok/s", "number", "higher"),
+        Column("metrics.generation.output_tokens_per_s", "Output tok/s", "number", "higher"),
+        Column("metrics.accuracy.agreement", "Greedy agreement", "percent", "higher"),
+        # weight-only int8/int4: the artifact's size beside the fp32 one it came from
+        Column("metrics.compression.size_ratio", "Size vs fp32", "percent", "lower", when="metrics.compression.size_ratio"),
+        Column("metrics.generation.decode_tokens_per_s", "Decode speedup vs fp32", "ratio", "higher",
+               vs={"scenario.precision": "fp32"}, when="metrics.compression.size_ratio"),
+    )
 
     def run(self, ctx: RunContext) -> ScenarioResult:
         opts: GenerationOptions = self.options

@@ -139,6 +139,8 @@ TRAINING_COLUMNS = (
     Column("metrics.training.samples_per_s", "Train samples/s", "number", "higher"),
     Column("metrics.training.time_to_target_s", "Time to target", "seconds", "lower"),
     Column("metrics.training.final_accuracy", "Final accuracy", "fixed4", "higher"),
+    Column("metrics.training.final_perplexity", "Final perplexity", "number", "lower"),  # causal LMs (llm_train)
+    Column("metrics.training.tokens_per_s", "Train tokens/s", "number", "higher", when="metrics.training.final_perplexity"),
     Column("metrics.training.scaling_efficiency", "Scaling efficiency", "percent", "higher"),
     Column("metrics.training.memory_max_rank.params_mib", "Params MiB/rank", "number", "lower"),
     Column("metrics.training.memory_max_rank.model_state_mib", "Model state MiB/rank", "number", "lower"),

@@ -17,11 +17,14 @@ import pandas as pd
 
 from harness import results
 from harness.columns import Column, missing
-from harness.report import plots, tables
+from harness.report import generation, plots, tables
 from harness.report import summary as s
 
 SAMPLES = "metrics.latency_ms.samples"
 LOSS_CURVE = "metrics.training.loss_curve"
+#: Which accuracy a record's ``metrics.accuracy.value`` is: perplexity (decoder LLMs) is
+#: lower-is-better, so those rows go to the generation section's Pareto, not this chart.
+ACCURACY_METRIC = "metrics.accuracy.metric"
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,7 @@ class Report:
     problems: pd.DataFrame
     skipped: list[str]
     notes: list[str]
+    generation: list[Plot] = field(default_factory=list)
 
 
 def build(
@@ -82,7 +86,7 @@ def build(
     """
     frame, notes = _sane(frame)
     declared = results.declared_columns(frame)
-    extra = [key for column in declared for key in (column.key, column.when) if key]
+    extra = [key for column in declared for key in (column.key, column.when) if key] + [ACCURACY_METRIC]
     ok = frame[frame["status"] == "ok"]
     summary = s.aggregate_repeats(ok, extra=extra) if not ok.empty else pd.DataFrame(columns=[*s.CONFIG_KEYS, "runs"])
     if baseline and not summary.empty:
@@ -102,6 +106,7 @@ def build(
         sections=_sections(ok, summary, declared, colors, names, figures),
         accuracy=_accuracy_figures(summary, colors, names) if figures else [],
         training=_training_figures(ok, names) if figures else [],
+        generation=[Plot(*made) for made in generation.figures(ok, summary, colors, names, _pooled_samples)] if figures else [],
         problems=tables.problems_table(frame),
         skipped=[str(item) for item in skipped],
         notes=notes,
@@ -227,6 +232,8 @@ def _accuracy_figures(summary: pd.DataFrame, colors: Mapping[str, object], names
         return []
     figures = []
     scored = summary.dropna(subset=[s.ACCURACY, s.THROUGHPUT])
+    if ACCURACY_METRIC in scored.columns:
+        scored = scored[scored[ACCURACY_METRIC].astype(str) != "perplexity"]
     for (model, kind), rows in scored.groupby(["model.label", "scenario.kind"], sort=True, dropna=False):
         title = f"Accuracy vs throughput — {model} ({kind})"
         front = s.pareto_front(rows)

@@ -69,6 +69,8 @@ def render(report: Report) -> str:
         body += ["<h2>Accuracy vs throughput</h2>", _figures(report.accuracy)]
     if report.training:
         body += ["<h2>Training</h2>", _figures(report.training)]
+    if report.generation:
+        body += ["<h2>Generation</h2>", _figures(report.generation)]
     if not report.problems.empty:
         body += ["<h2>Runs without a valid measurement</h2>", _table(report.problems, "problems")]
     if report.skipped:

@@ -56,6 +56,9 @@ def render(report: Report, plots_dir: str = PLOTS_DIR) -> str:
     if report.training:
         lines += ["", "## Training", ""]
         lines += [f"![{cell(figure.title)}]({plots_dir}/{figure.name}.png)\n" for figure in report.training]
+    if report.generation:
+        lines += ["", "## Generation", ""]
+        lines += [f"![{cell(figure.title)}]({plots_dir}/{figure.name}.png)\n" for figure in report.generation]
     if not report.problems.empty:
         lines += ["", "## Runs without a valid measurement", "", _table(report.problems)]
     if report.skipped:
@@ -67,7 +70,7 @@ def write(report: Report, out_dir: Path, name: str = "report.md") -> list[Path]:
     """Write the Markdown file and its PNG figures; return every path written."""
     plots = out_dir / PLOTS_DIR
     written = []
-    figures = [figure for section in report.sections for figure in section.figures] + report.accuracy + report.training
+    figures = [figure for section in report.sections for figure in section.figures] + report.accuracy + report.training + report.generation
     if figures:
         plots.mkdir(parents=True, exist_ok=True)
     for figure in figures:
