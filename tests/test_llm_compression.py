@@ -141,6 +141,7 @@ def test_onnxruntime_quantizes_every_linear_layer_and_the_tied_lm_head(source) -
     ("onnxruntime", WeightRecipe("int4", 24), "power of two"),
     ("pytorch", WeightRecipe("int4", 16), "groups of 32, 64, 128, 256"),
     ("pytorch", WeightRecipe("int8", 64), "per output channel"),
+    ("pytorch", WeightRecipe("int4", 256), "none would be int4"),  # llama_tiny: widths 64 and 176, no silent all-int8 'int4'
     pytest.param("openvino", WeightRecipe("int4", 24), "groups of 24", marks=pytest.mark.openvino),
     pytest.param("openvino", WeightRecipe("int8", 64), "per output channel", marks=pytest.mark.openvino),
     pytest.param("llamacpp", WeightRecipe("int4", 64), "fixes its blocks", marks=pytest.mark.llamacpp),

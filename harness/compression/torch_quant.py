@@ -182,6 +182,9 @@ def weight_only(module: Any, recipe: Any) -> tuple[Any, dict[str, Any]]:
                 bits, kind = recipe.bits, f"int{recipe.bits}"
             setattr(parent, name, _weight_only_linear(child, bits, group))
             layers[kind] += 1
+    if recipe.bits == 4 and not layers["int4"]:
+        raise Unsupported(f"no linear layer of this model has an input width that is a multiple of {group}, so none would be int4",
+                          "set scenario.quantization.group_size to a divisor of the model's widths (32, 64, 128 or 256)")
     return model, {
         "name": recipe.name,
         "tool": "torch weight-only CPU kernels (aten._weight_int8pack_mm, aten._weight_int4pack_mm_for_cpu)",
