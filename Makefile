@@ -10,7 +10,7 @@ XLA_VENV  ?= .venv-xla
 XLA_PY     = $(XLA_VENV)/bin/python
 XLA_STAMP  = $(XLA_VENV)/.installed
 
-.PHONY: demo test test-main test-xla venv venv-xla device-wheels clean
+.PHONY: demo test lint test-main test-xla venv venv-xla device-wheels clean
 
 venv: $(STAMP)
 venv-xla: $(XLA_STAMP)
@@ -19,7 +19,7 @@ venv-xla: $(XLA_STAMP)
 $(STAMP): pyproject.toml constraints.txt examples/harness-plugin-example/pyproject.toml
 	@test -x $(PY) || (command -v $(PYTHON) >/dev/null && $(PYTHON) -m venv $(VENV)) || python3 -m venv $(VENV)
 	$(PY) -m pip install $(PIP_FLAGS) -c constraints.txt --upgrade pip setuptools wheel
-	$(PY) -m pip install $(PIP_FLAGS) -c constraints.txt -e '.[openvino,llm,tensorboard,parquet,test,slurm,sweep,serving,llamacpp]'
+	$(PY) -m pip install $(PIP_FLAGS) -c constraints.txt -e '.[openvino,llm,tensorboard,parquet,test,lint,slurm,sweep,serving,llamacpp]'
 	# llama.cpp's server, llama-bench and GGUF converter from the same sources as the bindings (cached per machine).
 	PY=$(PY) scripts/llm-server/build-llamacpp.sh
 	# The example third-party plugin, installed the way a vendor's package would be.
@@ -37,8 +37,13 @@ demo: $(STAMP)
 	$(VENV)/bin/harness
 	$(VENV)/bin/harness-report results --out reports
 
-# Everything: the main suite, then the torch_xla tests in their own venv on CPU PJRT.
-test: test-main test-xla
+# Everything: lint and types, the main suite, then the torch_xla tests in their own venv on CPU PJRT.
+test: lint test-main test-xla
+
+# ruff (lint only; formatting is applied tree-wide separately) and mypy, as configured in pyproject.toml.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 test-main: $(STAMP)
 	$(PY) -m pytest -m "not xla"

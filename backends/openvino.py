@@ -184,7 +184,9 @@ class OpenVINOBackend(Backend):
         LLMPipeline or a stateful InferRequest (:mod:`harness.backends.openvino_generation`)."""
         from harness.backends import openvino_generation
 
-        return openvino_generation.prepare(self, source, plan)
+        compute = openvino_generation.compute_precision(plan)
+        properties = compile_config(self.options, compute, None) if compute in openvino_generation.PRECISION else {}
+        return openvino_generation.prepare(self, source, plan, properties)
 
     def version(self) -> str:
         import openvino as ov

@@ -309,11 +309,16 @@ class OpenVINOGenerationSession(GenerationSession):
         self._stepper = None
 
 
-def prepare(backend: Any, source: Any, plan: GenerationPlan) -> OpenVINOGenerationSession:
-    """Build (or reuse) the genai model folder and open the engine ``backend.generation_engine`` picks."""
-    from harness.backends.openvino import compile_config
+def compute_precision(plan: GenerationPlan) -> str:
+    """The precision the model computes in: weight-only int8/int4 keep float activations (fp32)."""
+    return "fp32" if plan.weights is not None else plan.precision
 
-    compute = "fp32" if plan.weights is not None else plan.precision  # weight-only: float activations
+
+def prepare(backend: Any, source: Any, plan: GenerationPlan, properties: dict[str, Any]) -> OpenVINOGenerationSession:
+    """Build (or reuse) the genai model folder (weight-compressed for int8/int4) and open the engine
+    ``backend.generation_engine`` picks, compiled with the backend's ``properties`` (its
+    ``compile_config`` for :func:`compute_precision`)."""
+    compute = compute_precision(plan)
     if compute not in PRECISION:
         raise Unsupported(f"openvino generation runs fp32, bf16 or fp16, or int8/int4 weights, not {plan.precision}",
                           "use scenario.precision=fp32, or +scenario=llm_int8 / llm_int4")
@@ -325,7 +330,7 @@ def prepare(backend: Any, source: Any, plan: GenerationPlan) -> OpenVINOGenerati
     elif engine == "genai" and _version("openvino-genai") == "missing":
         raise Unavailable("openvino-genai is not installed, so backend.generation_engine=genai cannot run",
                           "pip install openvino-genai (the harness[openvino] extra has it), or backend.generation_engine=stateful")
-    properties = compile_config(backend.options, compute, None)
+    properties = dict(properties)
     properties["KV_CACHE_PRECISION"] = PRECISION[compute]
     pad = source.tokenizer.pad_token_id if source.tokenizer is not None else 0
     try:

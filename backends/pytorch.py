@@ -167,7 +167,7 @@ class PyTorchTrainingSession(TorchTrainingSession):
         import torch
 
         from harness.training.accounting import StepProfiler
-        from harness.training.parallel import strategy_for
+        from harness.training.strategies import strategy_for
 
         torch.manual_seed(plan.seed + plan.world.dp_rank)  # dropout differs across replicas, not within one
         self.device = device

@@ -51,7 +51,7 @@ from harness.training.torch_session import TorchTrainingSession
 if TYPE_CHECKING:
     from harness.registry import Registry
 
-HARNESS_PLUGIN_API = "1"
+HARNESS_PLUGIN_API = "2"
 
 DEVICES = ("auto", "cpu", "tpu")
 MATMUL_PRECISIONS = ("default", "high", "highest")

@@ -46,7 +46,7 @@ def bare_session(args: argparse.Namespace):
     """A prepared session and its inputs, built exactly as the inference scenario builds them."""
     from hydra import compose, initialize_config_module
 
-    from harness.config import build_spec
+    from harness.spec import build_spec
     from harness.plugins import load_plugins
     from harness.scenario import RunContext
 

@@ -7,8 +7,19 @@ built-in ones included.
 """
 
 import os
+from typing import Any
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    """``from harness import hookimpl``: the plugin marker, imported on first use so that
+    ``import harness`` stays cheap."""
+    if name == "hookimpl":
+        from harness.hookspecs import hookimpl
+
+        return hookimpl
+    raise AttributeError(f"module 'harness' has no attribute {name!r}")
 
 # No network at run time: onnxruntime >= 1.32 on Linux queues telemetry events in
 # ~/.cache/Microsoft/DeveloperTools/.onnxruntime/ and uploads them (a DNS lookup of

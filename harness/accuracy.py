@@ -178,6 +178,8 @@ def _cached_logits(folder: Any, rows: int) -> tuple[Optional[np.ndarray], str]:
     """(the cached logits, "") or (None, why the entry in ``folder`` cannot be used)."""
     if not (folder / "logits.npy").is_file():
         return None, "is incomplete"
+    if not (folder / cache.MANIFEST).is_file():
+        return None, "has no checksums (an older harness wrote it)"
     if not cache.folder_verified(folder, ("logits.npy", "meta.json")):
         return None, "does not match its checksums (truncated or corrupted)"
     try:

@@ -1,8 +1,25 @@
-"""The Backend / Session contract every backend plugin implements.
+"""The Backend / Session contract every backend plugin implements (plugin API 2).
 
 A backend never sees Hydra config: it receives its typed options dataclass
 (``options_type``), validated by the core before ``probe`` or ``prepare`` is called.
 A scenario never imports a concrete backend: it only talks to this contract.
+
+Guarantees the core gives a backend:
+
+* **Batch shapes.** Every batch a session receives (``load``/``run``, measured or scored)
+  has exactly the artifact's ``meta["sample_shape"]``: the scenario's batch size and
+  sequence length. Where a split does not divide into whole batches, the last partial
+  batch is *padded* to the full shape (its first row repeated) and the padded rows'
+  outputs are dropped (:func:`harness.accuracy.padded_batches`); a backend never sees
+  a short batch and may build shape-specialised engines.
+* **Places to write.** ``artifact.workspace`` (:class:`Workspace`) names a cache folder
+  of this backend's own (compiled engines, converted IR; kept across runs, keyed by the
+  backend) and a work folder for this run only (a shape-specialised ONNX, logs; removed
+  after the run).
+* **One source per fact.** The backend's version is ``Availability.versions[name]``
+  from :meth:`Backend.probe`; the device a run used is ``Session.device``; engine facts
+  (compile time, engine size, cache hit) are :meth:`Session.metrics`, recorded under
+  ``metrics.backend`` and shown by reports through ``Backend.report_columns``.
 """
 
 from __future__ import annotations
@@ -14,6 +31,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
 import numpy as np
 
+from harness.cache import Workspace
+from harness.columns import Column
 from harness.errors import Unsupported
 from harness.timing import Timer, WallClockTimer
 
@@ -21,6 +40,8 @@ if TYPE_CHECKING:
     from harness.generation.session import DecoderSource, GenerationPlan, GenerationSession
 
 Batch = Mapping[str, np.ndarray]
+
+__all__ = ["Artifact", "Availability", "Backend", "Batch", "Capabilities", "Session", "TrainingSession", "Workspace"]
 
 
 @dataclass(frozen=True)
@@ -61,6 +82,9 @@ class Artifact:
 
     ``onnx_path`` is set for ONNX artifacts, ``module`` for torch ones. ``input_names``
     and ``output_names`` name the batch keys the model takes and the outputs it gives.
+    ``meta`` carries the shapes of the run (``batch_size``, ``seq_len``, ``sample_shape``:
+    every batch a session gets has that shape); ``workspace`` the folders a backend may
+    write to (None outside a run, e.g. in a unit test that builds an artifact by hand).
     """
 
     name: str
@@ -69,6 +93,7 @@ class Artifact:
     onnx_path: Path | None = None
     module: Any = None
     meta: dict[str, Any] = field(default_factory=dict)
+    workspace: Workspace | None = None
 
 
 class _DeviceSession(abc.ABC):
@@ -82,7 +107,9 @@ class _DeviceSession(abc.ABC):
         return {}
 
     def metrics(self) -> dict[str, Any]:
-        """Backend-specific figures for the record (e.g. XLA compile vs execute time)."""
+        """Engine facts for the record's ``metrics.backend`` (compile or build seconds, engine
+        size, whether a cached engine was reused, XLA compile vs execute time...); declare
+        the ones a report should show in ``Backend.report_columns``."""
         return {}
 
 
@@ -156,6 +183,9 @@ class Backend(abc.ABC):
 
     name: ClassVar[str]
     options_type: ClassVar[type]
+    #: Report columns for this backend's own figures (``metrics.backend.<key>`` from
+    #: :meth:`Session.metrics`); copied into each record, so a report needs no plugin.
+    report_columns: ClassVar[tuple[Column, ...]] = ()
 
     def __init__(self, options: Any) -> None:
         self.options = options
@@ -223,11 +253,15 @@ class Backend(abc.ABC):
                           "report it to the plugin's maintainers")
 
     def version(self) -> str:
-        """Version of the runtime library this backend drives."""
-        return "unknown"
+        """The version of the library this backend drives, as its probe reports it
+        (``probe().versions[name]``: the one source; caches key compressed artifacts by it).
+        Do not override: under plugin API 1 an override filled the record."""
+        return str(type(self).probe(self.options).versions.get(self.name, "unknown"))
 
     def device(self) -> str:
-        """The device sessions run on, e.g. ``cpu`` or ``cuda:0``."""
+        """The device this backend targets, e.g. ``cpu`` or ``cuda:0``. The record's
+        ``backend.device`` is the session's ``device`` (the one a run used); this is only
+        for messages before a session exists (and, for plugin API 1, the record)."""
         return "cpu"
 
     def device_info(self) -> dict[str, Any]:

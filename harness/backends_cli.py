@@ -41,7 +41,7 @@ def choices(searchpath: list[str], registered: Sequence[str]) -> list[Choice]:
     from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf
 
-    from harness.cli import CONFIG_MODULE, group_options
+    from harness.compose import CONFIG_MODULE, group_options
 
     extra = [f"hydra.searchpath=[{','.join(searchpath)}]"] if searchpath else []
     found: list[Choice] = []
@@ -51,7 +51,7 @@ def choices(searchpath: list[str], registered: Sequence[str]) -> list[Choice]:
             for option in group_options(searchpath)["backend"]:
                 try:
                     cfg = compose(config_name="config", overrides=[f"backend={option}", *extra])
-                    section = OmegaConf.to_container(cfg.backend, resolve=True)
+                    section: dict[str, Any] = OmegaConf.to_container(cfg.backend, resolve=True)  # type: ignore[assignment]
                 except Exception:  # a config that does not compose is a run-time error; listed as such below
                     section = {"name": option}
                 name = str(section.pop("name", option))
@@ -66,9 +66,9 @@ def choices(searchpath: list[str], registered: Sequence[str]) -> list[Choice]:
 def main(argv: Sequence[str] | None = None) -> None:
     parser().parse_args(argv)
     from harness import ui
-    from harness.config import typed
     from harness.errors import ConfigError, HarnessError
     from harness.plugins import get_plugins
+    from harness.validation import typed
 
     plugins = get_plugins()
     table = Table(title="harness backends (select with backend=<config>; a variant names its plugin backend in brackets)",
@@ -103,6 +103,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     Console(highlight=False, width=None if sys.stdout.isatty() else 240).print(table)  # piped: reasons on one line
     for problem in plugins.problems:
         ui.warning(problem.warning())
+    for line in plugins.deprecations:
+        ui.warning(line)
     sys.exit(0)
 
 

@@ -26,9 +26,13 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional, Union
+
+from harness.identity import content_key as content_key  # cache keys and job keys: one hash
 
 #: Checksum file of a one-file entry: ``<name>.sha256`` beside it.
 CHECKSUM_SUFFIX = ".sha256"
@@ -54,18 +58,6 @@ def cache_root(override: str | os.PathLike[str] | None = None) -> Path:
         base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
         root = Path(base) / "harness"
     return root.expanduser()
-
-
-def content_key(*parts: Any) -> str:
-    """A 20-hex-digit key over JSON-serialisable parts (dicts are key-sorted)."""
-    digest = hashlib.sha256()
-    for part in parts:
-        if isinstance(part, bytes):
-            digest.update(part)
-        else:
-            digest.update(json.dumps(part, sort_keys=True, default=str).encode())
-        digest.update(b"\x00")
-    return digest.hexdigest()[:20]
 
 
 def entry(kind: str, key: str, root: str | os.PathLike[str] | None = None) -> Path:
@@ -248,3 +240,30 @@ def publish(built: Path, final: Path, required: Iterable[str] = (), *, replace: 
             _remove_folder(final)
     os.replace(built, final)
     return final
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """Where a backend may write during one run.
+
+    ``cache_dir``: this backend's own artifact cache (``<cache>/backends/<name>/``), kept
+    across runs: key what you store there by its inputs (the ONNX file's content, your
+    options, the library version). ``workdir``: a fresh folder for this run, removed when
+    the run ends.
+    """
+
+    cache_dir: Path
+    workdir: Path
+
+    @classmethod
+    def create(cls, backend: str, root: str | os.PathLike[str] | None = None) -> "Workspace":
+        """``<cache>/backends/<backend>/`` (made if missing) and a new ``<cache>/work/<backend>-*`` folder."""
+        base = cache_dir(root)
+        own = base / "backends" / backend
+        own.mkdir(parents=True, exist_ok=True)
+        (base / "work").mkdir(parents=True, exist_ok=True)
+        return cls(cache_dir=own, workdir=Path(tempfile.mkdtemp(prefix=f"{backend}-", dir=base / "work")))
+
+    def close(self) -> None:
+        """Remove the work folder (the backend's cache stays)."""
+        shutil.rmtree(self.workdir, ignore_errors=True)

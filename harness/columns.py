@@ -80,6 +80,35 @@ class Column:
             return None
 
 
+#: The figures every kind shares (a kind declares only its own on top), in display order:
+#: the one list the terminal table, the report's tables and summaries, and the results
+#: frame's numeric columns are built from.
+THROUGHPUT = "metrics.throughput.samples_per_s"
+LATENCY_P50 = "metrics.latency_ms.p50"
+LATENCY_P99 = "metrics.latency_ms.p99"
+PEAK_RSS = "metrics.memory_mib.peak_rss_mib"
+DEVICE_PEAK = "metrics.memory_mib.peak_allocated_mib"
+ACCURACY = "metrics.accuracy.value"
+ACCURACY_REFERENCE = "metrics.accuracy.reference"
+RELATIVE_ACCURACY = "metrics.accuracy.relative"
+MODEL_SIZE = "model.size_bytes"
+MFU = "metrics.mfu"
+COMMON_COLUMNS: tuple[Column, ...] = (
+    Column(THROUGHPUT, "Throughput (samples/s)", "number", "higher"),
+    Column(LATENCY_P50, "p50 (ms)", "number", "lower"),
+    Column(LATENCY_P99, "p99 (ms)", "number", "lower"),
+    Column(PEAK_RSS, "Peak RSS (MiB)", "number", "lower"),
+    Column(DEVICE_PEAK, "Device peak (MiB)", "number", "lower"),
+    Column(ACCURACY, "Accuracy", "fixed4", "higher"),
+    Column(RELATIVE_ACCURACY, "Rel. accuracy", "fixed4", "higher"),
+    Column(MODEL_SIZE, "Size (MiB)", "mib", "lower"),
+    Column(MFU, "MFU", "percent", "higher"),
+)
+#: Every common figure a results frame coerces to a number (the reference accuracy is
+#: read beside the accuracy but has no column of its own).
+COMMON_METRICS: tuple[str, ...] = (*(column.key for column in COMMON_COLUMNS), ACCURACY_REFERENCE)
+
+
 def from_record(record: Mapping[str, Any]) -> list[Column]:
     """The usable columns a record declares (unknown formats and malformed entries skipped)."""
     declared = record.get("columns")

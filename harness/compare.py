@@ -34,7 +34,6 @@ import argparse
 import json
 import sys
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -157,7 +156,8 @@ def bootstrap_ratio(base: Sequence[float], cand: Sequence[float], metric: Metric
     else:
 
         def statistic(x: np.ndarray, y: np.ndarray, axis: int) -> np.ndarray:
-            return np.percentile(y, metric.percentile, axis=axis) / np.percentile(x, metric.percentile, axis=axis)
+            q = float(metric.percentile or 50)
+            return np.percentile(y, q, axis=axis) / np.percentile(x, q, axis=axis)
 
     if np.unique(a).size < 2 and np.unique(b).size < 2:
         ratio = float(statistic(a, b, 0))
@@ -242,7 +242,9 @@ def _pct(value: float | None) -> str:
 
 
 def _interval(row: Row) -> str:
-    return "" if row.ci_low is None else f"{row.ci_low - 1:+.1%} … {row.ci_high - 1:+.1%}"
+    if row.ci_low is None or row.ci_high is None:
+        return ""
+    return f"{row.ci_low - 1:+.1%} … {row.ci_high - 1:+.1%}"
 
 
 def _number(value: float | None) -> str:

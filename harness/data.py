@@ -524,7 +524,7 @@ def _text_task(texts: Sequence[list[str]], labels: Sequence[np.ndarray],
         raise ConfigError("the tokenizer has no padding token", "set tokenizer.pad_token or use another")
     splits = [Split(_encode(tokenizer, t, seq_len), np.asarray(y, dtype=np.int64), list(t))
               for t, y in zip(texts, labels)]
-    return TaskData("text-classification", len(names), names, tokenizer, seq_len, *splits)
+    return TaskData("text-classification", len(names), names, tokenizer, seq_len, *splits)  # type: ignore[arg-type]
 
 
 def _encode(tokenizer: Any, texts: list[str], seq_len: int) -> dict[str, np.ndarray]:
@@ -535,10 +535,29 @@ def _encode(tokenizer: Any, texts: list[str], seq_len: int) -> dict[str, np.ndar
 
 
 def _load_corpus(options: DatasetOptions, seq_len: int, tokenizer: Any) -> TaskData:
-    """The embedded text corpus as a causal-LM task (windows of ``seq_len`` tokens) for decoder LLMs."""
-    from harness.generation.corpus import causal_lm_task
+    """The embedded text corpus as a causal language-modelling task (``task="causal-lm"``)
+    for training decoder LLMs.
 
-    return causal_lm_task(options, seq_len, tokenizer)
+    Each split is its documents' token stream (end-of-text between documents) cut into
+    non-overlapping windows of ``seq_len`` tokens: ``input_ids`` and an all-ones
+    ``attention_mask`` (no padding, as LLM pretraining packs text), and ``labels`` the
+    same ids (the loss shifts them: position t predicts token t + 1). ``tokenizer``
+    None is the embedded byte-level BPE (:func:`harness.generation.tokenizer.corpus_tokenizer`).
+    """
+    from harness.generation.corpus import load_corpus, token_stream, windows
+    from harness.generation.tokenizer import corpus_tokenizer
+
+    tokenizer = corpus_tokenizer() if tokenizer is None else tokenizer
+    text = load_corpus(options)
+    splits: dict[str, Split] = {}
+    for name, documents in (("train", text.train), ("eval", text.eval)):
+        stream = token_stream(tokenizer, documents)
+        if len(stream) < seq_len:
+            raise ConfigError(f"the corpus's {name} split has {len(stream)} tokens, fewer than one window of {seq_len}",
+                              f"raise dataset.{name}_size or lower scenario.seq_len")
+        ids = windows(stream, seq_len, len(stream))
+        splits[name] = Split({"input_ids": ids, "attention_mask": np.ones_like(ids)}, ids)
+    return TaskData("causal-lm", 0, [], tokenizer, seq_len, splits["train"], splits["eval"])
 
 
 _LOADERS: dict[str, Callable[[DatasetOptions, int, Any], TaskData]] = {

@@ -6,8 +6,10 @@ the ``harness`` entry-point group; it implements any subset of these hooks with
 way. See docs/plugins.md for the full guide.
 
 ``PLUGIN_API_VERSION`` is the version of this API. A plugin may declare the major
-version it was built for as a module attribute ``HARNESS_PLUGIN_API = "1"``; a plugin
-built for another major version is refused with a message naming it.
+version it was built for as a module attribute ``HARNESS_PLUGIN_API = "2"``; a plugin
+built for another major version is refused with a message naming it, except the
+previous major (:data:`DEPRECATED_API_MAJORS`), which still loads, with a warning, for
+one release. ``from harness import hookimpl`` is the marker for implementations.
 """
 
 from __future__ import annotations
@@ -20,7 +22,10 @@ if TYPE_CHECKING:
     from harness.registry import Registry
 
 PROJECT = "harness"
-PLUGIN_API_VERSION = "1.0"
+PLUGIN_API_VERSION = "2.0"
+#: Majors still loaded, with a deprecation warning (API 1: ``Backend.version()`` and
+#: ``Backend.device()`` fill the record, session metrics are merged at the top of ``metrics``).
+DEPRECATED_API_MAJORS = ("1",)
 
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
@@ -59,6 +64,7 @@ def harness_config_searchpath() -> list[str]:
     ``backend=<name>`` resolves without editing this repository. Results of all
     plugins are concatenated.
     """
+    raise NotImplementedError  # a specification: pluggy never calls its body
 
 
 # --- run lifecycle (called by the runner, in this order) --------------------------
@@ -70,5 +76,5 @@ def harness_run_start(spec: Any) -> None:
 
 
 @hookspec
-def harness_record_written(record: dict, path: str) -> None:
+def harness_record_written(record: dict[str, Any], path: str) -> None:
     """Called after a record has been written atomically to ``path``."""

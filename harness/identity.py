@@ -35,12 +35,19 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-#: Dotted config keys that change where or how one run happens, never what it measures.
+#: Dotted config keys of the core that change where or how one run happens, never what it
+#: measures. A scenario kind adds its own (``Scenario.run_local_keys``), which every
+#: record carries in ``identity.run_local_keys``.
 RUN_LOCAL_KEYS: tuple[str, ...] = (
     "results_dir",
     "cache_dir",
     "overwrite",
     "launcher",
+)
+
+#: The kind keys records written before ``identity.run_local_keys`` existed left out
+#: (the training kind's rendezvous keys, then the only ones).
+LEGACY_KIND_KEYS: tuple[str, ...] = (
     "scenario.distributed.node_rank",
     "scenario.distributed.rdzv_endpoint",
     "scenario.distributed.timeout_s",
@@ -71,9 +78,34 @@ def without(config: Mapping[str, Any], keys: Iterable[str]) -> dict[str, Any]:
     return out
 
 
-def job_config(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The config minus :data:`RUN_LOCAL_KEYS`: what a sweep job key hashes."""
-    return without(config, RUN_LOCAL_KEYS)
+def content_key(*parts: Any) -> str:
+    """A 20-hex-digit key over JSON-serialisable parts (dicts are key-sorted)."""
+    digest = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, bytes):
+            digest.update(part)
+        else:
+            digest.update(json.dumps(part, sort_keys=True, default=str).encode())
+        digest.update(b"\x00")
+    return digest.hexdigest()[:20]
+
+
+def job_config(config: Mapping[str, Any], kind_keys: Iterable[str] = LEGACY_KIND_KEYS) -> dict[str, Any]:
+    """The config minus :data:`RUN_LOCAL_KEYS` and the kind's run-local ``kind_keys``
+    (full dotted keys): what a sweep job key hashes."""
+    return without(config, (*RUN_LOCAL_KEYS, *kind_keys))
+
+
+def job_key(config: Mapping[str, Any], kind_keys: Iterable[str] = LEGACY_KIND_KEYS) -> str:
+    """A stable 20-hex-digit key of :func:`job_config`: the same job on every node of a
+    multi-node run, in a resumed sweep and in a report row."""
+    return content_key(job_config(config, kind_keys))
+
+
+def kind_keys_of(record: Mapping[str, Any]) -> tuple[str, ...]:
+    """The run-local keys a record's scenario kind declared (older records: the legacy ones)."""
+    declared = get(record, "identity.run_local_keys")
+    return tuple(str(k) for k in declared) if isinstance(declared, list) else LEGACY_KIND_KEYS
 
 
 def get(mapping: Mapping[str, Any] | None, dotted: str) -> Any:
@@ -157,9 +189,9 @@ def portable_token(value: Any, given: Mapping[str, Any] | None) -> Any:
 def identity_config(record: Mapping[str, Any]) -> dict[str, Any]:
     """The record's config as a report row knows it: run-local and machine keys removed,
     machine-local paths replaced by :func:`portable_token`."""
-    config = record.get("config") if isinstance(record.get("config"), Mapping) else {}
-    kept = without(job_config(config), MACHINE_KEYS)
-    inputs = record.get("inputs") if isinstance(record.get("inputs"), Mapping) else {}
+    config: Mapping[str, Any] = record["config"] if isinstance(record.get("config"), Mapping) else {}
+    kept = without(job_config(config, kind_keys_of(record)), MACHINE_KEYS)
+    inputs: Mapping[str, Any] = record["inputs"] if isinstance(record.get("inputs"), Mapping) else {}
     for key in PATH_KEYS:
         value = get(kept, key)
         if is_path_value(value):

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import copy
 import ctypes
 import faulthandler
 import multiprocessing
@@ -44,8 +45,11 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any, Callable, Optional
 
-from harness.config import RunSpec, choice, require
+from harness.config import RunSpec
+from harness.errors import HarnessError
 from harness.plugins import Plugins
+from harness.runner import base_record, execute
+from harness.validation import choice, require
 
 ISOLATIONS = ("process", "inline")
 #: Lines of the child's stderr kept in a failed record.
@@ -103,9 +107,6 @@ def launch(
     is killed first, and the exception carries the run's record, status
     ``interrupted``, as its ``record`` attribute so the caller can still write it.
     """
-    from harness.errors import HarnessError
-    from harness.runner import base_record, execute
-
     # One measurement per host at a time (docs/fleet.md). The lock is taken by the parent,
     # after the run has probed its backend (an unavailable backend never queues for it) and
     # before anything is built: waiting behind another job is not run time, and the rest
@@ -113,20 +114,22 @@ def launch(
     # neighbour's timings.
     gate = _LockGate(options, lock_group(spec), status)
     started = time.monotonic()
+    base = base_record(spec, plugins)  # the run's record, assembled once; the run fills it in
     try:
         with gate:
             if options.isolation == "inline":
-                record = execute(spec, plugins, status=status, progress=progress, after_probe=gate.acquire)
+                record = execute(spec, plugins, status=status, progress=progress, after_probe=gate.acquire,
+                                 record=copy.deepcopy(base))
                 record["launcher"] = {"isolation": "inline", "wall_s": round(time.monotonic() - started - gate.waited_s, 3)}
             else:
-                record = _run_in_child(spec, plugins, options, status, gate)
+                record = _run_in_child(spec, plugins, options, status, gate, base)
     except HarnessError as exc:  # lock timeout, or a lock folder on a network filesystem
-        record = base_record(spec, plugins)
+        record = base
         record["status"], record["reason"] = exc.status, exc.one_line()
         record["error"] = {"type": type(exc).__name__}
     except KeyboardInterrupt as exc:
         if getattr(exc, "record", None) is None:  # inline, or before the run process started
-            record = base_record(spec, plugins)
+            record = base
             _mark_interrupted(record, exc, "the run")
             exc.record = record  # type: ignore[attr-defined]
         exc.record["host_lock"] = gate.as_record()  # type: ignore[attr-defined]
@@ -182,14 +185,12 @@ class _LockGate:
 
 def lock_group(spec: RunSpec) -> str | None:
     """The run several ``harness`` processes make together, if any: the nodes of one
-    multi-node training run, named by their job key and shared rendezvous (``hostlock``
-    lets them share the host lock when two of them land on one host). The job key keeps
-    back-to-back sweep jobs on the same rendezvous apart."""
-    from harness.sweep import job_key
-
-    if spec.node[1] == 1:
+    multi-node run, named by their job key and the group their scenario kind declares
+    (``hostlock`` lets them share the host lock when two of them land on one host). The
+    job key keeps back-to-back sweep jobs of the same group apart."""
+    if spec.lock_group is None:
         return None
-    return f"job {job_key(spec.config)} at torchrun rendezvous {spec.scenario_options.distributed.rdzv_endpoint}"
+    return f"job {spec.job.key} at {spec.lock_group}"
 
 
 # --- parent side -------------------------------------------------------------------------
@@ -285,9 +286,7 @@ _SIGNAL_HINTS = {
 
 
 def _run_in_child(spec: RunSpec, plugins: Plugins, options: LauncherOptions, status: Callable[[str], None],
-                  gate: _LockGate) -> dict[str, Any]:
-    from harness.runner import base_record
-
+                  gate: _LockGate, record: dict[str, Any]) -> dict[str, Any]:
     started = time.monotonic()
     ctx = multiprocessing.get_context("spawn")
     result_r, result_w = ctx.Pipe(duplex=False)
@@ -296,11 +295,10 @@ def _run_in_child(spec: RunSpec, plugins: Plugins, options: LauncherOptions, sta
     tty = bool(getattr(sys.stderr, "isatty", lambda: False)())
     process = ctx.Process(
         target=_child_main,
-        args=(spec, options.memory_limit_mb, result_w, err_w, go_r, os.getpid(), tty),
+        args=(spec, record, options.memory_limit_mb, result_w, err_w, go_r, os.getpid(), tty),
         name=f"harness-run-{spec.backend_name}",
         daemon=False,
     )
-    record = base_record(spec, plugins)
     info: dict[str, Any] = {"isolation": "process", "timeout_s": options.timeout_s, "memory_limit_mb": options.memory_limit_mb}
     record["launcher"] = info
     try:
@@ -489,7 +487,7 @@ def _child_progress(label: str, count: int, elapsed_s: float) -> None:
     sys.stderr.flush()
 
 
-def _child_main(spec: RunSpec, memory_limit_mb: int | None, result: Connection, err: Connection, go: Connection,
+def _child_main(spec: RunSpec, record: dict[str, Any], memory_limit_mb: int | None, result: Connection, err: Connection, go: Connection,
                 parent_pid: int, tty: bool) -> None:
     """Entry point of the run process: execute ``spec`` and send its record to the parent.
 
@@ -515,7 +513,6 @@ def _child_main(spec: RunSpec, memory_limit_mb: int | None, result: Connection, 
     try:
         from harness import ui
         from harness.plugins import load_plugins
-        from harness.runner import execute
 
         def stage(message: str) -> None:
             ui.stage(message)
@@ -529,7 +526,8 @@ def _child_main(spec: RunSpec, memory_limit_mb: int | None, result: Connection, 
                 os._exit(1)
 
         record = execute(spec, load_plugins(), status=stage, progress=_child_progress if tty else None,
-                         on_stage=lambda message: result.send(("stage", message)), after_probe=wait_for_lock)
+                         on_stage=lambda message: result.send(("stage", message)), after_probe=wait_for_lock,
+                         record=record)
         if tty:
             sys.stderr.write("\r\033[K")
         result.send(("record", record))

@@ -16,14 +16,13 @@ from pathlib import Path
 from typing import Any, Optional
 
 from harness.errors import ConfigError
-from harness.generation.decoders import DECODER_FAMILIES
+from harness.validation import choice, require
+from harness.families import BERT_DEFAULTS as BERT_DEFAULTS  # the checks' defaults, from the family table
+from harness.families import FAMILIES as FAMILY_TABLE
+from harness.families import family as family_of
 
-#: bert, resnet: classifiers; the decoder LLM families come from their one table.
-FAMILIES = ("bert", "resnet", *DECODER_FAMILIES)
-#: transformers' ``BertConfig`` defaults for the keys the checks below read (a test keeps
-#: them equal to the library's), so a model config that leaves one out is checked too.
-BERT_DEFAULTS = {"vocab_size": 30522, "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
-                 "intermediate_size": 3072, "max_position_embeddings": 512}
+#: Every ``model.family`` (:mod:`harness.families` says what each one is).
+FAMILIES = tuple(FAMILY_TABLE)
 _FIX_FOLDER = "point model.path (or model.checkpoint) at a folder written by save_pretrained"
 _LAYER = re.compile(r"encoder\.layer\.(\d+)\.")
 
@@ -46,8 +45,6 @@ class ModelOptions:
     config: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        from harness.config import choice, require
-
         choice(self.family, FAMILIES, "family")
         require(self.num_labels >= 1, "num_labels", f"must be >= 1, got {self.num_labels}")
 
@@ -72,6 +69,12 @@ class LoadedModel:
             digest.update(key.encode())
             digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
         return digest.hexdigest()
+
+
+def transformers_model(module: Any) -> Any:
+    """The transformers model: ``module`` itself when it is one (it has a ``config``; decoders
+    are used unwrapped), else the one inside the harness's logits wrapper (``.model``)."""
+    return module if hasattr(module, "config") else getattr(module, "model", module)
 
 
 def _logits_only(model: Any, family: str) -> Any:
@@ -102,27 +105,14 @@ def _logits_only(model: Any, family: str) -> Any:
         def forward(self, pixel_values: Any) -> Any:
             return self.model(pixel_values=pixel_values).logits
 
-    return (ImageLogits() if family == "resnet" else TextLogits()).eval()
-
-
-def _input_names(family: str) -> tuple[str, ...]:
-    return ("pixel_values",) if family == "resnet" else ("input_ids", "attention_mask")
+    return (ImageLogits() if family_of(family).input_names == ImageLogits.input_names else TextLogits()).eval()
 
 
 def _from_config(options: ModelOptions) -> tuple[Any, str]:
     import torch
-    import transformers
 
     torch.manual_seed(options.seed)
-    if options.family in DECODER_FAMILIES:
-        return DECODER_FAMILIES[options.family].build(options.config), f"config:{options.name}"
-    if options.family == "bert":
-        cfg = transformers.BertConfig(num_labels=options.num_labels, **options.config)
-        model = transformers.BertForSequenceClassification(cfg)
-    else:
-        cfg = transformers.ResNetConfig(num_labels=options.num_labels, **options.config)
-        model = transformers.ResNetForImageClassification(cfg)
-    return model, f"config:{options.name}"
+    return family_of(options.family).build(options.config, options.num_labels), f"config:{options.name}"
 
 
 # --- checkpoint folders: checked before anything is built ---------------------------------
@@ -206,7 +196,7 @@ def _safetensors_shapes(path: Path) -> dict[str, list[int]]:
 def _shape_problem(family: str, config: dict[str, Any], shapes: dict[str, list[int]]) -> Optional[str]:
     """The first disagreement between a config and the weight shapes, as one phrase."""
     def get(key: str) -> Any:
-        return config.get(key, BERT_DEFAULTS.get(key) if family == "bert" else None)
+        return config.get(key, family_of(family).config_defaults.get(key))
 
     labels = num_labels_of(config, 2)
     if family == "bert":
@@ -245,8 +235,7 @@ def _from_folder(path: str, options: ModelOptions) -> tuple[Any, str, Any]:
 
     folder = Path(path).expanduser()
     check_folder(folder, options.family)
-    auto = {"resnet": transformers.AutoModelForImageClassification, "bert": transformers.AutoModelForSequenceClassification}.get(
-        options.family, transformers.AutoModelForCausalLM)  # any other family is a decoder
+    auto = family_of(options.family).folder_loader()
     try:
         model, info = auto.from_pretrained(folder, local_files_only=True, use_safetensors=True, output_loading_info=True)
     except (OSError, ValueError, RuntimeError) as exc:  # what from_pretrained raises for a bad folder
@@ -258,7 +247,7 @@ def _from_folder(path: str, options: ModelOptions) -> tuple[Any, str, Any]:
         raise ConfigError(f"checkpoint '{folder}' does not fit its model: {problem}",
                           "use the config.json saved together with these weights (save_pretrained writes both)")
     tokenizer = None
-    if options.family != "resnet" and (folder / "tokenizer.json").is_file():
+    if family_of(options.family).tokenizer and (folder / "tokenizer.json").is_file():
         tokenizer = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True)
     return model, f"checkpoint:{folder}", tokenizer
 
@@ -292,11 +281,12 @@ def load_model(options: ModelOptions, checkpoint: str | None = None) -> LoadedMo
     else:
         model, source = _from_config(options)
     model.eval()
-    names = _input_names(options.family)
+    family = family_of(options.family)
+    names = family.input_names
     return LoadedModel(
         name=options.name,
         # A decoder stays the transformers causal LM: generation drives its KV cache itself.
-        module=model if options.family in DECODER_FAMILIES else _logits_only(model, options.family),
+        module=model if family.kind == "decoder" else _logits_only(model, options.family),
         input_names=names,
         output_names=("logits",),
         source=source,

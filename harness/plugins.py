@@ -47,6 +47,15 @@ class Plugins:
     registry: Registry
     infos: list[PluginInfo] = field(default_factory=list)
     problems: list[PluginProblem] = field(default_factory=list)
+    #: Plugin name -> the plugin-API major it declared (absent: not declared).
+    api: dict[str, str] = field(default_factory=dict)
+    #: One line per plugin loaded under a deprecated API major.
+    deprecations: list[str] = field(default_factory=list)
+
+    def legacy(self, table: str, name: str) -> bool:
+        """Whether the backend or scenario ``name`` comes from a plugin built for a deprecated API."""
+        origin = self.registry.plugin_of(table, name)
+        return origin is not None and self.api.get(origin.name) in hookspecs.DEPRECATED_API_MAJORS
 
     @property
     def hook(self) -> Any:
@@ -65,7 +74,7 @@ def _api_problem(module: Any) -> str | None:
     if wanted is None:
         return None
     ours = hookspecs.PLUGIN_API_VERSION.split(".")[0]
-    if str(wanted).split(".")[0] != ours:
+    if str(wanted).split(".")[0] not in (ours, *hookspecs.DEPRECATED_API_MAJORS):
         return (
             f"it was built for plugin API {wanted}, this harness provides {hookspecs.PLUGIN_API_VERSION}; "
             "install a plugin release made for this harness"
@@ -115,6 +124,15 @@ def load_plugins(extra: Iterable[tuple[str, Any]] = ()) -> Plugins:
             continue
         if manager.is_registered(module) or manager.get_plugin(info.name) is not None:
             continue
+        declared = getattr(module, "HARNESS_PLUGIN_API", None)
+        if declared is not None:
+            major = str(declared).split(".")[0]
+            plugins.api[info.name] = major
+            if major in hookspecs.DEPRECATED_API_MAJORS:
+                plugins.deprecations.append(
+                    f"warning: plugin '{info.name}' is built for plugin API {declared}, deprecated since "
+                    f"{hookspecs.PLUGIN_API_VERSION}; it still works in this release (fix: port it to "
+                    "plugin API 2, docs/plugins.md#10-plugin-api-versioning)")
         try:
             manager.register(module, name=info.name)  # raises for a hookimpl whose arguments are not in the spec
             manager.check_pending()  # raises for a hookimpl that matches no spec

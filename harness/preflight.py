@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional
 
 from harness.errors import ConfigError
+from harness.families import family
 
 #: The keys the primary config may have at the top level.
 TOP_LEVEL_KEYS = ("backend", "scenario", "model", "dataset", "results_dir", "cache_dir", "hardware", "overwrite",
@@ -158,7 +159,7 @@ def model_folder(model: Any) -> Optional[Path]:
 
 def model_config(model: Any) -> tuple[dict[str, Any], str]:
     """The transformers config the run's model will have, and where it comes from."""
-    from harness.models import BERT_DEFAULTS, check_folder
+    from harness.models import check_folder
 
     folder = model_folder(model)
     if folder is not None:
@@ -166,7 +167,7 @@ def model_config(model: Any) -> tuple[dict[str, Any], str]:
             key = "model.path" if folder == Path(model.path or "").expanduser() else "model.checkpoint"
             raise ConfigError(f"{key} '{folder}' does not exist", "point it at a folder written by save_pretrained")
         return check_folder(folder, model.family), f"the checkpoint {folder}"
-    defaults = BERT_DEFAULTS if model.family == "bert" else {}
+    defaults = family(model.family).config_defaults
     return {**defaults, **model.config, "num_labels": model.num_labels}, f"model '{model.name}'"
 
 
@@ -190,7 +191,8 @@ def check_model(spec: Any, model: Optional[tuple[dict[str, Any], str]] = None) -
     """Shapes the model cannot take, found before it is built (``model``: the result of
     :func:`model_config`, computed here when not given)."""
     config, source = model or model_config(spec.model)
-    if spec.model.family != "bert":
+    checks = family(spec.model.family).checks
+    if "heads" not in checks:
         return
     hidden, heads = config.get("hidden_size"), config.get("num_attention_heads")
     if isinstance(hidden, int) and isinstance(heads, int) and heads > 0 and hidden % heads:
@@ -243,22 +245,13 @@ def available_memory_bytes(memory_limit_mb: Optional[int] = None) -> int:
     return min(limits)
 
 
-def memory_lower_bound(family: str, config: dict[str, Any], batch: int, seq_len: int, image_size: int) -> int:
-    """Bytes a forward pass of one batch needs at least: the fp32 weights of the
-    embedding, plus the largest single activation (attention scores or the FFN for BERT,
-    the stem's feature map for ResNet). Real runs need several times more, so a batch
-    refused by this bound can never fit; one that passes may still not."""
-    if family == "bert":
-        hidden = int(config.get("hidden_size") or 0)
-        heads = int(config.get("num_attention_heads") or 1)
-        ffn = int(config.get("intermediate_size") or 0)
-        weights = int(config.get("vocab_size") or 0) * hidden * 4
-        largest = max(heads * seq_len * seq_len, ffn * seq_len, hidden * seq_len) * 4
-        return weights + batch * (largest + 2 * seq_len * 8)
-    width = int(config.get("embedding_size") or 1)
-    channels = int(config.get("num_channels") or 1)
-    side = max(1, image_size // 2)
-    return batch * (width * side * side + channels * image_size * image_size) * 4
+def memory_lower_bound(family_name: str, config: dict[str, Any], batch: int, seq_len: int, image_size: int) -> int:
+    """Bytes a forward pass of one batch needs at least (the family's own bound,
+    :attr:`harness.families.ModelFamily.memory`; 0 for a family without one). Real runs
+    need several times more, so a batch refused by this bound can never fit; one that
+    passes may still not."""
+    bound = family(family_name).memory
+    return bound(config, batch, seq_len, image_size) if bound is not None else 0
 
 
 def check_memory(spec: Any, memory_limit_mb: Optional[int], model: Optional[tuple[dict[str, Any], str]] = None) -> None:
@@ -300,19 +293,17 @@ def check_dataset(spec: Any, model: Optional[tuple[dict[str, Any], str]] = None)
     """The data fits the model: text for BERT, images for ResNet, a text corpus for decoder
     LLMs, and no more classes than the model's classification head has."""
     from harness.data import TASKS, check_labels
-    from harness.generation.decoders import is_decoder
 
     if spec.dataset.kind == "files" and spec.dataset.path and not Path(spec.dataset.path).expanduser().exists():
         raise ConfigError(f"dataset.path '{spec.dataset.path}' does not exist",
                           "point dataset.path at a csv/tsv/jsonl/parquet file or a folder")
     task = TASKS.get(spec.dataset.kind)
-    family = spec.model.family
-    wanted = "image-classification" if family == "resnet" else "causal-lm" if is_decoder(family) else "text-classification"
-    if task is not None and task != wanted:
-        fix = {"image-classification": "dataset=digits", "causal-lm": "dataset=corpus"}.get(
-            wanted, "dataset=sentiment or dataset=files")
+    fits = family(spec.model.family).tasks
+    if task is not None and task not in fits:
+        wanted = " or ".join(sorted(fits))
+        kinds = [f"dataset={kind}" for kind, its in TASKS.items() if its in fits]
         raise ConfigError(f"model.family={spec.model.family} does {wanted} but dataset '{spec.dataset.name}' "
-                          f"is {task}", f"{fix}, or a model of the other family")
+                          f"is {task}", f"{' or '.join(kinds) or 'another dataset'}, or a model of the other family")
     config, source = model or model_config(spec.model)
     from harness.models import num_labels_of
 
@@ -355,4 +346,4 @@ def bound_threads(spec: Any) -> tuple[Any, list[str]]:
                             f"using {cores} (0 lets the library choose)")
     if not changes:
         return spec, []
-    return dataclasses.replace(spec, backend_options=dataclasses.replace(options, **changes)), warnings
+    return dataclasses.replace(spec, backend_options=dataclasses.replace(options, **changes)), warnings  # type: ignore[type-var]

@@ -7,13 +7,10 @@ plugin that registered each backend or scenario, and refuse duplicate names.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
+from harness.backend import Backend
 from harness.errors import ConfigError
-
-if TYPE_CHECKING:
-    from harness.backend import Backend
-    from harness.scenario import Scenario
+from harness.scenario import Scenario
 
 
 @dataclass(frozen=True)
@@ -29,8 +26,8 @@ class Registry:
     """Backends and scenario kinds by name, each with the plugin that provided it."""
 
     def __init__(self) -> None:
-        self.backends: dict[str, type["Backend"]] = {}
-        self.scenarios: dict[str, type["Scenario"]] = {}
+        self.backends: dict[str, type[Backend]] = {}
+        self.scenarios: dict[str, type[Scenario]] = {}
         self.origin: dict[tuple[str, str], PluginInfo] = {}
         self._current: PluginInfo | None = None
 
@@ -45,17 +42,17 @@ class Registry:
         if self._current is not None:
             self.origin[(table, name)] = self._current
 
-    def add_backend(self, backend: type["Backend"]) -> None:
+    def add_backend(self, backend: type[Backend]) -> None:
         """Register a :class:`harness.backend.Backend` subclass under ``backend.name``."""
         self._claim("backends", backend.name)
         self.backends[backend.name] = backend
 
-    def add_scenario(self, scenario: type["Scenario"]) -> None:
+    def add_scenario(self, scenario: type[Scenario]) -> None:
         """Register a :class:`harness.scenario.Scenario` subclass under ``scenario.kind``."""
         self._claim("scenarios", scenario.kind)
         self.scenarios[scenario.kind] = scenario
 
-    def backend(self, name: str) -> type["Backend"]:
+    def backend(self, name: str) -> type[Backend]:
         try:
             return self.backends[name]
         except KeyError:
@@ -64,7 +61,7 @@ class Registry:
                 "pick one with backend=<name>, or install the plugin that provides it",
             ) from None
 
-    def scenario(self, kind: str) -> type["Scenario"]:
+    def scenario(self, kind: str) -> type[Scenario]:
         try:
             return self.scenarios[kind]
         except KeyError:

@@ -41,7 +41,7 @@ import numpy as np
 import pandas as pd
 
 from harness import identity, records
-from harness.columns import Column, from_record
+from harness.columns import COMMON_METRICS, Column, from_record
 
 PathLike = str | os.PathLike[str]
 
@@ -72,30 +72,18 @@ CORE_COLUMNS: tuple[str, ...] = (
     "hardware.cores",
     "hardware.accelerator.name",
     "hardware.fingerprint",
-    "metrics.throughput.samples_per_s",
-    "metrics.latency_ms.p50",
-    "metrics.latency_ms.p99",
-    "metrics.accuracy.value",
-    "metrics.accuracy.reference",
-    "metrics.accuracy.relative",
+    *(key for key in COMMON_METRICS if key != "model.size_bytes"),
 )
 
-#: Metric columns coerced to floats (a record may carry ``null`` for any of them).
-NUMERIC_COLUMNS: tuple[str, ...] = (
+#: Columns coerced to floats (a record may carry ``null`` for any of them): the common
+#: figures (:data:`harness.columns.COMMON_METRICS`, the one list) and the numeric config keys.
+NUMERIC_COLUMNS: tuple[str, ...] = tuple(dict.fromkeys((
     "model.size_bytes",
     "scenario.batch_size",
     "scenario.seq_len",
     "hardware.cores",
-    "metrics.throughput.samples_per_s",
-    "metrics.latency_ms.p50",
-    "metrics.latency_ms.p99",
-    "metrics.accuracy.value",
-    "metrics.accuracy.reference",
-    "metrics.accuracy.relative",
-    "metrics.mfu",
-    "metrics.memory_mib.peak_rss_mib",
-    "metrics.memory_mib.peak_allocated_mib",
-)
+    *COMMON_METRICS,
+)))
 
 
 class MalformedRecordWarning(UserWarning):

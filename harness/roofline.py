@@ -113,7 +113,7 @@ def _torch_gemm(precision: str, device: str, n: int) -> Callable[[], Any]:
         dtype = getattr(torch, DTYPES[precision])
         a = torch.randn(n, n, generator=generator).to(device=device, dtype=dtype)
         b = torch.randn(n, n, generator=generator).to(device=device, dtype=dtype)
-        op = torch.matmul
+        op = torch.matmul  # type: ignore[assignment]
     if device.startswith("cuda"):
 
         def run() -> Any:
@@ -141,7 +141,7 @@ def _ort_gemm(precision: str, device: str, n: int) -> Callable[[], Any]:
         feeds = {"A": rng.integers(0, 255, (n, n), dtype=np.uint8), "B": rng.integers(-128, 127, (n, n), dtype=np.int8)}
     else:
         node, a_type, b_type, out_type = "MatMul", TensorProto.FLOAT, TensorProto.FLOAT, TensorProto.FLOAT
-        feeds = {"A": rng.random((n, n), dtype=np.float32), "B": rng.random((n, n), dtype=np.float32)}
+        feeds = {"A": rng.random((n, n), dtype=np.float32), "B": rng.random((n, n), dtype=np.float32)}  # type: ignore[dict-item]
     graph = helper.make_graph(
         [helper.make_node(node, ["A", "B"], ["C"])],
         "gemm",
@@ -221,7 +221,7 @@ def measure_peak(precision: str, device: str = "cpu", sizes: tuple[int, ...] | N
     candidates: dict[str, dict[str, Any]] = {}
     problems: dict[str, str] = {}
     for name, factory in libraries(precision, kind).items():
-        best = {"flops_per_s": 0.0, "size": None}
+        best: dict[str, Any] = {"flops_per_s": 0.0, "size": None}
         for n in sizes or SIZES[kind]:
             try:
                 run = factory(precision, device, n)

@@ -21,43 +21,40 @@ from types import TracebackType
 from typing import Any, Callable
 
 from harness import hardware, identity, memory, records
+from harness.autotrain import first_trainer, needs_auto, resolve_auto
+from harness.backend import Backend
 from harness.config import RunSpec
+from harness.context import RunContext
 from harness.errors import HarnessError, Unavailable
 from harness.plugins import Plugins
-from harness.scenario import RunContext
 
 
 def _plugin_rows(plugins: Plugins) -> list[dict[str, str]]:
     return [{"name": p.name, "package": p.package, "version": p.version} for p in plugins.infos]
 
 
-def _precision_of(spec: RunSpec) -> str:
-    return str(getattr(spec.scenario_options, "precision", "fp32"))
-
-
 def base_record(spec: RunSpec, plugins: Plugins) -> dict[str, Any]:
-    """A record for ``spec`` with status ``failed`` and empty metrics, filled in as the run goes."""
+    """The record of ``spec``: status ``failed`` and empty metrics, filled in as the run goes.
+
+    The one place a record is assembled: the launcher builds it once (before the run
+    process starts, so even a crash has it) and the runner fills it in.
+    """
     origin = plugins.registry.plugin_of("backends", spec.backend_name)
-    opts = spec.scenario_options
     kind = plugins.registry.scenarios.get(spec.scenario_kind)
-    return {
+    backend_cls = plugins.registry.backends.get(spec.backend_name)
+    summary = {"precision": "fp32", "batch_size": None, "seq_len": None, **spec.summary}
+    record: dict[str, Any] = {
         "schema": records.SCHEMA_ID,
         "run_id": records.new_run_id(),
         "created": records.now_iso(),
         "status": "failed",
         "reason": "",
-        "scenario": {
-            "name": spec.scenario_name,
-            "kind": spec.scenario_kind,
-            "precision": _precision_of(spec),
-            "batch_size": getattr(opts, "batch_size", None),
-            "seq_len": getattr(opts, "seq_len", None),
-        },
+        "scenario": {"name": spec.scenario_name, "kind": spec.scenario_kind, **summary},
         "backend": {
             "name": spec.backend_name,
             "version": "unknown",
             "device": "unknown",
-            "options": asdict(spec.backend_options) if is_dataclass(spec.backend_options) else {},
+            "options": asdict(spec.backend_options) if is_dataclass(spec.backend_options) else {},  # type: ignore[arg-type]
             "plugin": asdict(origin) if origin else None,
         },
         "model": {"name": spec.model.name, "params": None, "source": spec.model.path or "config"},
@@ -68,9 +65,21 @@ def base_record(spec: RunSpec, plugins: Plugins) -> dict[str, Any]:
         # Content digests of the config's file paths: reports match models by content, not by path.
         "inputs": identity.portable_inputs(spec.config),
         # The kind's report columns, so a report needs no plugin to show them.
-        "columns": [column.as_dict() for column in getattr(kind, "report_columns", ())],
+        "columns": [column.as_dict() for column in
+                    (*getattr(kind, "report_columns", ()), *getattr(backend_cls, "report_columns", ()))],
+        # The kind's run-local keys, so a report groups rows without the plugin.
+        "identity": {"run_local_keys": list(spec.run_local_keys)},
         "metrics": {},
+        "job_key": spec.job.key,
     }
+    if spec.job.num is not None:
+        record["job"] = {"num": spec.job.num, "overrides": list(spec.job.overrides)}
+    return record
+
+
+def _trainer(backend: Backend, plugins: Plugins) -> Backend:
+    """The run's backend when it trains, else the first installed one that does."""
+    return backend if backend.capabilities().training else first_trainer(plugins.registry)
 
 
 def _one_line(text: str, limit: int = 500) -> str:
@@ -129,6 +138,7 @@ def execute(
     progress: Callable[[str, int, float], None] | None = None,
     on_stage: Callable[[str], None] | None = None,
     after_probe: Callable[[], None] | None = None,
+    record: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run ``spec`` and return its record (not yet written).
 
@@ -136,9 +146,12 @@ def execute(
     are not worth a line on the terminal but name where a crash happened.
     ``after_probe`` is called once the backend is found available, before anything is
     built: the launcher takes the host measurement lock there, so an unavailable
-    backend never waits for it.
+    backend never waits for it. ``record`` is the launcher's :func:`base_record`.
+
+    Stages, in order: probe, backend start, the checkpoint stage (``auto`` trained or
+    found, :mod:`harness.autotrain`), the scenario.
     """
-    record = base_record(spec, plugins)
+    record = record if record is not None else base_record(spec, plugins)
     stage = ""
 
     def enter(message: str, listener: Callable[[str], None] | None = on_stage) -> None:
@@ -153,8 +166,8 @@ def execute(
         backend_cls = plugins.registry.backend(spec.backend_name)
         enter(f"probing backend '{spec.backend_name}'")
         availability = backend_cls.probe(spec.backend_options)
-        # The probe's version stands if the backend is unavailable or its constructor fails;
-        # a constructed backend replaces it with the version it actually loaded.
+        # One source: the probe's version of the library the backend drives (plugin API 1
+        # backends still report theirs through version(), read below).
         record["backend"]["version"] = availability.versions.get(spec.backend_name, "unknown")
         if not availability.available:
             raise Unavailable(
@@ -165,15 +178,24 @@ def execute(
             after_probe()
         enter(f"starting backend '{spec.backend_name}'")
         backend = backend_cls(spec.backend_options)
-        record["backend"]["version"] = backend.version()
-        record["backend"]["device"] = backend.device()
+        if plugins.legacy("backends", spec.backend_name):
+            record["backend"]["version"] = backend.version()
+            record["backend"]["device"] = backend.device()
         accelerator = backend.device_info()
         if accelerator:
             record["hardware"] = hardware.describe(accelerator, spec.hardware.label)
-        scenario = plugins.registry.scenario(spec.scenario_kind)(spec.scenario_options)
-        ctx = RunContext(spec=spec, backend=backend, status=partial(enter, listener=status), progress=progress)
+        kind = plugins.registry.scenario(spec.scenario_kind)
+        scenario = kind(spec.scenario_options)
+        say = partial(enter, listener=status)
+        trainer = partial(_trainer, backend, plugins)
+        ctx = RunContext(spec=spec, backend=backend, status=say, progress=progress, find_trainer=trainer)
+        if spec.auto_recipe is not None or needs_auto(spec, kind.checkpoint_options):
+            ctx.auto_checkpoint = resolve_auto(spec, trainer, say)
         enter(f"running scenario '{spec.scenario_name}'")
-        result = scenario.run(ctx)
+        try:
+            result = scenario.run(ctx)
+        finally:
+            ctx.close()
     except HarnessError as exc:
         record["status"] = exc.status
         record["reason"] = exc.one_line()

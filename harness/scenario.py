@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
-from harness.backend import Artifact, Backend
 from harness.columns import Column
-from harness.config import RunSpec
-from harness.errors import Unsupported
+from harness.context import RunContext
+
+__all__ = ["RunContext", "Scenario", "ScenarioResult"]
 
 
 @dataclass
@@ -31,95 +31,60 @@ class ScenarioResult:
     backend: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass
-class RunContext:
-    """Core services for one run: typed spec, prepared backend, progress reporting."""
-
-    spec: RunSpec
-    backend: Backend
-    status: Callable[[str], None] = print
-    progress: Callable[[str, int, float], None] | None = None
-    _model_cache: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def cache_root(self) -> str | None:
-        return self.spec.cache_dir
-
-    def load_model(self, checkpoint: str | None = None) -> Any:
-        """The model the spec names, as an eval-mode :class:`harness.models.LoadedModel`.
-
-        ``checkpoint`` (else ``model.checkpoint``) is a folder or ``auto``: the cached
-        checkpoint of the family's train recipe, trained once when absent
-        (:func:`harness.checkpoints.resolve`).
-        """
-        from dataclasses import replace
-
-        from harness.checkpoints import resolve
-        from harness.models import load_model
-
-        key = checkpoint or self.spec.model.checkpoint or ""
-        if key not in self._model_cache:
-            options = replace(self.spec.model, checkpoint=key or None)
-            folder = resolve(options, self.spec.dataset, self.cache_root, self.status, trainer=self.backend)
-            self.status(f"building model {self.spec.model.name}" + (f" from {folder}" if folder else ""))
-            self._model_cache[key] = load_model(self.spec.model, str(folder) if folder else None)
-        return self._model_cache[key]
-
-    def load_data(self, seq_len: int | None = None, tokenizer: Any = None) -> Any:
-        """The dataset the spec names, tokenized for text tasks."""
-        from harness.data import load_dataset
-
-        return load_dataset(self.spec.dataset, seq_len=seq_len or 128, tokenizer=tokenizer)
-
-    def artifact(self, model: Any, data: Any, batch: Any) -> tuple[Artifact, dict[str, Any]]:
-        """The model in the first format the backend consumes, plus stage metrics.
-
-        ONNX artifacts go through the cached, validated export stage. ``meta`` carries
-        the shapes the run will use (``batch_size``, ``seq_len``, ``sample_shape``), so
-        backends that build shape-specialised engines can plan for them.
-        """
-        first = batch[model.input_names[0]]
-        meta = {
-            "batch_size": int(first.shape[0]),
-            "seq_len": int(first.shape[1]) if first.ndim == 2 else None,
-            "sample_shape": {name: list(batch[name].shape) for name in model.input_names},
-        }
-        formats = self.backend.capabilities().consumes
-        if "onnx" in formats and ("torch" not in formats or formats.index("onnx") < formats.index("torch")):
-            from harness.export import export_onnx
-
-            result = export_onnx(model, data.sample_batch(2), self.cache_root, on_status=self.status)
-            artifact = Artifact(model.name, model.input_names, model.output_names, onnx_path=result.path, meta=meta)
-            return artifact, {"export": result.metrics()}
-        if "torch" in formats:
-            artifact = Artifact(model.name, model.input_names, model.output_names, module=model.module, meta=meta)
-            return artifact, {}
-        raise Unsupported(
-            f"backend '{self.backend.name}' consumes {', '.join(formats)}, which the harness cannot produce",
-            "declare 'onnx' or 'torch' in the backend's capabilities().consumes",
-        )
-
-    def compressed(self, artifact: Artifact, recipe: Any, data: Any, source_key: str,
-                   batch_size: int = 8) -> tuple[Artifact, dict[str, Any]]:
-        """``artifact`` compressed by the backend with ``recipe`` (cached), plus stage metrics.
-
-        Calibration samples come from ``data``'s train split in batches of ``batch_size``;
-        see :func:`harness.compression.pipeline.compress`.
-        """
-        from harness.compression.pipeline import compress
-
-        return compress(self.backend, artifact, recipe, data, source_key, self.cache_root, self.status, batch_size)
-
-
 class Scenario(abc.ABC):
-    """A scenario kind, selected by ``scenario.kind`` and typed by ``options_type``."""
+    """A scenario kind, selected by ``scenario.kind``.
+
+    A kind *declares* what the core needs to know about it; the core (spec, runner,
+    launcher, sweeps, reports) reads these declarations and never the kind's options:
+
+    ``options_type``
+        the dataclass the ``scenario.*`` keys are validated against (the kind's YAML
+        files list every key; nothing is inherited from another kind).
+    ``run_local_keys``
+        ``scenario.*`` keys (dotted, without ``scenario.``) that say where or how one run
+        happens, never what it measures; they never separate two jobs (sweep resume,
+        report rows). The record carries them, so a report needs no plugin.
+    ``record_section``
+        the ``metrics.<section>`` only this kind writes (None: the common sections only).
+    ``report_columns``
+        the kind's own figures for the terminal table and reports, copied into each record.
+    ``checkpoint_options``
+        option names whose value may be ``auto`` (the family recipe's trained
+        checkpoint); the runner's checkpoint stage resolves them before :meth:`run`.
+    :meth:`nodes`, :meth:`lock_group`
+        whether a run spans several ``harness`` processes (one per node) and the name
+        those processes share the host measurement lock under.
+    :meth:`summary`
+        how the options summarise into the record's ``scenario`` section.
+    """
 
     kind: ClassVar[str]
     options_type: ClassVar[type]
-    #: The kind's own figures for the terminal table and reports (besides the common
-    #: throughput, latency, memory, accuracy, MFU). The runner copies them into each
-    #: record, so a report shows them even where this plugin is not installed.
+    run_local_keys: ClassVar[tuple[str, ...]] = ()
+    record_section: ClassVar[str | None] = None
     report_columns: ClassVar[tuple[Column, ...]] = ()
+    checkpoint_options: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def nodes(cls, options: Any) -> tuple[int, int]:
+        """``(node_rank, nnodes)``: a run made of one ``harness`` per node says which one this
+        is; ``(0, 1)`` (the default) for a run in one process tree."""
+        return (0, 1)
+
+    @classmethod
+    def lock_group(cls, options: Any) -> str | None:
+        """A name the processes of one multi-node run share (they may land on one host and
+        must share its measurement lock); None for everything else."""
+        return None
+
+    @classmethod
+    def summary(cls, options: Any) -> dict[str, Any]:
+        """The record's ``scenario`` section before the run (``precision``, ``batch_size``,
+        ``seq_len``); the result's own figures replace it once the run measured. The
+        default reads options of those names, so a kind with other names overrides it."""
+        return {"precision": str(getattr(options, "precision", "fp32")),
+                "batch_size": getattr(options, "batch_size", None),
+                "seq_len": getattr(options, "seq_len", None)}
 
     def __init__(self, options: Any) -> None:
         self.options = options

@@ -17,6 +17,7 @@ summary table once Hydra returns.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -25,21 +26,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
-from harness.cache import content_key
-from harness.identity import job_config
+from harness.identity import job_key as job_key  # the key a sweep resumes by
 
 LEDGER_ENV = "HARNESS_SWEEP_LEDGER"
-
-
-def job_key(config: dict[str, Any]) -> str:
-    """A stable 20-hex-digit key of the resolved config minus its run-local keys.
-
-    The run-local keys (where results and caches go, the launcher's limits, ``overwrite``,
-    and which node of a multi-node run this is) are :data:`harness.identity.RUN_LOCAL_KEYS`,
-    the same definition a report row uses, so the nodes of one multi-node training run
-    share the key and a resumed sweep skips a finished job on every node alike.
-    """
-    return content_key(job_config(config))
 
 
 #: (path) -> (mtime_ns, size, job_key, status): each record file is read once per process.
@@ -115,6 +104,10 @@ class Outcome:
         )
 
 
+#: The file Hydra's sweeper saves in its sweep folder (the sweep's own config).
+HYDRA_SWEEP_CONFIG = "multirun.yaml"
+
+
 def new_ledger(results_dir: str | os.PathLike[str] | None = None) -> Path:
     """Create a ledger folder and publish it to jobs through :data:`LEDGER_ENV`.
 
@@ -157,6 +150,24 @@ def report(outcome: Outcome) -> None:
 
         ui.warning(f"job {outcome.num} is missing from the sweep summary: the ledger {folder} refused it "
                    f"({exc.strerror or exc})")
+
+
+def prune_sweep_dirs(root: Path) -> None:
+    """Remove Hydra's sweep folders under ``root`` that hold nothing of use, deepest first.
+
+    Hydra makes ``.multirun/<time>/`` with its ``multirun.yaml`` and one empty folder per
+    job, although the harness writes nothing there (records land in ``results_dir`` and
+    carry the resolved config); left behind they pile up one per sweep. A folder that
+    holds anything else (submitit's Slurm scripts and logs, another running sweep's
+    files) stays, with its ``multirun.yaml``.
+    """
+    if not root.is_dir():
+        return
+    for folder, _, _ in sorted(os.walk(root), key=lambda entry: entry[0].count(os.sep), reverse=True):
+        with contextlib.suppress(OSError):
+            if os.listdir(folder) == [HYDRA_SWEEP_CONFIG]:
+                os.unlink(os.path.join(folder, HYDRA_SWEEP_CONFIG))
+            os.rmdir(folder)
 
 
 def read_ledger(folder: Path) -> list[Outcome]:

@@ -38,6 +38,9 @@ What is checked, each a test (``docs/plugins.md`` explains every rule):
   backend does not list with :class:`~harness.errors.Unsupported`, never a silent fallback;
 * ``test_training_is_declared_honestly`` -- a backend without ``training`` refuses
   ``prepare_training``; one with it lowers the loss of a batch in a few steps;
+* ``test_real_model_shapes[...]`` -- opt-in (``--harness-real-models``,
+  ``HARNESS_REAL_MODELS=1`` or ``real_models = True``): the real ``bert_small`` and
+  ``resnet_small`` at their scenarios' batch and input shapes match eager fp32;
 * ``test_full_run_writes_a_valid_record`` -- a whole ``+scenario=bert_fp32`` run through
   :func:`harness.runner.execute` gives a schema-valid record: ``ok`` when the backend is
   available, ``unavailable`` with the probe's reason when it is not.
@@ -74,7 +77,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Iterable, Sequence
+from typing import Any, ClassVar, Iterable, Iterator, Sequence
 
 import numpy as np
 import pytest
@@ -86,6 +89,7 @@ __all__ = [
     "GENERATION_OVERRIDES",
     "GenerationConformance",
     "KNOWN_PRECISIONS",
+    "REAL_MODELS",
     "compose_overrides",
     "compose_spec",
     "decoder_source",
@@ -169,6 +173,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="run the conformance kit (pytest --pyargs harness.testing) against this backend; repeatable",
     )
     group.addoption(
+        "--harness-real-models",
+        action="store_true",
+        default=False,
+        help="also run the real-model tier: bert_small and resnet_small at their scenarios' real shapes (minutes on a CPU)",
+    )
+    group.addoption(
         "--harness-override",
         action="append",
         default=[],
@@ -196,24 +206,17 @@ def compose_spec(backend: str, overrides: Iterable[str] = (), plugins: Any = Non
 def compose_overrides(overrides: Iterable[str], plugins: Any, results_dir: str | Path | None = None) -> Any:
     """A validated :class:`harness.config.RunSpec` from command-line ``overrides``, composed
     over the core's config tree and ``plugins``' search path as the ``harness`` command does."""
-    from hydra import compose, initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
+    from harness.spec import build_spec
 
-    from harness.config import build_spec
+    from harness import compose
 
     args = list(overrides)
     if results_dir is not None:
         args.append(f"results_dir={results_dir}")
     searchpath = plugins.config_searchpath()
-    if searchpath:
-        args.append(f"hydra.searchpath=[{','.join(searchpath)}]")
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_module(config_module="harness.conf", version_base="1.3"):
-            cfg = compose(config_name="config", overrides=args)
-    finally:
-        GlobalHydra.instance().clear()
-    return build_spec(cfg, plugins.registry)
+    with compose.hydra_context():
+        cfg = compose.compose(args, searchpath)
+    return build_spec(cfg, plugins.registry, recipes=lambda family: compose.recipe_for(family, searchpath))
 
 
 def run_spec(spec: Any, plugins: Any = None) -> dict[str, Any]:
@@ -277,6 +280,26 @@ def _case(ctx: Any, model: Any, data: Any, batch_size: int, family: str) -> Case
     return Case(model, artifact, (first, second), references, data, source_key, family)
 
 
+def _matches_eager_at_fp32(backend: Any, case: Case, label: str) -> None:
+    """``case``'s two batches at fp32 within the backend's tolerance of eager; an image model
+    the backend answers ``Unsupported`` for is skipped (text models must run)."""
+    from harness.errors import Unsupported
+
+    try:
+        session = backend.prepare(case.artifact, "fp32")
+    except Unsupported as exc:
+        if case.family == "resnet":
+            pytest.skip(f"image models: {exc.one_line()}")
+        raise
+    try:
+        tolerance = backend.capabilities().tolerance["fp32"]
+        for batch, reference in zip(case.batches, case.references):
+            diff = _max_diff(_outputs(session, session.load(batch), case.output_name), reference)
+            assert diff <= tolerance, f"{label} fp32 outputs differ from eager by {diff:.3g} (tolerance {tolerance})"
+    finally:
+        session.close()
+
+
 def every_recipe() -> list[Any]:
     """One :class:`harness.compression.recipes.Recipe` per recipe name the harness can ask for."""
     from harness.compression.recipes import INT8_MODES, Recipe, conversion
@@ -320,12 +343,13 @@ def decoder_source(cache_root: str | None = None, config: dict[str, Any] | None 
 
     from omegaconf import OmegaConf
 
-    from harness.config import typed
     from harness.generation.session import DecoderSource
     from harness.generation.tokenizer import corpus_tokenizer
     from harness.models import ModelOptions, load_model
+    from harness.validation import typed
 
-    spec = OmegaConf.to_container(OmegaConf.create((resources.files("harness.conf") / "model" / "llama_tiny.yaml").read_text()))
+    yaml_text = (resources.files("harness.conf") / "model" / "llama_tiny.yaml").read_text()
+    spec: dict[str, Any] = OmegaConf.to_container(OmegaConf.create(yaml_text))  # type: ignore[assignment]
     spec["config"] = {**spec["config"], **(config or {})}
     model = load_model(typed(ModelOptions, spec, "model"))
     return DecoderSource(model.name, model.module, model.config, corpus_tokenizer(cache_root), model.params,
@@ -354,6 +378,15 @@ def training_plan(model: Any, steps: int) -> Any:
 
 
 # --- the kit ----------------------------------------------------------------------------
+
+
+#: The real-model tier: each model at its own scenario's shapes (random weights: the shapes
+#: and operators are what a compiler can fail on), with small data splits.
+REAL_MODELS: dict[str, tuple[str, ...]] = {
+    "bert_small": ("scenario=bert_fp32", "model=bert_small", "++model.checkpoint=null",
+                   "dataset.train_size=64", "dataset.eval_size=32"),
+    "resnet_small": ("scenario=resnet_fp32", "++model.checkpoint=null", "dataset.train_size=64", "dataset.eval_size=32"),
+}
 
 
 class _OneBackend:
@@ -580,7 +613,8 @@ class BackendConformance(GenerationConformance):
 
     * ``backend`` -- the registered backend name (empty: take ``--harness-backend``);
     * ``overrides`` -- extra Hydra overrides for this backend (``backend.device=cuda``);
-    * ``image`` -- also check a tiny ResNet (skipped when the backend says Unsupported).
+    * ``image`` -- also check a tiny ResNet (skipped when the backend says Unsupported);
+    * ``real_models`` -- also run the real-model tier (:data:`REAL_MODELS`).
 
     ``--harness-override KEY=VALUE`` on the command line adds overrides to every class.
     The generation tier (:class:`GenerationConformance`) runs too: a backend that does not
@@ -588,6 +622,8 @@ class BackendConformance(GenerationConformance):
     """
 
     image: ClassVar[bool] = True
+    #: Opt into the real-model tier (bert_small, resnet_small at real shapes) for this class.
+    real_models: ClassVar[bool] = False
 
     # -- fixtures (class scope: one probe, one export per backend) --
     @pytest.fixture(scope="class")
@@ -611,10 +647,12 @@ class BackendConformance(GenerationConformance):
 
     @pytest.fixture(scope="class")
     @classmethod
-    def harness_context(cls, harness_spec: Any, harness_backend: Any) -> Any:
+    def harness_context(cls, harness_spec: Any, harness_backend: Any) -> Iterator[Any]:
         from harness.scenario import RunContext
 
-        return RunContext(spec=harness_spec, backend=harness_backend, status=lambda _message: None)
+        context = RunContext(spec=harness_spec, backend=harness_backend, status=lambda _message: None)
+        yield context
+        context.close()
 
     @pytest.fixture(scope="class")
     @classmethod
@@ -654,6 +692,8 @@ class BackendConformance(GenerationConformance):
         assert all(isinstance(d, str) and d for d in harness_probe.devices), "devices must be non-empty strings"
         if harness_probe.available:
             assert harness_probe.devices, f"{name} is available but names no device"
+            assert harness_probe.versions.get(name), (
+                f"{name} is available but its probe gives no versions['{name}']: that is the version every record carries")
         else:
             assert _one_line(harness_probe.reason), f"{name} is unavailable without a one-line reason: {harness_probe.reason!r}"
         again = harness_plugins.registry.backend(name).probe(harness_spec.backend_options)
@@ -679,9 +719,10 @@ class BackendConformance(GenerationConformance):
         assert isinstance(caps.training, bool)
         known = {recipe.name for recipe in every_recipe()}
         assert set(caps.recipes) <= known, f"unknown recipe name(s) {sorted(set(caps.recipes) - known)}; the harness asks for: {sorted(known)}"
-        assert isinstance(harness_backend.version(), str) and harness_backend.version()
         assert isinstance(harness_backend.device(), str) and harness_backend.device()
         assert isinstance(harness_backend.device_info(), dict)
+        for column in type(harness_backend).report_columns:
+            assert column.key.startswith("metrics.backend."), f"backend column {column.key} must read metrics.backend.*"
 
     # -- outputs ---------------------------------------------------------------------
 
@@ -708,19 +749,40 @@ class BackendConformance(GenerationConformance):
             session.close()
 
     def test_image_model_matches_reference(self, harness_backend: Any, harness_image_case: Any) -> None:
-        from harness.errors import Unsupported
+        _matches_eager_at_fp32(harness_backend, harness_image_case, "ResNet")
 
+    # -- real models (opt-in) -----------------------------------------------------------
+
+    @pytest.mark.parametrize("model_name", sorted(REAL_MODELS))
+    def test_real_model_shapes(self, model_name: str, request: pytest.FixtureRequest, harness_backend: Any,
+                               harness_plugins: Any, harness_spec: Any) -> None:
+        """The real ``bert_small`` / ``resnet_small`` at their scenario's batch and input shape,
+        prepared at fp32 and checked against eager: a tiny model can pass where a real shape
+        fails to compile. Opt-in (``real_models = True``, ``--harness-real-models`` or
+        ``HARNESS_REAL_MODELS=1``): it takes minutes on a CPU."""
+        import os
+
+        from harness.scenario import RunContext
+
+        wanted = self.real_models or os.environ.get("HARNESS_REAL_MODELS", "") not in ("", "0")
         try:
-            session = harness_backend.prepare(harness_image_case.artifact, "fp32")
-        except Unsupported as exc:
-            pytest.skip(f"image models: {exc.one_line()}")
+            wanted = wanted or bool(request.config.getoption("--harness-real-models"))
+        except ValueError:  # the kit's pytest options are not registered in this session
+            pass
+        if not wanted:
+            pytest.skip("real-model tier is opt-in: --harness-real-models, HARNESS_REAL_MODELS=1 or real_models = True")
+        overrides = [*REAL_MODELS[model_name], f"backend={harness_spec.backend_name}", *self.overrides,
+                     *(request.config.getoption("--harness-override", default=[]) or [])]
+        spec = compose_overrides(overrides, harness_plugins)
+        context = RunContext(spec=spec, backend=harness_backend, status=lambda _message: None)
         try:
-            tolerance = harness_backend.capabilities().tolerance["fp32"]
-            for batch, reference in zip(harness_image_case.batches, harness_image_case.references):
-                diff = _max_diff(_outputs(session, session.load(batch), harness_image_case.output_name), reference)
-                assert diff <= tolerance, f"ResNet fp32 outputs differ from eager by {diff:.3g} (tolerance {tolerance})"
+            model = context.load_model()
+            opts = spec.scenario_options
+            data = context.load_data(opts.seq_len, model.tokenizer)
+            case = _case(context, model, data, opts.batch_size, spec.model.family)
+            _matches_eager_at_fp32(harness_backend, case, model_name)
         finally:
-            session.close()
+            context.close()
 
     # -- sessions ---------------------------------------------------------------------
 

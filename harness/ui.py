@@ -70,15 +70,15 @@ def record_table(records: list[dict[str, Any]]) -> Table:
     some record fills it; columns that need another run to compare with (``vs``) are
     left to ``harness-report``.
     """
-    declared = {}
+    declared: dict[tuple[str, str], Any] = {}
     for rec in records:
         for column in from_record(rec):
             if not column.derived and any(get(r, column.key) is not None for r in records):
                 declared.setdefault((column.key, column.label), column)
     table = Table(title="harness results", title_justify="left")
     fixed = ("status", "backend", "scenario", "precision", "batch", "p50 ms", "p99 ms", "samples/s", "accuracy", "peak MiB", "MFU")
-    for column in fixed:
-        table.add_column(column, justify="left" if column in fixed[:4] else "right")
+    for name in fixed:
+        table.add_column(name, justify="left" if name in fixed[:4] else "right")
     for column in declared.values():
         table.add_column(escape(column.label), justify="left" if column.format == "text" else "right")
     for rec in records:

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from harness import stats
+from harness.accuracy import session_logits
 from harness.columns import Column
 from harness.config import require
 from harness.errors import Unsupported
@@ -27,12 +28,12 @@ from harness.models import load_model
 from harness.scenario import RunContext, Scenario, ScenarioResult
 from harness.training.job import check_fit, tensorboard_folder, train_model, training_metrics
 from harness.training.kd import KDLoss
-from harness.training.options import TrainingOptions
+from harness.training.options import RENDEZVOUS_KEYS, InferenceTiming, TrainingOptions
 from harness.training.plan import World
 
 
 @dataclass
-class DistillationOptions(TrainingOptions):
+class DistillationOptions(TrainingOptions, InferenceTiming):
     """``scenario.*`` keys of ``kind: distillation``: a training recipe for the student plus KD.
 
     ``student`` overrides fields of the model's transformers config (``hidden_size``,
@@ -47,20 +48,18 @@ class DistillationOptions(TrainingOptions):
         "hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 512})
 
     def __post_init__(self) -> None:
-        super().__post_init__()
+        TrainingOptions.__post_init__(self)
+        InferenceTiming.__post_init__(self)
         require(bool(self.teacher), "teacher", "must be 'auto' or a checkpoint folder")
         require(self.temperature > 0, "temperature", f"must be > 0, got {self.temperature}")
         require(0 <= self.alpha <= 1, "alpha", f"must be in [0, 1], got {self.alpha}")
 
 
 def logits_of(session: Any, features: dict[str, np.ndarray], output: str, batch_size: int) -> np.ndarray:
-    """An inference session's logits over all rows of ``features``, batch by batch."""
-    rows = len(next(iter(features.values())))
-    chunks = []
-    for start in range(0, rows, batch_size):
-        batch = {k: v[start:start + batch_size] for k, v in features.items()}
-        chunks.append(session.fetch(session.run(session.load(batch)))[output].astype(np.float32))
-    return np.concatenate(chunks)
+    """An inference session's logits over all rows of ``features``, in batches of exactly
+    ``batch_size`` rows (the last one padded, its padding dropped: the batch-shape guarantee
+    of the backend contract)."""
+    return session_logits(session, features, batch_size, output).astype(np.float32)
 
 
 def timed(ctx: RunContext, session: Any, batch: dict[str, np.ndarray], opts: DistillationOptions, label: str) -> list[float]:
@@ -75,6 +74,9 @@ def timed(ctx: RunContext, session: Any, batch: dict[str, np.ndarray], opts: Dis
 class DistillationScenario(Scenario):
     kind = "distillation"
     options_type = DistillationOptions
+    record_section = "distillation"
+    run_local_keys = RENDEZVOUS_KEYS
+    checkpoint_options = ("teacher",)
     report_columns = (
         Column("metrics.distillation.teacher_accuracy", "Teacher accuracy", "fixed4", "higher"),
         Column("metrics.distillation.student_accuracy", "Student accuracy", "fixed4", "higher"),

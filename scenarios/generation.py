@@ -153,6 +153,7 @@ def _check_sizes(opts: GenerationOptions, config: dict[str, Any], tokenizer: Any
 class GenerationScenario(Scenario):
     kind = "generation"
     options_type = GenerationOptions
+    record_section = "generation"
     report_columns = (
         Column("metrics.generation.ttft_ms.p50", "TTFT p50 (ms)", "number", "lower"),
         Column("metrics.generation.tpot_ms.p50", "TPOT p50 (ms)", "number", "lower"),
@@ -181,7 +182,7 @@ class GenerationScenario(Scenario):
         stream = corpus.token_stream(tokenizer, text.eval)
         pool = corpus.windows(stream, opts.prompt_len, opts.prompts)
         source = DecoderSource(model.name, model.module, model.config, tokenizer, model.params, model.weights_digest(),
-                               ctx.cache_root, ctx.status)
+                               ctx.cache_root, ctx.status, workspace=ctx.workspace)
         plan = GenerationPlan(opts.precision, opts.batch_size, opts.prompt_len, opts.new_tokens, opts.weight_recipe())
         ctx.status(f"preparing {backend.name} generation session ({opts.precision})")
         session = backend.prepare_generation(source, plan)

@@ -90,7 +90,7 @@ class InferenceOptions:
     seq_len: int = 128
     warmup_iters: int = 5
     min_iters: int = 20
-    min_duration_s: float = 2.0
+    min_duration_s: float = 3.0
     max_duration_s: float = 60.0
     keep_samples: bool = True
     load: str = "single_stream"
@@ -200,7 +200,10 @@ class InferenceScenario(Scenario):
         memory = session.memory()
         if memory:
             metrics["memory_mib"] = memory
-        metrics.update(session.metrics())  # backend-specific sections, e.g. metrics.xla
+        engine = session.metrics()
+        if engine:
+            metrics["backend"] = engine  # plugin API 2: engine facts under metrics.backend
+            metrics.update(engine)  # plugin API 1 merged them at the top (e.g. metrics.xla); kept for one release
 
         if opts.accuracy.enabled:
             ctx.status(f"scoring accuracy on the eval split ({opts.accuracy.limit or len(data.eval)} examples)")
@@ -223,12 +226,11 @@ class InferenceScenario(Scenario):
 
     def _prune(self, ctx: RunContext, reference_model: Any) -> tuple[Any, dict[str, Any]]:
         """The pruned (and fine-tuned) copy of the model; the reference stays untouched."""
-        from harness.checkpoints import training_backend
         from harness.compression.pruning import prune
 
         options = self.options.pruning
         train_data = ctx.load_data(options.finetune_seq_len, reference_model.tokenizer)
-        trainer = training_backend(ctx.backend) if options.finetune_steps else None
+        trainer = ctx.trainer() if options.finetune_steps else None
         return prune(reference_model, train_data, options, cache_root=ctx.cache_root, trainer=trainer, report=ctx.status)
 
     def _validate(self, session: Any, inputs: Any, model: Any, batch: Any, backend: Any) -> dict[str, Any]:

@@ -128,14 +128,6 @@ class ServingOptions:
     warmup_requests: int = 2
     keep_requests: bool = True
     accuracy: ServingAccuracyOptions = field(default_factory=ServingAccuracyOptions)
-    # Keys of the inline default scenario (conf/config.yaml) that every +scenario merges
-    # over; a serving run has no fixed batch or timed-call loop, so llm_serve.yaml nulls them.
-    batch_size: Optional[int] = None
-    seq_len: Optional[int] = None
-    warmup_iters: Optional[int] = None
-    min_iters: Optional[int] = None
-    min_duration_s: Optional[float] = None
-    max_duration_s: Optional[float] = None
 
     def __post_init__(self) -> None:
         choice(self.precision, PRECISIONS, "precision")
@@ -162,6 +154,7 @@ class ServerLost(HarnessError):
 class ServingScenario(Scenario):
     kind = "serving"
     options_type = ServingOptions
+    record_section = "serving"
 
     def run(self, ctx: RunContext) -> ScenarioResult:
         opts: ServingOptions = self.options
@@ -186,7 +179,7 @@ class ServingScenario(Scenario):
             precision=session.precision,
             metrics=metrics,
             model={"source": ctx.spec.model.path or "config", **models.described()},
-            backend={"device": str(session.describe().get("device", ctx.backend.device()))},
+            backend={"device": str(session.describe().get("device") or ctx.backend.device())},
         )
 
     def _session(self, ctx: RunContext, model: ServingModel) -> ServingSession:
@@ -356,7 +349,8 @@ class _ModelSources:
             model = self.ctx.load_model()
             tokenizer = model.tokenizer or corpus_tokenizer(self.ctx.cache_root)
             self._source = DecoderSource(model.name, model.module, model.config, tokenizer, model.params,
-                                         model.weights_digest(), self.ctx.cache_root, self.ctx.status)
+                                         model.weights_digest(), self.ctx.cache_root, self.ctx.status,
+                                         workspace=self.ctx.workspace)
         return self._source
 
     def tokenizer(self) -> Optional[Tokenizer]:

@@ -20,7 +20,7 @@ from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from harness import hardware, records
+from harness import hardware, identity, records
 from harness.columns import Column
 from harness.errors import ConfigError, Unsupported
 from harness.hookspecs import hookimpl
@@ -28,11 +28,8 @@ from harness.scenario import RunContext, Scenario, ScenarioResult
 from harness.training import metrics as training_metrics
 from harness.training.architectures import check_layout
 from harness.training.job import tensorboard_folder, train_recipe
-from harness.training.options import TrainingOptions
+from harness.training.options import RENDEZVOUS_KEYS, TrainingOptions
 
-#: Config sections that differ between a data-parallel run and its 1-process baseline
-#: without making them different experiments.
-_NOT_COMPARED = ("results_dir", "cache_dir", "hardware", "launcher")
 
 
 def require_training(ctx: RunContext, precision: str, strategy: str = "ddp") -> None:
@@ -64,12 +61,9 @@ def record_metrics(training: dict[str, Any]) -> dict[str, Any]:
 
 
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:
-    """A run's config without what a 1-process baseline may differ in (world, folders)."""
-    out = {k: v for k, v in config.items() if k not in _NOT_COMPARED}
-    scenario = dict(out.get("scenario") or {})
-    scenario.pop("distributed", None)
-    out["scenario"] = scenario
-    return out
+    """A run's config without what a 1-process baseline may differ in: the run-local keys
+    (folders, launcher), the machine, and the whole ``scenario.distributed`` section."""
+    return identity.without(identity.job_config(config, ()), (*identity.MACHINE_KEYS, "scenario.distributed"))
 
 
 def find_baseline(ctx: RunContext) -> tuple[Optional[dict[str, Any]], str]:
@@ -153,6 +147,18 @@ class TrainingScenario(Scenario):
     kind = "training"
     options_type = TrainingOptions
     report_columns = TRAINING_COLUMNS
+    record_section = "training"
+    run_local_keys = RENDEZVOUS_KEYS
+
+    @classmethod
+    def nodes(cls, options: TrainingOptions) -> tuple[int, int]:
+        """One ``harness`` per node: ``scenario.distributed.node_rank`` of ``nnodes``."""
+        return options.distributed.node_rank, options.distributed.nnodes
+
+    @classmethod
+    def lock_group(cls, options: TrainingOptions) -> str | None:
+        """The nodes of one run meet at one torchrun rendezvous."""
+        return f"torchrun rendezvous {options.distributed.rdzv_endpoint}"
 
     def run(self, ctx: RunContext) -> ScenarioResult:
         opts: TrainingOptions = self.options

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from conftest import FAST, records_in, run_cli
 
-from harness import cli
+from harness import compose, precheck
 
 TESTS = Path(__file__).parent
 FAULTS = {"HARNESS_PLUGINS": "faultplugins.faulty", "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))}
@@ -97,12 +97,12 @@ def test_sweep_key_only_some_choices_have_says_to_use_double_plus(tmp_path):
 def test_max_jobs_override(monkeypatch, checker):
     searchpath, options, registry = checker
     args = ["-m", "+scenario=bert_fp32", "scenario.batch_size=range(1,1500)"]
-    problem, _ = cli.precheck(args, searchpath, options, None)
+    problem, _ = precheck.precheck(args, searchpath, options, None)
     assert problem.startswith("this sweep has 1,499 jobs") and "export HARNESS_MAX_JOBS=1499" in problem
     monkeypatch.setenv("HARNESS_MAX_JOBS", "2000")
-    assert cli.precheck(args, searchpath, options, None) == (None, 1499)
+    assert precheck.precheck(args, searchpath, options, None) == (None, 1499)
     monkeypatch.setenv("HARNESS_MAX_JOBS", "lots")
-    assert "is not a positive number of jobs" in cli.precheck(args, searchpath, options, None)[0]
+    assert "is not a positive number of jobs" in precheck.precheck(args, searchpath, options, None)[0]
 
 
 # --- checkpoint folders and datasets: refused before the model is built (no record) --------------
@@ -276,7 +276,7 @@ def checker(tmp_path_factory):
     cwd = os.getcwd()
     os.chdir(tmp_path_factory.mktemp("checker"))
     try:
-        yield searchpath, cli.group_options(searchpath), plugins.registry
+        yield searchpath, compose.group_options(searchpath), plugins.registry
     finally:
         os.chdir(cwd)
 
@@ -285,7 +285,7 @@ def checker(tmp_path_factory):
 @given(args=st.lists(OVERRIDE, max_size=4))
 def test_random_overrides_get_one_line_or_none(checker, args):
     searchpath, options, registry = checker
-    problem, jobs = cli.precheck(args, searchpath, options, registry)
+    problem, jobs = precheck.precheck(args, searchpath, options, registry)
     assert problem is None or (isinstance(problem, str) and problem and "\n" not in problem)
     assert jobs is None or jobs >= 1
 
@@ -294,17 +294,17 @@ def test_random_overrides_get_one_line_or_none(checker, args):
 @given(key=KEYS, value=VALUES)
 def test_group_choice_check_never_raises(checker, key, value):
     _, options, _ = checker
-    problem = cli.check_group_choices([f"{key}={value}"], options)
+    problem = precheck.check_group_choices([f"{key}={value}"], options)
     assert problem is None or "\n" not in problem
 
 
 def test_known_good_command_lines_pass_the_check(checker):
     searchpath, options, registry = checker
-    assert cli.precheck(["+scenario=bert_fp32", "backend=onnxruntime"], searchpath, options, registry) == (None, 1)
-    assert cli.precheck(["-m", "+scenario=bert_fp32", "backend=onnxruntime,pytorch", "scenario.batch_size=1,8"], searchpath, options, registry) == (None, 4)
-    assert cli.precheck(["-m", "backend=glob(onnx*)"], searchpath, options, registry)[0] is None
-    assert cli.precheck(["--cfg", "job"], searchpath, options, registry) == (None, None)
-    assert cli.precheck(["-m", "scenario.batch_size=range(1,1000000000)"], searchpath, options, registry)[0].startswith(
+    assert precheck.precheck(["+scenario=bert_fp32", "backend=onnxruntime"], searchpath, options, registry) == (None, 1)
+    assert precheck.precheck(["-m", "+scenario=bert_fp32", "backend=onnxruntime,pytorch", "scenario.batch_size=1,8"], searchpath, options, registry) == (None, 4)
+    assert precheck.precheck(["-m", "backend=glob(onnx*)"], searchpath, options, registry)[0] is None
+    assert precheck.precheck(["--cfg", "job"], searchpath, options, registry) == (None, None)
+    assert precheck.precheck(["-m", "scenario.batch_size=range(1,1000000000)"], searchpath, options, registry)[0].startswith(
         "this sweep has 999,999,999 jobs")
-    problem, _ = cli.precheck(["-m", "backend=glob(zzz*)"], searchpath, options, registry)
+    problem, _ = precheck.precheck(["-m", "backend=glob(zzz*)"], searchpath, options, registry)
     assert problem.startswith("backend=glob(zzz*) matches no backend")

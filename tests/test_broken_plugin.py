@@ -51,7 +51,7 @@ FUTURE_API = '''
 from harness.backends.onnxruntime import OnnxRuntimeBackend
 from harness.hookspecs import hookimpl
 
-HARNESS_PLUGIN_API = "2"
+HARNESS_PLUGIN_API = "3"
 
 
 class FutureBackend(OnnxRuntimeBackend):
@@ -104,7 +104,7 @@ def test_harness_backends_reports_each_broken_plugin(plugin_env: dict[str, str],
     assert "futureaccel" not in rows
     warnings = [line for line in proc.stderr.splitlines() if "warning" in line]
     assert any("'broken_import_plugin'" in w and "libfoo.so.3" in w for w in warnings), proc.stderr
-    assert any("'future_plugin'" in w and "plugin API 2" in w for w in warnings), proc.stderr
+    assert any("'future_plugin'" in w and "plugin API 3" in w for w in warnings), proc.stderr
 
 
 def test_run_on_a_backend_whose_probe_raises_is_recorded_with_a_reason(plugin_env: dict[str, str], tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import FAST, records_in, run_cli
 
-from harness import checkpoints
+from harness import autotrain, checkpoints, compose
 from harness.data import DatasetOptions, embedded_tokenizer, load_dataset
 from harness.errors import ConfigError
 from harness.models import ModelOptions, load_model
@@ -49,19 +49,30 @@ def test_incomplete_folder_is_not_a_checkpoint(tmp_path):
     assert checkpoints.find("k2", tmp_path) is None
 
 
-def test_resolve_none_and_path(tmp_path):
-    assert checkpoints.resolve(TINY, DatasetOptions(), tmp_path) is None
+def test_checkpoint_folder_is_checked(tmp_path):
     with pytest.raises(ConfigError, match="not a checkpoint folder"):
-        checkpoints.resolve(replace(TINY, checkpoint=str(tmp_path / "nope")), DatasetOptions(), tmp_path)
+        checkpoints.checkpoint_folder(tmp_path / "nope")
     folder = checkpoints.save(load_model(TINY), None, "k3", tmp_path, {})
-    assert checkpoints.resolve(replace(TINY, checkpoint=str(folder)), DatasetOptions(), tmp_path) == folder
+    assert checkpoints.checkpoint_folder(str(folder)) == folder
 
 
 def test_recipes_come_from_the_scenario_yaml():
-    bert = checkpoints.recipe_options("bert")
-    assert (bert.optimizer, bert.lr, bert.seq_len, bert.epochs) == ("adamw", 5e-4, 32, 2)
-    resnet = checkpoints.recipe_options("resnet")
+    bert = compose.recipe_for("bert")
+    assert bert.name == "bert_train"
+    assert (bert.options.optimizer, bert.options.lr, bert.options.seq_len, bert.options.epochs) == ("adamw", 5e-4, 32, 2)
+    resnet = compose.recipe_for("resnet").options
     assert (resnet.batch_size, resnet.schedule, resnet.epochs) == (64, "cosine", 10)
+    assert compose.recipe_for("llama").name == "llm_train"
+
+
+def test_auto_run_gets_the_recipe_in_its_spec():
+    from harness.plugins import load_plugins
+    from harness.testing import compose_overrides
+
+    plugins = load_plugins()
+    spec = compose_overrides(["+scenario=bert_fp32", "++model.checkpoint=auto"], plugins)
+    assert spec.auto_recipe is not None and spec.auto_recipe.name == "bert_train"
+    assert compose_overrides(["scenario=bert_fp32"], plugins).auto_recipe is None
 
 
 def test_recipe_composes_inside_a_running_hydra_app():
@@ -70,18 +81,22 @@ def test_recipe_composes_inside_a_running_hydra_app():
 
     with initialize_config_module(config_module="harness.conf", version_base="1.3"):
         assert GlobalHydra.instance().is_initialized()
-        assert checkpoints.recipe_options("bert").lr == 5e-4
+        assert compose.recipe_for("bert").options.lr == 5e-4
         assert GlobalHydra.instance().is_initialized()  # the app's Hydra is left as it was
 
 
 def test_auto_reuses_the_recipe_checkpoint_without_training(tmp_path):
-    recipe = checkpoints.recipe_options("bert")
+    recipe = compose.recipe_for("bert")
     dataset = DatasetOptions(train_size=40, eval_size=10)
-    data = load_dataset(dataset, seq_len=recipe.seq_len)
-    key = checkpoints.checkpoint_key(TINY, data.fingerprint(), recipe)
+    data = load_dataset(dataset, seq_len=recipe.options.seq_len)
+    key = checkpoints.checkpoint_key(TINY, data.fingerprint(), recipe.options)
     folder = checkpoints.save(load_model(TINY), data.tokenizer, key, tmp_path, {})
     lines: list[str] = []
-    assert checkpoints.resolve(replace(TINY, checkpoint="auto"), dataset, tmp_path, lines.append) == folder
+
+    def no_training():
+        raise AssertionError("a cached checkpoint must not train")
+
+    assert autotrain.auto_checkpoint(TINY, dataset, str(tmp_path), recipe, no_training, lines.append) == folder
     assert any("reusing" in line for line in lines)
 
 

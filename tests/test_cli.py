@@ -44,7 +44,6 @@ def test_results_dir_override(tmp_path):
         (["backend=nope"], "unknown backend 'nope'; available: "),
         (["+scenario=nope"], "unknown scenario 'nope'"),
         (["model=nope"], "unknown model 'nope'"),
-        (["scenario=bert_fp32"], "+scenario=bert_fp32"),
         (["+scenario=bert_fp32", "scenario.batch_size=abc"], "scenario.batch_size"),
         (["+scenario=bert_fp32", "scenario.batch_size=-1"], "scenario.batch_size"),
         (["+scenario=bert_fp32", "scenario.nope=1"], "scenario.nope"),
@@ -87,7 +86,7 @@ def test_harness_backends_lists_builtins_as_available(tmp_path):
     ],
 )
 def test_extra_overrides_stay_in_the_override_group(args, expected):
-    from harness.cli import parse_args, with_overrides
+    from harness.precheck import parse_args, with_overrides
 
     assert with_overrides(args, parse_args(args), ["X=1"]) == expected
     assert parse_args(expected) is not None

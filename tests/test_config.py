@@ -3,11 +3,10 @@
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from importlib import resources
 
-from harness.config import build_spec
+from harness.spec import build_spec
 from harness.errors import ConfigError
 from harness.plugins import load_plugins
 
@@ -23,9 +22,12 @@ def registry():
 
 
 def composed(*overrides: str):
+    """Composed as the harness command composes (``+scenario=`` is the card's spelling of ``scenario=``)."""
+    from harness import compose as harness_compose
+
     GlobalHydra.instance().clear()
-    with initialize_config_module(config_module="harness.conf", version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
+    with harness_compose.hydra_context():
+        return harness_compose.compose(list(overrides), [])
 
 
 def test_default_config_is_the_embedded_inference_scenario(registry):
@@ -36,9 +38,70 @@ def test_default_config_is_the_embedded_inference_scenario(registry):
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
-def test_every_scenario_composes_with_plus_syntax(scenario, registry):
+def test_every_scenario_composes_with_and_without_plus(scenario, registry):
     spec = build_spec(composed(f"+scenario={scenario}"), registry)
     assert spec.scenario_name == scenario
+    assert composed(f"scenario={scenario}") == composed(f"+scenario={scenario}")
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_every_scenario_yaml_is_complete_on_its_own(scenario, registry):
+    """A scenario is a config-group choice: nothing is merged in from another kind's keys, so
+    every key of the YAML is a field of its own kind's options."""
+    import dataclasses
+
+    from omegaconf import OmegaConf
+
+    section = OmegaConf.to_container(composed(f"scenario={scenario}").scenario, resolve=True)
+    kind = registry.scenario(section["kind"])
+    fields = {f.name for f in dataclasses.fields(kind.options_type)}
+    assert set(section) - {"name", "kind"} <= fields
+
+
+def _disagreements(yaml_section, options_type):
+    """Keys whose YAML value differs from the dataclass default (nested dataclasses too)."""
+    import dataclasses
+
+    defaults = dataclasses.asdict(options_type())
+    found = []
+
+    def walk(yaml_node, default_node, prefix):
+        for key, value in yaml_node.items():
+            if key in ("name", "kind") and not prefix:
+                continue
+            default = default_node.get(key, "<no such field>")
+            if isinstance(value, dict) and isinstance(default, dict) and key != "config":
+                walk(value, default, f"{prefix}{key}.")
+            elif value != default:
+                found.append(f"{prefix}{key}: yaml {value!r} != dataclass {default!r}")
+
+    walk(yaml_section, defaults, "")
+    return found
+
+
+def test_defaults_have_one_value(registry):
+    """Each default is written once: where a YAML gives the defaults of an options dataclass
+    (the default scenario, each backend's own YAML, the launcher and hardware sections),
+    the dataclass default agrees with it."""
+    from omegaconf import OmegaConf
+
+    from harness.config import HardwareOptions
+    from harness.data import DatasetOptions
+    from harness.launcher import LauncherOptions
+    from harness.models import ModelOptions
+
+    cfg = OmegaConf.to_container(composed(), resolve=True)
+    problems = _disagreements(cfg["scenario"], registry.scenario("inference").options_type)
+    problems += _disagreements(cfg["launcher"], LauncherOptions)
+    problems += _disagreements(cfg["hardware"], HardwareOptions)
+    problems += _disagreements(cfg["dataset"], DatasetOptions)
+    # the default model's YAML (its transformers config aside: a dataclass default of {} means "the library's")
+    problems += _disagreements({k: v for k, v in cfg["model"].items() if k != "config"}, ModelOptions)
+    for name, cls in registry.backends.items():
+        if name in BACKENDS:
+            section = OmegaConf.to_container(composed(f"backend={name}").backend, resolve=True)
+            problems += [f"backend {name}: {p}" for p in _disagreements(section, cls.options_type)]
+    assert not problems, problems
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -84,7 +84,7 @@ def test_every_planned_run_composes_into_a_valid_spec():
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
 
-    from harness.config import build_spec
+    from harness.spec import build_spec
     from harness.plugins import load_plugins
 
     registry = load_plugins().registry

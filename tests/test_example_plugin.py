@@ -91,6 +91,11 @@ def test_installed_plugin_runs_through_the_cli_and_the_report(installed: dict[st
     validation = rec["metrics"]["validation"]
     assert validation["tolerance"] == 1e-4 and validation["max_abs_diff"] <= 1e-4
     assert rec["metrics"]["latency_ms"]["count"] >= 5
+    # plugin API 2: the session's engine facts under metrics.backend, the backend's column in the record
+    assert rec["metrics"]["backend"]["nodes"] > 0 and rec["metrics"]["backend"]["load_s"] >= 0
+    assert {"key": "metrics.backend.load_s", "label": "onnxref load s"}.items() <= next(
+        c for c in rec["columns"] if c["key"] == "metrics.backend.load_s").items()
+    assert rec["backend"]["version"] == __import__("onnx").__version__  # from the probe's versions
 
     report = run_cli(str(tmp_path / "results"), "--out", str(tmp_path / "reports"), "--baseline", "", cwd=tmp_path, command="harness-report")
     assert report.returncode == 0, report.stdout + report.stderr

@@ -14,7 +14,7 @@ import shutil
 import numpy as np
 import pytest
 
-from harness.errors import HarnessError, Unsupported
+from harness.errors import Unsupported
 from harness.generation.session import Decoding, GenerationPlan, check_outputs
 
 NEW_TOKENS = 10

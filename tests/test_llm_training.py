@@ -137,9 +137,9 @@ def test_decoder_checkpoint_keeps_the_lm_head_and_tokenizer(tmp_path) -> None:
 
 
 def test_decoders_have_a_train_recipe_for_auto() -> None:
-    from harness import checkpoints
+    from harness import checkpoints, compose
 
-    recipe = checkpoints.recipe_options("llama")
+    recipe = compose.recipe_for("llama").options
     assert checkpoints.RECIPES["gpt2"] == "llm_train"
     assert recipe.target_perplexity is not None and recipe.target_accuracy is None and recipe.seq_len == 128
 

@@ -85,6 +85,22 @@ def test_ledger_round_trip(tmp_path, monkeypatch):
 # --- the CLI -------------------------------------------------------------------------------------
 
 
+def test_prune_sweep_dirs_keeps_folders_with_files(tmp_path):
+    root = tmp_path / ".multirun"
+    (root / "2026-01-01_00-00-00" / "0").mkdir(parents=True)
+    (root / "2026-01-01_00-00-00" / "1").mkdir()
+    (root / "2026-01-01_00-00-00" / "multirun.yaml").write_text("hydra: {}")
+    logs = root / "2026-01-02_00-00-00" / ".submitit" / "123_0"
+    logs.mkdir(parents=True)
+    (logs / "123_0_log.out").write_text("slurm log")
+    (root / "2026-01-02_00-00-00" / "multirun.yaml").write_text("hydra: {}")
+    sweep.prune_sweep_dirs(root)
+    assert not (root / "2026-01-01_00-00-00").exists()
+    assert (logs / "123_0_log.out").read_text() == "slurm log"
+    assert (root / "2026-01-02_00-00-00" / "multirun.yaml").is_file()  # beside the Slurm logs it stays
+    sweep.prune_sweep_dirs(tmp_path / "absent")  # nothing to do, no error
+
+
 def test_sweep_exit_code_is_zero_only_when_every_job_is_ok(tmp_path, fault_env):
     ok = run_cli("-m", "backend=numpy", "+scenario=quick", "scenario.size=8,16", cwd=tmp_path, env=fault_env)
     assert ok.returncode == 0, ok.stderr
@@ -176,6 +192,7 @@ def test_killed_sweep_resumes_with_only_the_missing_jobs(tmp_path, fault_env, ho
     again = run_cli(*args, cwd=tmp_path, env=fault_env)
     assert again.returncode == 0, again.stderr
     assert "sweep: 6 jobs: 6 ok (4 skipped: ok record already there)" in again.stdout
+    assert not (tmp_path / "results" / ".multirun").exists()  # Hydra's empty job folders are pruned
     recs = [r for r in records_in(tmp_path / "results") if r["status"] == "ok"]
     assert sorted(r["backend"]["name"] for r in recs) == ["flaky", "flaky", "numpy", "numpy"]
     assert len({r["job_key"] for r in recs}) == 4

@@ -65,7 +65,7 @@ from .session import TRT_TO_TORCH_DTYPE, TensorRTSession, deserialize_engine, to
 if TYPE_CHECKING:
     from harness.registry import Registry
 
-HARNESS_PLUGIN_API = "1"
+HARNESS_PLUGIN_API = "2"
 
 __all__ = [
     "PRECISIONS",

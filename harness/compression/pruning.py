@@ -32,7 +32,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from harness import cache
-from harness.config import choice, require
+from harness.validation import choice, require
 from harness.errors import Unsupported
 
 METHODS = ("none", "magnitude", "structured")

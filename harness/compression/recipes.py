@@ -27,7 +27,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Optional
 
-from harness.config import choice, require
+from harness.families import FAMILIES
+from harness.validation import choice, require
 
 PRECISIONS = ("int8", "fp16", "bf16")
 INT8_MODES = ("auto", "dynamic", "static", "qdq", "weights")
@@ -118,8 +119,8 @@ def resolve_auto(recipe: Recipe, preferred: dict[str, str]) -> Recipe:
     return recipe.with_mode(preferred[recipe.model_type])
 
 
-#: Recipe model type per model family (``model.family``).
-MODEL_TYPE_OF = {"bert": "transformer", "resnet": "cnn"}
+#: Recipe model type per model family (``model.family``), from the family table.
+MODEL_TYPE_OF = {name: family.compression_type for name, family in FAMILIES.items()}
 
 
 @dataclass

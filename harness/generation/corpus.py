@@ -200,33 +200,6 @@ def token_stream(tokenizer: Any, texts: Sequence[str]) -> np.ndarray:
     return np.asarray(ids, dtype=np.int64)
 
 
-def causal_lm_task(options: Any, seq_len: int, tokenizer: Any = None) -> Any:
-    """The corpus as a causal language-modelling task (``task="causal-lm"``) for training.
-
-    Each split is its documents' token stream (end-of-text between documents) cut into
-    non-overlapping windows of ``seq_len`` tokens: ``input_ids`` and an all-ones
-    ``attention_mask`` (no padding, as LLM pretraining packs text), and ``labels`` the
-    same ids (the loss shifts them: position t predicts token t + 1). ``tokenizer``
-    None is the embedded byte-level BPE (:func:`harness.generation.tokenizer.corpus_tokenizer`).
-    """
-    from harness.data import Split, TaskData
-
-    if tokenizer is None:
-        from harness.generation.tokenizer import corpus_tokenizer
-
-        tokenizer = corpus_tokenizer()
-    text = load_corpus(options)
-    splits = []
-    for name, documents in (("train", text.train), ("eval", text.eval)):
-        stream = token_stream(tokenizer, documents)
-        if len(stream) < seq_len:
-            raise ConfigError(f"the corpus's {name} split has {len(stream)} tokens, fewer than one window of {seq_len}",
-                              f"raise dataset.{name}_size or lower scenario.seq_len")
-        ids = windows(stream, seq_len, len(stream))
-        splits.append(Split({"input_ids": ids, "attention_mask": np.ones_like(ids)}, ids))
-    return TaskData("causal-lm", 0, [], tokenizer, seq_len, *splits)
-
-
 def windows(stream: np.ndarray, length: int, count: int) -> np.ndarray:
     """``count`` non-overlapping windows of ``length`` tokens from the start of ``stream``.
 

@@ -17,10 +17,22 @@ import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Mapping, Optional, Protocol
 
-if TYPE_CHECKING:
-    from harness.generation.session import DecoderSource
+import numpy as np
+
+
+class DecoderModel(Protocol):
+    """What the artifact stages read of a decoder (a :class:`harness.generation.session.DecoderSource`
+    is one): declared here so that they need not import the session contract."""
+
+    name: str
+    module: Any
+    config: dict[str, Any]
+    tokenizer: Any
+    params: int
+    weights_digest: str
+    cache_root: Optional[str]
 
 
 @dataclass(frozen=True)
@@ -80,6 +92,13 @@ def max_positions(config: Mapping[str, Any]) -> int | None:
     return int(value) if value else None
 
 
+def positions(attention_mask: np.ndarray, seq: int) -> np.ndarray:
+    """``position_ids`` of the last ``seq`` tokens: left padding does not advance positions."""
+    pos = np.cumsum(attention_mask, axis=1) - 1
+    return np.maximum(pos, 0)[:, -seq:].astype(np.int64)
+
+
+
 def vocab_size(config: Mapping[str, Any]) -> int:
     return int(config["vocab_size"])
 
@@ -87,7 +106,7 @@ def vocab_size(config: Mapping[str, Any]) -> int:
 MARKER = "harness_decoder.json"
 
 
-def saved_folder(source: "DecoderSource") -> Path:
+def saved_folder(source: DecoderModel) -> Path:
     """``save_pretrained`` of the source's model and tokenizer in the cache, keyed by its weights.
 
     Written into a temp sibling and renamed into place, so a reader never sees half a folder.

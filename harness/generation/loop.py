@@ -15,7 +15,10 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
+from harness.generation.decoders import positions
 from harness.generation.session import Decoding, GenerationOutput, now
+
+__all__ = ["positions"]  # re-exported: callers that step a KV cache import it from here
 
 
 class Stepper(Protocol):
@@ -40,12 +43,6 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[np.ndar
         ids[row, longest - len(prompt):] = prompt
         mask[row, longest - len(prompt):] = 1
     return ids, mask
-
-
-def positions(attention_mask: np.ndarray, seq: int) -> np.ndarray:
-    """``position_ids`` of the last ``seq`` tokens: left padding does not advance positions."""
-    pos = np.cumsum(attention_mask, axis=1) - 1
-    return np.maximum(pos, 0)[:, -seq:].astype(np.int64)
 
 
 class TokenPicker:

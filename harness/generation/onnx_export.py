@@ -21,21 +21,16 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from harness import cache
 from harness.errors import HarnessError
 from harness.export import OPSET, ExportResult, _summary, _versions, cached_export
-from harness.generation.decoders import KVLayout, kv_layout
-from harness.generation.loop import positions
-
-if TYPE_CHECKING:
-    from harness.generation.session import DecoderSource
+from harness.generation.decoders import DecoderModel, KVLayout, kv_layout, positions
 
 #: Above this many weight bytes the ONNX keeps its weights in an external-data file
 #: beside it (protobuf caps one file at 2 GiB).
@@ -116,7 +111,7 @@ def validate(path: Path, wrapper: Any, layout: KVLayout, vocab: int) -> float:
     return diff
 
 
-def export_decoder(source: "DecoderSource", on_status: Any = None) -> ExportResult:
+def export_decoder(source: DecoderModel, on_status: Any = None) -> ExportResult:
     """Export ``source.module`` with past key/values to a cached, validated ONNX file."""
     layout = kv_layout(source.config)
     options = {"graph": "decoder-with-past/1", "opset": OPSET, "dynamic": True, "dynamo": True}

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 import numpy as np
 
+from harness.cache import Workspace
 from harness.errors import HarnessError, Unsupported
 
 if TYPE_CHECKING:
@@ -156,6 +157,8 @@ class DecoderSource:
     cache_root: Optional[str] = None
     status: Callable[[str], None] = print
     stages: dict[str, Any] = field(default_factory=dict)
+    #: The backend's folders for this run (its own cache, a work folder): set by the scenario.
+    workspace: Optional[Workspace] = None
     _onnx: Optional[Path] = None
     _folder: Optional[Path] = None
 

@@ -14,23 +14,15 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from harness.columns import Column, missing
+from harness.columns import (ACCURACY, COMMON_COLUMNS, DEVICE_PEAK, LATENCY_P50, LATENCY_P99, MFU, MODEL_SIZE,
+                             PEAK_RSS, RELATIVE_ACCURACY, THROUGHPUT, Column, missing)
 from harness.identity import flat
 
-THROUGHPUT = "metrics.throughput.samples_per_s"
-LATENCY_P50 = "metrics.latency_ms.p50"
-LATENCY_P99 = "metrics.latency_ms.p99"
-ACCURACY = "metrics.accuracy.value"
-RELATIVE_ACCURACY = "metrics.accuracy.relative"
-MODEL_SIZE = "model.size_bytes"
-MFU = "metrics.mfu"
-PEAK_RSS = "metrics.memory_mib.peak_rss_mib"
-DEVICE_PEAK = "metrics.memory_mib.peak_allocated_mib"
+__all__ = ["ACCURACY", "DEVICE_PEAK", "LATENCY_P50", "LATENCY_P99", "MFU", "MODEL_SIZE", "PEAK_RSS",
+           "RELATIVE_ACCURACY", "THROUGHPUT"]  # the common figures' keys, for the renderers
 
-#: The metrics a report summarises; the ones a frame lacks are left out.
-METRICS: tuple[str, ...] = (
-    THROUGHPUT, LATENCY_P50, LATENCY_P99, ACCURACY, RELATIVE_ACCURACY, MODEL_SIZE, MFU, PEAK_RSS, DEVICE_PEAK,
-)
+#: The metrics a report summarises (the common columns); the ones a frame lacks are left out.
+METRICS: tuple[str, ...] = tuple(column.key for column in COMMON_COLUMNS)
 
 #: Runs agreeing on all of these are repeats of one configuration. ``identity`` (see
 #: :mod:`harness.identity`) is the whole config without run-local and machine keys, so

@@ -12,7 +12,7 @@ from typing import Any
 
 import pandas as pd
 
-from harness.columns import Column, format_value, missing, significant
+from harness.columns import COMMON_COLUMNS, Column, format_value, missing, significant
 from harness.report import summary as s
 
 MIB = 2**20
@@ -210,17 +210,12 @@ def variant_texts(rows: pd.DataFrame) -> pd.Series:
 SPEEDUP = "speedup"
 
 #: Figures every kind shares, in display order; throughput and latency always shown.
+#: (harness.columns.COMMON_COLUMNS, with the report's own speedup after the accuracies)
+_AFTER_ACCURACY = 1 + max(i for i, column in enumerate(COMMON_COLUMNS) if column.key == s.RELATIVE_ACCURACY)
 CORE_COLUMNS: tuple[Column, ...] = (
-    Column(s.THROUGHPUT, "Throughput (samples/s)", "number", "higher"),
-    Column(s.LATENCY_P50, "p50 (ms)", "number", "lower"),
-    Column(s.LATENCY_P99, "p99 (ms)", "number", "lower"),
-    Column(s.PEAK_RSS, "Peak RSS (MiB)", "number", "lower"),
-    Column(s.DEVICE_PEAK, "Device peak (MiB)", "number", "lower"),
-    Column(s.ACCURACY, "Accuracy", "fixed4", "higher"),
-    Column(s.RELATIVE_ACCURACY, "Rel. accuracy", "fixed4", "higher"),
+    *COMMON_COLUMNS[:_AFTER_ACCURACY],
     Column(SPEEDUP, "Speedup", "ratio", "higher"),  # vs --baseline: see summary.speedup_vs_baseline
-    Column(s.MODEL_SIZE, "Size (MiB)", "mib", "lower"),
-    Column(s.MFU, "MFU", "percent", "higher"),
+    *COMMON_COLUMNS[_AFTER_ACCURACY:],
 )
 ALWAYS = frozenset({s.THROUGHPUT, s.LATENCY_P50, s.LATENCY_P99})
 

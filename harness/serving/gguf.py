@@ -163,7 +163,7 @@ def _model_folder(name: str, cache_root: Optional[str], status: Callable[[str], 
 
     from omegaconf import OmegaConf
 
-    from harness.config import typed
+    from harness.validation import typed
     from harness.errors import ConfigError
     from harness.generation.session import DecoderSource
     from harness.generation.tokenizer import corpus_tokenizer

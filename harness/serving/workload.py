@@ -23,7 +23,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from harness.config import choice, require
+from harness.validation import choice, require
 from harness.serving.session import GenerationRequest, Tokenizer
 
 SOURCES = ("corpus", "eval_split")

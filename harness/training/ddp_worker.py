@@ -38,7 +38,7 @@ def _write(path: Path, payload: dict[str, Any]) -> None:
 
 
 def run(job: dict[str, Any]) -> dict[str, Any]:
-    from harness.config import typed
+    from harness.validation import typed
     from harness.data import DatasetOptions
     from harness.models import ModelOptions
     from harness.plugins import get_plugins

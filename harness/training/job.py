@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from harness import stats
+from harness import checkpoints, stats
 from harness.backend import Backend, TrainingSession
 from harness.data import DatasetOptions, TaskData, load_dataset
 from harness.errors import ConfigError, HarnessError
@@ -203,8 +203,6 @@ def train_recipe(backend: Backend, model_options: ModelOptions, dataset_options:
                  tensorboard_dir: Optional[str] = None, data: Optional[TaskData] = None,
                  report: Callable[[str], None] = print, label: str = "training") -> dict[str, Any]:
     """Build, train, evaluate and (rank 0) save; return ``{"training", "model", "device"}``."""
-    from harness import checkpoints
-
     started = time.perf_counter()
     from harness.generation.tokenizer import text_tokenizer
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from harness.config import choice, require
+from harness.validation import choice, require
 
 OPTIMIZERS = ("adamw", "adam", "sgd", "adagrad", "adadelta")
 SCHEDULES = ("constant", "linear", "cosine")
@@ -124,11 +124,8 @@ class DistributedOptions:
 
 @dataclass
 class InferenceTiming:
-    """Inference-timing keys: distillation times the student and the teacher with them.
-
-    ``conf/config.yaml``'s inline default scenario merges these keys into every
-    ``+scenario=...``, so the training kind accepts them too; it does not time inference.
-    """
+    """Inference-timing keys: distillation times the student and the teacher with them
+    (the training kind does not time inference and has none of them)."""
 
     warmup_iters: int = 5
     min_iters: int = 20
@@ -144,7 +141,7 @@ class InferenceTiming:
 
 
 @dataclass
-class TrainingOptions(InferenceTiming):
+class TrainingOptions:
     """``scenario.*`` keys of ``kind: training``.
 
     Steps are optimizer updates: one step consumes ``grad_accum_steps`` micro-batches of
@@ -182,7 +179,6 @@ class TrainingOptions(InferenceTiming):
     distributed: DistributedOptions = field(default_factory=DistributedOptions)
 
     def __post_init__(self) -> None:
-        super().__post_init__()
         choice(self.precision, PRECISIONS, "precision")
         choice(self.optimizer, OPTIMIZERS, "optimizer")
         choice(self.schedule, SCHEDULES, "schedule")
@@ -232,6 +228,11 @@ class TrainingOptions(InferenceTiming):
         """LR warm-up steps: ``warmup_steps`` when set, else ``int(warmup_ratio x total_steps)`` (rounded down)."""
         return self.warmup_steps if self.warmup_steps > 0 else int(self.warmup_ratio * total_steps)
 
+
+#: ``scenario.*`` keys of a multi-node run that are rendezvous bookkeeping (which node this
+#: process is, where the nodes meet, how long they wait), never part of the experiment:
+#: the training kinds declare them run-local.
+RENDEZVOUS_KEYS = ("distributed.node_rank", "distributed.rdzv_endpoint", "distributed.timeout_s")
 
 #: Options that change what is measured or logged but never the trained weights;
 #: the checkpoint key leaves them out so a re-run with another eval cadence reuses it.

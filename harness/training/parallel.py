@@ -301,16 +301,3 @@ class FSDPTensorParallel(FSDP):
     def shard(self, module: Any, blocks: Any) -> None:
         apply_tensor_parallel(module, self.mesh["tp"])
         apply_activation_checkpointing_then_fsdp(self, module, blocks, self.mesh["dp"])
-
-
-def strategy_for(plan: TrainingPlan, device: str) -> Strategy:
-    """The strategy the plan names (a one-process run is always the plain one)."""
-    if plan.world.size == 1:
-        return Strategy(plan, device)
-    name = plan.parallel.strategy
-    if name == "pp":
-        from harness.training.pipeline import PipelineParallel
-
-        return PipelineParallel(plan, device)
-    classes = {"ddp": Strategy, "fsdp": FSDP, "tp": TensorParallel, "fsdp+tp": FSDPTensorParallel}
-    return classes[name](plan, device)

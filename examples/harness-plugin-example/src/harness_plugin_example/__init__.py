@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from harness.hookspecs import hookimpl
+from harness import hookimpl
 
 __version__ = "0.1.0"
 
 #: The harness plugin-API major version this plugin was written for; a harness with
 #: another major refuses to load it, with a warning naming this plugin.
-HARNESS_PLUGIN_API = "1"
+HARNESS_PLUGIN_API = "2"
 
 
 @hookimpl

@@ -21,12 +21,14 @@ status ``unsupported``.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from harness.backend import Artifact, Availability, Backend, Capabilities, Session
+from harness.columns import Column
 from harness.config import require
 from harness.errors import Unsupported
 
@@ -77,11 +79,16 @@ def _gather_elements_op() -> type:
 class OnnxRefSession(Session):
     """A ``ReferenceEvaluator`` on one ONNX file; ``run`` returns when numpy is done."""
 
-    def __init__(self, evaluator: Any) -> None:
+    def __init__(self, evaluator: Any, load_s: float) -> None:
         self.evaluator = evaluator
         self.input_names = tuple(evaluator.input_names)
         self.output_names = tuple(evaluator.output_names)
-        self.device = "cpu"
+        self.device = "cpu"  # the record's backend.device comes from here
+        self.load_s = load_s
+
+    def metrics(self) -> dict[str, Any]:
+        """Engine facts, recorded under ``metrics.backend`` (plugin API 2)."""
+        return {"load_s": self.load_s, "nodes": len(self.evaluator.rt_nodes_) if self.evaluator else None}
 
     def load(self, batch: Any) -> dict[str, np.ndarray]:
         missing = [name for name in self.input_names if name not in batch]
@@ -103,6 +110,8 @@ class OnnxRefSession(Session):
 class OnnxRefBackend(Backend):
     name = "onnxref"
     options_type = OnnxRefOptions
+    # What a report shows of this backend's own figures (``Session.metrics`` -> ``metrics.backend``).
+    report_columns = (Column("metrics.backend.load_s", "onnxref load s", "seconds", "lower"),)
 
     @classmethod
     def probe(cls, options: OnnxRefOptions) -> Availability:
@@ -116,24 +125,17 @@ class OnnxRefBackend(Backend):
     def capabilities(self) -> Capabilities:
         return Capabilities(precisions=frozenset(TOLERANCE), consumes=("onnx",), tolerance=TOLERANCE)
 
-    def version(self) -> str:
-        import onnx
-
-        return onnx.__version__
-
-    def device(self) -> str:
-        return "cpu"
-
     def prepare(self, artifact: Artifact, precision: str) -> OnnxRefSession:
         from onnx.reference import ReferenceEvaluator
 
         self.check_precision(precision)
         if artifact.onnx_path is None:
             raise Unsupported("onnxref runs ONNX files and this artifact has none", "give prepare an artifact with onnx_path set")
+        started = time.perf_counter()
         evaluator = ReferenceEvaluator(
             str(artifact.onnx_path),
             new_ops=[_gather_elements_op()],
             verbose=self.options.verbose,
             check_shape_annotations=self.options.check_shape_annotations,
         )
-        return OnnxRefSession(evaluator)
+        return OnnxRefSession(evaluator, time.perf_counter() - started)
