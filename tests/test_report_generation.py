@@ -18,7 +18,7 @@ from test_results import make_record
 
 
 def generation_record(backend: str, precision: str, batch: int, prompt: int, decode: float, ttft: float,
-                      relative: float) -> dict[str, Any]:
+                      relative: float, checkpoint: str | None = None) -> dict[str, Any]:
     rec = make_record(model="llama_tiny", scenario=f"llm_{precision}", kind="generation", precision=precision,
                       backend=backend, batch_size=batch, seq_len=prompt, throughput=decode / 64)
     del rec["metrics"]["latency_ms"]  # generation runs time tokens, not calls
@@ -32,7 +32,7 @@ def generation_record(backend: str, precision: str, batch: int, prompt: int, dec
                                   "relative": relative, "agreement": 1.0 if precision == "fp32" else 0.9}
     if precision == "int4":
         rec["metrics"]["compression"] = {"size_bytes": 30, "fp32_size_bytes": 100, "size_ratio": 0.3}
-    rec["config"] = {"backend": {"name": backend}, "model": {"name": "llama_tiny"},
+    rec["config"] = {"backend": {"name": backend}, "model": {"name": "llama_tiny", "checkpoint": checkpoint},
                      "scenario": {"name": f"llm_{precision}", "batch_size": batch, "prompt_len": prompt}}
     rec["columns"] = [column.as_dict() for column in GenerationScenario.report_columns]
     records.validate(rec)
@@ -58,3 +58,16 @@ def test_generation_section_and_columns(tmp_path: Path) -> None:
     assert "## Generation" in text and "Compression Pareto" in text
     written = markdown.write(report, tmp_path / "out")
     assert sum(path.suffix == ".png" for path in written) >= len(report.generation)
+
+
+def test_pareto_never_mixes_random_and_trained_weights(tmp_path: Path) -> None:
+    """Perplexity ratios of random-init and trained weights are different trade-offs: one
+    Pareto per ``model.checkpoint``, each holding only its own runs."""
+    for checkpoint, relative in ((None, 0.999), ("auto", 0.97)):
+        records.write(generation_record("openvino", "fp32", 1, 128, 30.0, 200.0, 1.0, checkpoint), tmp_path)
+        records.write(generation_record("openvino", "int4", 1, 128, 60.0, 150.0, relative, checkpoint), tmp_path)
+    report = build.build(results.load(tmp_path), baseline=None)
+    paretos = [figure for figure in report.generation if figure.name.startswith("pareto")]
+    assert len(paretos) == 2, [figure.name for figure in report.generation]
+    assert len({figure.name for figure in paretos}) == 2
+    assert {figure.title.rsplit("model.checkpoint=", 1)[-1] for figure in paretos} == {"auto", "null"}

@@ -11,7 +11,8 @@ kind's name. Four figures per model, each drawn only when the runs can fill it:
 - **compression Pareto**: decode tokens/s against the perplexity ratio to eager fp32
   (``metrics.accuracy.relative``, 1.0 = no loss), the front ringed: what each
   weight-only or lower-precision run buys in speed for what it costs in quality; one
-  figure per workload (batch size, prompt length) run at two or more precisions.
+  figure per workload (batch size, prompt length) and weights (``model.checkpoint``:
+  random init and a trained checkpoint are never one front) run at two or more precisions.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ TTFT = "metrics.generation.ttft_ms.p50"
 ITL_SAMPLES = "metrics.generation.itl_ms.samples"
 BATCH = "scenario.batch_size"
 PROMPT = "scenario.seq_len"
+#: The weights (random init vs a trained checkpoint): perplexity ratios of different weights
+#: are not one trade-off, so a Pareto never mixes them.
+WEIGHTS = "model.checkpoint"
 
 
 #: ``(runs, summary rows, row labels, raw samples) -> {(label, machine): samples}``: the
@@ -63,21 +67,33 @@ def figures(ok: pd.DataFrame, summary: pd.DataFrame, colors: Mapping[str, object
 
 
 def _pareto(rows: pd.DataFrame, model: str, colors: Mapping[str, object], name: Callable[..., str]) -> list[tuple[str, str, bytes]]:
-    """One compression Pareto per workload (batch size, prompt length) run at two or more
-    precisions: speed and quality are only traded within the same work."""
+    """One compression Pareto per workload (batch size, prompt length) and weights
+    (``model.checkpoint``) run at two or more precisions: speed and quality are only
+    traded within the same work on the same model."""
     if s.RELATIVE_ACCURACY not in rows.columns:
         return []
     scored = rows[pd.to_numeric(rows[s.RELATIVE_ACCURACY], errors="coerce").notna()]
+    scored = scored.assign(**{WEIGHTS: [_weights(row) for _, row in scored.iterrows()]})
+    several = scored[WEIGHTS].nunique() > 1
     out = []
-    for (batch, prompt), group in scored.groupby([BATCH, PROMPT], sort=True, dropna=False):
+    for (batch, prompt, weights), group in scored.groupby([BATCH, PROMPT, WEIGHTS], sort=True, dropna=False):
         if group["scenario.precision"].nunique() < 2:
             continue
-        title = f"Compression Pareto: decode tokens/s vs perplexity ratio — {model}, batch {_plain(batch)}, prompt {_plain(prompt)}"
+        suffix = f", model.checkpoint={weights}" if several else ""
+        title = (f"Compression Pareto: decode tokens/s vs perplexity ratio — {model}, batch {_plain(batch)}, "
+                 f"prompt {_plain(prompt)}{suffix}")
         front = s.pareto_front(group, DECODE, s.RELATIVE_ACCURACY)
-        out.append((name("pareto", model, _plain(batch), _plain(prompt)), title, plots.accuracy_chart(
+        parts = (_plain(batch), _plain(prompt), *((str(weights),) if several else ()))
+        out.append((name("pareto", model, *parts), title, plots.accuracy_chart(
             group, front, title, colors, x=DECODE, y=s.RELATIVE_ACCURACY, x_label="decode tokens/s (median)",
             y_label="perplexity ratio to eager fp32 (1.0 = no loss)")))
     return out
+
+
+def _weights(row: pd.Series) -> str:
+    """The row's ``model.checkpoint`` from its identity config (a path as ``name@hash``), or ``null``."""
+    value = s.config_leaves(row).get(WEIGHTS)
+    return "null" if value is None else str(value)
 
 
 def _plain(value: object) -> str:
