@@ -247,6 +247,36 @@ class LlamaCppServingSession(ThreadedSession):
         self.engine.close()
 
 
+#: What llama.cpp's GGUF types for the weight-only precisions are (its quantization docs).
+GGUF_WEIGHTS = {
+    "q8_0": "int8 (symmetric, blocks of 32 weights with an fp16 scale)",
+    "q4_K_M": "int4 (q4_K: super-blocks of 256 in sub-blocks of 32 with 6-bit scales and mins; "
+              "llama.cpp's M mix keeps some attention-value and FFN-down tensors at q6_K)",
+}
+
+
+def check_weight_recipe(recipe: Any) -> None:
+    """llama.cpp's GGUF types fix their block layout and mix: refuse what they cannot honour."""
+    if recipe.group_size is not None or recipe.ratio != 1:
+        kind = GGUF_TYPES[recipe.precision]
+        raise Unsupported(f"llama.cpp's {kind} fixes its blocks and its mix; group_size={recipe.group_size} "
+                          f"and ratio={recipe.ratio} cannot be applied", "leave scenario.quantization.group_size null "
+                          "and ratio 1.0 with backend=llamacpp")
+
+
+def weight_stage(recipe: Any, gguf: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """``metrics.compression`` of a quantized GGUF, beside the fp32 safetensors it came from."""
+    from harness.compression.pipeline import decoder_stage
+
+    realised = {"name": recipe.name, "tool": "llama.cpp llama_model_quantize (from the f16 GGUF)",
+                "gguf_type": gguf["gguf_type"], "weights": GGUF_WEIGHTS[gguf["gguf_type"]],
+                "group_size": 32, "ratio": 1.0, "activations": "fp32 between layers; ggml quantizes them to q8 blocks inside each quantized matmul",
+                "calibrated": False}
+    stage = decoder_stage(recipe, realised, gguf["seconds"], gguf["cached"], None, gguf["size_bytes"])
+    fp32 = sum(path.stat().st_size for path in Path(folder).glob("*.safetensors"))
+    return {**stage, "fp32_size_bytes": fp32, "fp32_artifact": "the fp32 safetensors checkpoint"}
+
+
 class LlamaCppBackend(Backend):
     name = "llamacpp"
     options_type = LlamaCppOptions
@@ -286,8 +316,12 @@ class LlamaCppBackend(Backend):
 
     def prepare_generation(self, source: DecoderSource, plan: GenerationPlan) -> GenerationSession:
         self.check_precision(plan.precision)
+        if plan.weights is not None:
+            check_weight_recipe(plan.weights)
         engine, stage = self._engine(source.folder(), plan.precision, source.cache_root, source.status)
         source.stages["gguf"] = stage
+        if plan.weights is not None:
+            source.stages["compression"] = weight_stage(plan.weights, stage, source.folder())
         engine.check_fits(plan.max_prompt_len, plan.max_new_tokens)
         return LlamaCppGenerationSession(engine, stage)
 

@@ -17,10 +17,12 @@ prefill also computes the LM head over the whole prompt; decode steps have one p
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from harness.compression.recipes import WeightRecipe
 from harness.errors import Unsupported
 from harness.generation.decoders import KVLayout, kv_layout
 from harness.generation.loop import next_token_logprobs, positions, run_loop
@@ -100,14 +102,35 @@ class OrtGenerationSession(GenerationSession):
         self.stepper.past = []
 
 
-def prepare(backend: Any, source: Any, plan: GenerationPlan) -> OrtGenerationSession:
-    """A session on the exported decoder (exported and validated on first use, then cached)."""
+def weight_compressed(backend: Any, source: Any, recipe: WeightRecipe) -> Path:
+    """The decoder export with MatMulNBits weights (:func:`harness.compression.onnx_quant.weight_only`),
+    built once per export and recipe in the compressed-artifact cache."""
     import onnxruntime as ort
 
-    if plan.precision != "fp32":
-        raise Unsupported(f"onnxruntime generation runs the fp32 decoder export, not {plan.precision}",
-                          "use scenario.precision=fp32 (weight-only int8/int4 come from the llm compression scenarios)")
-    path = source.onnx()
+    from harness.compression import onnx_quant
+    from harness.compression.pipeline import compress_decoder
+
+    fp32 = source.onnx()
+    export = source.stages["export"]
+    folder, stage = compress_decoder(backend, recipe, export["key"], {"onnxruntime": ort.__version__},
+                                     lambda work: onnx_quant.weight_only(fp32, work / "model.onnx", recipe),
+                                     source.cache_root, source.status)
+    source.stages["compression"] = {**stage, "fp32_size_bytes": export["size_bytes"], "fp32_artifact": "the fp32 ONNX export"}
+    return folder / "model.onnx"
+
+
+def prepare(backend: Any, source: Any, plan: GenerationPlan) -> OrtGenerationSession:
+    """A session on the exported decoder (exported and validated on first use, then cached),
+    or on its weight-only int8/int4 form for ``plan.weights``."""
+    import onnxruntime as ort
+
+    if plan.weights is not None:
+        path = weight_compressed(backend, source, plan.weights)
+    elif plan.precision != "fp32":
+        raise Unsupported(f"onnxruntime generation runs the fp32 decoder export or its weight-only int8/int4 form, "
+                          f"not {plan.precision}", "use scenario.precision=fp32, +scenario=llm_int8 or llm_int4")
+    else:
+        path = source.onnx()
     providers = list(backend.options.providers)
     session = ort.InferenceSession(str(path), backend.session_options(), providers=providers)
     kv_device = "cuda" if providers[0] == "CUDAExecutionProvider" else "cpu"

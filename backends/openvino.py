@@ -186,7 +186,8 @@ class OpenVINOBackend(Backend):
         LLMPipeline or a stateful InferRequest (:mod:`harness.backends.openvino_generation`)."""
         from harness.backends import openvino_generation
 
-        properties = compile_config(self.options, plan.precision, None) if plan.precision in openvino_generation.PRECISION else {}
+        compute = openvino_generation.compute_precision(plan)
+        properties = compile_config(self.options, compute, None) if compute in openvino_generation.PRECISION else {}
         return openvino_generation.prepare(self, source, plan, properties)
 
     def prepare_serving(self, model: Any, plan: Any) -> Any:

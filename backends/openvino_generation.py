@@ -42,6 +42,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from harness import cache
+from harness.compression.recipes import WeightRecipe
 from harness.errors import HarnessError, Unavailable, Unsupported, exception_line
 from harness.generation.decoders import kv_layout
 from harness.generation.loop import next_token_logprobs, positions, run_loop
@@ -118,10 +119,43 @@ def cached_genai_folder(source: Any, kind: str, key: str, build: Callable[[], An
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     meta = json.loads((final / MARKER).read_text())
-    size = sum(f.stat().st_size for f in final.glob("openvino_model.*"))
+    size = sum((final / name).stat().st_size for name in MODEL_FILES)
     source.stages[stage] = {"seconds": round(time.perf_counter() - started, 3), "cached": cached,
                             "size_bytes": size, "tokenizer": meta["tokenizer"], "key": key, **facts}
     return final
+
+
+#: The IR files of a genai model folder (the rest: tokenizer IRs and configs).
+MODEL_FILES = ("openvino_model.xml", "openvino_model.bin")
+
+
+def weight_compressed_folder(backend: Any, source: Any, recipe: WeightRecipe) -> Path:
+    """A genai model folder whose IR has NNCF weight-only int8/int4 weights
+    (:func:`harness.compression.nncf_quant.compress_decoder_weights`), built from the
+    fp32 stateful IR once per recipe in the compressed-artifact cache."""
+    import nncf
+    import openvino as ov
+
+    from harness.compression import nncf_quant
+    from harness.compression.pipeline import compress_decoder
+
+    fp32 = genai_folder(source, backend.core)
+    ir = source.stages["openvino_ir"]
+
+    def build(work: Path) -> dict[str, Any]:
+        for path in fp32.iterdir():
+            if path.is_file() and path.name not in MODEL_FILES:
+                shutil.copy2(path, work / path.name)
+        model = backend.core.read_model(str(fp32 / "openvino_model.xml"))
+        compressed, details = nncf_quant.compress_decoder_weights(model, recipe)
+        ov.save_model(compressed, str(work / "openvino_model.xml"), compress_to_fp16=False)
+        return details
+
+    folder, stage = compress_decoder(backend, recipe, ir["key"], {"openvino": ov.__version__, "nncf": nncf.__version__},
+                                     build, source.cache_root, source.status)
+    stage["size_bytes"] = sum((folder / name).stat().st_size for name in MODEL_FILES)  # the IR alone, as fp32's
+    source.stages["compression"] = {**stage, "fp32_size_bytes": ir["size_bytes"], "fp32_artifact": "the fp32 stateful IR"}
+    return folder
 
 
 def _tokenizer_ir(tokenizer: Any, folder: Path) -> str:
@@ -266,6 +300,8 @@ class OpenVINOGenerationSession(GenerationSession):
             "kv_cache": "state variables inside the model (stateful IR)",
             "kv_cache_precision": self.properties["KV_CACHE_PRECISION"],
             "inference_precision": self.properties["INFERENCE_PRECISION_HINT"],
+            # > 0: activations meeting int8/int4 weights are quantized per call in groups this size
+            "dynamic_quantization_group_size": self._property("DYNAMIC_QUANTIZATION_GROUP_SIZE"),
             "model_folder": str(self.folder),
         }
         if self.genai_figures:  # openvino-genai's own PerfMetrics, mean over calls: a cross-check
@@ -274,19 +310,35 @@ class OpenVINOGenerationSession(GenerationSession):
                                          "throughput_tokens_per_s_mean": throughput, "calls": len(self.genai_figures)}
         return out
 
+    def _property(self, name: str) -> Any:
+        """A compile property as this session set it, else the device's default (None if unknown)."""
+        if name in self.properties:
+            return self.properties[name]
+        try:
+            return self.core.get_property(self.device, name)
+        except RuntimeError:
+            return None
+
     def close(self) -> None:
         self.pipe = None
         self._stepper = None
 
 
+def compute_precision(plan: GenerationPlan) -> str:
+    """The precision the model computes in: weight-only int8/int4 keep float activations (fp32)."""
+    return "fp32" if plan.weights is not None else plan.precision
+
+
 def prepare(backend: Any, source: Any, plan: GenerationPlan, properties: dict[str, Any]) -> OpenVINOGenerationSession:
-    """Build (or reuse) the genai model folder and open the engine ``backend.generation_engine`` picks,
-    compiled with the backend's ``properties`` (its ``compile_config`` for the plan's precision)."""
-    if plan.precision not in PRECISION:
-        raise Unsupported(f"openvino generation runs fp32, bf16 or fp16, not {plan.precision}",
-                          "use scenario.precision=fp32")
-    backend.check_device_precision(plan.precision)
-    folder = genai_folder(source, backend.core)
+    """Build (or reuse) the genai model folder (weight-compressed for int8/int4) and open the engine
+    ``backend.generation_engine`` picks, compiled with the backend's ``properties`` (its
+    ``compile_config`` for :func:`compute_precision`)."""
+    compute = compute_precision(plan)
+    if compute not in PRECISION:
+        raise Unsupported(f"openvino generation runs fp32, bf16 or fp16, or int8/int4 weights, not {plan.precision}",
+                          "use scenario.precision=fp32, or +scenario=llm_int8 / llm_int4")
+    backend.check_device_precision(compute)
+    folder = weight_compressed_folder(backend, source, plan.weights) if plan.weights else genai_folder(source, backend.core)
     engine = backend.options.generation_engine
     if engine == "auto":
         engine = "genai" if plan.max_batch_size == 1 and _version("openvino-genai") != "missing" else "stateful"
@@ -294,7 +346,7 @@ def prepare(backend: Any, source: Any, plan: GenerationPlan, properties: dict[st
         raise Unavailable("openvino-genai is not installed, so backend.generation_engine=genai cannot run",
                           "pip install openvino-genai (the harness[openvino] extra has it), or backend.generation_engine=stateful")
     properties = dict(properties)
-    properties["KV_CACHE_PRECISION"] = PRECISION[plan.precision]
+    properties["KV_CACHE_PRECISION"] = PRECISION[compute]
     pad = source.tokenizer.pad_token_id if source.tokenizer is not None else 0
     try:
         return OpenVINOGenerationSession(folder, backend.core, backend.options.device, properties, engine, int(pad or 0))

@@ -15,16 +15,20 @@ fixed-length attention mask, so every decode step has the same shapes and
 static cache is what makes compilation pay off.
 
 Precision: fp32 runs the source module as is; bf16 (and fp16 on CUDA) run a copy cast
-to that dtype (how LLMs are deployed, rather than autocast around fp32 weights).
+to that dtype (how LLMs are deployed, rather than autocast around fp32 weights); int8 and
+int4 run a copy with weight-only linear layers on torch's CPU kernels and fp32
+activations (:func:`harness.compression.torch_quant.weight_only`).
 """
 
 from __future__ import annotations
 
 import copy
+import time
 from typing import Any, Sequence
 
 import numpy as np
 
+from harness.compression.recipes import WeightRecipe
 from harness.errors import Unsupported
 from harness.generation.loop import next_token_logprobs, positions, run_loop
 from harness.generation.session import GREEDY, Decoding, GenerationOutput, GenerationPlan, GenerationSession
@@ -125,22 +129,43 @@ class TorchGenerationSession(GenerationSession):
         self.stepper.cache = None
 
 
+def weight_compressed(source: Any, recipe: WeightRecipe) -> Any:
+    """A copy of the source model with weight-only int8/int4 linear layers
+    (:func:`harness.compression.torch_quant.weight_only`), its stage figures in ``source.stages``."""
+    from harness.compression.pipeline import decoder_stage
+    from harness.compression.torch_quant import state_size_bytes, weight_only
+
+    source.status(f"compressing the weights with {recipe.name} on pytorch (in memory, not cached)")
+    started = time.perf_counter()
+    model, realised = weight_only(source.module, recipe)
+    stage = decoder_stage(recipe, realised, time.perf_counter() - started, False, None, state_size_bytes(model))
+    source.stages["compression"] = {**stage, "fp32_size_bytes": state_size_bytes(source.module),
+                                    "fp32_artifact": "the fp32 state dict (torch.save)"}
+    return model
+
+
 def prepare(source: Any, plan: GenerationPlan, device: str, compile_mode: str | None) -> TorchGenerationSession:
     """The session for ``source`` at ``plan.precision`` on ``device`` (a cast copy unless fp32 on the CPU)."""
     import torch
 
     cuda = device.startswith("cuda")
-    if plan.precision not in generation_precisions(cuda):
+    compute = "fp32" if plan.weights is not None else plan.precision  # weight-only: float activations
+    if plan.weights is not None and cuda:
+        raise Unsupported("pytorch weight-only int8/int4 uses torch's CPU weight-only kernels",
+                          "use backend.device=cpu, or backend=onnxruntime / openvino")
+    if compute not in generation_precisions(cuda):
         raise Unsupported(f"pytorch generation does not run {plan.precision} on {device}",
-                          f"use one of: {', '.join(sorted(generation_precisions(cuda)))}")
-    dtype = getattr(torch, DTYPES[plan.precision])
+                          f"use one of: {', '.join(sorted(generation_precisions(cuda)))}, or int8/int4 weights (llm_int8, llm_int4)")
+    dtype = getattr(torch, DTYPES[compute])
     model = source.module
-    if cuda or dtype != torch.float32:  # keep the CPU fp32 source intact: it is the eager reference
+    if plan.weights is not None:
+        model = weight_compressed(source, plan.weights)
+    elif cuda or dtype != torch.float32:  # keep the CPU fp32 source intact: it is the eager reference
         model = copy.deepcopy(model).to(device=device, dtype=dtype).eval()
         if cuda:
             torch.cuda.reset_peak_memory_stats(device)
     pad = source.tokenizer.pad_token_id if source.tokenizer is not None else 0
-    session = TorchGenerationSession(model, device, plan.precision, plan, compile_mode, int(pad or 0))
+    session = TorchGenerationSession(model, device, compute, plan, compile_mode, int(pad or 0))
     if compile_mode:  # compile here, outside the timed region: a fresh and a reset cache guard differently
         source.status(f"torch.compile ({compile_mode}): compiling prefill and decode at the plan's shapes")
         dummy = [[1] * plan.max_prompt_len] * plan.max_batch_size

@@ -60,7 +60,7 @@ def auto_checkpoint(model: ModelOptions, dataset: DatasetOptions, cache_root: Op
                     trainer: Callable[[], Backend], status: Callable[[str], None] = print) -> Path:
     """Find or train the checkpoint ``recipe`` makes of ``model`` on ``dataset``."""
     options = recipe.options
-    data = load_dataset(dataset, seq_len=options.seq_len, tokenizer=checkpoints.tokenizer_of(model))
+    data = load_dataset(dataset, seq_len=options.seq_len, tokenizer=checkpoints.tokenizer_of(model, cache_root))
     key = checkpoints.checkpoint_key(model, data.fingerprint(), options)
     found = checkpoints.find(key, cache_root)
     if found is not None:
@@ -82,5 +82,6 @@ def auto_checkpoint(model: ModelOptions, dataset: DatasetOptions, cache_root: Op
     path: Optional[str] = result["training"].get("checkpoint")
     if not path:
         raise HarnessError("auto-training finished without saving a checkpoint")
-    status(f"model.checkpoint=auto: trained to accuracy {result['training']['final_accuracy']:.4f}, saved {path}")
+    metric = result["training"]["eval_metric"]
+    status(f"model.checkpoint=auto: trained to {metric} {result['training'][f'final_{metric}']:.4f}, saved {path}")
     return Path(path)

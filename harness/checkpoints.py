@@ -6,7 +6,8 @@ source folder), the dataset's fingerprint and the training recipe (every option 
 changes the weights), so a changed input never reuses a stale checkpoint.
 
 ``model.checkpoint=auto`` asks for the checkpoint that the family's train recipe
-(``bert_train`` for BERT, ``resnet_train`` for ResNet) produces for this model and
+(``bert_train`` for BERT, ``resnet_train`` for ResNet, ``llm_train`` for the decoder LLMs)
+produces for this model and
 dataset; :mod:`harness.autotrain` (a stage of the runner) finds it here or trains it.
 This module is only the store: keys, find, save, a per-key lock. A folder is complete only once its marker file exists; it is written
 into a temp folder and renamed into place, so an interrupted save is never used.
@@ -25,7 +26,7 @@ from typing import Any, Iterator, Optional
 from harness import cache
 from harness.errors import ConfigError, Unsupported
 from harness.families import FAMILIES
-from harness.models import LoadedModel, ModelOptions
+from harness.models import LoadedModel, ModelOptions, transformers_model
 from harness.training.options import MEASUREMENT_ONLY, TrainingOptions
 
 KIND = "checkpoints"
@@ -76,10 +77,11 @@ def save(model: LoadedModel, tokenizer: Any, key: str, cache_root: str | os.Path
     (:mod:`harness.cache`); a previous checkpoint under the same key is replaced only
     once the new one is complete.
     """
-    hf_model = getattr(model.module, "model", model.module)
+    # A decoder is saved whole: its ``.model`` is the base *without* the LM head.
+    hf_model = transformers_model(model.module)
     if not hasattr(hf_model, "save_pretrained"):
         raise Unsupported(f"model {model.name} cannot be saved as a checkpoint (no save_pretrained)",
-                          "train a transformers model (family bert or resnet)")
+                          "train a transformers model (family bert, resnet, llama or gpt2)")
     final = cache.cache_dir(cache_root) / KIND / key
     with cache.staging(KIND, key, cache_root) as staging:
         with _quiet_transformers():
@@ -142,14 +144,19 @@ def training_lock(key: str, cache_root: str | os.PathLike[str] | None) -> Iterat
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def tokenizer_of(options: ModelOptions) -> Any:
-    """A local model folder's own tokenizer (text models), else None (the embedded one)."""
-    family = FAMILIES[options.family]
-    if not (family.tokenizer and family.kind == "classifier") or not options.path:
-        return None
-    folder = Path(options.path).expanduser()
-    if not (folder / "tokenizer.json").is_file():
-        return None
-    from transformers import AutoTokenizer
+def tokenizer_of(options: ModelOptions, cache_root: str | os.PathLike[str] | None = None) -> Any:
+    """The tokenizer the recipe's data is made with, as training will pick it: a local
+    model folder's own (families with a tokenizer), else the family's embedded one (None
+    for BERT's word-level one, the corpus BPE for decoders, cached under ``cache_root``)."""
+    from harness.generation.tokenizer import text_tokenizer
 
-    return AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    family = FAMILIES[options.family]
+    if not family.tokenizer:
+        return None
+    own = None
+    folder = Path(options.path).expanduser() if options.path else None
+    if folder is not None and (folder / "tokenizer.json").is_file():
+        from transformers import AutoTokenizer
+
+        own = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    return text_tokenizer(options.family, own, None if cache_root is None else str(cache_root))

@@ -293,7 +293,8 @@ _WARNED: set[tuple[str, str]] = set()
 #: Classes of the built-in dataset kinds (``files`` reads them from the data).
 BUILTIN_LABELS = {"sentiment": 2, "digits": 10}
 #: The task each dataset kind poses.
-TASKS = {"sentiment": "text-classification", "digits": "image-classification", "files": "text-classification"}
+TASKS = {"sentiment": "text-classification", "digits": "image-classification", "files": "text-classification",
+         "corpus": "causal-lm"}
 
 
 def _load_files(options: DatasetOptions, seq_len: int, tokenizer: Any) -> TaskData:
@@ -533,11 +534,32 @@ def _encode(tokenizer: Any, texts: list[str], seq_len: int) -> dict[str, np.ndar
     return {key: np.asarray(encoded[key], dtype=np.int64) for key in ("input_ids", "attention_mask")}
 
 
-def _not_a_task(options: DatasetOptions, seq_len: int, tokenizer: Any) -> TaskData:
-    raise ConfigError(f"dataset '{options.name}' is a text corpus for decoder LLMs, not a classification task",
-                      "use it with +scenario=llm_fp32 (kind generation), or pick dataset=sentiment/digits/files")
+def _load_corpus(options: DatasetOptions, seq_len: int, tokenizer: Any) -> TaskData:
+    """The embedded text corpus as a causal language-modelling task (``task="causal-lm"``)
+    for training decoder LLMs.
+
+    Each split is its documents' token stream (end-of-text between documents) cut into
+    non-overlapping windows of ``seq_len`` tokens: ``input_ids`` and an all-ones
+    ``attention_mask`` (no padding, as LLM pretraining packs text), and ``labels`` the
+    same ids (the loss shifts them: position t predicts token t + 1). ``tokenizer``
+    None is the embedded byte-level BPE (:func:`harness.generation.tokenizer.corpus_tokenizer`).
+    """
+    from harness.generation.corpus import load_corpus, token_stream, windows
+    from harness.generation.tokenizer import corpus_tokenizer
+
+    tokenizer = corpus_tokenizer() if tokenizer is None else tokenizer
+    text = load_corpus(options)
+    splits: dict[str, Split] = {}
+    for name, documents in (("train", text.train), ("eval", text.eval)):
+        stream = token_stream(tokenizer, documents)
+        if len(stream) < seq_len:
+            raise ConfigError(f"the corpus's {name} split has {len(stream)} tokens, fewer than one window of {seq_len}",
+                              f"raise dataset.{name}_size or lower scenario.seq_len")
+        ids = windows(stream, seq_len, len(stream))
+        splits[name] = Split({"input_ids": ids, "attention_mask": np.ones_like(ids)}, ids)
+    return TaskData("causal-lm", 0, [], tokenizer, seq_len, splits["train"], splits["eval"])
 
 
 _LOADERS: dict[str, Callable[[DatasetOptions, int, Any], TaskData]] = {
-    "sentiment": _load_sentiment, "digits": _load_digits, "files": _load_files, "corpus": _not_a_task,
+    "sentiment": _load_sentiment, "digits": _load_digits, "files": _load_files, "corpus": _load_corpus,
 }

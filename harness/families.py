@@ -105,7 +105,7 @@ FAMILIES: dict[str, ModelFamily] = {
         compression_type="cnn", tokenizer=False),
     **{name: ModelFamily(
         name, "decoder", decoder.config_class, decoder.model_class, "AutoModelForCausalLM", TEXT,
-        frozenset({"text-classification"}), takes_num_labels=False)
+        frozenset({"causal-lm"}), train_recipe="llm_train", takes_num_labels=False)
        for name, decoder in DECODER_FAMILIES.items()},
 }
 

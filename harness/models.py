@@ -71,6 +71,12 @@ class LoadedModel:
         return digest.hexdigest()
 
 
+def transformers_model(module: Any) -> Any:
+    """The transformers model: ``module`` itself when it is one (it has a ``config``; decoders
+    are used unwrapped), else the one inside the harness's logits wrapper (``.model``)."""
+    return module if hasattr(module, "config") else getattr(module, "model", module)
+
+
 def _logits_only(model: Any, family: str) -> Any:
     """Wrap a transformers model so it takes named tensors and returns the logits tensor.
 

@@ -290,8 +290,8 @@ def _size(count: int) -> str:
 
 
 def check_dataset(spec: Any, model: Optional[tuple[dict[str, Any], str]] = None) -> None:
-    """The data fits the model: text for BERT, images for ResNet, and no more classes
-    than the model's classification head has."""
+    """The data fits the model: text for BERT, images for ResNet, a text corpus for decoder
+    LLMs, and no more classes than the model's classification head has."""
     from harness.data import TASKS, check_labels
 
     if spec.dataset.kind == "files" and spec.dataset.path and not Path(spec.dataset.path).expanduser().exists():

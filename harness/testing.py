@@ -45,6 +45,26 @@ What is checked, each a test (``docs/plugins.md`` explains every rule):
   :func:`harness.runner.execute` gives a schema-valid record: ``ok`` when the backend is
   available, ``unavailable`` with the probe's reason when it is not.
 
+The **generation tier** (:class:`GenerationConformance`, part of :class:`BackendConformance`
+and usable alone by a plugin that only runs decoder LLMs, like llama.cpp's), on
+``llama_tiny`` with untied random weights:
+
+* ``test_generation_is_declared_honestly`` -- a backend without ``generation`` refuses
+  ``prepare_generation`` with a one-line ``Unsupported``;
+* ``test_generation_greedy_tokens_equal_eager_fp32`` -- a batched, left-padded greedy call
+  gives exactly the tokens of an eager fp32 recompute without cache, and the session is
+  reusable (a second call at another batch size gives them again);
+* ``test_generation_timestamps_are_per_token`` -- one host timestamp per token, none before
+  the request's start, never going backwards, so TTFT <= e2e;
+* ``test_generation_score_matches_eager`` -- ``score`` (when implemented) has shape
+  ``(batch, T - 1)`` and equals eager fp32 log-probabilities;
+* ``test_generation_weight_only_is_realised_or_refused`` -- int4 weights either give a
+  session whose artifact is smaller than fp32's and scores near eager, or a one-line
+  ``Unsupported``;
+* ``test_generation_run_writes_a_valid_record`` -- a whole ``+scenario=llm_fp32`` run:
+  ``ok`` with every generation figure, ``unsupported`` without generation, or
+  ``unavailable`` with the probe's reason.
+
 A backend that is unavailable on this machine skips everything that needs it, with the
 probe's own reason; its probe and its ``unavailable`` record are still checked.
 
@@ -66,10 +86,14 @@ __all__ = [
     "BackendConformance",
     "Case",
     "FAST_OVERRIDES",
+    "GENERATION_OVERRIDES",
+    "GenerationConformance",
     "KNOWN_PRECISIONS",
     "REAL_MODELS",
     "compose_overrides",
     "compose_spec",
+    "decoder_source",
+    "eager_greedy_no_cache",
     "every_recipe",
     "prepare_at",
     "run_spec",
@@ -91,6 +115,29 @@ FAST_OVERRIDES: tuple[str, ...] = (
     "dataset.train_size=64",
     "dataset.eval_size=64",
 )
+
+#: Hydra overrides of the generation tier's whole run: llama_tiny, short prompts and outputs,
+#: a short measurement and small perplexity windows.
+GENERATION_OVERRIDES: tuple[str, ...] = (
+    "model=llama_tiny",
+    "++model.checkpoint=null",
+    "scenario.prompt_len=16",
+    "scenario.new_tokens=8",
+    "scenario.prompts=2",
+    "scenario.warmup_iters=1",
+    "scenario.min_iters=2",
+    "scenario.min_duration_s=0",
+    "scenario.max_duration_s=60",
+    "scenario.accuracy.limit=2",
+    "scenario.accuracy.window=32",
+)
+#: Prompts of the generation tier: two lengths, so a batched call left-pads one.
+GENERATION_PROMPTS: tuple[tuple[int, ...], ...] = ((734, 361, 412, 262, 377, 257, 380, 359, 525, 262, 379, 257),
+                                                   (299, 41, 87, 120, 99, 101, 77, 55, 66))
+GENERATION_NEW_TOKENS = 10
+#: llama_tiny with untied embeddings: with tied ones a random tiny model echoes its last
+#: token, which any engine reproduces; untied random weights give varied greedy tokens.
+UNTIED = {"tie_word_embeddings": False}
 
 #: A ResNet small enough to export and run in seconds (1-channel 32x32 digits).
 TINY_RESNET = {
@@ -288,6 +335,39 @@ def prepare_at(backend: Any, case: Case, precision: str, cache_root: str | None 
         )
 
 
+def decoder_source(cache_root: str | None = None, config: dict[str, Any] | None = None) -> Any:
+    """``model=llama_tiny`` (its YAML, random init, ``config`` overriding fields) with the
+    embedded tokenizer, as the :class:`~harness.generation.session.DecoderSource` a
+    generation backend prepares."""
+    from importlib import resources
+
+    from omegaconf import OmegaConf
+
+    from harness.generation.session import DecoderSource
+    from harness.generation.tokenizer import corpus_tokenizer
+    from harness.models import ModelOptions, load_model
+    from harness.validation import typed
+
+    yaml_text = (resources.files("harness.conf") / "model" / "llama_tiny.yaml").read_text()
+    spec: dict[str, Any] = OmegaConf.to_container(OmegaConf.create(yaml_text))  # type: ignore[assignment]
+    spec["config"] = {**spec["config"], **(config or {})}
+    model = load_model(typed(ModelOptions, spec, "model"))
+    return DecoderSource(model.name, model.module, model.config, corpus_tokenizer(cache_root), model.params,
+                         model.weights_digest(), cache_root, status=lambda _message: None)
+
+
+def eager_greedy_no_cache(module: Any, prompt: Sequence[int], new_tokens: int) -> list[int]:
+    """Greedy tokens by the simplest possible route: recompute the whole sequence in eager
+    fp32 without a cache, take the arg-max, append, repeat (the ground truth of the tier)."""
+    import torch
+
+    ids = list(prompt)
+    with torch.inference_mode():
+        for _ in range(new_tokens):
+            ids.append(int(module(input_ids=torch.tensor([ids]), use_cache=False).logits[0, -1].argmax()))
+    return ids[len(prompt):]
+
+
 def training_plan(model: Any, steps: int) -> Any:
     """A plain fp32 AdamW plan with a constant learning rate, for a few steps."""
     from harness.training.options import TrainingOptions
@@ -309,26 +389,11 @@ REAL_MODELS: dict[str, tuple[str, ...]] = {
 }
 
 
-class BackendConformance:
-    """Subclass with ``backend = "<name>"`` to run every conformance check on that backend.
-
-    Class attributes:
-
-    * ``backend`` -- the registered backend name (empty: take ``--harness-backend``);
-    * ``overrides`` -- extra Hydra overrides for this backend (``backend.device=cuda``);
-    * ``image`` -- also check a tiny ResNet (skipped when the backend says Unsupported);
-    * ``real_models`` -- also run the real-model tier (:data:`REAL_MODELS`).
-
-    ``--harness-override KEY=VALUE`` on the command line adds overrides to every class.
-    """
+class _OneBackend:
+    """Parametrizes a kit class by its backend name; shared fixtures."""
 
     backend: ClassVar[str] = ""
     overrides: ClassVar[Sequence[str]] = ()
-    image: ClassVar[bool] = True
-    #: Opt into the real-model tier (bert_small, resnet_small at real shapes) for this class.
-    real_models: ClassVar[bool] = False
-
-    # -- parametrization and fixtures (class scope: one probe, one export per backend) --
 
     def pytest_generate_tests(self, metafunc: pytest.Metafunc) -> None:
         if "harness_backend_name" not in metafunc.fixturenames:
@@ -353,40 +418,232 @@ class BackendConformance:
     def harness_results_dir(cls, tmp_path_factory: pytest.TempPathFactory) -> Path:
         return tmp_path_factory.mktemp("harness-conformance-results")
 
+    @classmethod
+    def _overrides(cls, request: pytest.FixtureRequest) -> list[str]:
+        return [*cls.overrides, *(request.config.getoption("harness_override", default=None) or [])]
+
+    @staticmethod
+    def _registered(name: str, plugins: Any) -> None:
+        if name not in plugins.registry.backends:
+            problems = "; ".join(p.warning() for p in plugins.problems) or "no plugin problems reported"
+            pytest.fail(
+                f"backend '{name}' is not registered (registered: {', '.join(sorted(plugins.registry.backends))}; {problems}). "
+                "Install the plugin package (its 'harness' entry point) or name its module in HARNESS_PLUGINS.",
+                pytrace=False,
+            )
+
+    @staticmethod
+    def _probe(spec: Any, plugins: Any) -> Any:
+        """``probe``'s answer, or the exception it raised (reported by the probe test)."""
+        try:
+            return plugins.registry.backend(spec.backend_name).probe(spec.backend_options)
+        except Exception as exc:  # the probe test fails on this; the others skip
+            return exc
+
+    @staticmethod
+    def _instance(spec: Any, plugins: Any, probe: Any) -> Any:
+        """A backend instance built from the spec's typed options; skips when unavailable."""
+        if isinstance(probe, Exception):
+            pytest.skip(f"probe raised {type(probe).__name__}: {probe} (see test_probe_answers_without_raising)")
+        if not probe.available:
+            pytest.skip(_unavailable_reason(spec.backend_name, probe))
+        return plugins.registry.backend(spec.backend_name)(spec.backend_options)
+
+
+class GenerationConformance(_OneBackend):
+    """The generation tier alone: subclass with ``backend = "<name>"`` (and ``overrides``)
+    for a plugin that runs decoder LLMs only; :class:`BackendConformance` includes it."""
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def harness_generation_spec(cls, request: pytest.FixtureRequest, harness_backend_name: str, harness_plugins: Any,
+                                harness_results_dir: Path) -> Any:
+        """``+scenario=llm_fp32`` on llama_tiny for this backend, composed like the CLI."""
+        cls._registered(harness_backend_name, harness_plugins)
+        return compose_overrides(["+scenario=llm_fp32", f"backend={harness_backend_name}", *GENERATION_OVERRIDES,
+                                  *cls._overrides(request)], harness_plugins, harness_results_dir)
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def harness_generation_probe(cls, harness_generation_spec: Any, harness_plugins: Any) -> Any:
+        return cls._probe(harness_generation_spec, harness_plugins)
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def harness_generation_backend(cls, harness_generation_spec: Any, harness_plugins: Any, harness_generation_probe: Any) -> Any:
+        return cls._instance(harness_generation_spec, harness_plugins, harness_generation_probe)
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def harness_decoder(cls, harness_generation_spec: Any) -> tuple[Any, list[list[int]]]:
+        """The untied llama_tiny source and the eager no-cache greedy tokens of each prompt."""
+        source = decoder_source(harness_generation_spec.cache_dir, UNTIED)
+        return source, [eager_greedy_no_cache(source.module, p, GENERATION_NEW_TOKENS) for p in GENERATION_PROMPTS]
+
+    @staticmethod
+    def _session(backend: Any, source: Any, batch: int = 2, weights: Any = None, precision: str = "fp32") -> Any:
+        from harness.generation.session import GenerationPlan
+
+        if not backend.capabilities().generation:
+            pytest.skip(f"{backend.name} does not declare generation (test_generation_is_declared_honestly checks its refusal)")
+        return backend.prepare_generation(source, GenerationPlan(precision, batch, 12, GENERATION_NEW_TOKENS, weights))
+
+    def test_generation_is_declared_honestly(self, harness_generation_backend: Any, harness_decoder: Any) -> None:
+        from harness.errors import Unsupported
+        from harness.generation.session import GenerationPlan
+
+        backend = harness_generation_backend
+        assert isinstance(backend.capabilities().generation, bool)
+        if backend.capabilities().generation:
+            backend.check_generation()
+            return
+        with pytest.raises(Unsupported) as refused:
+            backend.prepare_generation(harness_decoder[0], GenerationPlan("fp32", 1, 12, GENERATION_NEW_TOKENS))
+        assert _one_line(refused.value.one_line())
+
+    def test_generation_greedy_tokens_equal_eager_fp32(self, harness_generation_backend: Any, harness_decoder: Any) -> None:
+        source, expected = harness_decoder
+        session = self._session(harness_generation_backend, source)
+        try:
+            got = session.generate([list(p) for p in GENERATION_PROMPTS], GENERATION_NEW_TOKENS)
+            assert [o.tokens for o in got] == expected, "batched, left-padded greedy tokens differ from eager fp32 without cache"
+            for _ in range(2):  # reusable: every call starts afresh, at another batch size too
+                again = session.generate([list(GENERATION_PROMPTS[0])], GENERATION_NEW_TOKENS)
+                assert [o.tokens for o in again] == expected[:1], "a later call at batch 1 gives other tokens"
+        finally:
+            session.close()
+        session.close()  # closing twice is harmless
+
+    def test_generation_timestamps_are_per_token(self, harness_generation_backend: Any, harness_decoder: Any) -> None:
+        from harness.generation.session import check_outputs, now
+
+        session = self._session(harness_generation_backend, harness_decoder[0])
+        try:
+            before = now()
+            outputs = session.generate([list(p) for p in GENERATION_PROMPTS], GENERATION_NEW_TOKENS)
+            after = now()
+            check_outputs(outputs, len(GENERATION_PROMPTS), harness_generation_backend.name)
+            for output, prompt in zip(outputs, GENERATION_PROMPTS):
+                times = output.token_times
+                assert len(output.tokens) == len(times) == GENERATION_NEW_TOKENS, "one timestamp per token, exactly new_tokens tokens"
+                assert output.prompt_tokens == len(prompt)
+                assert before <= output.start <= times[0] and times[-1] <= after, "timestamps outside the call (another clock?)"
+                assert all(b >= a for a, b in zip(times, times[1:])), "timestamps go backwards"
+                assert times[0] - output.start <= times[-1] - output.start, "TTFT above e2e"
+            assert isinstance(session.metrics(), dict) and isinstance(session.memory(), dict)
+        finally:
+            session.close()
+
+    def test_generation_score_matches_eager(self, harness_generation_backend: Any, harness_decoder: Any) -> None:
+        from harness.errors import Unsupported
+        from harness.generation.quality import eager_logprobs
+
+        source = harness_decoder[0]
+        windows = np.asarray([p[:9] for p in GENERATION_PROMPTS], dtype=np.int64)
+        session = self._session(harness_generation_backend, source)
+        try:
+            try:
+                got = np.asarray(session.score(windows))
+            except Unsupported as refused:
+                assert _one_line(refused.value.one_line() if hasattr(refused, "value") else refused.one_line())
+                pytest.skip(f"score() is not implemented: {refused.one_line()}")
+            assert got.shape == (2, 8), f"score gave shape {got.shape}, not (batch, T - 1) = (2, 8)"
+            assert np.all(np.isfinite(got)) and np.all(got <= 0), "log-probabilities must be finite and <= 0"
+            diff = float(np.max(np.abs(got - eager_logprobs(source.module, windows))))
+            assert diff < 1e-2, f"fp32 log-probabilities differ from eager by {diff:.3g}"
+        finally:
+            session.close()
+
+    def test_generation_weight_only_is_realised_or_refused(self, harness_generation_backend: Any, harness_decoder: Any) -> None:
+        from harness.compression.recipes import WeightRecipe
+        from harness.errors import Unsupported
+        from harness.generation.quality import eager_logprobs
+
+        source = harness_decoder[0]
+        try:
+            session = self._session(harness_generation_backend, source, 1, WeightRecipe("int4"), "int4")
+        except Unsupported as refused:
+            assert _one_line(refused.one_line())
+            return
+        try:
+            stage = source.stages.get("compression") or {}
+            assert stage.get("size_bytes") and stage.get("fp32_size_bytes"), (
+                "a weight-only session must record source.stages['compression'] with size_bytes and fp32_size_bytes")
+            assert stage["size_bytes"] < stage["fp32_size_bytes"], "the int4 artifact is not smaller than fp32"
+            outputs = session.generate([list(GENERATION_PROMPTS[0])], GENERATION_NEW_TOKENS)
+            assert len(outputs[0].tokens) == GENERATION_NEW_TOKENS
+            windows = np.asarray([p[:9] for p in GENERATION_PROMPTS], dtype=np.int64)
+            try:
+                got = np.asarray(session.score(windows))
+            except Unsupported:
+                return
+            diff = float(np.max(np.abs(got - eager_logprobs(source.module, windows))))
+            assert 0 < diff < 1.0, f"int4 log-probabilities differ from eager fp32 by {diff:.3g} (0: not compressed?)"
+        finally:
+            session.close()
+
+    def test_generation_run_writes_a_valid_record(self, harness_generation_spec: Any, harness_plugins: Any,
+                                                  harness_generation_probe: Any) -> None:
+        from harness import records
+
+        record = run_spec(harness_generation_spec, harness_plugins)
+        records.validate(record)
+        probe = harness_generation_probe
+        if isinstance(probe, Exception) or not probe.available:
+            assert record["status"] in ("unavailable", "failed") and _one_line(record["reason"])
+            return
+        backend = harness_plugins.registry.backend(harness_generation_spec.backend_name)(harness_generation_spec.backend_options)
+        if not backend.capabilities().generation:
+            assert record["status"] == "unsupported" and _one_line(record["reason"]), record["reason"]
+            return
+        assert record["status"] == "ok", f"{record['status']}: {record['reason']}"
+        generation = record["metrics"]["generation"]
+        for key in ("ttft_ms", "tpot_ms", "itl_ms", "e2e_ms"):
+            assert generation[key]["count"] > 0 and generation[key]["p50"] > 0, key
+        assert generation["ttft_ms"]["p50"] <= generation["e2e_ms"]["p50"]
+        assert generation["decode_tokens_per_s"] > 0 and generation["output_tokens"] == generation["requests"] * 8
+        accuracy = record["metrics"]["accuracy"]
+        assert accuracy["metric"] == "perplexity" and accuracy["agreement"] is not None
+
+
+class BackendConformance(GenerationConformance):
+    """Subclass with ``backend = "<name>"`` to run every conformance check on that backend.
+
+    Class attributes:
+
+    * ``backend`` -- the registered backend name (empty: take ``--harness-backend``);
+    * ``overrides`` -- extra Hydra overrides for this backend (``backend.device=cuda``);
+    * ``image`` -- also check a tiny ResNet (skipped when the backend says Unsupported);
+    * ``real_models`` -- also run the real-model tier (:data:`REAL_MODELS`).
+
+    ``--harness-override KEY=VALUE`` on the command line adds overrides to every class.
+    The generation tier (:class:`GenerationConformance`) runs too: a backend that does not
+    declare generation is only checked to refuse it.
+    """
+
+    image: ClassVar[bool] = True
+    #: Opt into the real-model tier (bert_small, resnet_small at real shapes) for this class.
+    real_models: ClassVar[bool] = False
+
+    # -- fixtures (class scope: one probe, one export per backend) --
     @pytest.fixture(scope="class")
     @classmethod
     def harness_spec(cls, request: pytest.FixtureRequest, harness_backend_name: str, harness_plugins: Any, harness_results_dir: Path) -> Any:
         """The validated RunSpec for this backend (composed like the CLI, plugin YAML included)."""
-        registry = harness_plugins.registry
-        if harness_backend_name not in registry.backends:
-            problems = "; ".join(p.warning() for p in harness_plugins.problems) or "no plugin problems reported"
-            pytest.fail(
-                f"backend '{harness_backend_name}' is not registered (registered: {', '.join(sorted(registry.backends))}; {problems}). "
-                "Install the plugin package (its 'harness' entry point) or name its module in HARNESS_PLUGINS.",
-                pytrace=False,
-            )
-        overrides = [*cls.overrides, *(request.config.getoption("harness_override", default=None) or [])]
-        return compose_spec(harness_backend_name, overrides, harness_plugins, harness_results_dir)
+        cls._registered(harness_backend_name, harness_plugins)
+        return compose_spec(harness_backend_name, cls._overrides(request), harness_plugins, harness_results_dir)
 
     @pytest.fixture(scope="class")
     @classmethod
     def harness_probe(cls, harness_spec: Any, harness_plugins: Any) -> Any:
         """``probe``'s answer, or the exception it raised (reported by the probe test)."""
-        backend_cls = harness_plugins.registry.backend(harness_spec.backend_name)
-        try:
-            return backend_cls.probe(harness_spec.backend_options)
-        except Exception as exc:  # the probe test fails on this; the others skip
-            return exc
+        return cls._probe(harness_spec, harness_plugins)
 
     @pytest.fixture(scope="class")
     @classmethod
     def harness_backend(cls, harness_spec: Any, harness_plugins: Any, harness_probe: Any) -> Any:
         """A backend instance built from the spec's typed options; skips when unavailable."""
-        if isinstance(harness_probe, Exception):
-            pytest.skip(f"probe raised {type(harness_probe).__name__}: {harness_probe} (see test_probe_answers_without_raising)")
-        if not harness_probe.available:
-            pytest.skip(_unavailable_reason(harness_spec.backend_name, harness_probe))
-        return harness_plugins.registry.backend(harness_spec.backend_name)(harness_spec.backend_options)
+        return cls._instance(harness_spec, harness_plugins, harness_probe)
 
     @pytest.fixture(scope="class")
     @classmethod

@@ -21,18 +21,21 @@ import numpy as np
 
 from harness.accuracy import AccuracyGate
 from harness.columns import Column
+from harness.compression.recipes import WEIGHT_BITS, WeightRecipe
 from harness.config import choice, require
 from harness.errors import ConfigError, Mismatch
 from harness.generation import corpus, decoders, quality, timing
 from harness.generation.session import (DECODING_STRATEGIES, Decoding, DecoderSource, GenerationOutput,
                                         GenerationPlan, check_outputs, now)
+from harness.generation.tokenizer import text_tokenizer
 from harness.hardware import host_memory_mib
 from harness.hookspecs import hookimpl
 from harness.scenario import RunContext, Scenario, ScenarioResult
 
-PRECISIONS = ("fp32", "bf16", "fp16")
-#: Bytes of one KV-cache element at each precision (the cache is kept at compute precision).
-KV_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
+PRECISIONS = ("fp32", "bf16", "fp16", *WEIGHT_BITS)
+#: Bytes of one KV-cache element at each precision (the cache is kept at compute precision;
+#: int8/int4 compress weights only, so activations and the cache stay fp32).
+KV_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "int8": 4, "int4": 4}
 
 
 @dataclass
@@ -70,6 +73,19 @@ class GenerationAccuracyOptions:
 
 
 @dataclass
+class WeightQuantizationOptions:
+    """``scenario.quantization.*`` of the weight-only runs (``precision`` int8 or int4).
+
+    ``group_size``: weights sharing one scale and zero point along the input dimension
+    (null = the backend's default, -1 = per output channel); ``ratio``: int4's share of
+    the weights, the rest int8. See :class:`harness.compression.recipes.WeightRecipe`.
+    """
+
+    group_size: Optional[int] = None
+    ratio: float = 1.0
+
+
+@dataclass
 class GenerationOptions:
     """``scenario.*`` keys of ``kind: generation``.
 
@@ -94,6 +110,7 @@ class GenerationOptions:
     keep_samples: bool = True
     seq_len: Optional[int] = None
     accuracy: GenerationAccuracyOptions = field(default_factory=GenerationAccuracyOptions)
+    quantization: WeightQuantizationOptions = field(default_factory=WeightQuantizationOptions)
 
     def __post_init__(self) -> None:
         choice(self.precision, PRECISIONS, "precision")
@@ -106,6 +123,15 @@ class GenerationOptions:
                 f"must be >= min_duration_s ({self.min_duration_s}), got {self.max_duration_s}")
         require(self.seq_len in (None, self.prompt_len), "seq_len",
                 f"is the prompt length in generation ({self.prompt_len}); set scenario.prompt_len instead")
+        require(self.precision in WEIGHT_BITS or self.quantization == WeightQuantizationOptions(), "quantization",
+                f"compresses weights to int8/int4, not {self.precision}; use +scenario=llm_int8 or llm_int4")
+        self.weight_recipe()  # validates group_size and ratio against the precision
+
+    def weight_recipe(self) -> Optional[WeightRecipe]:
+        """The weight-only recipe of an int8/int4 run (None for float precisions)."""
+        if self.precision not in WEIGHT_BITS:
+            return None
+        return WeightRecipe(self.precision, self.quantization.group_size, self.quantization.ratio)
 
     def decoding_options(self) -> Decoding:
         s = self.sampling
@@ -128,11 +154,17 @@ class GenerationScenario(Scenario):
     kind = "generation"
     options_type = GenerationOptions
     record_section = "generation"
-    report_columns = (  # what decides between LLM engines: time to first token, per-token time, tokens/s
+    report_columns = (
         Column("metrics.generation.ttft_ms.p50", "TTFT p50 (ms)", "number", "lower"),
         Column("metrics.generation.tpot_ms.p50", "TPOT p50 (ms)", "number", "lower"),
+        Column("metrics.generation.itl_ms.p99", "ITL p99 (ms)", "number", "lower"),
         Column("metrics.generation.decode_tokens_per_s", "Decode tok/s", "number", "higher"),
         Column("metrics.generation.output_tokens_per_s", "Output tok/s", "number", "higher"),
+        Column("metrics.accuracy.agreement", "Greedy agreement", "percent", "higher"),
+        # weight-only int8/int4: the artifact's size beside the fp32 one it came from
+        Column("metrics.compression.size_ratio", "Size vs fp32", "percent", "lower", when="metrics.compression.size_ratio"),
+        Column("metrics.generation.decode_tokens_per_s", "Decode speedup vs fp32", "ratio", "higher",
+               vs={"scenario.precision": "fp32"}, when="metrics.compression.size_ratio"),
     )
 
     def run(self, ctx: RunContext) -> ScenarioResult:
@@ -145,22 +177,21 @@ class GenerationScenario(Scenario):
                               f"use a decoder model: model=llama_tiny, llama_small, llama_1b or gpt2 (families {', '.join(decoders.DECODER_FAMILIES)})")
         text = corpus.load_corpus(ctx.spec.dataset)
         model = ctx.load_model()
-        tokenizer = model.tokenizer
-        if tokenizer is None:
-            from harness.generation.tokenizer import corpus_tokenizer
-
-            tokenizer = corpus_tokenizer(ctx.cache_root)
+        tokenizer = text_tokenizer(family, model.tokenizer, ctx.cache_root)
         _check_sizes(opts, model.config, tokenizer, model.name)
         stream = corpus.token_stream(tokenizer, text.eval)
         pool = corpus.windows(stream, opts.prompt_len, opts.prompts)
         source = DecoderSource(model.name, model.module, model.config, tokenizer, model.params, model.weights_digest(),
                                ctx.cache_root, ctx.status, workspace=ctx.workspace)
-        plan = GenerationPlan(opts.precision, opts.batch_size, opts.prompt_len, opts.new_tokens)
+        plan = GenerationPlan(opts.precision, opts.batch_size, opts.prompt_len, opts.new_tokens, opts.weight_recipe())
         ctx.status(f"preparing {backend.name} generation session ({opts.precision})")
         session = backend.prepare_generation(source, plan)
         try:
             calls, greedy = self._measure(ctx, session, pool)
             metrics: dict[str, Any] = dict(source.stages)
+            compression = metrics.get("compression")
+            if compression and compression.get("fp32_size_bytes"):  # weight-only: size beside the fp32 artifact
+                compression["size_ratio"] = compression["size_bytes"] / compression["fp32_size_bytes"]
             metrics["generation"] = timing.generation_metrics(calls, opts.keep_samples)
             metrics["throughput"] = self._throughput(metrics["generation"])
             layout = decoders.kv_layout(model.config)

@@ -54,7 +54,7 @@ def record_metrics(training: dict[str, Any]) -> dict[str, Any]:
         "training": training,
         "latency_ms": step,
         "throughput": {"samples_per_s": training["samples_per_s"], "tokens_per_s": training["tokens_per_s"]},
-        "accuracy": {"metric": "accuracy", "value": training["final_accuracy"], "reference": None,
+        "accuracy": {"metric": training["eval_metric"], "value": training[f"final_{training['eval_metric']}"], "reference": None,
                      "relative": None, "agreement": None},
         "memory_mib": training["memory_mib"],
     }
@@ -133,6 +133,8 @@ TRAINING_COLUMNS = (
     Column("metrics.training.samples_per_s", "Train samples/s", "number", "higher"),
     Column("metrics.training.time_to_target_s", "Time to target", "seconds", "lower"),
     Column("metrics.training.final_accuracy", "Final accuracy", "fixed4", "higher"),
+    Column("metrics.training.final_perplexity", "Final perplexity", "number", "lower"),  # causal LMs (llm_train)
+    Column("metrics.training.tokens_per_s", "Train tokens/s", "number", "higher", when="metrics.training.final_perplexity"),
     Column("metrics.training.scaling_efficiency", "Scaling efficiency", "percent", "higher"),
     Column("metrics.training.memory_max_rank.params_mib", "Params MiB/rank", "number", "lower"),
     Column("metrics.training.memory_max_rank.model_state_mib", "Model state MiB/rank", "number", "lower"),

@@ -38,7 +38,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         "harness.training.job", "harness.training.torch_session", "harness.training.parallel",
         "harness.training.pipeline", "harness.training.strategies", "harness.training.accounting",
         "harness.training.architectures", "harness.training.optim", "harness.training.metrics",
-        "harness.training.kd", "harness.training.ddp", "harness.measure", "harness.accuracy",
+        "harness.training.kd", "harness.training.ddp", "harness.training.objectives", "harness.measure", "harness.accuracy",
         "harness.generation.loop", "harness.generation.timing", "harness.serving.session", "harness.serving.load",
         "harness.serving.figures", "harness.serving.sweep", "harness.serving.sse", "harness.serving.timing",
         "harness.serving.gguf", "harness.serving.gguf_convert", "harness.serving.inprocess", "harness.serving.workload",

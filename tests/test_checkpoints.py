@@ -62,7 +62,7 @@ def test_recipes_come_from_the_scenario_yaml():
     assert (bert.options.optimizer, bert.options.lr, bert.options.seq_len, bert.options.epochs) == ("adamw", 5e-4, 32, 2)
     resnet = compose.recipe_for("resnet").options
     assert (resnet.batch_size, resnet.schedule, resnet.epochs) == (64, "cosine", 10)
-    assert compose.recipe_for("llama") is None
+    assert compose.recipe_for("llama").name == "llm_train"
 
 
 def test_auto_run_gets_the_recipe_in_its_spec():

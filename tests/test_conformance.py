@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from harness.plugins import load_plugins
-from harness.testing import BackendConformance
+from harness.testing import BackendConformance, GenerationConformance
 
 pytestmark = pytest.mark.slow
 
@@ -52,6 +52,14 @@ class TestOpenVINO(BackendConformance):
 @_registered("torch_xla")
 class TestTorchXla(BackendConformance):
     backend = "torch_xla"
+
+
+@pytest.mark.llamacpp
+class TestLlamaCppGeneration(GenerationConformance):
+    """llama.cpp runs decoder LLMs only (GGUF), so it takes the generation tier alone."""
+
+    backend = "llamacpp"
+    overrides = ("backend.threads=2",)
 
 
 class TestTensorRT(BackendConformance):

@@ -83,8 +83,9 @@ def test_backends_without_generation_answer_in_one_line(backend, code, status, n
 
 
 @pytest.mark.parametrize("args, needle", [
-    (["model=bert_tiny"], "is not a decoder LLM"),
-    (["dataset=sentiment"], "is not a text corpus"),
+    # the family table's tasks, checked before the run (preflight)
+    (["model=bert_tiny"], "model.family=bert does text-classification but dataset 'corpus' is causal-lm"),
+    (["dataset=sentiment"], "model.family=llama does causal-lm but dataset 'sentiment' is text-classification"),
     (["scenario.prompt_len=1020", "scenario.seq_len=1020"], "attends to 1024 positions"),
 ])
 def test_wrong_model_or_data_is_one_line(args, needle, tmp_path) -> None:

@@ -66,11 +66,25 @@ def test_token_stream_and_windows() -> None:
         corpus.windows(np.arange(2), 3, 1)
 
 
-def test_corpus_dataset_is_not_a_classification_task() -> None:
-    from harness.data import DatasetOptions, load_dataset
+def test_corpus_dataset_is_a_causal_lm_task_not_a_classification_one() -> None:
+    """Loaded as a dataset, the corpus is a causal-LM task (llm_train); a classifier paired
+    with it is refused before anything runs (preflight), and a classification dataset is
+    no corpus for generation."""
+    from types import SimpleNamespace
 
-    with pytest.raises(ConfigError, match="text corpus for decoder LLMs"):
-        load_dataset(DatasetOptions(name="corpus", kind="corpus", train_size=10, eval_size=5))
+    from harness.data import DatasetOptions, load_dataset
+    from harness.models import ModelOptions
+    from harness.preflight import check_dataset
+
+    data = load_dataset(DatasetOptions(name="corpus", kind="corpus", train_size=10, eval_size=5), seq_len=16)
+    assert data.task == "causal-lm" and data.num_labels == 0
+    bert_on_corpus = SimpleNamespace(dataset=DatasetOptions(name="corpus", kind="corpus"), model=ModelOptions())
+    with pytest.raises(ConfigError, match="model.family=bert does text-classification but dataset 'corpus' is causal-lm"):
+        check_dataset(bert_on_corpus)
+    llama_on_sentiment = SimpleNamespace(dataset=DatasetOptions(), model=ModelOptions(name="llama_tiny", family="llama"))
+    with pytest.raises(ConfigError, match="does causal-lm but dataset 'sentiment'") as refused:
+        check_dataset(llama_on_sentiment)
+    assert "fix: dataset=corpus" in refused.value.one_line()
     with pytest.raises(ConfigError) as caught:
         corpus.load_corpus(DatasetOptions())
     assert "is not a text corpus (fix: use dataset=corpus" in caught.value.one_line()

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from harness.compression.recipes import Recipe
+from harness.compression.recipes import Recipe, WeightRecipe
 from harness.errors import Unsupported
 
 
@@ -97,6 +97,69 @@ def compress_weights(model: Any, recipe: Recipe) -> tuple[Any, dict[str, Any]]:
         "weights": "int8 (asymmetric, per channel)",
         "activations": "float at the inference precision hint; the CPU plugin may quantize them "
                        "per call (DYNAMIC_QUANTIZATION_GROUP_SIZE)",
+        "calibrated": False,
+    }
+
+
+#: NNCF's int4 group size when none is asked for (its own default).
+DEFAULT_INT4_GROUP = 128
+#: OpenVINO element types of compressed weights -> the precision they hold.
+_WEIGHT_TYPES = {"u4": "int4", "i4": "int4", "u8": "int8", "i8": "int8", "f32": "fp32", "f16": "fp16", "bf16": "bf16"}
+
+
+def weights_by_precision(model: Any) -> dict[str, int]:
+    """Parameters per storage precision among an ``ov.Model``'s 2-D weight constants: what
+    a compressed model really holds (NNCF's mixed precision and backup layers included)."""
+    counts: dict[str, int] = {}
+    for op in model.get_ordered_ops():
+        if op.get_type_name() != "Constant":
+            continue
+        shape = list(op.get_output_partial_shape(0).get_shape())
+        if len(shape) < 2 or min(shape) < 2:
+            continue  # scales, zero points and other small constants
+        kind = _WEIGHT_TYPES.get(op.get_element_type().get_type_name())
+        if kind is not None:
+            counts[kind] = counts.get(kind, 0) + int(np.prod(shape))
+    return counts
+
+
+def compress_decoder_weights(model: Any, recipe: WeightRecipe) -> tuple[Any, dict[str, Any]]:
+    """Weight-only int8/int4 of a decoder LLM's ``ov.Model`` with ``nncf.compress_weights``.
+
+    int4: ``INT4_ASYM`` with ``group_size`` (null: NNCF's 128) and ``ratio`` (the rest at
+    the INT8_ASYM backup; NNCF picks which layers data-free, by weight quantization error),
+    the embeddings and the last layer at the int8 backup (NNCF's ``all_layers=False``).
+    int8: ``INT8_ASYM``, one scale per output channel (NNCF has no int8 groups).
+    """
+    import nncf
+
+    _quiet()
+    if recipe.precision == "int8":
+        if recipe.group_size not in (None, -1):
+            raise Unsupported(f"NNCF compresses int8 weights per output channel, not in groups of {recipe.group_size}",
+                              "leave scenario.quantization.group_size null (or -1) with llm_int8 on openvino")
+        compressed = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM)
+        group, ratio = -1, 1.0
+    else:
+        group = DEFAULT_INT4_GROUP if recipe.group_size is None else recipe.group_size
+        ratio = recipe.ratio
+        try:
+            compressed = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT4_ASYM, group_size=group, ratio=ratio)
+        except nncf.errors.InvalidGroupSizeError as exc:  # a layer's input size is not a multiple of the group
+            raise Unsupported(f"NNCF cannot split every layer into groups of {group}: {' '.join(str(exc).split())[:200]}",
+                              "set scenario.quantization.group_size to a divisor of the model's widths") from None
+    return compressed, {
+        "name": recipe.name,
+        "tool": "nncf.compress_weights",
+        "nncf": nncf.__version__,
+        "mode": "INT8_ASYM" if recipe.precision == "int8" else "INT4_ASYM",
+        "weights": f"{recipe.precision} (asymmetric, " + ("per channel)" if group == -1 else f"groups of {group})"),
+        "group_size": group,
+        "ratio": ratio,
+        "backup": "INT8_ASYM (embeddings, last layer" + (", the 1 - ratio share)" if ratio < 1 else ")"),
+        "parameters_by_precision": weights_by_precision(compressed),
+        "activations": "float at the inference precision hint; the CPU plugin may quantize them "
+                       "per call (DYNAMIC_QUANTIZATION_GROUP_SIZE, in metrics.backend)",
         "calibrated": False,
     }
 

@@ -23,7 +23,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from harness.compression.recipes import Recipe
+from harness.compression.recipes import Recipe, WeightRecipe
 from harness.errors import HarnessError, Unsupported
 
 #: Ops quantized in transformers by the static recipes. Quantizing only the matmuls
@@ -183,6 +183,100 @@ def convert_fp16(src: Path, dst: Path) -> dict[str, Any]:
         onnx.save(model, str(out))
         os.replace(out, dst)
     return {"tool": "onnxruntime.transformers.float16.convert_float_to_float16", "keep_io_types": True}
+
+
+#: MatMulNBits' default block (the quantizer's own default, and NNCF's int4 group size).
+DEFAULT_BLOCK = 128
+#: Above this many bytes a quantized graph keeps its weights in an external-data file.
+EXTERNAL_DATA_BYTES = 1_500_000_000
+
+
+def _fold_transposed_weights(model: Any) -> int:
+    """Give every ``MatMul`` whose weight is ``Transpose(initializer)`` its own transposed
+    initializer; returns how many were folded.
+
+    The exporter leaves a tied LM head (the embedding matrix, shared with the input
+    ``Gather``) as ``MatMul(x, Transpose(W))``; the quantizer only quantizes a constant
+    weight, so without this the LM head would stay fp32 while every other layer is
+    compressed.
+    """
+    from onnx import numpy_helper
+
+    graph = model.graph
+    initializers = {init.name: init for init in graph.initializer}
+    producers = {out: node for node in graph.node for out in node.output}
+    folded = 0
+    for node in graph.node:
+        source = producers.get(node.input[1]) if node.op_type == "MatMul" else None
+        if source is None or source.op_type != "Transpose" or source.input[0] not in initializers:
+            continue
+        perm = next((list(a.ints) for a in source.attribute if a.name == "perm"), [1, 0])
+        array = numpy_helper.to_array(initializers[source.input[0]])
+        if array.ndim != 2 or perm != [1, 0]:
+            continue
+        name = f"{source.input[0]}.transposed"
+        if name not in initializers:
+            initializers[name] = numpy_helper.from_array(np.ascontiguousarray(array.T), name)
+            graph.initializer.append(initializers[name])
+        node.input[1] = name
+        folded += 1
+    used = {name for node in graph.node for name in node.input} | {out.name for out in graph.output}
+    dead = [node for node in graph.node if node.op_type == "Transpose" and not set(node.output) & used]
+    for node in dead:
+        graph.node.remove(node)
+    return folded
+
+
+def weight_only(src: Path, dst: Path, recipe: WeightRecipe) -> dict[str, Any]:
+    """Weight-only int8/int4 of a decoder graph with ORT's MatMulNBits quantizer
+    (``onnxruntime.quantization.matmul_nbits_quantizer``, round-to-nearest, asymmetric,
+    one scale and zero point per block of ``group_size`` input weights).
+
+    Every ``MatMul`` with a constant weight becomes ``MatMulNBits``: the linear layers at
+    the recipe's bits and the LM head at 8 bits (as NNCF keeps the last layer at its
+    int8 backup precision). The token embedding (a ``Gather``) stays fp32: the quantizer's
+    ``GatherBlockQuantized`` needs an opset-21 upgrade it warns may be invalid. Activations
+    stay fp32 (``accuracy_level`` unset).
+    """
+    import onnx
+    from onnxruntime.quantization import matmul_nbits_quantizer as nbits
+
+    block = DEFAULT_BLOCK if recipe.group_size is None else recipe.group_size
+    if block < 16 or block & (block - 1):
+        raise Unsupported(f"ORT's MatMulNBits takes blocks of a power of two >= 16 weights, not group_size={recipe.group_size}",
+                          "set scenario.quantization.group_size to 16, 32, 64, 128 or 256 (or null: 128)")
+    if recipe.ratio != 1:
+        raise Unsupported(f"ORT's MatMulNBits quantizer gives every layer one bit width; ratio={recipe.ratio} mixes int4 and int8",
+                          "use scenario.quantization.ratio=1.0 with backend=onnxruntime, or backend=openvino (NNCF) for mixed precision")
+    src, dst = Path(src), Path(dst)
+    model = onnx.load(str(src))
+    folded = _fold_transposed_weights(model)
+    initializers = {init.name for init in model.graph.initializer}
+    matmuls = [n for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in initializers]
+    head = [n.name for n in matmuls if "logits" in n.output]
+    body = [n.name for n in matmuls if n.name not in head]
+    weight_bytes = sum(init.ByteSize() for init in model.graph.initializer)
+    with _staging(dst) as tmp:
+        # The quantizer takes every constant-weight MatMul not excluded (nodes_to_include only
+        # adds nodes), so: the body first with the head excluded, then the head, the one left.
+        for bits, excluded in ((recipe.bits, head), (8, [])):
+            config = nbits.DefaultWeightOnlyQuantConfig(block_size=block, is_symmetric=False, bits=bits)
+            quantizer = nbits.MatMulNBitsQuantizer(model, bits=bits, block_size=block, is_symmetric=False,
+                                                   nodes_to_exclude=excluded, algo_config=config)
+            quantizer.process()
+            model = quantizer.model.model
+        out = tmp / "model.onnx"
+        external = weight_bytes > EXTERNAL_DATA_BYTES
+        onnx.save(model, str(out), save_as_external_data=external, all_tensors_to_one_file=True,
+                  location=f"{dst.name}.data")
+        if external:
+            os.replace(tmp / f"{dst.name}.data", dst.parent / f"{dst.name}.data")
+        os.replace(out, dst)
+    return {"name": recipe.name, "tool": "onnxruntime.quantization.matmul_nbits_quantizer (MatMulNBits, RTN)",
+            "weights": f"int{recipe.bits} (asymmetric, blocks of {block})", "group_size": block, "ratio": 1.0,
+            "layers": {f"int{recipe.bits}": len(body), "int8 (LM head)": len(head)}, "lm_head": "int8",
+            "embeddings": "fp32 (Gather)", "tied_weights_unshared": folded,
+            "activations": "fp32 (MatMulNBits accuracy_level unset)", "calibrated": False}
 
 
 def realise(src: Path, dst: Path, recipe: Recipe, batches: Sequence[dict[str, np.ndarray]]) -> dict[str, Any]:

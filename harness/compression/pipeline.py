@@ -23,7 +23,7 @@ from typing import Any, Callable, Mapping
 from harness import cache
 from harness.backend import Artifact, Backend
 from harness.compression.calibration import Calibration, fingerprint, sample_batches
-from harness.compression.recipes import Recipe
+from harness.compression.recipes import Recipe, WeightRecipe
 from harness.errors import Unsupported
 
 #: Bump when the layout of a cache entry or the way a recipe is realised changes, so
@@ -117,35 +117,75 @@ def compress(
             seconds = time.perf_counter() - started
         return out, _metrics(out, recipe, calibration, seconds, cached=False, key=None, size=out.meta.get("size_bytes"))
 
-    final = cache.cache_dir(cache_root) / "compressed" / key
-    stored, problem = _cached_entry(final)
-    if stored is not None:
-        out = _restore(stored["artifact"], artifact, final)
-        calibration = Calibration(batches, samples, calib_fp, final)
-        return out, _metrics(out, recipe, calibration, stored["seconds"], cached=True, key=key, size=files_size(final))
-    if final.exists():
-        cache.discard(final, problem)
-
-    with cache.staging("compressed", key, cache_root) as work:
+    def build(work: Path) -> dict[str, Any]:
         calibration = Calibration(batches, samples, calib_fp, work)
-        status(f"compressing with {recipe.name} on {backend.name}"
-               + (f" ({samples} calibration samples)" if samples else "") + f" (cached afterwards under {final})")
-        started = time.perf_counter()
         out = backend.compress(artifact, recipe, calibration)
-        seconds = time.perf_counter() - started
-        stored = {
+        return {"recipe": recipe.describe(), "calibration": calibration.describe(), "artifact": {
             "onnx_path": os.path.relpath(out.onnx_path, work) if out.onnx_path else None,
             "meta": _encode(_own_meta(out, artifact), work),
-        }
-        (work / "meta.json").write_text(json.dumps({"key": key, "seconds": seconds, "recipe": recipe.describe(),
-                                                    "calibration": calibration.describe(), "artifact": stored}, indent=2))
+        }}
+
+    message = (f"compressing with {recipe.name} on {backend.name}" + (f" ({samples} calibration samples)" if samples else ""))
+    folder, stored, cached = cached_build(key, cache_root, build, message, status, required=("artifact",))
+    out = _restore(stored["artifact"], artifact, folder)
+    calibration = Calibration(batches, samples, calib_fp, folder)
+    return out, _metrics(out, recipe, calibration, stored["seconds"], cached=cached, key=key, size=files_size(folder))
+
+
+def compress_decoder(backend: Backend, recipe: WeightRecipe, source_key: str, tools: dict[str, str],
+                     build: Callable[[Path], dict[str, Any]], cache_root: str | None = None,
+                     status: Callable[[str], None] = print) -> tuple[Path, dict[str, Any]]:
+    """A decoder's weight-only compressed artifact, cached like every compressed artifact.
+
+    ``build(workdir)`` is the backend's realisation (an ORT MatMulNBits graph, an
+    NNCF-compressed OpenVINO IR...): it writes the files into ``workdir`` and returns the
+    realised recipe's details. The key covers the backend, ``tools`` (the library
+    versions that shape the result), the recipe and ``source_key`` (the fp32 artifact's
+    own key). Returns the entry folder and ``metrics.compression`` (requested and
+    realised recipe, seconds, cached, key, size on disk).
+    """
+    key = cache.content_key("compressed-decoder", REVISION, backend.name, backend.version(), tools, recipe.key(), source_key)
+    folder, stored, cached = cached_build(key, cache_root, lambda work: {"recipe": build(work)},
+                                          f"compressing the weights with {recipe.name} on {backend.name}", status,
+                                          required=("recipe",))
+    return folder, decoder_stage(recipe, stored["recipe"], stored["seconds"], cached, key, files_size(folder))
+
+
+def decoder_stage(recipe: WeightRecipe, realised: dict[str, Any], seconds: float, cached: bool, key: str | None,
+                  size_bytes: int) -> dict[str, Any]:
+    """``metrics.compression`` of a weight-only decoder (also for torch modules, which are
+    compressed in memory in seconds and, like every torch artifact, not cached)."""
+    return {"requested": recipe.describe(), "recipe": realised, "calibration": None, "seconds": round(seconds, 3),
+            "cached": cached, "key": key, "size_bytes": size_bytes}
+
+
+def cached_build(key: str, cache_root: str | None, build: Callable[[Path], dict[str, Any]], message: str,
+                 status: Callable[[str], None], required: tuple[str, ...] = ()) -> tuple[Path, dict[str, Any], bool]:
+    """The entry ``<cache>/compressed/<key>``: ``(folder, its meta.json, was cached)``.
+
+    An intact entry (checksums match, meta parses with ``seconds`` and every ``required``
+    key) is reused; otherwise ``build(workdir)`` writes the compressed files into a
+    staging folder and returns what ``meta.json`` stores beside ``key`` and ``seconds``,
+    and the folder is sealed with checksums and renamed into place. Every compressed
+    artifact (the inference recipes' and the decoders' weight-only ones) is cached here.
+    """
+    final = cache.cache_dir(cache_root) / "compressed" / key
+    stored, problem = _cached_entry(final, required)
+    if stored is not None:
+        return final, stored, True
+    if final.exists():
+        cache.discard(final, problem)
+    with cache.staging("compressed", key, cache_root) as work:
+        status(f"{message} (cached afterwards under {final})")
+        started = time.perf_counter()
+        stored = {"key": key, **build(work)}
+        stored["seconds"] = time.perf_counter() - started
+        (work / "meta.json").write_text(json.dumps(stored, indent=2, default=str))
         cache.publish(work, final, required=("meta.json",))
-    out = _restore(stored, artifact, final)
-    calibration.workdir = final
-    return out, _metrics(out, recipe, calibration, seconds, cached=False, key=key, size=files_size(final))
+    return final, stored, False
 
 
-def _cached_entry(folder: Path) -> tuple[dict[str, Any] | None, str]:
+def _cached_entry(folder: Path, required: tuple[str, ...] = ()) -> tuple[dict[str, Any] | None, str]:
     """(the stored meta of a reusable entry, "") or (None, why ``folder`` is not one).
 
     Reusable means complete and intact: its checksum manifest lists ``meta.json`` and
@@ -159,7 +199,7 @@ def _cached_entry(folder: Path) -> tuple[dict[str, Any] | None, str]:
         stored = json.loads((folder / "meta.json").read_text())
     except (OSError, ValueError):
         stored = None
-    if not isinstance(stored, dict) or not {"artifact", "seconds"} <= stored.keys():
+    if not isinstance(stored, dict) or not {"seconds", *required} <= stored.keys():
         return None, "has an unreadable meta.json"
     return stored, ""
 

@@ -25,7 +25,7 @@ precision hint, PyTorch autocast) need no recipe for them.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
-from typing import Any
+from typing import Any, Optional
 
 from harness.families import FAMILIES
 from harness.validation import choice, require
@@ -158,3 +158,51 @@ def recipe_for(precision: str, quantization: QuantizationOptions, family: str, b
     if precision in ("fp16", "bf16") and precision in backend_recipes:
         return replace(conversion(precision), model_type=model_type)
     return None
+
+
+#: Weight-only precisions of decoder LLMs and their bits per weight.
+WEIGHT_BITS = {"int8": 8, "int4": 4}
+
+
+@dataclass(frozen=True)
+class WeightRecipe:
+    """Weight-only compression of a decoder LLM (``+scenario=llm_int8`` / ``llm_int4``).
+
+    The linear layers' weights are stored as ``precision`` integers (asymmetric, one scale
+    and zero point per group), activations stay float; each backend realises it with its
+    own tool (NNCF ``compress_weights``, ORT's MatMulNBits quantizer, torch's weight-only
+    kernels, llama.cpp's GGUF types) and records what it did.
+
+    ``group_size``: consecutive input-dimension weights sharing one scale; None = the
+    backend's default (its realised recipe says which), -1 = one group per output channel.
+    ``ratio``: for int4, the share of the weights (by parameter count) compressed to int4,
+    the rest to int8 (NNCF's mixed precision); 1.0 = every eligible layer at int4.
+    """
+
+    precision: str = "int4"
+    group_size: Optional[int] = None
+    ratio: float = 1.0
+
+    def __post_init__(self) -> None:
+        choice(self.precision, tuple(WEIGHT_BITS), "precision")
+        require(self.group_size is None or self.group_size == -1 or self.group_size >= 2, "quantization.group_size",
+                f"must be null (the backend's default), -1 (per channel) or >= 2, got {self.group_size}")
+        require(0 < self.ratio <= 1, "quantization.ratio", f"must be in (0, 1], got {self.ratio}")
+        require(self.ratio == 1 or self.precision == "int4", "quantization.ratio",
+                f"mixes int4 with int8 layers, so it needs precision int4 (got {self.precision} with ratio {self.ratio})")
+
+    @property
+    def name(self) -> str:
+        """``int8_weights`` or ``int4_weights``."""
+        return f"{self.precision}_weights"
+
+    @property
+    def bits(self) -> int:
+        return WEIGHT_BITS[self.precision]
+
+    def key(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def describe(self) -> dict[str, Any]:
+        """The record's view of the requested recipe."""
+        return {"name": self.name, **asdict(self)}

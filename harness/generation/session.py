@@ -34,12 +34,15 @@ import abc
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 import numpy as np
 
 from harness.cache import Workspace
 from harness.errors import HarnessError, Unsupported
+
+if TYPE_CHECKING:
+    from harness.compression.recipes import WeightRecipe
 
 DECODING_STRATEGIES = ("greedy", "sample")
 
@@ -112,12 +115,19 @@ class GenerationPlan:
     ``max_batch_size`` prompts per call at most, each at most ``max_prompt_len`` tokens,
     at most ``max_new_tokens`` generated; ``precision`` is the compute precision
     (``fp32``, ``bf16``...), refused with ``Unsupported`` when the backend lacks it.
+    ``int8``/``int4`` come with ``weights``, the weight-only recipe to realise
+    (:class:`harness.compression.recipes.WeightRecipe`; activations stay float): the
+    backend compresses its fp32 form through
+    :func:`harness.compression.pipeline.compress_decoder` (cached), puts the stage's
+    figures into ``source.stages["compression"]`` and refuses, with ``Unsupported``, a
+    recipe it cannot realise exactly.
     """
 
     precision: str = "fp32"
     max_batch_size: int = 1
     max_prompt_len: int = 128
     max_new_tokens: int = 64
+    weights: Optional["WeightRecipe"] = None
 
 
 @dataclass

@@ -44,6 +44,17 @@ def corpus_tokenizer(cache_root: Optional[str] = None, vocab_size: int = VOCAB_S
                                    eos_token=END_OF_TEXT, pad_token=END_OF_TEXT, unk_token=END_OF_TEXT)
 
 
+def text_tokenizer(family: str, own: Any, cache_root: Optional[str] = None) -> Any:
+    """The tokenizer a model's text is encoded with: ``own`` (a checkpoint folder's) when
+    there is one, else the embedded BPE for decoder LLMs, else None (the dataset's
+    default: the word-level tokenizer of the sentiment task for BERT)."""
+    from harness.generation.decoders import is_decoder
+
+    if own is not None or not is_decoder(family):
+        return own
+    return corpus_tokenizer(cache_root)
+
+
 def _train(texts: Any, vocab_size: int) -> Any:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 

@@ -17,13 +17,16 @@ import pandas as pd
 
 from harness import results
 from harness.columns import Column, missing
-from harness.report import plots, studies, tables
+from harness.report import generation, plots, studies, tables
 from harness.report.parts import Plot, Section
 from harness.report.serving import sections as serving_sections
 from harness.report import summary as s
 
 SAMPLES = "metrics.latency_ms.samples"
 LOSS_CURVE = "metrics.training.loss_curve"
+#: Which accuracy a record's ``metrics.accuracy.value`` is: perplexity (decoder LLMs) is
+#: lower-is-better, so those rows go to the generation section's Pareto, not this chart.
+ACCURACY_METRIC = "metrics.accuracy.metric"
 
 
 @dataclass
@@ -45,6 +48,7 @@ class Report:
     notes: list[str]
     tuning: list[studies.Study] = field(default_factory=list)
     serving: list[Section] = field(default_factory=list)
+    generation: list[Plot] = field(default_factory=list)
 
 
 def build(
@@ -63,7 +67,7 @@ def build(
     """
     frame, notes = _sane(frame)
     declared = results.declared_columns(frame)
-    extra = [key for column in declared for key in (column.key, column.when) if key]
+    extra = [key for column in declared for key in (column.key, column.when) if key] + [ACCURACY_METRIC]
     ok = frame[frame["status"] == "ok"]
     summary = s.aggregate_repeats(ok, extra=extra) if not ok.empty else pd.DataFrame(columns=[*s.CONFIG_KEYS, "runs"])
     if baseline and not summary.empty:
@@ -84,6 +88,7 @@ def build(
         accuracy=_accuracy_figures(summary, colors, names) if figures else [],
         training=_training_figures(ok, names) if figures else [],
         serving=serving_sections(ok, colors, names, figures),
+        generation=[Plot(*made) for made in generation.figures(ok, summary, colors, names, _pooled_samples)] if figures else [],
         problems=tables.problems_table(frame),
         skipped=[str(item) for item in skipped],
         notes=notes,
@@ -210,6 +215,8 @@ def _accuracy_figures(summary: pd.DataFrame, colors: Mapping[str, object], names
         return []
     figures = []
     scored = summary.dropna(subset=[s.ACCURACY, s.THROUGHPUT])
+    if ACCURACY_METRIC in scored.columns:
+        scored = scored[scored[ACCURACY_METRIC].astype(str) != "perplexity"]
     for (model, kind), rows in scored.groupby(["model.label", "scenario.kind"], sort=True, dropna=False):
         title = f"Accuracy vs throughput — {model} ({kind})"
         front = s.pareto_front(rows)

@@ -77,6 +77,8 @@ def render(report: Report) -> str:
         if not study.importance.empty:
             body.append(_table(study.importance))
         body.append(_figures(study.figures))
+    if report.generation:
+        body += ["<h2>Generation</h2>", _figures(report.generation)]
     if not report.problems.empty:
         body += ["<h2>Runs without a valid measurement</h2>", _table(report.problems, "problems")]
     if report.skipped:

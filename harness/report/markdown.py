@@ -65,6 +65,9 @@ def render(report: Report, plots_dir: str = PLOTS_DIR) -> str:
         if not study.importance.empty:
             lines += ["", _table(study.importance)]
         lines += [f"\n![{cell(figure.title)}]({plots_dir}/{figure.name}.png)" for figure in study.figures]
+    if report.generation:
+        lines += ["", "## Generation", ""]
+        lines += [f"![{cell(figure.title)}]({plots_dir}/{figure.name}.png)\n" for figure in report.generation]
     if not report.problems.empty:
         lines += ["", "## Runs without a valid measurement", "", _table(report.problems)]
     if report.skipped:
@@ -79,6 +82,7 @@ def write(report: Report, out_dir: Path, name: str = "report.md") -> list[Path]:
     figures = [figure for section in [*report.sections, *report.serving] for figure in section.figures]
     figures += report.accuracy + report.training
     figures += [figure for study in report.tuning for figure in study.figures]
+    figures += report.generation
     if figures:
         plots.mkdir(parents=True, exist_ok=True)
     for figure in figures:

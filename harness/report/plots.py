@@ -110,7 +110,8 @@ def throughput_chart(rows: pd.DataFrame, title: str, colors: Mapping[str, object
         return _png(figure)
 
 
-def latency_chart(samples: Mapping[tuple[str, str], Sequence[float]], title: str, colors: Mapping[str, object]) -> bytes:
+def latency_chart(samples: Mapping[tuple[str, str], Sequence[float]], title: str, colors: Mapping[str, object],
+                  x_label: str = "latency per batch (ms)") -> bytes:
     """Box plot of raw latency samples per (configuration, machine); repeats pooled.
 
     A log axis is used when the fastest and slowest medians are far apart, so a
@@ -137,7 +138,7 @@ def latency_chart(samples: Mapping[tuple[str, str], Sequence[float]], title: str
         if medians and min(medians) > 0 and max(medians) / min(medians) > 30:
             log_axis(axes.xaxis)
         axes.invert_yaxis()
-        axes.set_xlabel("latency per batch (ms)")
+        axes.set_xlabel(x_label)
         axes.set_title(title)
         return _png(figure)
 
@@ -145,11 +146,15 @@ def latency_chart(samples: Mapping[tuple[str, str], Sequence[float]], title: str
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
 
 
-def accuracy_chart(rows: pd.DataFrame, front: pd.Series, title: str, colors: Mapping[str, object]) -> bytes:
+def accuracy_chart(rows: pd.DataFrame, front: pd.Series, title: str, colors: Mapping[str, object], *,
+                   x: str = s.THROUGHPUT, y: str = s.ACCURACY, x_label: str = "throughput (samples/s, median)",
+                   y_label: str = "accuracy (median)") -> bytes:
     """Accuracy against throughput: colour is the machine, marker the backend configuration.
 
     The Pareto front (no other point is both faster and more accurate) is ringed,
-    joined and labelled; other points stay unlabelled so labels never pile up.
+    joined and labelled; other points stay unlabelled so labels never pile up. ``x``
+    and ``y`` pick other columns (the generation section: decode tokens/s against the
+    perplexity ratio to fp32).
     """
     configs = tables.config_labels(rows, device=False, variant=True)
     rows = rows.assign(_config=configs, machine=rows["machine"].astype(str))
@@ -158,14 +163,14 @@ def accuracy_chart(rows: pd.DataFrame, front: pd.Series, title: str, colors: Map
         figure = Figure(figsize=(7.5, 4.2))
         axes = figure.add_subplot()
         for (machine, config), mine in rows.groupby(["machine", "_config"], sort=True):
-            axes.scatter(mine[s.THROUGHPUT], mine[s.ACCURACY], color=colors.get(machine), marker=markers[config], s=45, zorder=3)
-        best = rows[front].sort_values(s.THROUGHPUT)
-        axes.plot(best[s.THROUGHPUT], best[s.ACCURACY], color="black", linewidth=1, linestyle="--", zorder=2)
-        axes.scatter(best[s.THROUGHPUT], best[s.ACCURACY], s=180, facecolors="none", edgecolors="black", zorder=4)
+            axes.scatter(mine[x], mine[y], color=colors.get(machine), marker=markers[config], s=45, zorder=3)
+        best = rows[front].sort_values(x)
+        axes.plot(best[x], best[y], color="black", linewidth=1, linestyle="--", zorder=2)
+        axes.scatter(best[x], best[y], s=180, facecolors="none", edgecolors="black", zorder=4)
         for _, row in best.iterrows():
             axes.annotate(
                 f"{row['_config']} @ {row['machine']}",
-                (row[s.THROUGHPUT], row[s.ACCURACY]),
+                (row[x], row[y]),
                 textcoords="offset points",
                 xytext=(6, 6),
                 fontsize=7,
@@ -174,8 +179,8 @@ def accuracy_chart(rows: pd.DataFrame, front: pd.Series, title: str, colors: Map
         handles += [Line2D([], [], color="gray", marker=markers[config], linestyle="", label=config) for config in markers]
         handles.append(Line2D([], [], color="black", marker="o", markerfacecolor="none", markersize=11, linestyle="--", label="Pareto front"))
         axes.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-        axes.set_xlabel("throughput (samples/s, median)")
-        axes.set_ylabel("accuracy (median)")
+        axes.set_xlabel(x_label)
+        axes.set_ylabel(y_label)
         axes.set_title(title)
         axes.margins(x=0.12, y=0.12)
         return _png(figure)
@@ -270,4 +275,27 @@ def goodput_chart(rows: pd.DataFrame, title: str, colors: Mapping[str, object]) 
         axes.set_ylabel("goodput (requests/s in SLO)")
         axes.legend(fontsize="small", title="machine (dashed: all finished req/s)")
         axes.set_title(title)
+        return _png(figure)
+
+
+def line_chart(lines: Mapping[str, Sequence[Sequence[float]]], title: str, x_label: str, y_label: str) -> bytes:
+    """One marked line per label through its ``[x, y]`` points (e.g. decode tokens/s over
+    batch size); a log x axis when the points span more than a factor of 16."""
+    with _style():
+        figure = Figure(figsize=(7.0, 3.8))
+        axes = figure.add_subplot()
+        spans = []
+        for label in sorted(lines):
+            points = np.asarray(lines[label], dtype=float).reshape(-1, 2)
+            points = points[np.isfinite(points).all(axis=1)]
+            points = points[np.argsort(points[:, 0])]
+            axes.plot(points[:, 0], points[:, 1], marker="o", label=label, linewidth=1.2)
+            spans += list(points[:, 0])
+        positive = [value for value in spans if value > 0]
+        if positive and max(positive) / min(positive) > 16:
+            log_axis(axes.xaxis)
+        axes.set_xlabel(x_label)
+        axes.set_ylabel(y_label)
+        axes.set_title(title)
+        axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         return _png(figure)

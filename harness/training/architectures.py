@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from harness.errors import ConfigError, Unsupported
+from harness.models import transformers_model
 
 #: Tensor-parallel plans for families whose transformers config declares none: fqn
 #: patterns under the base model -> ``colwise`` (output features split: q/k/v, MLP up)
@@ -43,10 +44,8 @@ TP_PLANS: Mapping[str, Mapping[str, str]] = {
 HEAD_FIELDS = ("num_attention_heads", "num_key_value_heads")
 
 
-def hf_model(module: Any) -> Any:
-    """The transformers model: ``module`` itself when it is one (it has a ``config``; decoders
-    are trained unwrapped), else the one inside the harness's logits wrapper (``.model``)."""
-    return module if hasattr(module, "config") else getattr(module, "model", module)
+#: The transformers model inside a harness module (:func:`harness.models.transformers_model`).
+hf_model = transformers_model
 
 
 def describe(module: Any) -> str:

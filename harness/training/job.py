@@ -17,7 +17,7 @@ from harness.backend import Backend, TrainingSession
 from harness.data import DatasetOptions, TaskData, load_dataset
 from harness.errors import ConfigError, HarnessError
 from harness.models import LoadedModel, ModelOptions, load_model
-from harness.training import loop, metrics
+from harness.training import loop, metrics, objectives
 from harness.training.options import TrainingOptions
 from harness.training.plan import LossFn, TrainingPlan, World
 
@@ -51,11 +51,16 @@ def set_dropout(model: LoadedModel, p: float) -> None:
 
 def check_fit(model: LoadedModel, data: TaskData, model_options: ModelOptions) -> None:
     """Refuse a model that cannot consume the dataset, with the fix, before any training."""
+    from harness.generation.decoders import is_decoder
+
     missing = [n for n in model.input_names if n not in data.train.features]
     if missing:
         raise ConfigError(f"model {model.name} takes {', '.join(model.input_names)} but the dataset gives "
                           f"{', '.join(data.input_names)}", "pair text models with text datasets and image models with images")
-    if data.num_labels != model_options.num_labels:
+    if is_decoder(model_options.family) != (data.task == "causal-lm"):
+        raise ConfigError(f"model {model.name} (family {model_options.family}) cannot learn the dataset's {data.task} task",
+                          "train decoder LLMs on dataset=corpus (+scenario=llm_train) and classifiers on labelled data")
+    if data.task != "causal-lm" and data.num_labels != model_options.num_labels:
         raise ConfigError(f"the dataset has {data.num_labels} labels but model.num_labels={model_options.num_labels}",
                           f"set model.num_labels={data.num_labels}")
 
@@ -95,7 +100,7 @@ def train_model(backend: Backend, model: LoadedModel, data: TaskData, options: T
     if options.warmup_steps_excluded >= total:
         raise ConfigError(f"scenario.warmup_steps_excluded={options.warmup_steps_excluded} leaves none of the "
                           f"{total} steps to measure", "lower it or train for more steps")
-    plan = TrainingPlan.from_options(options, model.input_names, total, world, loss)
+    plan = TrainingPlan.from_options(options, model.input_names, total, world, loss or objectives.of(data.task).loss)
     session = backend.prepare_training(model.module, plan)
     writer, why_not = open_writer(tensorboard_dir, report) if world.is_main else (None, "not rank 0")
     try:
@@ -113,8 +118,9 @@ def training_metrics(trained: Trained, options: TrainingOptions, data: TaskData,
     per_step = loop.samples_per_step(options, world)
     kept = metrics.measured_steps(result.step_ms, options.warmup_steps_excluded)
     samples_per_s = metrics.samples_per_second(result.step_ms, per_step, options.warmup_steps_excluded)
-    seq_len = data.seq_len if data.task == "text-classification" else None
-    target = metrics.time_to_target(result.evals, options.target_accuracy)
+    seq_len = data.seq_len if data.task in ("text-classification", "causal-lm") else None
+    objective = objectives.of(data.task)
+    target = metrics.time_to_target(result.evals, objective.target(options), objective.metric, objective.higher_is_better)
     plan = trained.plan
     dist = options.distributed
     spread = trained.session.parallel_metrics() if hasattr(trained.session, "parallel_metrics") else {}
@@ -138,15 +144,16 @@ def training_metrics(trained: Trained, options: TrainingOptions, data: TaskData,
         "tokens_per_s": stats.tokens_per_second(samples_per_s, seq_len) if seq_len else None,
         "step_latency_ms": {**stats.summarize(kept).as_dict(), "samples": [round(s, 4) for s in kept]},
         "loss_curve": metrics.loss_points(result.losses, options.log_interval),
-        "eval_curve": [[step, accuracy] for step, _, accuracy in result.evals],
+        "eval_metric": objective.metric,
+        "eval_curve": [[step, value] for step, _, value in result.evals],
         "eval_elapsed_s": [round(elapsed, 3) for _, elapsed, _ in result.evals],
         "lr_final": result.lrs[-1] if result.lrs else None,
         "target_accuracy": options.target_accuracy,
+        "target_perplexity": options.target_perplexity,
         "time_to_target_s": target.seconds,
         "time_to_target_step": target.step,
         "time_to_target_reason": target.reason,
-        "final_accuracy": result.final_accuracy,
-        "best_accuracy": max((a for _, _, a in result.evals), default=None),
+        **objective.record_fields([value for _, _, value in result.evals]),
         "train_wall_s": result.wall_seconds,
         "eval_s": result.eval_seconds,
         "memory_mib": trained.session.memory(),
@@ -197,9 +204,12 @@ def train_recipe(backend: Backend, model_options: ModelOptions, dataset_options:
                  report: Callable[[str], None] = print, label: str = "training") -> dict[str, Any]:
     """Build, train, evaluate and (rank 0) save; return ``{"training", "model", "device"}``."""
     started = time.perf_counter()
+    from harness.generation.tokenizer import text_tokenizer
+
     model = load_model(model_options)
     if data is None:
-        data = load_dataset(dataset_options, seq_len=options.seq_len, tokenizer=model.tokenizer)
+        data = load_dataset(dataset_options, seq_len=options.seq_len,
+                            tokenizer=text_tokenizer(model_options.family, model.tokenizer, cache_root))
     check_fit(model, data, model_options)
     key = checkpoints.checkpoint_key(model_options, data.fingerprint(), options)
     trained = train_model(backend, model, data, options, world=world, tensorboard_dir=tensorboard_dir,
@@ -207,8 +217,9 @@ def train_recipe(backend: Backend, model_options: ModelOptions, dataset_options:
     section = training_metrics(trained, options, data, world)
     model = whole_model(trained, model_options)
     if world.is_main:
+        metric = section["eval_metric"]
         meta = {"recipe": options.__class__.__name__, "model": model_options.name, "dataset": dataset_options.name,
-                "final_accuracy": section["final_accuracy"], "steps": section["steps"], "world_size": world.size}
+                f"final_{metric}": section[f"final_{metric}"], "steps": section["steps"], "world_size": world.size}
         section["checkpoint"] = str(checkpoints.save(model, data.tokenizer, key, cache_root, meta))
         section["checkpoint_key"] = key
     close(trained.session)

@@ -24,6 +24,7 @@ import numpy as np
 from harness.backend import TrainingSession
 from harness.data import Split, TaskData
 from harness.errors import ConfigError, HarnessError
+from harness.training import objectives
 from harness.training.options import TrainingOptions
 from harness.training.plan import World
 
@@ -38,7 +39,7 @@ class LoopResult:
     step_ms: list[float] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
     lrs: list[float] = field(default_factory=list)
-    evals: list[tuple[int, float, float]] = field(default_factory=list)  # (step, elapsed_s, accuracy)
+    evals: list[tuple[int, float, float]] = field(default_factory=list)  # (step, elapsed_s, eval metric)
     eval_seconds: float = 0.0
     wall_seconds: float = 0.0
 
@@ -89,13 +90,9 @@ def step_batches(train: Split, options: TrainingOptions, world: World) -> Iterat
 
 
 def evaluate(session: TrainingSession, data: TaskData, batch_size: int) -> float:
-    """Top-1 accuracy of the session's model on the whole eval split."""
-    correct = 0
-    for batch in data.batches("eval", batch_size):
-        labels = batch.pop("labels")
-        logits = session.predict(session.load(batch))
-        correct += int((np.asarray(logits).argmax(axis=-1) == labels).sum())
-    return correct / len(data.eval)
+    """The task's eval metric on the whole eval split: top-1 accuracy, or perplexity for a
+    causal LM (:mod:`harness.training.objectives`)."""
+    return objectives.of(data.task).evaluate(session, data, batch_size)
 
 
 def train(
@@ -119,6 +116,7 @@ def train(
     train_step = session.train_step
     collective_eval = bool(getattr(session, "collective_eval", False))
     every = max(1, total_steps // 10)
+    metric = objectives.of(data.task).metric
     bad = 0
     started = time.perf_counter()
     batches = step_batches(data.train, options, world)
@@ -155,8 +153,8 @@ def train(
             result.eval_seconds += now - eval_start
             result.evals.append((step, now - started, accuracy))
             if writer is not None:
-                writer.add_scalar("eval/accuracy", accuracy, step)
-            report(f"{label}: step {step}/{total_steps}, loss {loss:.4f}, eval accuracy {accuracy:.4f}, {now - started:.0f} s")
+                writer.add_scalar(f"eval/{metric}", accuracy, step)
+            report(f"{label}: step {step}/{total_steps}, loss {loss:.4f}, eval {metric} {accuracy:.4f}, {now - started:.0f} s")
         elif world.is_main and step % every == 0:
             report(f"{label}: step {step}/{total_steps}, loss {loss:.4f}, {time.perf_counter() - started:.0f} s")
     result.wall_seconds = time.perf_counter() - started

@@ -43,21 +43,25 @@ class TargetResult:
     reason: Optional[str]
 
 
-def time_to_target(evals: Sequence[tuple[int, float, float]], target: Optional[float]) -> TargetResult:
-    """First evaluation whose accuracy is ``>= target``; ``evals`` are ``(step, elapsed_s, accuracy)``.
+def time_to_target(evals: Sequence[tuple[int, float, float]], target: Optional[float],
+                   metric: str = "accuracy", higher_is_better: bool = True) -> TargetResult:
+    """First evaluation at or past ``target``; ``evals`` are ``(step, elapsed_s, value)``.
 
-    ``elapsed_s`` is wall clock since the first training step, evaluations included (as
-    MLPerf's time-to-train counts them), taken when that evaluation finished.
+    Past means ``>= target`` for a metric where higher is better (accuracy) and
+    ``<= target`` otherwise (perplexity). ``elapsed_s`` is wall clock since the first
+    training step, evaluations included (as MLPerf's time-to-train counts them), taken
+    when that evaluation finished.
     """
     if target is None:
-        return TargetResult(None, None, "no target: set scenario.target_accuracy")
-    for step, elapsed, accuracy in evals:
-        if accuracy >= target:
+        return TargetResult(None, None, f"no target: set scenario.target_{metric}")
+    for step, elapsed, value in evals:
+        if (value >= target) if higher_is_better else (value <= target):
             return TargetResult(elapsed, step, None)
     if not evals:
         return TargetResult(None, None, f"target {target:g} not reached: no evaluation ran")
-    best_step, _, best = max(evals, key=lambda e: e[2])
-    return TargetResult(None, None, f"target {target:g} never reached; best accuracy {best:.4f} at step {best_step}")
+    pick = max if higher_is_better else min
+    best_step, _, best = pick(evals, key=lambda e: e[2])
+    return TargetResult(None, None, f"target {target:g} never reached; best {metric} {best:.4f} at step {best_step}")
 
 
 def scaling_efficiency(global_samples_per_s: float, world_size: int, single_samples_per_s: float) -> float:

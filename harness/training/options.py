@@ -171,6 +171,7 @@ class TrainingOptions:
     eval_batch_size: int = 256
     log_interval: int = 10      # steps averaged into one loss-curve point
     target_accuracy: Optional[float] = None
+    target_perplexity: Optional[float] = None  # causal LMs: eval perplexity to reach (lower is better)
     seed: int = 0
     warmup_steps_excluded: int = 5  # first steps left out of throughput and latency
     activation_checkpointing: bool = False  # recompute each block's activations in backward
@@ -198,6 +199,8 @@ class TrainingOptions:
         require(self.eval_interval >= 0, "eval_interval", f"must be >= 0, got {self.eval_interval}")
         require(self.target_accuracy is None or 0 < self.target_accuracy <= 1, "target_accuracy",
                 f"must be in (0, 1] or null, got {self.target_accuracy}")
+        require(self.target_perplexity is None or self.target_perplexity >= 1, "target_perplexity",
+                f"must be >= 1 (perplexity's floor) or null, got {self.target_perplexity}")
         require(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
         require(self.warmup_steps_excluded >= 0, "warmup_steps_excluded", f"must be >= 0, got {self.warmup_steps_excluded}")
         require(self.profile_steps >= 0, "profile_steps", f"must be >= 0 (0 = off), got {self.profile_steps}")
@@ -234,5 +237,5 @@ RENDEZVOUS_KEYS = ("distributed.node_rank", "distributed.rdzv_endpoint", "distri
 #: Options that change what is measured or logged but never the trained weights;
 #: the checkpoint key leaves them out so a re-run with another eval cadence reuses it.
 MEASUREMENT_ONLY = ("warmup_iters", "min_iters", "min_duration_s", "max_duration_s", "eval_interval",
-                    "eval_batch_size", "log_interval", "target_accuracy", "warmup_steps_excluded",
-                    "activation_checkpointing", "profile_steps")
+                    "eval_batch_size", "log_interval", "target_accuracy", "target_perplexity",
+                    "warmup_steps_excluded", "activation_checkpointing", "profile_steps")
