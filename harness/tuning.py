@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Optional
 from harness import records, sweep
 from harness.errors import ConfigError
 from harness.identity import RUN_LOCAL_KEYS
+from harness.preflight import usable_cores
 from harness.validation import choice, require, typed
 
 if TYPE_CHECKING:
@@ -172,13 +173,44 @@ def suggest(config: Any, trial: Any) -> None:
 
     tune = options(config.tune)
     parser = OverridesParser.create()
+    bounded = cores_bound_keys(str(config.backend.name))
     for key, syntax in tune.searched(str(config.backend.name)).items():
         if key in trial.params or key in trial.user_attrs:
             continue
         distribution = create_optuna_distribution_from_override(parser.parse_override(f"{key}={syntax}"))
         if not isinstance(distribution, BaseDistribution):
             distribution = CategoricalDistribution([distribution])
+        if isinstance(distribution, CategoricalDistribution) and key in bounded:
+            distribution = CategoricalDistribution(within_cores(distribution.choices, usable_cores()))
         trial._suggest(key, distribution)  # what the sweeper itself calls for hydra.sweeper.params
+
+
+def cores_bound_keys(backend: str) -> set[str]:
+    """``backend.<field>`` keys of ``backend``'s options declared with
+    :func:`harness.config.cores_bound` (thread and stream counts); empty for an unknown backend."""
+    import dataclasses
+
+    from harness.plugins import get_plugins
+
+    try:
+        options_type = get_plugins().registry.backend(backend).options_type
+    except Exception:  # an unknown backend: the run itself says so, in one line
+        return set()
+    if not dataclasses.is_dataclass(options_type):
+        return set()
+    return {f"backend.{f.name}" for f in dataclasses.fields(options_type) if f.metadata.get("bounded_by") == "cores"}
+
+
+def within_cores(choices: Any, cores: int) -> tuple[Any, ...]:
+    """The choices of a thread or stream count that this machine can tell apart.
+
+    Preflight clamps a count above the usable cores to that many, so on 2 cores 4, 8
+    and 16 would all run as 2 while the study took them for different settings and
+    spent trials on them. Non-integer choices and 0 (the library's own choice) stay;
+    if nothing is left the choices are kept as given.
+    """
+    kept = tuple(c for c in choices if isinstance(c, bool) or not isinstance(c, int) or c <= cores)
+    return kept or tuple(choices)
 
 
 #: The studies trials of this process belonged to: study name -> (results_dir, options).

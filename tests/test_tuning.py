@@ -126,6 +126,23 @@ def test_suggest_proposes_the_generic_and_the_backends_keys_but_not_fixed_ones()
     assert trial.params["scenario.batch_size"] in (1, 8)
 
 
+def test_thread_counts_above_the_cores_are_not_searched(monkeypatch):
+    assert tuning.within_cores((0, 1, 2, 4, 8, 16), 2) == (0, 1, 2)
+    assert tuning.within_cores((8, 16), 2) == (8, 16)  # nothing left: as given (preflight clamps)
+    assert "backend.intra_op_threads" in tuning.cores_bound_keys("onnxruntime")
+    assert "backend.execution_mode" not in tuning.cores_bound_keys("onnxruntime")
+    assert tuning.cores_bound_keys("no-such-backend") == set()
+    monkeypatch.setattr(tuning, "usable_cores", lambda: 2)
+    cfg = OmegaConf.create({"backend": {"name": "onnxruntime"}, "tune": {
+        "study": "s", "params": {}, "space": {"onnxruntime": {"backend.intra_op_threads": "choice(0,1,2,4,8,16)"}}}})
+    study = optuna.create_study()
+    for _ in range(12):
+        trial = study.ask()
+        tuning.suggest(cfg, trial)
+        assert trial.params["backend.intra_op_threads"] in (0, 1, 2)
+        study.tell(trial, 1.0)
+
+
 def test_presets_compose_with_the_optuna_sweeper_and_a_stable_study_name():
     with compose.hydra_context():
         from hydra import compose as hydra_compose
