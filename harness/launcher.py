@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any, Callable, Optional
 
+from harness import stages
 from harness.config import RunSpec
 from harness.errors import HarnessError
 from harness.plugins import Plugins
@@ -114,7 +115,8 @@ def launch(
     # neighbour's timings.
     gate = _LockGate(options, lock_group(spec), status)
     started = time.monotonic()
-    base = base_record(spec, plugins)  # the run's record, assembled once; the run fills it in
+    with stages.timed("record_setup"):
+        base = base_record(spec, plugins)  # the run's record, assembled once; the run fills it in
     try:
         with gate:
             if options.isolation == "inline":
@@ -287,7 +289,12 @@ _SIGNAL_HINTS = {
 
 def _run_in_child(spec: RunSpec, plugins: Plugins, options: LauncherOptions, status: Callable[[str], None],
                   gate: _LockGate, record: dict[str, Any]) -> dict[str, Any]:
-    started = time.monotonic()
+    # The child's stage clock starts at this moment (``spawn``) and comes back with its record;
+    # until then the parent charges nothing, so a run that never reports is all ``run_process``.
+    clock = stages.active()
+    if clock is not None:
+        clock.switch("run_process")
+    started = stages.clock()
     ctx = multiprocessing.get_context("spawn")
     result_r, result_w = ctx.Pipe(duplex=False)
     err_r, err_w = ctx.Pipe(duplex=False)
@@ -295,7 +302,7 @@ def _run_in_child(spec: RunSpec, plugins: Plugins, options: LauncherOptions, sta
     tty = bool(getattr(sys.stderr, "isatty", lambda: False)())
     process = ctx.Process(
         target=_child_main,
-        args=(spec, record, options.memory_limit_mb, result_w, err_w, go_r, os.getpid(), tty),
+        args=(spec, record, options.memory_limit_mb, result_w, err_w, go_r, os.getpid(), tty, started),
         name=f"harness-run-{spec.backend_name}",
         daemon=False,
     )
@@ -346,6 +353,9 @@ def _run_in_child(spec: RunSpec, plugins: Plugins, options: LauncherOptions, sta
                         if deadline is not None:
                             deadline += gate.waited_s  # waiting for the lock is not run time
                         go_w.send("go")
+                    elif kind == "stages":  # the child's timeline, merged into ours
+                        if clock is not None:
+                            clock.absorb(payload["durations"], payload["until"], then="exit")
                     elif kind == "record":
                         returned = payload
                     else:
@@ -488,12 +498,16 @@ def _child_progress(label: str, count: int, elapsed_s: float) -> None:
 
 
 def _child_main(spec: RunSpec, record: dict[str, Any], memory_limit_mb: int | None, result: Connection, err: Connection, go: Connection,
-                parent_pid: int, tty: bool) -> None:
+                parent_pid: int, tty: bool, spawned_at: float) -> None:
     """Entry point of the run process: execute ``spec`` and send its record to the parent.
 
     Once the backend probed available, the child says ``ready`` and waits for the
-    parent's ``go``: the parent takes the host lock in between.
+    parent's ``go``: the parent takes the host lock in between. ``spawned_at`` is the
+    parent's monotonic time when it began starting this process: the child's stage clock
+    starts there, and its stages go back to the parent before the record.
     """
+    clock = stages.start("spawn", at=spawned_at)
+    clock.switch("imports")
     try:
         os.setpgid(0, 0)  # our own group: a timeout kills us and our helpers, not the CLI
     except OSError:
@@ -525,11 +539,15 @@ def _child_main(spec: RunSpec, record: dict[str, Any], memory_limit_mb: int | No
             except EOFError:  # the parent is gone (it kills us on any other path)
                 os._exit(1)
 
-        record = execute(spec, load_plugins(), status=stage, progress=_child_progress if tty else None,
+        loaded = load_plugins()
+        clock.switch("run")
+        record = execute(spec, loaded, status=stage, progress=_child_progress if tty else None,
                          on_stage=lambda message: result.send(("stage", message)), after_probe=wait_for_lock,
                          record=record)
         if tty:
             sys.stderr.write("\r\033[K")
+        durations = clock.snapshot()
+        result.send(("stages", {"durations": durations, "until": clock.until}))
         result.send(("record", record))
     except BaseException as exc:  # the runner catches run errors; this is bootstrap failing
         reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:500]

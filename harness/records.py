@@ -29,7 +29,7 @@ from typing import Any
 
 import jsonschema
 
-SCHEMA_ID = "harness.record/1"
+SCHEMA_ID = "harness.record/1.1"
 
 
 @lru_cache(maxsize=1)
