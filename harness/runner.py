@@ -225,5 +225,7 @@ def execute(
     record["backend"].update(result.backend)
     record["metrics"] = result.metrics
     if result.metrics:
-        memory.add_run_peak(record["metrics"], str((spec.config.get("launcher") or {}).get("isolation", "process")))
+        reused = (record.get("launcher") or {}).get("reuse_worker")  # set by the launcher before the run
+        isolation = "worker" if reused else str((spec.config.get("launcher") or {}).get("isolation", "process"))
+        memory.add_run_peak(record["metrics"], isolation)
     return record

@@ -133,6 +133,18 @@ def test_each_job_of_a_sweep_has_its_own_stages(tmp_path):
     assert "time " in proc.stderr  # the one-line breakdown after each job
 
 
+@pytest.mark.slow
+def test_a_sweep_on_a_reused_worker_says_so_and_pays_the_start_once(tmp_path):
+    proc = run_cli("-m", "+scenario=bert_fp32", *FAST, "scenario.accuracy.enabled=false", "scenario.mfu=false",
+                   "scenario.batch_size=1,2", "launcher.reuse_worker=true", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    first, second = sorted(records_in(tmp_path / "results"), key=lambda r: r["job"]["num"])
+    assert first["launcher"]["pid"] == second["launcher"]["pid"]
+    assert (first["launcher"]["worker_job"], second["launcher"]["worker_job"]) == (1, 2)
+    assert {"spawn", "imports"} <= set(first["metrics"]["stages"])
+    assert "dispatch" in second["metrics"]["stages"] and "spawn" not in second["metrics"]["stages"]
+
+
 def _imported_after(code: str, cwd=None) -> tuple[subprocess.CompletedProcess[str], set[str]]:
     """A fresh interpreter running ``code``, and the top-level modules it imported (``-X importtime``)."""
     proc = subprocess.run([sys.executable, "-X", "importtime", "-c", code], capture_output=True, text=True,
