@@ -187,7 +187,8 @@ class InferenceScenario(Scenario):
         plan = MeasurePlan(opts.warmup_iters, opts.min_iters, opts.min_duration_s, opts.max_duration_s)
         progress = (lambda n, s: ctx.progress("measuring", n, s)) if ctx.progress else None
         measurement = measure(session, inputs, plan, progress)
-        metrics.update(latency_metrics(measurement.samples_ms, opts.batch_size, seq_len, opts.keep_samples))
+        with stages.timed("statistics"):  # percentiles, and bootstrap CIs through scipy (imported here)
+            metrics.update(latency_metrics(measurement.samples_ms, opts.batch_size, seq_len, opts.keep_samples))
         metrics["window"] = {"start": measurement.started_at, "end": measurement.ended_at}
         if metrics["noise"]["noisy"]:
             ctx.status(f"warning: noisy run: latency CV {metrics['noise']['cv']:.2f} > {metrics['noise']['cv_threshold']:.2f}")
