@@ -1,7 +1,10 @@
 """The fixed cost of a run: wall time outside the measurement window, harness vs a bare script.
 
 Run: ``.venv/bin/python benchmarks/run_overhead.py [--models bert_tiny,bert_base]
-[--backends onnxruntime,pytorch] [--jobs 3] [--duration 2] [--reuse]``.
+[--backends onnxruntime,pytorch] [--jobs 3] [--duration 2] [--reuse] [--harness A,B]``.
+``--harness`` names several ``harness`` executables (e.g. two venvs holding the code
+before and after a change): their runs alternate, so load drift on a shared machine
+hits each alike.
 
 For each model and backend, with warm caches (one untimed run of each side first):
 
@@ -11,7 +14,7 @@ For each model and backend, with warm caches (one untimed run of each side first
 - **sweep**: one ``harness -m`` command of ``--jobs`` jobs (``scenario.warmup_iters``
   varies, nothing else); per job = (wall - sum of the windows) / jobs;
 - **sweep, reused worker** (``--reuse``): the same sweep with ``launcher.reuse_worker=true``;
-- **bare**: this file with ``--bare`` in a fresh interpreter doing the same work in one
+- **bare** (the better of two runs): this file with ``--bare`` in a fresh interpreter doing the same work in one
   process: import torch and transformers, build the model from the same config, open the
   same cached ONNX file with ONNX Runtime (or keep the eager module), one validation call
   against eager, then the same timed loop (warm-up calls, then >= 20 calls and >=
@@ -47,11 +50,11 @@ def harness_args(args: argparse.Namespace, model: str, backend: str) -> list[str
     ]
 
 
-def run_harness(extra: list[str], results: Path) -> tuple[float, list[dict[str, Any]]]:
+def run_harness(extra: list[str], results: Path, harness: Path = HARNESS) -> tuple[float, list[dict[str, Any]]]:
     """Wall seconds of one ``harness`` command and the records it wrote."""
     before = set(results.glob("*.json"))
     started = time.monotonic()
-    proc = subprocess.run([str(HARNESS), *extra, f"results_dir={results}"], capture_output=True, text=True)
+    proc = subprocess.run([str(harness), *extra, f"results_dir={results}"], capture_output=True, text=True)
     wall = time.monotonic() - started
     if proc.returncode != 0:
         sys.exit(f"harness failed ({proc.returncode}): {' '.join(extra)}\n{proc.stderr[-3000:]}")
@@ -136,6 +139,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=2.0, help="measurement window, seconds")
     parser.add_argument("--jobs", type=int, default=3, help="jobs in each sweep")
     parser.add_argument("--reuse", action="store_true", help="also a sweep with launcher.reuse_worker=true")
+    parser.add_argument("--harness", default=str(HARNESS), help="harness executables to compare, comma-separated")
     parser.add_argument("--bare", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--onnx", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -143,35 +147,38 @@ def main() -> None:
         bare(args)
         return
 
+    executables = [Path(path) for path in args.harness.split(",")]
+    label = {path: (path.parent.parent.name if len(executables) > 1 else "") for path in executables}
     rows = []
-    print(f"load before: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f} (1/5/15 min)",
-          flush=True)
+    print(f"load before: {' '.join(f'{x:.2f}' for x in os.getloadavg())} (1/5/15 min)", flush=True)
     with tempfile.TemporaryDirectory(prefix="harness-run-overhead-") as folder:
         results = Path(folder)
         for model in args.models.split(","):
             for backend in args.backends.split(","):
                 base = harness_args(args, model, backend)
-                _, (warm,) = run_harness(base, results)  # warm caches (export, dataset, page cache)
+                _, (warm,) = run_harness(base, results, executables[-1])  # warm caches (export, dataset, page cache)
                 onnx = onnx_file(warm) if backend == "onnxruntime" else None
-                run_bare(args, model, backend, onnx)
-                bare_wall, bare_window = run_bare(args, model, backend, onnx)
-                floor = bare_wall - bare_window
-                modes = [("single", base, 1)]
-                sweep = ["-m", *base, "scenario.warmup_iters=" + ",".join(str(5 + i) for i in range(args.jobs))]
-                modes.append(("sweep", sweep, args.jobs))
+                floor = min(wall - window for wall, window in (run_bare(args, model, backend, onnx) for _ in range(2)))
+                sweep = ["-m", *base, "overwrite=true",  # every job runs (no resume from an earlier record)
+                         "scenario.warmup_iters=" + ",".join(str(5 + i) for i in range(args.jobs))]
+                modes = [("single", base, 1), ("sweep", sweep, args.jobs)]
                 if args.reuse:
                     modes.append(("sweep, reused worker", [*sweep, "launcher.reuse_worker=true"], args.jobs))
                 for mode, command, jobs in modes:
-                    wall, written = run_harness(command, results)
-                    window = sum(r["metrics"]["stages"]["measure"] for r in written)
-                    outside = (wall - window) / jobs
-                    top = max(written[-1]["metrics"]["stages"].items(), key=lambda item: item[1] if item[0] != "measure" else 0)
-                    rows.append((model, backend, mode, jobs, wall, window / jobs, outside, floor, outside / floor,
-                                 f"{top[0]} {top[1]:.1f}"))
-                    print(" | ".join(str(x) for x in rows[-1]), flush=True)
-    print(f"load after: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f} (1/5/15 min)")
+                    for harness in executables:
+                        if "reuse_worker" in " ".join(command) and harness != executables[-1]:
+                            continue  # only the last executable is assumed to have the option
+                        wall, written = run_harness(command, results, harness)
+                        window = sum(r["metrics"]["stages"]["measure"] for r in written)
+                        outside = (wall - window) / jobs
+                        others = {k: v for k, v in written[-1]["metrics"]["stages"].items() if k != "measure"}
+                        top = max(others.items(), key=lambda item: item[1])
+                        rows.append((model, backend, f"{mode} {label[harness]}".strip(), jobs, wall, window / jobs,
+                                     outside, floor, outside / floor, f"{top[0]} {top[1]:.1f}"))
+                        print(" | ".join(str(x) for x in rows[-1]), flush=True)
+    print(f"load after: {' '.join(f'{x:.2f}' for x in os.getloadavg())} (1/5/15 min)")
     print()
-    print("| model | backend | mode | jobs | wall s | window s/job | outside s/job | bare outside s | ratio | largest other stage (s) |")
+    print("| model | backend | mode | jobs | wall s | window s/job | outside s/job | bare outside s | ratio | largest other stage of the last job (s) |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for model, backend, mode, jobs, wall, window, outside, floor, ratio, top in rows:
         print(f"| {model} | {backend} | {mode} | {jobs} | {wall:.1f} | {window:.1f} | {outside:.1f} | {floor:.1f} | "
