@@ -12,7 +12,8 @@ For each model and backend, with warm caches (one untimed run of each side first
   run process); wall time measured here around the command, the measurement window from
   its record (``metrics.stages.measure``);
 - **sweep**: one ``harness -m`` command of ``--jobs`` jobs (``scenario.warmup_iters``
-  varies, nothing else); per job = (wall - sum of the windows) / jobs;
+  varies, nothing else); per job = (wall - sum of the windows) / jobs, and the last job's
+  own ``metrics.outside_window_s`` (what one more job adds: the first pays the start-up);
 - **sweep, reused worker** (``--reuse``): the same sweep with ``launcher.reuse_worker=true``;
 - **bare** (the better of two runs): this file with ``--bare`` in a fresh interpreter doing the same work in one
   process: import torch and transformers, build the model from the same config, open the
@@ -173,16 +174,18 @@ def main() -> None:
                         outside = (wall - window) / jobs
                         others = {k: v for k, v in written[-1]["metrics"]["stages"].items() if k != "measure"}
                         top = max(others.items(), key=lambda item: item[1])
+                        last = written[-1]["metrics"]["outside_window_s"]  # a sweep's marginal job
                         rows.append((model, backend, f"{mode} {label[harness]}".strip(), jobs, wall, window / jobs,
-                                     outside, floor, outside / floor, f"{top[0]} {top[1]:.1f}"))
+                                     outside, last, floor, outside / floor, f"{top[0]} {top[1]:.1f}"))
                         print(" | ".join(str(x) for x in rows[-1]), flush=True)
     print(f"load after: {' '.join(f'{x:.2f}' for x in os.getloadavg())} (1/5/15 min)")
     print()
-    print("| model | backend | mode | jobs | wall s | window s/job | outside s/job | bare outside s | ratio | largest other stage of the last job (s) |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for model, backend, mode, jobs, wall, window, outside, floor, ratio, top in rows:
-        print(f"| {model} | {backend} | {mode} | {jobs} | {wall:.1f} | {window:.1f} | {outside:.1f} | {floor:.1f} | "
-              f"{ratio:.2f}× | {top} |")
+    print("| model | backend | mode | jobs | wall s | window s/job | outside s/job | last job outside s | bare outside s "
+          "| ratio | largest other stage of the last job (s) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for model, backend, mode, jobs, wall, window, outside, last, floor, ratio, top in rows:
+        print(f"| {model} | {backend} | {mode} | {jobs} | {wall:.1f} | {window:.1f} | {outside:.1f} | {last:.1f} | "
+              f"{floor:.1f} | {ratio:.2f}× | {top} |")
 
 
 if __name__ == "__main__":

@@ -114,7 +114,13 @@ def test_every_stage_of_an_isolated_run_is_in_its_record(tmp_path):
     assert record["metrics"]["outside_window_s"] == pytest.approx(record["metrics"]["wall_s"] - timings["measure"], abs=1e-3)
     assert "where the time went" in proc.stdout and "write" in proc.stdout  # --verbose: the full table
     columns = {column["key"] for column in record["columns"]}
-    assert {"metrics.wall_s", "metrics.outside_window_s"} <= columns  # the report can show them
+    assert {"metrics.wall_s", "metrics.outside_window_s"} <= columns
+    from harness import results
+    from harness.columns import format_value
+    from harness.report import build
+
+    table = build.build(results.load(tmp_path / "results")).sections[0].table  # the report shows them
+    assert table["Outside window (s)"].tolist() == [format_value(record["metrics"]["outside_window_s"], "seconds")]
 
 
 @pytest.mark.slow
