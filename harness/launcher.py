@@ -579,6 +579,22 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
+def plain(value: Any) -> Any:
+    """``value`` with every ``str`` subclass turned into a plain ``str``, recursively.
+
+    The record crosses to the CLI by pickle, and a pickled ``torch.__version__`` (a
+    ``TorchVersion``) makes the CLI import torch to read it back: seconds of the run's
+    wall time (the ``exit`` stage) and the very import the CLI keeps to the run process.
+    """
+    if isinstance(value, dict):
+        return {plain(key): plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(item) for item in value]
+    if isinstance(value, str) and type(value) is not str:
+        return str.__str__(value)
+    return value
+
+
 def _child_progress(label: str, count: int, elapsed_s: float) -> None:
     sys.stderr.write(f"\r  {label}: {count} calls, {elapsed_s:.1f} s ")
     sys.stderr.flush()
@@ -649,7 +665,7 @@ def _child_main(memory_limit_mb: int | None, result: Connection, err: Connection
             if tty:
                 sys.stderr.write("\r\033[K")
             result.send(("stages", {"durations": clock.snapshot(), "until": clock.until}))
-            result.send(("record", record))
+            result.send(("record", plain(record)))
             clock = None
             stages.stop()
     except BaseException as exc:  # the runner catches run errors; this is bootstrap failing

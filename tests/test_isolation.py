@@ -175,6 +175,17 @@ def test_a_reused_worker_runs_the_next_jobs_and_a_crash_ends_it(faulty):
     assert "reuse_worker" not in fresh["launcher"] and fresh["launcher"]["exitcode"] == 0
 
 
+def test_a_record_crosses_to_the_cli_as_plain_values():
+    """A ``torch.__version__`` in a record would make the CLI import torch to unpickle it."""
+    from torch.torch_version import TorchVersion
+
+    from harness.launcher import plain
+
+    out = plain({"backend": {"version": TorchVersion("2.13.0"), "device": "cpu"}, "devices": ("cpu",), "n": 1.5})
+    assert out == {"backend": {"version": "2.13.0", "device": "cpu"}, "devices": ["cpu"], "n": 1.5}
+    assert type(out["backend"]["version"]) is str
+
+
 def test_parent_does_not_spin_while_it_waits(faulty):
     """Waiting 4 s on a hung child must cost the parent almost no CPU (no polling loop)."""
     spec = spec_for(faulty, "backend=hang")
