@@ -9,7 +9,9 @@ basic, joblib, Slurm, Ray...), and each job's task function reuses the job the c
 validated. Each run is isolated in its own process (:mod:`harness.launcher`); its
 record is written here. A sweep resumes (a job whose ``ok`` record exists is skipped,
 :mod:`harness.sweep`) and ends with a summary of every job. ``HARNESS_DEBUG=1`` (or
-``HYDRA_FULL_ERROR=1``) shows tracebacks instead of one-line errors.
+``HYDRA_FULL_ERROR=1``) shows tracebacks instead of one-line errors. The stage clock
+(:mod:`harness.stages`) starts at the process's start; each record gets the stages since
+the previous one (``metrics.stages``), shown in one line, or as a table with ``--verbose``.
 """
 
 from __future__ import annotations
