@@ -9,7 +9,9 @@ basic, joblib, Slurm, Ray...), and each job's task function reuses the job the c
 validated. Each run is isolated in its own process (:mod:`harness.launcher`); its
 record is written here. A sweep resumes (a job whose ``ok`` record exists is skipped,
 :mod:`harness.sweep`) and ends with a summary of every job. ``HARNESS_DEBUG=1`` (or
-``HYDRA_FULL_ERROR=1``) shows tracebacks instead of one-line errors.
+``HYDRA_FULL_ERROR=1``) shows tracebacks instead of one-line errors. The stage clock
+(:mod:`harness.stages`) starts at the process's start; each record gets the stages since
+the previous one (``metrics.stages``), shown in one line, or as a table with ``--verbose``.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
-from harness import compose, precheck, sweep, ui
+from harness import compose, precheck, stages, sweep, ui
 from harness.compose import Job, debug_enabled
 from harness.errors import EXIT_CODES, RECORD_FALLBACK_EXIT, ConfigError
 from harness.plugins import Plugins, get_plugins
@@ -31,6 +33,14 @@ SWEEP_JOBS_ENV = "HARNESS_SWEEP_JOBS"
 
 #: The jobs the command-line check validated, by override list (this process's sweep).
 _CHECKED: dict[tuple[str, ...], Job] = {}
+#: ``--verbose`` (or ``HARNESS_VERBOSE=1``): the full stage table after each record, not one line.
+VERBOSE_FLAG = "--verbose"
+VERBOSE_ENV = "HARNESS_VERBOSE"
+
+
+def _clock() -> stages.StageClock:
+    """This process's stage clock (a job run without the CLI's ``main`` starts one)."""
+    return stages.active() or stages.start("job")
 
 
 def run_job(cfg: Any, multirun: bool, num: int, overrides: list[str], job: Optional[Job] = None) -> int:
@@ -56,6 +66,7 @@ def run_job(cfg: Any, multirun: bool, num: int, overrides: list[str], job: Optio
 def _run_job(cfg: Any, multirun: bool, num: int, overrides: list[str], job: Optional[Job]) -> int:
     from harness.launcher import launch
 
+    _clock().switch("job")
     plugins = get_plugins()
     for problem in plugins.problems:
         ui.warning(problem.warning())
@@ -124,10 +135,20 @@ class _Output:
         from harness.fallback import write_record
 
         spec = self.job.spec
+        clock = _clock()
+        timings = clock.snapshot()  # everything up to the write
+        record.setdefault("metrics", {}).update(stages=timings, **stages.summary(timings))
+        clock.switch("write")
         path, unsaved = write_record(record, spec.results_dir, spec.cache_dir)
         self.plugins.hook.harness_record_written(record=record, path=str(path))
         ui.out.print(ui.record_table([record]))
         ui.out.print(f"record: {path}", soft_wrap=True)
+        shown = {**timings, "write": clock.snapshot().get("write", 0.0)}
+        if os.environ.get(VERBOSE_ENV, "") not in ("", "0"):
+            ui.out.print(ui.stage_table(shown))
+        else:
+            ui.stage(f"{self.prefix}{stages.one_line(shown)} (--verbose: every stage)")
+        clock.restart("sweep")  # the next job of a sweep starts here
         code = exc_code if exc_code is not None else EXIT_CODES.get(record["status"], 1)
         if record["status"] not in ("ok", "interrupted"):
             error = record.get("error") or {}
@@ -215,6 +236,8 @@ def main() -> None:
 
 
 def _main() -> None:
+    # cli_start: interpreter start and the CLI's imports, from the process's own start time
+    clock = stages.start("cli_start", at=stages.process_started())
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     if debug_enabled():
@@ -222,9 +245,14 @@ def _main() -> None:
     from harness import interrupts
 
     interrupts.install()  # SIGTERM (Slurm, CI) ends a sweep like Ctrl-C: summary, records kept
+    clock.switch("plugins")
     plugins = get_plugins()
     searchpath = plugins.config_searchpath()
+    clock.switch("precheck")
     args = sys.argv[1:]
+    if VERBOSE_FLAG in args:  # ours, not Hydra's: taken out before Hydra parses the command line
+        args = [arg for arg in args if arg != VERBOSE_FLAG]
+        os.environ[VERBOSE_ENV] = "1"
     parsed = precheck.parse_args(args)
     multirun = bool(parsed and parsed.multirun)
     checked = precheck.check(args, searchpath, compose.group_options(searchpath), plugins.registry)
@@ -270,6 +298,7 @@ def _run_hydra(args: list[str], parsed: Any, searchpath: list[str], multirun: bo
         if multirun:  # launchers that run jobs elsewhere (Ray, Slurm) pass the ledger on in the job's env
             extra.append(f"++hydra.job.env_set.{sweep.LEDGER_ENV}={ledger}")
         sys.argv[1:] = compose.normalise(precheck.with_overrides(args, parsed, extra))
+        _clock().switch("hydra")  # Hydra's own start (and, per job, its sweeper's composition)
         app()
         from harness import tuning
 

@@ -104,6 +104,15 @@ COMMON_COLUMNS: tuple[Column, ...] = (
     Column(MODEL_SIZE, "Size (MiB)", "mib", "lower"),
     Column(MFU, "MFU", "percent", "higher"),
 )
+#: Where a run's wall time went (:mod:`harness.stages`): every record declares these beside
+#: its kind's columns, so a report shows them for any row that has them (records before
+#: schema 1.1 leave them blank).
+WALL = "metrics.wall_s"
+OUTSIDE_WINDOW = "metrics.outside_window_s"
+STAGE_COLUMNS: tuple[Column, ...] = (
+    Column(WALL, "Wall (s)", "seconds", "lower"),
+    Column(OUTSIDE_WINDOW, "Outside window (s)", "seconds", "lower"),
+)
 #: Every common figure a results frame coerces to a number (the reference accuracy is
 #: read beside the accuracy but has no column of its own).
 COMMON_METRICS: tuple[str, ...] = (*(column.key for column in COMMON_COLUMNS), ACCURACY_REFERENCE)

@@ -23,7 +23,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from harness import preflight
+from harness import preflight, stages
 from harness.checkpoints import RECIPES
 from harness.config import JobInfo, RunSpec, TrainRecipe
 from harness.errors import ConfigError
@@ -113,12 +113,13 @@ def compose(overrides: list[str], searchpath: list[str], hydra_config: bool = Fa
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
-    cfg = hydra_compose(config_name="config", overrides=[*normalise(overrides), *searchpath_overrides(searchpath)],
-                        return_hydra_config=hydra_config)
-    if hydra_config:
-        HydraConfig.instance().set_config(cfg)
-        with open_dict(cfg):
-            del cfg["hydra"]
+    with stages.timed("compose"):
+        cfg = hydra_compose(config_name="config", overrides=[*normalise(overrides), *searchpath_overrides(searchpath)],
+                            return_hydra_config=hydra_config)
+        if hydra_config:
+            HydraConfig.instance().set_config(cfg)
+            with open_dict(cfg):
+                del cfg["hydra"]
     return cfg
 
 
@@ -184,11 +185,12 @@ def validate(cfg: Any, registry: Registry, searchpath: Optional[list[str]] = Non
     out-of-range value, an unknown key or scenario kind, or anything the preflight
     checks (:mod:`harness.preflight`) find the run would fail on.
     """
-    preflight.check_top_level(cfg.keys())
-    spec = build_spec(cfg, registry, recipes=lambda family: recipe_for(family, searchpath))
-    options = typed(LauncherOptions, cfg.get("launcher") or {}, "launcher")
-    overwrite = _bool_option(cfg, "overwrite")
-    spec, warnings = preflight.run(spec, options.memory_limit_mb, options.host_lock)
+    with stages.timed("config_check"):
+        preflight.check_top_level(cfg.keys())
+        spec = build_spec(cfg, registry, recipes=lambda family: recipe_for(family, searchpath))
+        options = typed(LauncherOptions, cfg.get("launcher") or {}, "launcher")
+        overwrite = _bool_option(cfg, "overwrite")
+        spec, warnings = preflight.run(spec, options.memory_limit_mb, options.host_lock)
     return Job(spec, options, overwrite, warnings)
 
 

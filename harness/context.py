@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
+from harness import stages
 from harness.backend import Artifact, Backend, Workspace
 from harness.checkpoints import checkpoint_folder
 from harness.compression.pipeline import compress
@@ -73,7 +74,8 @@ class RunContext:
             else:
                 folder = checkpoint_folder(key) if key else None
             self.status(f"building model {self.spec.model.name}" + (f" from {folder}" if folder else ""))
-            self._model_cache[key] = load_model(self.spec.model, str(folder) if folder else None)
+            with stages.timed("model_build"):
+                self._model_cache[key] = load_model(self.spec.model, str(folder) if folder else None)
         return self._model_cache[key]
 
     def trainer(self) -> Backend:
@@ -88,7 +90,8 @@ class RunContext:
 
     def load_data(self, seq_len: int | None = None, tokenizer: Any = None) -> TaskData:
         """The dataset the spec names, tokenized for text tasks."""
-        return load_dataset(self.spec.dataset, seq_len=seq_len or 128, tokenizer=tokenizer)
+        with stages.timed("data"):
+            return load_dataset(self.spec.dataset, seq_len=seq_len or 128, tokenizer=tokenizer)
 
     def artifact(self, model: Any, data: Any, batch: Any) -> tuple[Artifact, dict[str, Any]]:
         """The model in the first format the backend consumes, plus stage metrics.
@@ -105,7 +108,8 @@ class RunContext:
         }
         formats = self.backend.capabilities().consumes
         if "onnx" in formats and ("torch" not in formats or formats.index("onnx") < formats.index("torch")):
-            result = export_onnx(model, data.sample_batch(2), self.cache_root, on_status=self.status)
+            with stages.timed("export"):
+                result = export_onnx(model, data.sample_batch(2), self.cache_root, on_status=self.status)
             artifact = Artifact(model.name, model.input_names, model.output_names, onnx_path=result.path, meta=meta,
                                 workspace=self.workspace)
             return artifact, {"export": result.metrics()}
@@ -125,6 +129,8 @@ class RunContext:
         Calibration samples come from ``data``'s train split in batches of ``batch_size``;
         see :func:`harness.compression.pipeline.compress`.
         """
-        out, stages = compress(self.backend, artifact, recipe, data, source_key, self.cache_root, self.status, batch_size)
+        with stages.timed("compress"):
+            out, metrics = compress(self.backend, artifact, recipe, data, source_key, self.cache_root, self.status,
+                                    batch_size)
         meta = {**artifact.meta, **out.meta}  # the run's shapes travel with the compressed model too
-        return replace(out, meta=meta, workspace=out.workspace or self.workspace), stages
+        return replace(out, meta=meta, workspace=out.workspace or self.workspace), metrics

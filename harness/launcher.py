@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import atexit
 import copy
 import ctypes
 import faulthandler
@@ -45,6 +46,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any, Callable, Optional
 
+from harness import stages
 from harness.config import RunSpec
 from harness.errors import HarnessError
 from harness.plugins import Plugins
@@ -70,6 +72,11 @@ class LauncherOptions:
     ``timeout_s`` is wall-clock for the whole run (model build, export, measurement);
     ``null`` waits forever. ``memory_limit_mb`` limits the child's virtual address
     space; leave it ``null`` on GPUs, whose drivers reserve large address ranges.
+    ``reuse_worker``: the jobs of a sweep share one run process (started, imported and
+    plugins discovered once) instead of a fresh one each; a job that fails, times out
+    or crashes ends it and the next job gets a fresh one. Less fault isolation (state
+    a job leaves in the process, e.g. thread settings, reaches the next), so it is
+    opt-in and each record says so (``launcher.reuse_worker``, ``launcher.worker_job``).
     """
 
     isolation: str = "process"
@@ -77,9 +84,12 @@ class LauncherOptions:
     memory_limit_mb: Optional[int] = None
     host_lock: bool = True
     host_lock_timeout_s: Optional[float] = None
+    reuse_worker: bool = False
 
     def __post_init__(self) -> None:
         choice(self.isolation, ISOLATIONS, "isolation")
+        require(not (self.reuse_worker and self.isolation != "process"), "reuse_worker",
+                f"runs jobs in a worker process, so it needs isolation=process (got isolation={self.isolation})")
         require(self.timeout_s is None or self.timeout_s > 0, "timeout_s", f"must be > 0 seconds or null, got {self.timeout_s}")
         require(
             self.memory_limit_mb is None or self.memory_limit_mb >= 64,
@@ -114,7 +124,8 @@ def launch(
     # neighbour's timings.
     gate = _LockGate(options, lock_group(spec), status)
     started = time.monotonic()
-    base = base_record(spec, plugins)  # the run's record, assembled once; the run fills it in
+    with stages.timed("record_setup"):
+        base = base_record(spec, plugins)  # the run's record, assembled once; the run fills it in
     try:
         with gate:
             if options.isolation == "inline":
@@ -285,39 +296,119 @@ _SIGNAL_HINTS = {
 }
 
 
+class _Worker:
+    """A run process and the parent's ends of its pipes: jobs go in, stages and records come out.
+
+    A fresh worker gets one job and its ``jobs`` pipe is closed after the record (it exits
+    then); a reused one (``launcher.reuse_worker=true``) stays for the next job of the
+    sweep, so the interpreter start, the imports and the plugin discovery are paid once.
+    """
+
+    def __init__(self, memory_limit_mb: int | None, tty: bool, name: str, reused: bool) -> None:
+        self.memory_limit_mb, self.tty, self.reused = memory_limit_mb, tty, reused
+        self.jobs_done = 0
+        ctx = multiprocessing.get_context("spawn")
+        self.result_r, result_w = ctx.Pipe(duplex=False)
+        self.err_r, err_w = ctx.Pipe(duplex=False)
+        go_r, self.go_w = ctx.Pipe(duplex=False)  # the parent's "go" once it holds the host lock
+        jobs_r, self.jobs_w = ctx.Pipe(duplex=False)
+        self.process = ctx.Process(
+            target=_child_main,
+            args=(memory_limit_mb, result_w, err_w, go_r, jobs_r, os.getpid(), tty, stages.clock()),
+            name=name,
+            daemon=False,
+        )
+        try:
+            _start(self.process)
+        finally:
+            for end in (result_w, err_w, go_r, jobs_r):
+                end.close()
+        self.err_fd = self.err_r.fileno()
+        os.set_blocking(self.err_fd, False)
+
+    def fits(self, options: LauncherOptions, tty: bool) -> bool:
+        """Whether this reused worker can run a job with ``options`` (its rlimit is set once)."""
+        return self.process.is_alive() and self.memory_limit_mb == options.memory_limit_mb and self.tty == tty
+
+    def close(self, grace_s: float = _EXIT_GRACE_S) -> None:
+        """No more jobs: let it exit, kill what is left of its group, reap it."""
+        with contextlib.suppress(OSError):
+            self.jobs_w.close()
+        if self.process.pid is not None and not wait([self.process.sentinel], timeout=grace_s):
+            _kill_group(self.process)  # it hangs on the way out
+        _kill_group(self.process)  # helpers the run left behind (the child is exited but unreaped)
+        self.process.join()
+
+    def release(self) -> None:
+        for end in (self.result_r, self.err_r, self.go_w):
+            with contextlib.suppress(OSError):
+                end.close()
+
+
+#: The reused worker of this process's sweep (``launcher.reuse_worker=true``), if one is up.
+_reused: _Worker | None = None
+
+
+@atexit.register
+def close_reused_worker() -> None:
+    """End the reused worker (the sweep is over, or the CLI exits)."""
+    global _reused
+    if _reused is not None:
+        worker, _reused = _reused, None
+        worker.close(grace_s=5.0)
+        worker.release()
+
+
+def _worker_for(spec: RunSpec, options: LauncherOptions, tty: bool) -> _Worker:
+    """A fresh run process, or the sweep's reused one when the options ask and it fits."""
+    global _reused
+    if not options.reuse_worker:
+        return _Worker(options.memory_limit_mb, tty, f"harness-run-{spec.backend_name}", reused=False)
+    if _reused is not None and not _reused.fits(options, tty):
+        close_reused_worker()
+    if _reused is None:
+        _reused = _Worker(options.memory_limit_mb, tty, "harness-worker", reused=True)
+    return _reused
+
+
 def _run_in_child(spec: RunSpec, plugins: Plugins, options: LauncherOptions, status: Callable[[str], None],
                   gate: _LockGate, record: dict[str, Any]) -> dict[str, Any]:
-    started = time.monotonic()
-    ctx = multiprocessing.get_context("spawn")
-    result_r, result_w = ctx.Pipe(duplex=False)
-    err_r, err_w = ctx.Pipe(duplex=False)
-    go_r, go_w = ctx.Pipe(duplex=False)  # the parent's "go" once it holds the host lock
+    global _reused
+    # The child's stage clock starts at this moment (``spawn``; ``dispatch`` for a reused
+    # worker) and comes back with its record; until then the parent charges nothing, so a
+    # run that never reports is all ``run_process``.
+    clock = stages.active()
+    if clock is not None:
+        clock.switch("run_process")
+    started = stages.clock()
     tty = bool(getattr(sys.stderr, "isatty", lambda: False)())
-    process = ctx.Process(
-        target=_child_main,
-        args=(spec, record, options.memory_limit_mb, result_w, err_w, go_r, os.getpid(), tty),
-        name=f"harness-run-{spec.backend_name}",
-        daemon=False,
-    )
     info: dict[str, Any] = {"isolation": "process", "timeout_s": options.timeout_s, "memory_limit_mb": options.memory_limit_mb}
     record["launcher"] = info
+    worker: _Worker | None = None
     try:
-        _start(process)
+        worker = _worker_for(spec, options, tty)
+        if worker.reused:  # before the job leaves: the run reads it (its peak RSS spans the worker's jobs)
+            worker.jobs_done += 1
+            info["reuse_worker"] = True
+            info["worker_job"] = worker.jobs_done  # 1: this worker's first job (it paid the start-up)
+        worker.jobs_w.send((spec, record, started))
     except Exception as exc:  # e.g. a plugin's options type that cannot be pickled
         record["reason"] = (
             f"could not start the run process: {type(exc).__name__}: {' '.join(str(exc).split())[:300]} "
             "(fix: launcher.isolation=inline, or define the plugin's options type at module level)"
         )
+        if worker is _reused:
+            close_reused_worker()
+        elif worker is not None:
+            worker.close(grace_s=5.0)
+            worker.release()
         return record
-    finally:
-        result_w.close()
-        err_w.close()
-        go_r.close()
+    process = worker.process
     info["pid"] = process.pid
 
     tail = _StderrTail()
-    err_fd = err_r.fileno()
-    os.set_blocking(err_fd, False)
+    err_fd = worker.err_fd
+    result_r = worker.result_r
     watched: list[Any] = [result_r, process.sentinel, err_fd]
     deadline = None if options.timeout_s is None else started + options.timeout_s
     returned: dict[str, Any] | None = None
@@ -325,6 +416,7 @@ def _run_in_child(spec: RunSpec, plugins: Plugins, options: LauncherOptions, sta
     last_stage = "starting"
     timed_out = False
     interrupted: KeyboardInterrupt | None = None
+    keep = False
     try:
         while True:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -345,20 +437,22 @@ def _run_in_child(spec: RunSpec, plugins: Plugins, options: LauncherOptions, sta
                         gate.acquire()
                         if deadline is not None:
                             deadline += gate.waited_s  # waiting for the lock is not run time
-                        go_w.send("go")
+                        worker.go_w.send("go")
+                    elif kind == "stages":  # the child's timeline, merged into ours
+                        if clock is not None:
+                            clock.absorb(payload["durations"], payload["until"], then="exit")
                     elif kind == "record":
                         returned = payload
                     else:
                         crash = payload
             if returned is not None or crash is not None or process.sentinel in ready:
                 break
+        keep = worker.reused and returned is not None and crash is None and not timed_out
         if timed_out:
             _dump_stacks(process, err_fd, tail)
             _kill_group(process)
-        elif not wait([process.sentinel], timeout=_EXIT_GRACE_S):
-            _kill_group(process)  # it returned its record but hangs on the way out
-        _kill_group(process)  # helpers the run left behind (the child is exited but unreaped)
-        process.join()
+        if not keep:
+            worker.close()
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: never leave a run behind, record it
         _kill_group(process)
         process.join()
@@ -368,10 +462,13 @@ def _run_in_child(spec: RunSpec, plugins: Plugins, options: LauncherOptions, sta
         process.join()
         raise
     finally:
-        _drain(err_fd, tail)
-        result_r.close()
-        err_r.close()
-        go_w.close()
+        if keep and interrupted is None:
+            os.set_blocking(err_fd, False)
+        else:
+            _drain(err_fd, tail)
+            worker.release()
+            if worker is _reused:
+                _reused = None
 
     info["exitcode"] = process.exitcode
     info["wall_s"] = round(time.monotonic() - started - gate.waited_s, 3)
@@ -482,18 +579,45 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
+def plain(value: Any) -> Any:
+    """``value`` with every ``str`` subclass turned into a plain ``str``, recursively.
+
+    The record crosses to the CLI by pickle, and a pickled ``torch.__version__`` (a
+    ``TorchVersion``) makes the CLI import torch to read it back: seconds of the run's
+    wall time (the ``exit`` stage) and the very import the CLI keeps to the run process.
+    """
+    if isinstance(value, dict):
+        return {plain(key): plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(item) for item in value]
+    if isinstance(value, str) and type(value) is not str:
+        return str.__str__(value)
+    return value
+
+
 def _child_progress(label: str, count: int, elapsed_s: float) -> None:
     sys.stderr.write(f"\r  {label}: {count} calls, {elapsed_s:.1f} s ")
     sys.stderr.flush()
 
 
-def _child_main(spec: RunSpec, record: dict[str, Any], memory_limit_mb: int | None, result: Connection, err: Connection, go: Connection,
-                parent_pid: int, tty: bool) -> None:
-    """Entry point of the run process: execute ``spec`` and send its record to the parent.
+def _child_main(memory_limit_mb: int | None, result: Connection, err: Connection, go: Connection, jobs: Connection,
+                parent_pid: int, tty: bool, spawned_at: float) -> None:
+    """Entry point of the run process: execute each job the parent sends, send back its record.
+
+    A job is ``(spec, record, sent_at)``; the process runs jobs until the parent closes
+    the ``jobs`` pipe (after one job, unless the worker is reused), then ends at once:
+    the record is sent and the run's work folder is gone, so the interpreter's teardown
+    (seconds with torch loaded) would only delay the next job.
 
     Once the backend probed available, the child says ``ready`` and waits for the
-    parent's ``go``: the parent takes the host lock in between.
+    parent's ``go``: the parent takes the host lock in between. ``spawned_at`` is the
+    parent's monotonic time when it began starting this process: the first job's stage
+    clock starts there (``spawn``, ``imports``), a later job's when the parent sent it
+    (``dispatch``); the stages go back to the parent before each record.
     """
+    clock: stages.StageClock | None = stages.start("spawn", at=spawned_at)
+    clock.switch("imports")  # type: ignore[union-attr]
+    finished = False
     try:
         os.setpgid(0, 0)  # our own group: a timeout kills us and our helpers, not the CLI
     except OSError:
@@ -525,15 +649,31 @@ def _child_main(spec: RunSpec, record: dict[str, Any], memory_limit_mb: int | No
             except EOFError:  # the parent is gone (it kills us on any other path)
                 os._exit(1)
 
-        record = execute(spec, load_plugins(), status=stage, progress=_child_progress if tty else None,
-                         on_stage=lambda message: result.send(("stage", message)), after_probe=wait_for_lock,
-                         record=record)
-        if tty:
-            sys.stderr.write("\r\033[K")
-        result.send(("record", record))
+        loaded = load_plugins()
+        while True:
+            try:
+                spec, record, sent_at = jobs.recv()
+            except EOFError:  # no more jobs
+                finished = True
+                break
+            if clock is None:  # a later job of a reused worker
+                clock = stages.start("dispatch", at=sent_at)
+            clock.switch("run")
+            record = execute(spec, loaded, status=stage, progress=_child_progress if tty else None,
+                             on_stage=lambda message: result.send(("stage", message)), after_probe=wait_for_lock,
+                             record=record)
+            if tty:
+                sys.stderr.write("\r\033[K")
+            result.send(("stages", {"durations": clock.snapshot(), "until": clock.until}))
+            result.send(("record", plain(record)))
+            clock = None
+            stages.stop()
     except BaseException as exc:  # the runner catches run errors; this is bootstrap failing
         reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:500]
         result.send(("crash", {"reason": f"run process failed before a record: {reason}", "traceback": traceback.format_exc().splitlines()[-30:]}))
     finally:
         result.close()
         sys.stderr.flush()
+    if finished:
+        sys.stdout.flush()
+        os._exit(0)

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from harness import stages
 from harness.backend import Session
 
 
@@ -49,10 +50,17 @@ def measure(
     timer = session.timer
     run = session.run
     warmup_ms = []
-    for _ in range(plan.warmup_iters):
-        _, seconds = timer.time(run, inputs)
-        warmup_ms.append(seconds * 1000.0)
+    with stages.timed("warmup"):
+        for _ in range(plan.warmup_iters):
+            _, seconds = timer.time(run, inputs)
+            warmup_ms.append(seconds * 1000.0)
+    with stages.timed("measure"):
+        return _timed_loop(timer, run, inputs, plan, on_progress, warmup_ms)
 
+
+def _timed_loop(timer: Any, run: Any, inputs: Any, plan: MeasurePlan, on_progress: Callable[[int, float], None] | None,
+                warmup_ms: list[float]) -> Measurement:
+    """The measured calls: nothing per iteration but the timer, one append and the stop test."""
     samples: list[float] = []
     append = samples.append
     clock = time.perf_counter

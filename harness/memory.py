@@ -26,6 +26,7 @@ from typing import Any
 SOURCE = {
     "process": "ru_maxrss of the isolated run process (whole run: build, export, measurement)",
     "inline": "ru_maxrss of the harness process (isolation=inline: includes earlier work in that process)",
+    "worker": "ru_maxrss of the reused run process (launcher.reuse_worker=true: includes the sweep's earlier jobs in it)",
 }
 
 

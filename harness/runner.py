@@ -20,9 +20,10 @@ from functools import partial
 from types import TracebackType
 from typing import Any, Callable
 
-from harness import hardware, identity, memory, records
+from harness import hardware, identity, memory, records, stages
 from harness.autotrain import first_trainer, needs_auto, resolve_auto
 from harness.backend import Backend
+from harness.columns import STAGE_COLUMNS
 from harness.config import RunSpec
 from harness.context import RunContext
 from harness.errors import HarnessError, Unavailable
@@ -66,7 +67,7 @@ def base_record(spec: RunSpec, plugins: Plugins) -> dict[str, Any]:
         "inputs": identity.portable_inputs(spec.config),
         # The kind's report columns, so a report needs no plugin to show them.
         "columns": [column.as_dict() for column in
-                    (*getattr(kind, "report_columns", ()), *getattr(backend_cls, "report_columns", ()))],
+                    (*getattr(kind, "report_columns", ()), *getattr(backend_cls, "report_columns", ()), *STAGE_COLUMNS)],
         # The kind's run-local keys, so a report groups rows without the plugin.
         "identity": {"run_local_keys": list(spec.run_local_keys)},
         "metrics": {},
@@ -165,7 +166,8 @@ def execute(
         plugins.hook.harness_run_start(spec=spec)
         backend_cls = plugins.registry.backend(spec.backend_name)
         enter(f"probing backend '{spec.backend_name}'")
-        availability = backend_cls.probe(spec.backend_options)
+        with stages.timed("probe"):
+            availability = backend_cls.probe(spec.backend_options)
         # One source: the probe's version of the library the backend drives (plugin API 1
         # backends still report theirs through version(), read below).
         record["backend"]["version"] = availability.versions.get(spec.backend_name, "unknown")
@@ -175,13 +177,15 @@ def execute(
                 "run it where that device or library is present, or pick a backend harness-backends lists as available",
             )
         if after_probe is not None:
-            after_probe()
+            with stages.timed("host_lock"):
+                after_probe()
         enter(f"starting backend '{spec.backend_name}'")
-        backend = backend_cls(spec.backend_options)
-        if plugins.legacy("backends", spec.backend_name):
-            record["backend"]["version"] = backend.version()
-            record["backend"]["device"] = backend.device()
-        accelerator = backend.device_info()
+        with stages.timed("backend_start"):
+            backend = backend_cls(spec.backend_options)
+            if plugins.legacy("backends", spec.backend_name):
+                record["backend"]["version"] = backend.version()
+                record["backend"]["device"] = backend.device()
+            accelerator = backend.device_info()
         if accelerator:
             record["hardware"] = hardware.describe(accelerator, spec.hardware.label)
         kind = plugins.registry.scenario(spec.scenario_kind)
@@ -190,12 +194,15 @@ def execute(
         trainer = partial(_trainer, backend, plugins)
         ctx = RunContext(spec=spec, backend=backend, status=say, progress=progress, find_trainer=trainer)
         if spec.auto_recipe is not None or needs_auto(spec, kind.checkpoint_options):
-            ctx.auto_checkpoint = resolve_auto(spec, trainer, say)
+            with stages.timed("checkpoint"):
+                ctx.auto_checkpoint = resolve_auto(spec, trainer, say)
         enter(f"running scenario '{spec.scenario_name}'")
         try:
-            result = scenario.run(ctx)
+            with stages.timed("scenario"):  # what the kind does not label itself
+                result = scenario.run(ctx)
         finally:
-            ctx.close()
+            with stages.timed("teardown"):
+                ctx.close()
     except HarnessError as exc:
         record["status"] = exc.status
         record["reason"] = exc.one_line()
@@ -218,5 +225,7 @@ def execute(
     record["backend"].update(result.backend)
     record["metrics"] = result.metrics
     if result.metrics:
-        memory.add_run_peak(record["metrics"], str((spec.config.get("launcher") or {}).get("isolation", "process")))
+        reused = (record.get("launcher") or {}).get("reuse_worker")  # set by the launcher before the run
+        isolation = "worker" if reused else str((spec.config.get("launcher") or {}).get("isolation", "process"))
+        memory.add_run_peak(record["metrics"], isolation)
     return record

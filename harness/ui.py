@@ -104,3 +104,15 @@ def record_table(records: list[dict[str, Any]]) -> Table:
             *(escape(format_value(get(rec, column.key), column.format) or "-") for column in declared.values()),
         )
     return table
+
+
+def stage_table(durations: dict[str, float]) -> Table:
+    """Every stage of a run in the order it began, with its seconds and share of the total."""
+    total = sum(durations.values()) or 1.0
+    table = Table(title="where the time went (metrics.stages)", title_justify="left")
+    for name in ("stage", "seconds", "share"):
+        table.add_column(name, justify="left" if name == "stage" else "right")
+    for name, seconds in durations.items():
+        table.add_row(escape(name), f"{seconds:.3f}", f"{seconds / total:.1%}")
+    table.add_row("[bold]total[/]", f"{sum(durations.values()):.3f}", "")
+    return table

@@ -17,7 +17,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from harness import stats
+from harness import stages, stats
 from harness.accuracy import AccuracyGate, run_accuracy
 from harness.compression.pipeline import artifact_size
 from harness.compression.pruning import PruningOptions
@@ -177,26 +177,32 @@ class InferenceScenario(Scenario):
                                                               opts.quantization.calibration_batch_size)
 
         ctx.status(f"preparing {backend.name} session ({opts.precision})")
-        session = backend.prepare(artifact, opts.precision)
-        inputs = session.load(batch)
-        metrics["validation"] = self._validate(session, inputs, model, batch, backend)
+        with stages.timed("prepare"):
+            session = backend.prepare(artifact, opts.precision)
+            inputs = session.load(batch)
+        with stages.timed("validate"):
+            metrics["validation"] = self._validate(session, inputs, model, batch, backend)
 
         ctx.status(f"measuring: {opts.warmup_iters} warm-up calls, then >= {opts.min_iters} calls and >= {opts.min_duration_s:g} s")
         plan = MeasurePlan(opts.warmup_iters, opts.min_iters, opts.min_duration_s, opts.max_duration_s)
         progress = (lambda n, s: ctx.progress("measuring", n, s)) if ctx.progress else None
         measurement = measure(session, inputs, plan, progress)
-        metrics.update(latency_metrics(measurement.samples_ms, opts.batch_size, seq_len, opts.keep_samples))
+        with stages.timed("statistics"):  # percentiles, and bootstrap CIs through scipy (imported here)
+            metrics.update(latency_metrics(measurement.samples_ms, opts.batch_size, seq_len, opts.keep_samples))
         metrics["window"] = {"start": measurement.started_at, "end": measurement.ended_at}
         if metrics["noise"]["noisy"]:
             ctx.status(f"warning: noisy run: latency CV {metrics['noise']['cv']:.2f} > {metrics['noise']['cv_threshold']:.2f}")
         if opts.load == "offline":
-            self._offline(ctx, session, inputs, metrics, seq_len)
+            with stages.timed("offline"):
+                self._offline(ctx, session, inputs, metrics, seq_len)
         if opts.load == "server":
             ctx.status(f"server: {opts.server.queries} Poisson arrivals, p99 bound {opts.server.latency_bound_ms:g} ms")
             capacity = 1000.0 / metrics["latency_ms"]["p50"]
-            metrics["server"] = server_metrics(lambda: session.run(inputs), opts.server, capacity)
+            with stages.timed("server"):
+                metrics["server"] = server_metrics(lambda: session.run(inputs), opts.server, capacity)
         if opts.mfu:
-            metrics.update(self._roofline(ctx, model, batch, metrics["throughput"]["samples_per_s"], session.device))
+            with stages.timed("roofline"):
+                metrics.update(self._roofline(ctx, model, batch, metrics["throughput"]["samples_per_s"], session.device))
         memory = session.memory()
         if memory:
             metrics["memory_mib"] = memory
@@ -207,8 +213,9 @@ class InferenceScenario(Scenario):
 
         if opts.accuracy.enabled:
             ctx.status(f"scoring accuracy on the eval split ({opts.accuracy.limit or len(data.eval)} examples)")
-            metrics["accuracy"] = run_accuracy(session, reference_model, data, opts.batch_size, model.output_names[0],
-                                               opts.accuracy.limit, ctx.cache_root)
+            with stages.timed("accuracy"):
+                metrics["accuracy"] = run_accuracy(session, reference_model, data, opts.batch_size, model.output_names[0],
+                                                   opts.accuracy.limit, ctx.cache_root)
         session.close()
         gate = AccuracyGate(opts.accuracy.min_relative)
         problem = gate.problem(metrics["accuracy"]) if opts.accuracy.enabled else None

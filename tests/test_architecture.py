@@ -19,7 +19,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         "harness.errors", "harness.validation", "harness.identity", "harness.cache", "harness.records",
         "harness.stats", "harness.columns", "harness.ui", "harness.hardware", "harness.memory", "harness.timing",
         "harness.interrupts", "harness.fallback", "harness.hostlock", "harness.loadgen", "harness.results",
-        "harness.slurm",
+        "harness.slurm", "harness.stages",
     )),
     ("options and sources", (
         "harness.config", "harness.families", "harness.models", "harness.data", "harness.training.options", "harness.training.plan",

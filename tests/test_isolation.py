@@ -155,6 +155,37 @@ def test_inline_isolation_runs_in_this_process(faulty):
     assert record["status"] == "ok" and record["launcher"] == {"isolation": "inline", "wall_s": record["launcher"]["wall_s"]}
 
 
+def test_a_reused_worker_runs_the_next_jobs_and_a_crash_ends_it(faulty):
+    from harness import launcher
+
+    try:
+        first, second = (run(faulty, "backend=numpy", reuse_worker=True) for _ in range(2))
+        assert first["status"] == second["status"] == "ok", (first["reason"], second["reason"])
+        assert first["launcher"]["pid"] == second["launcher"]["pid"] != os.getpid()
+        assert (first["launcher"]["reuse_worker"], first["launcher"]["worker_job"], second["launcher"]["worker_job"]) == (True, 1, 2)
+        assert "reused run process" in second["metrics"]["memory_source"]  # its peak RSS spans both jobs
+        crashed = run(faulty, "backend=segfault", reuse_worker=True)
+        assert crashed["status"] == "failed" and "SIGSEGV" in crashed["reason"]
+        after = run(faulty, "backend=numpy", reuse_worker=True)  # a fresh worker, not the dead one
+        assert after["status"] == "ok" and after["launcher"]["pid"] not in (first["launcher"]["pid"], crashed["launcher"]["pid"])
+        assert after["launcher"]["worker_job"] == 1
+    finally:
+        launcher.close_reused_worker()
+    fresh = run(faulty, "backend=numpy")
+    assert "reuse_worker" not in fresh["launcher"] and fresh["launcher"]["exitcode"] == 0
+
+
+def test_a_record_crosses_to_the_cli_as_plain_values():
+    """A ``torch.__version__`` in a record would make the CLI import torch to unpickle it."""
+    from torch.torch_version import TorchVersion
+
+    from harness.launcher import plain
+
+    out = plain({"backend": {"version": TorchVersion("2.13.0"), "device": "cpu"}, "devices": ("cpu",), "n": 1.5})
+    assert out == {"backend": {"version": "2.13.0", "device": "cpu"}, "devices": ["cpu"], "n": 1.5}
+    assert type(out["backend"]["version"]) is str
+
+
 def test_parent_does_not_spin_while_it_waits(faulty):
     """Waiting 4 s on a hung child must cost the parent almost no CPU (no polling loop)."""
     spec = spec_for(faulty, "backend=hang")
@@ -176,4 +207,6 @@ def test_launcher_options_are_validated():
         typed(LauncherOptions, {"timeout_s": -1}, "launcher")
     with pytest.raises(ConfigError, match="launcher.memory_limit_mb"):
         typed(LauncherOptions, {"memory_limit_mb": 1}, "launcher")
+    with pytest.raises(ConfigError, match="launcher.reuse_worker"):
+        typed(LauncherOptions, {"reuse_worker": True, "isolation": "inline"}, "launcher")
     assert typed(LauncherOptions, {"timeout_s": None}, "launcher").timeout_s is None

@@ -65,6 +65,20 @@ def test_flops_per_sample_counts_the_attention_matmuls(tiny_model):
     assert roofline.flops_per_sample(tiny_model.module, batch) == pytest.approx(linear + attention + head)
 
 
+def test_flop_counts_are_cached_per_structure_and_shape(tmp_path, monkeypatch):
+    batch = {"x": np.ones((5, 8), dtype=np.float32)}
+    assert roofline.cached_flops_per_sample(_Linear(), batch, str(tmp_path)) == (pytest.approx(64.0), False)
+    counted = []
+    monkeypatch.setattr(roofline, "flops_per_sample", lambda module, b: counted.append(b) or 1.0)
+    assert roofline.cached_flops_per_sample(_Linear(), batch, str(tmp_path)) == (pytest.approx(64.0), True)
+    assert not counted  # same structure and shapes: read, not counted
+    other = {"x": np.ones((5, 8, 1), dtype=np.float32)}
+    assert roofline.cached_flops_per_sample(_Linear(), other, str(tmp_path)) == (1.0, False)  # new shape: counted
+    (entry,) = [p for p in (tmp_path / "flops").rglob("flops.json") if "64" in p.read_text()]
+    entry.write_text(entry.read_text().replace("64", "65"))  # damaged: its checksum fails, so it is counted again
+    assert roofline.cached_flops_per_sample(_Linear(), batch, str(tmp_path)) == (1.0, False)
+
+
 def test_every_library_present_competes_and_the_best_sets_the_peak():
     peak = roofline.measure_peak("fp32", "cpu", sizes=(64, 128), trials=2, trial_s=0.01, budget_s=0.0)
     assert set(peak["candidates"]) == set(roofline.libraries("fp32", "cpu")) >= {"torch", "onnxruntime"}
