@@ -111,3 +111,37 @@ def test_pipeline_stages_on_two_nodes_through_the_static_rendezvous(folder, tmp_
     assert rec["status"] == "ok" and training["world_size"] == 2 and training["mesh"] == {"pp": 2}
     np.testing.assert_allclose([p[1] for p in training["loss_curve"]],
                                [p[1] for p in baseline(folder)["metrics"]["training"]["loss_curve"]], rtol=0, atol=LOSS_TOL)
+
+
+LLM_RUN = ["+scenario=llm_train", "backend=pytorch", "model=llama_tiny", "scenario.max_steps=6", "scenario.eval_interval=3",
+           "scenario.log_interval=1", "scenario.warmup_steps_excluded=2"]
+
+
+@pytest.fixture(scope="module")
+def llm_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    cwd = tmp_path_factory.mktemp("parallel-llm")
+    proc = run_cli(*LLM_RUN, "scenario.batch_size=16", cwd=cwd, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    return cwd
+
+
+@pytest.mark.parametrize("strategy, batch", [("fsdp", 8), ("tp", 16), ("pp", 16)])
+def test_llm_pretraining_strategy_matches_the_single_process_run(llm_folder, strategy, batch):
+    """The issue's acceptance: ``+scenario=llm_train`` on llama_tiny with 2 processes writes
+    one ok record per strategy, its next-token loss and eval perplexity those of the
+    1-process run; FSDP holds half the parameters per rank."""
+    before = {r["run_id"] for r in records_in(llm_folder / "results")}
+    proc = run_cli(*LLM_RUN, f"scenario.batch_size={batch}", "scenario.distributed.nproc_per_node=2",
+                   f"scenario.distributed.strategy={strategy}", cwd=llm_folder, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    (rec,) = [r for r in records_in(llm_folder / "results") if r["run_id"] not in before]
+    (one,) = [r for r in records_in(llm_folder / "results") if r["metrics"]["training"]["world_size"] == 1]
+    single, training = one["metrics"]["training"], rec["metrics"]["training"]
+    records.validate(rec)
+    assert rec["status"] == "ok" and training["world_size"] == 2 and training["strategy"] == strategy
+    assert training["eval_metric"] == "perplexity" and len(training["memory_per_rank"]) == 2
+    np.testing.assert_allclose([p[1] for p in training["loss_curve"]], [p[1] for p in single["loss_curve"]],
+                               rtol=0, atol=LOSS_TOL)
+    assert training["final_perplexity"] == pytest.approx(single["final_perplexity"], rel=1e-4)
+    if strategy == "fsdp":
+        assert training["memory_mib"]["params_mib"] == pytest.approx(single["memory_mib"]["params_mib"] / 2, rel=0.02)
