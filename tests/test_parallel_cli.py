@@ -25,12 +25,17 @@ RUN = ["+scenario=bert_train", "backend=pytorch", "model=bert_tiny", "dataset.tr
        "scenario.log_interval=1"]
 
 
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    cwd = tmp_path_factory.mktemp("parallel")
-    proc = run_cli(*RUN, "scenario.batch_size=16", cwd=cwd, timeout=600)
+def one_process_run(tmp_path_factory: pytest.TempPathFactory, name: str, run: list[str]) -> Path:
+    """A folder holding the 1-process reference run (batch 16) of ``run``."""
+    cwd = tmp_path_factory.mktemp(name)
+    proc = run_cli(*run, "scenario.batch_size=16", cwd=cwd, timeout=600)
     assert proc.returncode == 0, proc.stderr
     return cwd
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return one_process_run(tmp_path_factory, "parallel", RUN)
 
 
 def baseline(folder: Path) -> dict:
@@ -119,10 +124,7 @@ LLM_RUN = ["+scenario=llm_train", "backend=pytorch", "model=llama_tiny", "scenar
 
 @pytest.fixture(scope="module")
 def llm_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    cwd = tmp_path_factory.mktemp("parallel-llm")
-    proc = run_cli(*LLM_RUN, "scenario.batch_size=16", cwd=cwd, timeout=600)
-    assert proc.returncode == 0, proc.stderr
-    return cwd
+    return one_process_run(tmp_path_factory, "parallel-llm", LLM_RUN)
 
 
 @pytest.mark.parametrize("strategy, batch", [("fsdp", 8), ("tp", 16), ("pp", 16)])
