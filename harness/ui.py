@@ -75,35 +75,51 @@ def record_table(records: list[dict[str, Any]]) -> Table:
         for column in from_record(rec):
             if not column.derived and any(get(r, column.key) is not None for r in records):
                 declared.setdefault((column.key, column.label), column)
-    table = Table(title="harness results", title_justify="left")
     fixed = ("status", "backend", "scenario", "precision", "batch", "p50 ms", "p99 ms", "samples/s", "accuracy", "peak MiB", "MFU")
-    for name in fixed:
-        table.add_column(name, justify="left" if name in fixed[:4] else "right")
-    for column in declared.values():
-        table.add_column(escape(column.label), justify="left" if column.format == "text" else "right")
-    for rec in records:
-        metrics = rec.get("metrics") or {}
-        latency = metrics.get("latency_ms") or {}
-        throughput = metrics.get("throughput") or {}
-        accuracy = (metrics.get("accuracy") or {}).get("value")
-        status = rec["status"]
-        colour = "green" if status == "ok" else "red"
-        mfu = metrics.get("mfu")
-        table.add_row(
-            f"[{colour}]{escape(status)}[/]",
-            escape(rec["backend"]["name"]),
-            escape(rec["scenario"]["name"]),
-            escape(rec["scenario"]["precision"]),
-            _fmt(rec["scenario"].get("batch_size")),
-            _fmt(latency.get("p50"), 3),
-            _fmt(latency.get("p99"), 3),
-            _fmt(throughput.get("samples_per_s"), 1),
-            _fmt(accuracy, 4),
-            _fmt(_peak_mib(metrics), 0),
-            "-" if mfu is None else f"{mfu:.1%}",
-            *(escape(format_value(get(rec, column.key), column.format) or "-") for column in declared.values()),
-        )
+    rows = [[*_fixed_cells(rec), *(escape(format_value(get(rec, column.key), column.format) or "-") for column in declared.values())]
+            for rec in records]
+    names = [*fixed, *(escape(column.label) for column in declared.values())]
+    names[fixed.index("accuracy")] = _accuracy_label(records)
+    texts = {"status", "backend", "scenario", "precision"} | {escape(c.label) for c in declared.values() if c.format == "text"}
+    # A fixed figure no record has (latency and MFU of a generation run) is left out, not shown as "-".
+    keep = [i for i, name in enumerate(names) if i < 4 or i >= len(fixed) or any(row[i] != "-" for row in rows)]
+    table = Table(title="harness results", title_justify="left")
+    for i in keep:
+        table.add_column(names[i], justify="left" if names[i] in texts else "right")
+    for row in rows:
+        table.add_row(*(row[i] for i in keep))
     return table
+
+
+def _fixed_cells(rec: dict[str, Any]) -> list[str]:
+    """The cells of the columns every record has (status ... MFU)."""
+    metrics = rec.get("metrics") or {}
+    latency = metrics.get("latency_ms") or {}
+    throughput = metrics.get("throughput") or {}
+    accuracy = (metrics.get("accuracy") or {}).get("value")
+    colour = "green" if rec["status"] == "ok" else "red"
+    mfu = metrics.get("mfu")
+    return [
+        f"[{colour}]{escape(rec['status'])}[/]",
+        escape(rec["backend"]["name"]),
+        escape(rec["scenario"]["name"]),
+        escape(rec["scenario"]["precision"]),
+        _fmt(rec["scenario"].get("batch_size")),
+        _fmt(latency.get("p50"), 3),
+        _fmt(latency.get("p99"), 3),
+        _fmt(throughput.get("samples_per_s"), 1),
+        _fmt(accuracy, 4),
+        _fmt(_peak_mib(metrics), 0),
+        "-" if mfu is None else f"{mfu:.1%}",
+    ]
+
+
+def _accuracy_label(records: list[dict[str, Any]]) -> str:
+    """``accuracy``, or the metric every scored record names when that is another one
+    (a decoder's perplexity is not an accuracy: lower is better)."""
+    metrics = {((r.get("metrics") or {}).get("accuracy") or {}).get("metric") for r in records
+               if ((r.get("metrics") or {}).get("accuracy") or {}).get("value") is not None}
+    return str(metrics.pop()) if len(metrics) == 1 and None not in metrics and "accuracy" not in metrics else "accuracy"
 
 
 def stage_table(durations: dict[str, float]) -> Table:
