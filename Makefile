@@ -40,9 +40,10 @@ demo: $(STAMP)
 # Everything: lint and types, the main suite, then the torch_xla tests in their own venv on CPU PJRT.
 test: lint test-main test-xla
 
-# ruff (lint only; formatting is applied tree-wide separately) and mypy, as configured in pyproject.toml.
+# ruff (lint, and the formatting `ruff format` writes) and mypy, as configured in pyproject.toml.
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
 test-main: $(STAMP)

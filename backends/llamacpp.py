@@ -32,13 +32,11 @@ import numpy as np
 from harness.backend import Artifact, Availability, Backend, Capabilities, Session
 from harness.config import require
 from harness.errors import ConfigError, HarnessError, Unsupported, exception_line
-from harness.generation.session import (GREEDY, Decoding, DecoderSource, GenerationOutput, GenerationPlan,
-                                        GenerationSession, now)
+from harness.generation.session import GREEDY, Decoding, DecoderSource, GenerationOutput, GenerationPlan, GenerationSession, now
 from harness.hookspecs import hookimpl
 from harness.serving.inprocess import FIFO
 from harness.serving.gguf import GGUF_TYPES, LLAMACPP_VERSION, converter_dir, gguf_for
-from harness.serving.session import (Emit, GenerationRequest, ServingModel, ServingPlan, StreamEnd, ThreadedSession,
-                                     TokenChunk, Tokenizer)
+from harness.serving.session import Emit, GenerationRequest, ServingModel, ServingPlan, StreamEnd, ThreadedSession, TokenChunk, Tokenizer
 
 #: What ``scenario.precision=auto`` means here: llama.cpp's usual deployment type.
 DEFAULT_PRECISION = "fp16"
@@ -71,23 +69,30 @@ class LlamaEngine:
 
         self.path = path
         self.options = options
-        self.llm = Llama(model_path=str(path), n_ctx=options.n_ctx, n_batch=options.n_batch,
-                         n_threads=options.thread_count, n_threads_batch=options.thread_count,
-                         flash_attn=options.flash_attn, logits_all=logits_all, verbose=False)
+        self.llm = Llama(
+            model_path=str(path),
+            n_ctx=options.n_ctx,
+            n_batch=options.n_batch,
+            n_threads=options.thread_count,
+            n_threads_batch=options.thread_count,
+            flash_attn=options.flash_attn,
+            logits_all=logits_all,
+            verbose=False,
+        )
         self.lock = threading.Lock()
 
     def check_fits(self, prompt_tokens: int, new_tokens: int) -> None:
         if prompt_tokens + new_tokens > self.options.n_ctx:
-            raise ConfigError(f"prompt ({prompt_tokens}) + new tokens ({new_tokens}) exceed llama.cpp's context of {self.options.n_ctx}",
-                              "raise backend.n_ctx or shorten the prompts / outputs")
+            raise ConfigError(
+                f"prompt ({prompt_tokens}) + new tokens ({new_tokens}) exceed llama.cpp's context of {self.options.n_ctx}",
+                "raise backend.n_ctx or shorten the prompts / outputs",
+            )
 
-    def stream(self, prompt: Sequence[int], max_tokens: int, decoding: Decoding,
-               on_token: Callable[[int, float], None]) -> int:
+    def stream(self, prompt: Sequence[int], max_tokens: int, decoding: Decoding, on_token: Callable[[int, float], None]) -> int:
         """Decode ``max_tokens`` tokens after ``prompt`` from an empty cache; ``on_token(id, host time)``
         for each, the moment llama.cpp hands it over. Returns the number generated."""
         self.check_fits(len(prompt), max_tokens)
-        sampling = dict(temp=0.0, top_k=1) if decoding.greedy else dict(
-            temp=decoding.temperature, top_k=decoding.top_k, top_p=decoding.top_p, min_p=0.0)
+        sampling = dict(temp=0.0, top_k=1) if decoding.greedy else dict(temp=decoding.temperature, top_k=decoding.top_k, top_p=decoding.top_p, min_p=0.0)
         with self.lock:
             self.llm.reset()  # no prefix reuse from the previous request: every request pays its prefill
             if not decoding.greedy:
@@ -126,9 +131,13 @@ class LlamaEngine:
             data = llama_cpp.llama_perf_context(self.llm._ctx.ctx)
         except Exception as exc:  # an older binding without the perf API: say so, measure anyway
             return {"unavailable": exception_line(exc, 200)}
-        return {"prompt_eval_ms": data.t_p_eval_ms, "prompt_tokens": data.n_p_eval,
-                "eval_ms": data.t_eval_ms, "eval_tokens": data.n_eval,
-                "eval_tokens_per_s": data.n_eval / data.t_eval_ms * 1000.0 if data.t_eval_ms > 0 else None}
+        return {
+            "prompt_eval_ms": data.t_p_eval_ms,
+            "prompt_tokens": data.n_p_eval,
+            "eval_ms": data.t_eval_ms,
+            "eval_tokens": data.n_eval,
+            "eval_tokens_per_s": data.n_eval / data.t_eval_ms * 1000.0 if data.t_eval_ms > 0 else None,
+        }
 
     def reset_perf(self) -> None:
         import llama_cpp
@@ -174,9 +183,14 @@ class _Scorer:
 
 
 def _facts(engine: LlamaEngine, stage: dict[str, Any], batching: str) -> dict[str, Any]:
-    return {"engine": f"llama.cpp via llama-cpp-python {LLAMACPP_VERSION}", "batching": batching,
-            "threads": engine.options.thread_count, "n_ctx": engine.options.n_ctx,
-            "flash_attn": engine.options.flash_attn, "gguf": stage}
+    return {
+        "engine": f"llama.cpp via llama-cpp-python {LLAMACPP_VERSION}",
+        "batching": batching,
+        "threads": engine.options.thread_count,
+        "n_ctx": engine.options.n_ctx,
+        "flash_attn": engine.options.flash_attn,
+        "gguf": stage,
+    }
 
 
 class LlamaCppGenerationSession(GenerationSession):
@@ -187,8 +201,7 @@ class LlamaCppGenerationSession(GenerationSession):
         self.stage = stage
         self.scorer = _Scorer(engine.path, engine.options)
 
-    def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int,
-                 decoding: Decoding = GREEDY) -> list[GenerationOutput]:
+    def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, decoding: Decoding = GREEDY) -> list[GenerationOutput]:
         start = now()
         outputs = []
         for prompt in prompts:
@@ -238,8 +251,10 @@ class LlamaCppServingSession(ThreadedSession):
         return self._scorer
 
     def metrics(self) -> dict[str, Any]:
-        return {**_facts(self.engine, self.stage, "none: one request at a time (FIFO) in one worker thread "
-                         "(llama-cpp-python's Llama decodes one sequence)"), "concurrency": FIFO}
+        return {
+            **_facts(self.engine, self.stage, "none: one request at a time (FIFO) in one worker thread (llama-cpp-python's Llama decodes one sequence)"),
+            "concurrency": FIFO,
+        }
 
     async def aclose(self) -> None:
         await super().aclose()
@@ -251,7 +266,7 @@ class LlamaCppServingSession(ThreadedSession):
 GGUF_WEIGHTS = {
     "q8_0": "int8 (symmetric, blocks of 32 weights with an fp16 scale)",
     "q4_K_M": "int4 (q4_K: super-blocks of 256 in sub-blocks of 32 with 6-bit scales and mins; "
-              "llama.cpp's M mix keeps some attention-value and FFN-down tensors at q6_K)",
+    "llama.cpp's M mix keeps some attention-value and FFN-down tensors at q6_K)",
 }
 
 
@@ -259,19 +274,26 @@ def check_weight_recipe(recipe: Any) -> None:
     """llama.cpp's GGUF types fix their block layout and mix: refuse what they cannot honour."""
     if recipe.group_size is not None or recipe.ratio != 1:
         kind = GGUF_TYPES[recipe.precision]
-        raise Unsupported(f"llama.cpp's {kind} fixes its blocks and its mix; group_size={recipe.group_size} "
-                          f"and ratio={recipe.ratio} cannot be applied", "leave scenario.quantization.group_size null "
-                          "and ratio 1.0 with backend=llamacpp")
+        raise Unsupported(
+            f"llama.cpp's {kind} fixes its blocks and its mix; group_size={recipe.group_size} and ratio={recipe.ratio} cannot be applied",
+            "leave scenario.quantization.group_size null and ratio 1.0 with backend=llamacpp",
+        )
 
 
 def weight_stage(recipe: Any, gguf: dict[str, Any], folder: Path) -> dict[str, Any]:
     """``metrics.compression`` of a quantized GGUF, beside the fp32 safetensors it came from."""
     from harness.compression.pipeline import decoder_stage
 
-    realised = {"name": recipe.name, "tool": "llama.cpp llama_model_quantize (from the f16 GGUF)",
-                "gguf_type": gguf["gguf_type"], "weights": GGUF_WEIGHTS[gguf["gguf_type"]],
-                "group_size": 32, "ratio": 1.0, "activations": "fp32 between layers; ggml quantizes them to q8 blocks inside each quantized matmul",
-                "calibrated": False}
+    realised = {
+        "name": recipe.name,
+        "tool": "llama.cpp llama_model_quantize (from the f16 GGUF)",
+        "gguf_type": gguf["gguf_type"],
+        "weights": GGUF_WEIGHTS[gguf["gguf_type"]],
+        "group_size": 32,
+        "ratio": 1.0,
+        "activations": "fp32 between layers; ggml quantizes them to q8 blocks inside each quantized matmul",
+        "calibrated": False,
+    }
     stage = decoder_stage(recipe, realised, gguf["seconds"], gguf["cached"], None, gguf["size_bytes"])
     fp32 = sum(path.stat().st_size for path in Path(folder).glob("*.safetensors"))
     return {**stage, "fp32_size_bytes": fp32, "fp32_artifact": "the fp32 safetensors checkpoint"}
@@ -286,8 +308,9 @@ class LlamaCppBackend(Backend):
         try:
             import llama_cpp
         except ImportError as exc:
-            return Availability(False, f"llama-cpp-python is not installed ({exception_line(exc, 120)}); "
-                                       "pip install 'harness[llamacpp]' (builds from source: cmake, g++)")
+            return Availability(
+                False, f"llama-cpp-python is not installed ({exception_line(exc, 120)}); pip install 'harness[llamacpp]' (builds from source: cmake, g++)"
+            )
         except OSError as exc:  # the shared library failed to load
             return Availability(False, f"llama-cpp-python's library does not load: {exception_line(exc, 200)}")
         versions = {"llamacpp": llama_cpp.__version__, "llama_cpp_python": llama_cpp.__version__}
@@ -306,8 +329,7 @@ class LlamaCppBackend(Backend):
         return llama_cpp.__version__
 
     def prepare(self, artifact: Artifact, precision: str) -> Session:
-        raise Unsupported("backend 'llamacpp' runs decoder LLMs only (GGUF)",
-                          "use +scenario=llm_fp32 (generation) or +scenario=llm_serve (serving)")
+        raise Unsupported("backend 'llamacpp' runs decoder LLMs only (GGUF)", "use +scenario=llm_fp32 (generation) or +scenario=llm_serve (serving)")
 
     def _engine(self, folder: Path, precision: str, cache_root: Optional[str], status: Callable[[str], None]) -> tuple[LlamaEngine, dict[str, Any]]:
         path, stage = gguf_for(folder, precision, cache_root, status)

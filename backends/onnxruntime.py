@@ -93,8 +93,7 @@ class OnnxRuntimeBackend(Backend):
         return Availability(True, devices=tuple(present), versions={cls.name: ort.__version__})
 
     def capabilities(self) -> Capabilities:
-        return Capabilities(precisions=frozenset(TOLERANCE), consumes=("onnx",), recipes=RECIPES, tolerance=TOLERANCE,
-                            generation=True)
+        return Capabilities(precisions=frozenset(TOLERANCE), consumes=("onnx",), recipes=RECIPES, tolerance=TOLERANCE, generation=True)
 
     def prepare_generation(self, source: Any, plan: Any) -> Any:
         """Decoder LLMs: the exported decoder with past key/values, run with IOBinding
@@ -148,9 +147,7 @@ class OnnxRuntimeBackend(Backend):
             "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
             "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
         }[self.options.graph_optimization_level]
-        so.execution_mode = (
-            ort.ExecutionMode.ORT_PARALLEL if self.options.execution_mode == "parallel" else ort.ExecutionMode.ORT_SEQUENTIAL
-        )
+        so.execution_mode = ort.ExecutionMode.ORT_PARALLEL if self.options.execution_mode == "parallel" else ort.ExecutionMode.ORT_SEQUENTIAL
         return so
 
     def prepare(self, artifact: Artifact, precision: str) -> OnnxRuntimeSession:

@@ -76,15 +76,17 @@ class OrtGenerationSession(GenerationSession):
         self.layout = layout
         self.stepper = OrtStepper(session, layout, kv_device)
 
-    def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int,
-                 decoding: Decoding = GREEDY) -> list[GenerationOutput]:
+    def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, decoding: Decoding = GREEDY) -> list[GenerationOutput]:
         return run_loop(self.stepper, prompts, max_new_tokens, decoding, self.pad_id)
 
     def score(self, ids: np.ndarray) -> np.ndarray:
         mask = np.ones_like(ids, dtype=np.int64)
-        feeds = {"input_ids": np.ascontiguousarray(ids, dtype=np.int64), "attention_mask": mask,
-                 "position_ids": positions(mask, ids.shape[1]),
-                 **dict(zip(self.stepper.inputs[3:], empty_past(self.layout, ids.shape[0])))}
+        feeds = {
+            "input_ids": np.ascontiguousarray(ids, dtype=np.int64),
+            "attention_mask": mask,
+            "position_ids": positions(mask, ids.shape[1]),
+            **dict(zip(self.stepper.inputs[3:], empty_past(self.layout, ids.shape[0]))),
+        }
         logits = self.session.run(["logits"], feeds)[0]
         return next_token_logprobs(logits, ids)
 
@@ -112,9 +114,15 @@ def weight_compressed(backend: Any, source: Any, recipe: WeightRecipe) -> Path:
 
     fp32 = source.onnx()
     export = source.stages["export"]
-    folder, stage = compress_decoder(backend, recipe, export["key"], {"onnxruntime": ort.__version__},
-                                     lambda work: onnx_quant.weight_only(fp32, work / "model.onnx", recipe),
-                                     source.cache_root, source.status)
+    folder, stage = compress_decoder(
+        backend,
+        recipe,
+        export["key"],
+        {"onnxruntime": ort.__version__},
+        lambda work: onnx_quant.weight_only(fp32, work / "model.onnx", recipe),
+        source.cache_root,
+        source.status,
+    )
     source.stages["compression"] = {**stage, "fp32_size_bytes": export["size_bytes"], "fp32_artifact": "the fp32 ONNX export"}
     return folder / "model.onnx"
 
@@ -127,8 +135,10 @@ def prepare(backend: Any, source: Any, plan: GenerationPlan) -> OrtGenerationSes
     if plan.weights is not None:
         path = weight_compressed(backend, source, plan.weights)
     elif plan.precision != "fp32":
-        raise Unsupported(f"onnxruntime generation runs the fp32 decoder export or its weight-only int8/int4 form, "
-                          f"not {plan.precision}", "use scenario.precision=fp32, +scenario=llm_int8 or llm_int4")
+        raise Unsupported(
+            f"onnxruntime generation runs the fp32 decoder export or its weight-only int8/int4 form, not {plan.precision}",
+            "use scenario.precision=fp32, +scenario=llm_int8 or llm_int4",
+        )
     else:
         path = source.onnx()
     providers = list(backend.options.providers)

@@ -49,15 +49,13 @@ class _Sequence:
         self.fresh.append(token)
         self.produced += 1
         self.last = token
-        self.finished = self.produced >= self.request.max_tokens or (
-            not self.request.ignore_eos and eos_id is not None and token == eos_id)
+        self.finished = self.produced >= self.request.max_tokens or (not self.request.ignore_eos and eos_id is not None and token == eos_id)
 
 
 class OrtBatchedEngine(SteppedEngine):
     """Continuous batching over an :class:`~harness.backends.onnxruntime_generation.OrtStepper`."""
 
-    def __init__(self, stepper: Any, kv_device: str, max_batch: int, max_batched_tokens: int, pad_id: int,
-                 eos_id: Optional[int]) -> None:
+    def __init__(self, stepper: Any, kv_device: str, max_batch: int, max_batched_tokens: int, pad_id: int, eos_id: Optional[int]) -> None:
         self.stepper = stepper
         self.kv_device = kv_device
         self.max_batch = max_batch
@@ -101,8 +99,7 @@ class OrtBatchedEngine(SteppedEngine):
         logits = self.stepper.prefill(ids, mask)
         for sequence, token in zip(batch, logits.argmax(-1)):
             sequence.take(int(token), self.eos_id)
-        self._regroup(keep=[i for i, s in enumerate(self.rows) if not s.finished],
-                      joining=(batch, self._host(self.stepper.past), mask))
+        self._regroup(keep=[i for i, s in enumerate(self.rows) if not s.finished], joining=(batch, self._host(self.stepper.past), mask))
         return len(batch)
 
     def _decode(self) -> int:
@@ -180,20 +177,24 @@ def prepare(backend: Any, model: ServingModel, plan: ServingPlan) -> EngineThrea
         raise Unsupported(f"onnxruntime serving runs the fp32 decoder export, not {precision}", "use scenario.precision=fp32")
     options: BatchingOptions = backend.options.serving
     source = model.source()
-    generation = backend.prepare_generation(source, GenerationPlan(precision, options.max_batch,
-                                                                                plan.max_prompt_tokens, plan.max_output_tokens))
+    generation = backend.prepare_generation(source, GenerationPlan(precision, options.max_batch, plan.max_prompt_tokens, plan.max_output_tokens))
     stepper = generation.stepper
     eos = source.config.get("eos_token_id")
-    engine = OrtBatchedEngine(stepper, stepper.kv_device, options.max_batch, options.max_batched_tokens, generation.pad_id,
-                              int(eos) if isinstance(eos, int) else None)
+    engine = OrtBatchedEngine(
+        stepper, stepper.kv_device, options.max_batch, options.max_batched_tokens, generation.pad_id, int(eos) if isinstance(eos, int) else None
+    )
     facts = {
         **generation.metrics(),
-        "batching": (f"continuous: the harness's scheduler over the IOBinding decoder, up to {options.max_batch} sequences; "
-                     f"a step prefills waiting requests (<= {options.max_batched_tokens} padded tokens) or decodes every "
-                     "running one; joining and leaving rows regroup the left-padded past tensors"),
+        "batching": (
+            f"continuous: the harness's scheduler over the IOBinding decoder, up to {options.max_batch} sequences; "
+            f"a step prefills waiting requests (<= {options.max_batched_tokens} padded tokens) or decodes every "
+            "running one; joining and leaving rows regroup the left-padded past tensors"
+        ),
         "concurrency": f"continuous batching, <= {options.max_batch} (harness scheduler)",
-        "max_batch": options.max_batch, "max_batched_tokens": options.max_batched_tokens,
+        "max_batch": options.max_batch,
+        "max_batched_tokens": options.max_batched_tokens,
         "kv_cache": "per-sequence rows of past/present OrtValues, left-padded to the longest running sequence",
     }
-    return EngineThreadSession(engine, model.tokenizer(), precision, facts, scorer=LazyScorer(lambda ids: generation),
-                               device=str(getattr(generation, "device", backend.device())))
+    return EngineThreadSession(
+        engine, model.tokenizer(), precision, facts, scorer=LazyScorer(lambda ids: generation), device=str(getattr(generation, "device", backend.device()))
+    )

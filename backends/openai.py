@@ -31,8 +31,7 @@ from harness.backend import Artifact, Availability, Backend, Capabilities, Sessi
 from harness.config import choice, require
 from harness.errors import ConfigError, Unsupported, exception_line
 from harness.hookspecs import hookimpl
-from harness.serving.session import (GenerationRequest, ServerGone, ServingModel, ServingPlan, ServingSession, StreamEnd,
-                                     StreamEvent, TokenChunk, Tokenizer, now)
+from harness.serving.session import GenerationRequest, ServerGone, ServingModel, ServingPlan, ServingSession, StreamEnd, StreamEvent, TokenChunk, Tokenizer, now
 from harness.serving.sse import SSEDecoder
 from harness.serving.workload import load_tokenizer
 
@@ -57,8 +56,7 @@ class OpenAIOptions:
 
     def __post_init__(self) -> None:
         choice(self.api, APIS, "api")
-        require(self.base_url.startswith(("http://", "https://")), "base_url",
-                f"must start with http:// or https://, got '{self.base_url}'")
+        require(self.base_url.startswith(("http://", "https://")), "base_url", f"must start with http:// or https://, got '{self.base_url}'")
         require(self.timeout_s > 0, "timeout_s", f"must be > 0, got {self.timeout_s}")
         require(self.connect_timeout_s > 0, "connect_timeout_s", f"must be > 0, got {self.connect_timeout_s}")
         require(self.retries >= 0, "retries", f"must be >= 0, got {self.retries}")
@@ -75,8 +73,10 @@ def _headers(options: OpenAIOptions) -> dict[str, str]:
         return {}
     key = os.environ.get(options.api_key_env)
     if not key:
-        raise ConfigError(f"backend.api_key_env names ${options.api_key_env}, which is not set",
-                          f"export {options.api_key_env}=<key>, or set backend.api_key_env=null for a server without a key")
+        raise ConfigError(
+            f"backend.api_key_env names ${options.api_key_env}, which is not set",
+            f"export {options.api_key_env}=<key>, or set backend.api_key_env=null for a server without a key",
+        )
     return {"Authorization": f"Bearer {key}"}
 
 
@@ -136,8 +136,13 @@ class OpenAIServingSession(ServingSession):
         }
 
     def _body(self, request: GenerationRequest) -> dict[str, Any]:
-        body: dict[str, Any] = {"model": self.model, "stream": True, "max_tokens": request.max_tokens,
-                                "temperature": 0.0, "stream_options": {"include_usage": True}}
+        body: dict[str, Any] = {
+            "model": self.model,
+            "stream": True,
+            "max_tokens": request.max_tokens,
+            "temperature": 0.0,
+            "stream_options": {"include_usage": True},
+        }
         if request.ignore_eos and self.options.ignore_eos:
             body["ignore_eos"] = True  # vLLM, llama.cpp and TGI honour it: exactly max_tokens tokens
         if self.options.api == "chat":
@@ -157,8 +162,7 @@ class OpenAIServingSession(ServingSession):
         for attempt in range(self.options.retries + 1):
             try:
                 response = await self.client.send(self.client.build_request("POST", url, json=body), stream=True)
-            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError, httpx.ReadError,
-                    httpx.WriteError) as exc:
+            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
                 if attempt == self.options.retries:
                     if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
                         raise ServerGone(f"cannot connect to {self.options.root} ({exception_line(exc, 200)})") from None
@@ -205,8 +209,7 @@ class OpenAIServingSession(ServingSession):
             raise RuntimeError(f"connection dropped mid-stream ({exception_line(exc, 200)})") from None
         finally:
             await response.aclose()
-        yield StreamEnd(now(), usage.get("prompt_tokens"), usage.get("completion_tokens"), finish,
-                        {"timings": timings} if timings else {})
+        yield StreamEnd(now(), usage.get("prompt_tokens"), usage.get("completion_tokens"), finish, {"timings": timings} if timings else {})
 
     async def perplexity(self, texts: Sequence[str]) -> dict[str, Any]:
         """exp(mean negative log-likelihood) of prompt tokens via ``echo`` + ``logprobs``."""
@@ -224,8 +227,11 @@ class OpenAIServingSession(ServingSession):
             prompt_tokens = (payload.get("usage") or {}).get("prompt_tokens")
             logprobs = ((payload.get("choices") or [{}])[0].get("logprobs") or {}).get("token_logprobs") or []
             if not prompt_tokens or len(logprobs) < prompt_tokens:
-                return {"value": None, "tokens": count,
-                        "reason": "the server returned no prompt log-probabilities for echo=true (vLLM does; llama.cpp's server does not)"}
+                return {
+                    "value": None,
+                    "tokens": count,
+                    "reason": "the server returned no prompt log-probabilities for echo=true (vLLM does; llama.cpp's server does not)",
+                }
             scored = [lp for lp in logprobs[1:prompt_tokens] if lp is not None]
             total += -sum(scored)
             count += len(scored)
@@ -257,18 +263,21 @@ class OpenAIBackend(Backend):
         try:
             response = httpx.get(url, headers=headers, timeout=options.connect_timeout_s)
         except httpx.HTTPError as exc:
-            return Availability(False, f"no server answers at {url}: {exception_line(exc, 200)}",
-                                versions={"httpx": httpx.__version__})
+            return Availability(False, f"no server answers at {url}: {exception_line(exc, 200)}", versions={"httpx": httpx.__version__})
         if response.status_code != 200:
-            return Availability(False, f"GET {url} answered HTTP {response.status_code}, not an OpenAI-compatible model list",
-                                versions={"httpx": httpx.__version__})
+            return Availability(
+                False, f"GET {url} answered HTTP {response.status_code}, not an OpenAI-compatible model list", versions={"httpx": httpx.__version__}
+            )
         try:
             served = _served_models(response.json())
         except ValueError:
             return Availability(False, f"GET {url} did not return JSON", versions={"httpx": httpx.__version__})
         if options.model and options.model not in served:
-            return Availability(False, f"model '{options.model}' is not served at {options.root} (it serves: {', '.join(served) or 'none'})",
-                                versions={"httpx": httpx.__version__})
+            return Availability(
+                False,
+                f"model '{options.model}' is not served at {options.root} (it serves: {', '.join(served) or 'none'})",
+                versions={"httpx": httpx.__version__},
+            )
         return Availability(True, devices=(options.root,), versions={"httpx": httpx.__version__, "openai": httpx.__version__})
 
     def capabilities(self) -> Capabilities:
@@ -283,23 +292,23 @@ class OpenAIBackend(Backend):
         return self.options.root
 
     def prepare(self, artifact: Artifact, precision: str) -> Session:
-        raise Unsupported("backend 'openai' serves LLM generation requests over HTTP; it runs no local model",
-                          "use +scenario=llm_serve with backend=openai")
+        raise Unsupported("backend 'openai' serves LLM generation requests over HTTP; it runs no local model", "use +scenario=llm_serve with backend=openai")
 
     def prepare_serving(self, model: ServingModel, plan: ServingPlan) -> OpenAIServingSession:
         """A session on the probed server; the served model is ``backend.model`` or the only one listed."""
         import httpx
 
         if plan.precision not in ("auto", "server"):
-            raise Unsupported(f"backend 'openai' runs what the server runs; precision '{plan.precision}' cannot be chosen by the client",
-                              "leave scenario.precision=auto (the server's precision is the server's choice)")
+            raise Unsupported(
+                f"backend 'openai' runs what the server runs; precision '{plan.precision}' cannot be chosen by the client",
+                "leave scenario.precision=auto (the server's precision is the server's choice)",
+            )
         name = self.options.model
         if not name:
             response = httpx.get(f"{self.options.root}/models", headers=_headers(self.options), timeout=self.options.connect_timeout_s)
             served = _served_models(response.json())
             if len(served) != 1:
-                raise ConfigError(f"the server at {self.options.root} serves {len(served)} models ({', '.join(served)})",
-                                  "pick one with backend.model=<id>")
+                raise ConfigError(f"the server at {self.options.root} serves {len(served)} models ({', '.join(served)})", "pick one with backend.model=<id>")
             name = served[0]
         tokenizer = load_tokenizer(self.options.tokenizer) if self.options.tokenizer else model.tokenizer()
         return OpenAIServingSession(self.options, name, tokenizer)

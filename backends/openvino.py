@@ -171,15 +171,16 @@ class OpenVINOBackend(Backend):
         present = {device_family(d) for d in devices} | set(VIRTUAL_DEVICES)
         if family not in present:
             return Availability(
-                False, f"OpenVINO device '{options.device}' not present (available: {', '.join(devices) or 'none'})",
-                devices=devices, versions=versions)
+                False, f"OpenVINO device '{options.device}' not present (available: {', '.join(devices) or 'none'})", devices=devices, versions=versions
+            )
         return Availability(True, devices=devices, versions=versions)
 
     def capabilities(self) -> Capabilities:
         """fp32 and int8 always; bf16 / fp16 where the device computes them."""
         precisions = {"fp32", "int8"} | {p for p in CAPABILITY if self.device_computes(p)}
-        return Capabilities(precisions=frozenset(precisions), consumes=("onnx",), recipes=RECIPES,
-                            tolerance={p: TOLERANCE[p] for p in precisions}, generation=True)
+        return Capabilities(
+            precisions=frozenset(precisions), consumes=("onnx",), recipes=RECIPES, tolerance={p: TOLERANCE[p] for p in precisions}, generation=True
+        )
 
     def prepare_generation(self, source: Any, plan: Any) -> Any:
         """Decoder LLMs: a stateful IR built from the decoder export, run by openvino-genai's
@@ -203,8 +204,9 @@ class OpenVINOBackend(Backend):
         if precision not in openvino_generation.PRECISION:
             raise Unsupported(f"openvino serving runs fp32, bf16 or fp16, not {precision}", "use scenario.precision=fp32")
         self.check_device_precision(precision)
-        return openvino_serving.prepare(self, model, replace(plan, precision=precision), compile_config(self.options, precision, None),
-                                        device_family(self.options.device))
+        return openvino_serving.prepare(
+            self, model, replace(plan, precision=precision), compile_config(self.options, precision, None), device_family(self.options.device)
+        )
 
     def version(self) -> str:
         import openvino as ov
@@ -285,8 +287,7 @@ class OpenVINOBackend(Backend):
     def prepare(self, artifact: Artifact, precision: str) -> OpenVINOSession:
         self.check_precision(precision)
         if precision == "int8" and artifact.meta.get("precision") != "int8":
-            raise Unsupported("openvino int8 runs an NNCF-quantized model and this artifact is not one",
-                              "compress it first with int8_static or int8_weights")
+            raise Unsupported("openvino int8 runs an NNCF-quantized model and this artifact is not one", "compress it first with int8_static or int8_weights")
         model = self.read(artifact)
         cache_dir = str(cache.entry("openvino", "model-cache")) if self.options.model_cache else None
         config = compile_config(self.options, precision, cache_dir)

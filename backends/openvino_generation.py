@@ -81,20 +81,19 @@ def genai_folder(source: Any, core: Any) -> Path:
     import openvino as ov
 
     onnx_path = source.onnx()
-    key = cache.content_key("openvino-genai-folder/1", source.stages["export"]["key"], ov.__version__,
-                            _version("openvino-tokenizers"))
+    key = cache.content_key("openvino-genai-folder/1", source.stages["export"]["key"], ov.__version__, _version("openvino-tokenizers"))
 
     def stateful_ir() -> Any:
         model = core.read_model(str(onnx_path))
         make_stateful(model, kv_layout(source.config).layers)
         return model
 
-    return cached_genai_folder(source, "openvino_llm", key, stateful_ir, "openvino_ir",
-                               f"converting {source.name} to a stateful OpenVINO IR with its tokenizer")
+    return cached_genai_folder(
+        source, "openvino_llm", key, stateful_ir, "openvino_ir", f"converting {source.name} to a stateful OpenVINO IR with its tokenizer"
+    )
 
 
-def cached_genai_folder(source: Any, kind: str, key: str, build: Callable[[], Any], stage: str, doing: str,
-                        **facts: Any) -> Path:
+def cached_genai_folder(source: Any, kind: str, key: str, build: Callable[[], Any], stage: str, doing: str, **facts: Any) -> Path:
     """An openvino-genai model folder (the IR ``build()`` returns, tokenizer IRs, configs) under
     ``<cache>/<kind>/<key>``: built once in a staging folder and renamed into place, so a crash
     never leaves half a folder behind; its build time and size go to ``source.stages[stage]``."""
@@ -120,8 +119,14 @@ def cached_genai_folder(source: Any, kind: str, key: str, build: Callable[[], An
             shutil.rmtree(staging, ignore_errors=True)
     meta = json.loads((final / MARKER).read_text())
     size = sum((final / name).stat().st_size for name in MODEL_FILES)
-    source.stages[stage] = {"seconds": round(time.perf_counter() - started, 3), "cached": cached,
-                            "size_bytes": size, "tokenizer": meta["tokenizer"], "key": key, **facts}
+    source.stages[stage] = {
+        "seconds": round(time.perf_counter() - started, 3),
+        "cached": cached,
+        "size_bytes": size,
+        "tokenizer": meta["tokenizer"],
+        "key": key,
+        **facts,
+    }
     return final
 
 
@@ -151,8 +156,9 @@ def weight_compressed_folder(backend: Any, source: Any, recipe: WeightRecipe) ->
         ov.save_model(compressed, str(work / "openvino_model.xml"), compress_to_fp16=False)
         return details
 
-    folder, stage = compress_decoder(backend, recipe, ir["key"], {"openvino": ov.__version__, "nncf": nncf.__version__},
-                                     build, source.cache_root, source.status)
+    folder, stage = compress_decoder(
+        backend, recipe, ir["key"], {"openvino": ov.__version__, "nncf": nncf.__version__}, build, source.cache_root, source.status
+    )
     stage["size_bytes"] = sum((folder / name).stat().st_size for name in MODEL_FILES)  # the IR alone, as fp32's
     source.stages["compression"] = {**stage, "fp32_size_bytes": ir["size_bytes"], "fp32_artifact": "the fp32 stateful IR"}
     return folder
@@ -191,8 +197,7 @@ class StatefulStepper:
     def _infer(self, ids: np.ndarray, mask: np.ndarray, pos: np.ndarray) -> np.ndarray:
         """The logits of one infer call (shared inputs: no copy into the request's tensors)."""
         beam = np.arange(ids.shape[0], dtype=np.int32)
-        feeds = {"input_ids": np.ascontiguousarray(ids, dtype=np.int64), "attention_mask": mask, "position_ids": pos,
-                 "beam_idx": beam}
+        feeds = {"input_ids": np.ascontiguousarray(ids, dtype=np.int64), "attention_mask": mask, "position_ids": pos, "beam_idx": beam}
         self.request.infer(feeds, share_inputs=True)
         return self.request.get_tensor("logits").data
 
@@ -256,8 +261,7 @@ class OpenVINOGenerationSession(GenerationSession):
             self._stepper = StatefulStepper(compiled)
         return self._stepper
 
-    def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int,
-                 decoding: Decoding = GREEDY) -> list[GenerationOutput]:
+    def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, decoding: Decoding = GREEDY) -> list[GenerationOutput]:
         if self.pipe is not None and len(prompts) == 1:
             return [self._genai(prompts[0], max_new_tokens, decoding)]
         return run_loop(self.stepper, prompts, max_new_tokens, decoding, self.pad_id)
@@ -295,8 +299,11 @@ class OpenVINOGenerationSession(GenerationSession):
         import openvino as ov
 
         out: dict[str, Any] = {
-            "engine": ("openvino-genai LLMPipeline " + _version("openvino-genai") if self.engine == "genai"
-                       else f"openvino {ov.__version__} stateful InferRequest + harness token loop"),
+            "engine": (
+                "openvino-genai LLMPipeline " + _version("openvino-genai")
+                if self.engine == "genai"
+                else f"openvino {ov.__version__} stateful InferRequest + harness token loop"
+            ),
             "kv_cache": "state variables inside the model (stateful IR)",
             "kv_cache_precision": self.properties["KV_CACHE_PRECISION"],
             "inference_precision": self.properties["INFERENCE_PRECISION_HINT"],
@@ -306,8 +313,12 @@ class OpenVINOGenerationSession(GenerationSession):
         }
         if self.genai_figures:  # openvino-genai's own PerfMetrics, mean over calls: a cross-check
             ttft, tpot, throughput = (float(np.mean(column)) for column in zip(*self.genai_figures))
-            out["genai_perf_metrics"] = {"ttft_ms_mean": ttft, "tpot_ms_mean": tpot,
-                                         "throughput_tokens_per_s_mean": throughput, "calls": len(self.genai_figures)}
+            out["genai_perf_metrics"] = {
+                "ttft_ms_mean": ttft,
+                "tpot_ms_mean": tpot,
+                "throughput_tokens_per_s_mean": throughput,
+                "calls": len(self.genai_figures),
+            }
         return out
 
     def _property(self, name: str) -> Any:
@@ -335,16 +346,20 @@ def prepare(backend: Any, source: Any, plan: GenerationPlan, properties: dict[st
     ``compile_config`` for :func:`compute_precision`)."""
     compute = compute_precision(plan)
     if compute not in PRECISION:
-        raise Unsupported(f"openvino generation runs fp32, bf16 or fp16, or int8/int4 weights, not {plan.precision}",
-                          "use scenario.precision=fp32, or +scenario=llm_int8 / llm_int4")
+        raise Unsupported(
+            f"openvino generation runs fp32, bf16 or fp16, or int8/int4 weights, not {plan.precision}",
+            "use scenario.precision=fp32, or +scenario=llm_int8 / llm_int4",
+        )
     backend.check_device_precision(compute)
     folder = weight_compressed_folder(backend, source, plan.weights) if plan.weights else genai_folder(source, backend.core)
     engine = backend.options.generation_engine
     if engine == "auto":
         engine = "genai" if plan.max_batch_size == 1 and _version("openvino-genai") != "missing" else "stateful"
     elif engine == "genai" and _version("openvino-genai") == "missing":
-        raise Unavailable("openvino-genai is not installed, so backend.generation_engine=genai cannot run",
-                          "pip install openvino-genai (the harness[openvino] extra has it), or backend.generation_engine=stateful")
+        raise Unavailable(
+            "openvino-genai is not installed, so backend.generation_engine=genai cannot run",
+            "pip install openvino-genai (the harness[openvino] extra has it), or backend.generation_engine=stateful",
+        )
     properties = dict(properties)
     properties["KV_CACHE_PRECISION"] = PRECISION[compute]
     pad = source.tokenizer.pad_token_id if source.tokenizer is not None else 0

@@ -65,8 +65,7 @@ def _traceable(model: Any, layers: int) -> Any:
                 layer = kv.layers[i]
                 layer.lazy_initialization(past[2 * i], past[2 * i + 1])
                 layer.keys, layer.values = past[2 * i], past[2 * i + 1]
-            out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                             cache=kv, use_cache=True)
+            out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=kv, use_cache=True)
             return (out.logits, *[t for layer in kv.layers[:layers] for t in (layer.keys, layer.values)])
 
     return TraceableDecoder().eval()
@@ -82,22 +81,29 @@ def _convert(source: Any) -> Any:
 
     module = source.module
     if getattr(module.config, "_attn_implementation", "sdpa") != "sdpa":
-        raise Unsupported(f"{source.name} uses '{module.config._attn_implementation}' attention; the continuous-batching "
-                          "pipeline needs torch's scaled_dot_product_attention (attn_implementation='sdpa')",
-                          "load the model with attn_implementation='sdpa', or backend.serving.mode=fifo")
+        raise Unsupported(
+            f"{source.name} uses '{module.config._attn_implementation}' attention; the continuous-batching "
+            "pipeline needs torch's scaled_dot_product_attention (attn_implementation='sdpa')",
+            "load the model with attn_implementation='sdpa', or backend.serving.mode=fifo",
+        )
     layout = kv_layout(source.config)
     batch, past_len, seq = 2, 5, 3
-    example = (torch.randint(1, 100, (batch, seq)), torch.ones(batch, past_len + seq, dtype=torch.int64),
-               torch.arange(past_len, past_len + seq).expand(batch, seq).contiguous(),
-               [torch.randn(batch, layout.kv_heads, past_len, layout.head_dim) for _ in range(2 * layout.layers)])
+    example = (
+        torch.randint(1, 100, (batch, seq)),
+        torch.ones(batch, past_len + seq, dtype=torch.int64),
+        torch.arange(past_len, past_len + seq).expand(batch, seq).contiguous(),
+        [torch.randn(batch, layout.kv_heads, past_len, layout.head_dim) for _ in range(2 * layout.layers)],
+    )
     with torch.no_grad(), warnings.catch_warnings():
         # tracing transformers' data-dependent branches warns once per branch; the example shapes
         # (past > 0, several query tokens) take the general path, and the greedy-token tests check it
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         model = ov.convert_model(_traceable(module, layout.layers), example_input=example)
     if not any(op.get_type_name() == "ScaledDotProductAttention" for op in model.get_ops()):
-        raise Unsupported(f"{source.name}: OpenVINO's conversion produced no ScaledDotProductAttention op, "
-                          "so the continuous-batching pipeline cannot page its cache", "backend.serving.mode=fifo")
+        raise Unsupported(
+            f"{source.name}: OpenVINO's conversion produced no ScaledDotProductAttention op, so the continuous-batching pipeline cannot page its cache",
+            "backend.serving.mode=fifo",
+        )
     inputs, outputs = io_names(layout.layers)
     for port, name in zip(model.inputs, inputs):
         port.get_tensor().set_names({name})
@@ -109,8 +115,7 @@ def _convert(source: Any) -> Any:
     make_stateful(model, layout.layers)
     # Each state starts as zeros of (batch of input_ids, kv_heads, 0, head_dim): the ReadValue-with-initialiser
     # form optimum-intel's exports have and SDPAToPagedAttention matches.
-    batch_dim = ops.gather(ops.shape_of(model.input("input_ids"), output_type="i64"),
-                           ops.constant(np.array([0], dtype=np.int64)), ops.constant(0))
+    batch_dim = ops.gather(ops.shape_of(model.input("input_ids"), output_type="i64"), ops.constant(np.array([0], dtype=np.int64)), ops.constant(0))
     rest = ops.constant(np.array([layout.kv_heads, 0, layout.head_dim], dtype=np.int64))
     for op in model.get_ops():
         if op.get_type_name() == "ReadValue":
@@ -128,11 +133,24 @@ def cb_folder(source: Any) -> Path:
 
     from harness.backends.openvino_generation import _version, cached_genai_folder
 
-    key = cache.content_key("openvino-cb-folder/1", source.config, source.weights_digest, ov.__version__,
-                            torch.__version__, transformers.__version__, _version("openvino-tokenizers"))
-    return cached_genai_folder(source, "openvino_cb", key, lambda: _convert(source), "openvino_cb_ir",
-                               f"converting {source.name} from PyTorch to a stateful OpenVINO IR with SDPA ops",
-                               route="torch -> openvino.convert_model (SDPA) -> stateful")
+    key = cache.content_key(
+        "openvino-cb-folder/1",
+        source.config,
+        source.weights_digest,
+        ov.__version__,
+        torch.__version__,
+        transformers.__version__,
+        _version("openvino-tokenizers"),
+    )
+    return cached_genai_folder(
+        source,
+        "openvino_cb",
+        key,
+        lambda: _convert(source),
+        "openvino_cb_ir",
+        f"converting {source.name} from PyTorch to a stateful OpenVINO IR with SDPA ops",
+        route="torch -> openvino.convert_model (SDPA) -> stateful",
+    )
 
 
 class GenaiEngine(SteppedEngine):
@@ -179,9 +197,11 @@ class GenaiEngine(SteppedEngine):
 
     def metrics(self) -> dict[str, Any]:
         metrics = self.pipe.get_metrics()
-        return {"kv_cache_bytes": int(metrics.cache_size_in_bytes),
-                "kv_cache_max_usage_percent": float(metrics.max_cache_usage),
-                "kv_cache_avg_usage_percent": float(metrics.avg_cache_usage)}
+        return {
+            "kv_cache_bytes": int(metrics.cache_size_in_bytes),
+            "kv_cache_max_usage_percent": float(metrics.max_cache_usage),
+            "kv_cache_avg_usage_percent": float(metrics.avg_cache_usage),
+        }
 
 
 def prepare(backend: Any, model: ServingModel, plan: ServingPlan, properties: dict[str, Any], family: str) -> EngineThreadSession:
@@ -211,15 +231,22 @@ def prepare(backend: Any, model: ServingModel, plan: ServingPlan, properties: di
     eos = source.config.get("eos_token_id")
     facts = {
         "engine": f"openvino-genai {_version('openvino-genai')} ContinuousBatchingPipeline",
-        "batching": (f"continuous: openvino-genai's scheduler over a paged KV cache, up to {options.max_batch} sequences "
-                     f"and {scheduler.max_num_batched_tokens} tokens per step"
-                     + (", prompts split and fused with running decodes" if scheduler.dynamic_split_fuse else "")),
+        "batching": (
+            f"continuous: openvino-genai's scheduler over a paged KV cache, up to {options.max_batch} sequences "
+            f"and {scheduler.max_num_batched_tokens} tokens per step"
+            + (", prompts split and fused with running decodes" if scheduler.dynamic_split_fuse else "")
+        ),
         "concurrency": f"continuous batching, <= {options.max_batch} (openvino-genai)",
-        "max_batch": options.max_batch, "max_batched_tokens": scheduler.max_num_batched_tokens,
-        "dynamic_split_fuse": bool(scheduler.dynamic_split_fuse), "prefix_caching": False,
-        "kv_cache_blocks": scheduler.num_kv_blocks, "kv_cache_block_tokens": block,
-        "kv_cache_tokens": scheduler.num_kv_blocks * block, "kv_cache_precision": properties["KV_CACHE_PRECISION"],
-        "inference_precision": properties["INFERENCE_PRECISION_HINT"], "model_folder": str(folder),
+        "max_batch": options.max_batch,
+        "max_batched_tokens": scheduler.max_num_batched_tokens,
+        "dynamic_split_fuse": bool(scheduler.dynamic_split_fuse),
+        "prefix_caching": False,
+        "kv_cache_blocks": scheduler.num_kv_blocks,
+        "kv_cache_block_tokens": block,
+        "kv_cache_tokens": scheduler.num_kv_blocks * block,
+        "kv_cache_precision": properties["KV_CACHE_PRECISION"],
+        "inference_precision": properties["INFERENCE_PRECISION_HINT"],
+        "model_folder": str(folder),
     }
     engine = GenaiEngine(pipe, int(eos) if isinstance(eos, int) else None)
 
@@ -229,6 +256,4 @@ def prepare(backend: Any, model: ServingModel, plan: ServingPlan, properties: di
         # more than one prompt per call selects the stateful request: the engine that returns logits
         return backend.prepare_generation(source, GenerationPlan(precision, max(2, int(ids.shape[0])), int(ids.shape[1]), 1))
 
-    return EngineThreadSession(engine, model.tokenizer(), precision, facts, scorer=LazyScorer(scoring_session),
-                               device=backend.options.device)
-
+    return EngineThreadSession(engine, model.tokenizer(), precision, facts, scorer=LazyScorer(scoring_session), device=backend.options.device)

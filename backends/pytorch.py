@@ -251,9 +251,11 @@ class PyTorchTrainingSession(TorchTrainingSession):
     def parallel_metrics(self) -> dict[str, Any]:
         """How the model was spread, and every rank's memory and time split (a collective)."""
         plan = self.plan
-        mine = {"rank": plan.world.rank, **self.memory(),
-                **{k: v for k, v in self.profiler.summary(plan.parallel.profile_steps).items()
-                   if k in ("communication_ms", "compute_ms", "communication_share")}}
+        mine = {
+            "rank": plan.world.rank,
+            **self.memory(),
+            **{k: v for k, v in self.profiler.summary(plan.parallel.profile_steps).items() if k in ("communication_ms", "compute_ms", "communication_share")},
+        }
         return {
             "strategy": self.strategy.name if plan.world.size > 1 else plan.parallel.strategy,
             "mixed_precision": self.strategy.describe_precision(),
@@ -402,19 +404,19 @@ class PyTorchBackend(Backend):
         self.check_precision(plan.precision)
         cuda = is_cuda(self.options.device)
         if plan.precision == "fp16" and not cuda:
-            raise Unsupported("fp16 mixed-precision training needs CUDA; the CPU's mixed precision is bf16",
-                              "use scenario.precision=bf16 on the CPU, or backend.device=cuda")
+            raise Unsupported(
+                "fp16 mixed-precision training needs CUDA; the CPU's mixed precision is bf16", "use scenario.precision=bf16 on the CPU, or backend.device=cuda"
+            )
         if self.options.cuda_graphs:
-            raise Unsupported("backend.cuda_graphs captures inference calls, not training steps",
-                              "drop backend.cuda_graphs for training")
+            raise Unsupported("backend.cuda_graphs captures inference calls, not training steps", "drop backend.cuda_graphs for training")
         strategy = plan.parallel.strategy if plan.world.size > 1 else "ddp"
         if plan.precision == "fp16" and strategy not in ("ddp", "fsdp"):
-            raise Unsupported(f"fp16 loss scaling is not wired for strategy {strategy} (the scaler's overflow check "
-                              "would have to agree across tensor or pipeline shards)",
-                              "use scenario.precision=bf16, or strategy=ddp/fsdp for fp16")
+            raise Unsupported(
+                f"fp16 loss scaling is not wired for strategy {strategy} (the scaler's overflow check would have to agree across tensor or pipeline shards)",
+                "use scenario.precision=bf16, or strategy=ddp/fsdp for fp16",
+            )
         if self.options.compile and strategy == "pp":
-            raise Unsupported("backend.compile wraps the model's forward, which a pipeline schedule never calls",
-                              "drop backend.compile for strategy=pp")
+            raise Unsupported("backend.compile wraps the model's forward, which a pipeline schedule never calls", "drop backend.compile for strategy=pp")
         if self.options.threads:
             torch.set_num_threads(self.options.threads)
         device = self.options.device

@@ -61,8 +61,7 @@ class TorchStepper:
             mask = np.pad(mask, ((0, 0), (0, self.static_len - mask.shape[1])))
         tensors = [torch.from_numpy(np.ascontiguousarray(a)).to(self.device) for a in (ids, mask, pos)]
         with torch.inference_mode():
-            out = self.forward(input_ids=tensors[0], attention_mask=tensors[1], position_ids=tensors[2],
-                               cache=self.cache, use_cache=True, logits_to_keep=1)
+            out = self.forward(input_ids=tensors[0], attention_mask=tensors[1], position_ids=tensors[2], cache=self.cache, use_cache=True, logits_to_keep=1)
             return out.logits[:, -1].float().cpu().numpy()
 
     def prefill(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -86,8 +85,7 @@ class TorchStepper:
 class TorchGenerationSession(GenerationSession):
     """A causal LM on a device, generating with :class:`TorchStepper` in the shared loop."""
 
-    def __init__(self, model: Any, device: str, precision: str, plan: GenerationPlan, compile_mode: str | None,
-                 pad_id: int) -> None:
+    def __init__(self, model: Any, device: str, precision: str, plan: GenerationPlan, compile_mode: str | None, pad_id: int) -> None:
         self.model = model
         self.device = device
         self.precision = precision
@@ -96,8 +94,7 @@ class TorchGenerationSession(GenerationSession):
         self.stepper = TorchStepper(model, device, static_len, compile_mode)
         self.compile_mode = compile_mode
 
-    def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int,
-                 decoding: Decoding = GREEDY) -> list[GenerationOutput]:
+    def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, decoding: Decoding = GREEDY) -> list[GenerationOutput]:
         return run_loop(self.stepper, prompts, max_new_tokens, decoding, self.pad_id)
 
     def score(self, ids: np.ndarray) -> np.ndarray:
@@ -139,8 +136,7 @@ def weight_compressed(source: Any, recipe: WeightRecipe) -> Any:
     started = time.perf_counter()
     model, realised = weight_only(source.module, recipe)
     stage = decoder_stage(recipe, realised, time.perf_counter() - started, False, None, state_size_bytes(model))
-    source.stages["compression"] = {**stage, "fp32_size_bytes": state_size_bytes(source.module),
-                                    "fp32_artifact": "the fp32 state dict (torch.save)"}
+    source.stages["compression"] = {**stage, "fp32_size_bytes": state_size_bytes(source.module), "fp32_artifact": "the fp32 state dict (torch.save)"}
     return model
 
 
@@ -151,11 +147,12 @@ def prepare(source: Any, plan: GenerationPlan, device: str, compile_mode: str | 
     cuda = device.startswith("cuda")
     compute = "fp32" if plan.weights is not None else plan.precision  # weight-only: float activations
     if plan.weights is not None and cuda:
-        raise Unsupported("pytorch weight-only int8/int4 uses torch's CPU weight-only kernels",
-                          "use backend.device=cpu, or backend=onnxruntime / openvino")
+        raise Unsupported("pytorch weight-only int8/int4 uses torch's CPU weight-only kernels", "use backend.device=cpu, or backend=onnxruntime / openvino")
     if compute not in generation_precisions(cuda):
-        raise Unsupported(f"pytorch generation does not run {plan.precision} on {device}",
-                          f"use one of: {', '.join(sorted(generation_precisions(cuda)))}, or int8/int4 weights (llm_int8, llm_int4)")
+        raise Unsupported(
+            f"pytorch generation does not run {plan.precision} on {device}",
+            f"use one of: {', '.join(sorted(generation_precisions(cuda)))}, or int8/int4 weights (llm_int8, llm_int4)",
+        )
     dtype = getattr(torch, DTYPES[compute])
     model = source.module
     if plan.weights is not None:

@@ -35,8 +35,7 @@ from typing import Any, AsyncIterator, Optional
 
 from harness.errors import Unsupported
 from harness.serving.batching import BatchingOptions, BatchStats, LazyScorer
-from harness.serving.session import (GenerationRequest, ServerGone, ServingModel, ServingPlan, ServingSession,
-                                     StreamEnd, StreamEvent, TokenChunk, Tokenizer, now)
+from harness.serving.session import GenerationRequest, ServerGone, ServingModel, ServingPlan, ServingSession, StreamEnd, StreamEvent, TokenChunk, Tokenizer, now
 
 #: Tokens per KV cache page (transformers' default is 256; small pages waste less on short requests).
 PAGE_TOKENS = 32
@@ -65,8 +64,9 @@ def _manager_class() -> type:
 class TransformersServingSession(ServingSession):
     """Streams requests through a running ``ContinuousBatchingManager``."""
 
-    def __init__(self, manager: Any, tokenizer: Optional[Tokenizer], precision: str, facts: dict[str, Any],
-                 eos_id: Any, scorer: LazyScorer, device: str = "cpu") -> None:
+    def __init__(
+        self, manager: Any, tokenizer: Optional[Tokenizer], precision: str, facts: dict[str, Any], eos_id: Any, scorer: LazyScorer, device: str = "cpu"
+    ) -> None:
         self.manager = manager
         self.precision = precision
         self.device = device
@@ -85,8 +85,14 @@ class TransformersServingSession(ServingSession):
         outputs: asyncio.Queue[Any] = asyncio.Queue()
         rid = f"harness-{next(self._ids)}"
         self.manager.register_result_handler(rid, outputs.put_nowait)  # before the request exists: no output is missed
-        self.manager.add_request(prompt, request_id=rid, max_new_tokens=request.max_tokens, streaming=True,
-                                 record_timestamps=True, eos_token_id=-1 if request.ignore_eos else self._eos)
+        self.manager.add_request(
+            prompt,
+            request_id=rid,
+            max_new_tokens=request.max_tokens,
+            streaming=True,
+            record_timestamps=True,
+            eos_token_id=-1 if request.ignore_eos else self._eos,
+        )
         seen, finished = 0, False
         try:
             while not finished:
@@ -100,8 +106,7 @@ class TransformersServingSession(ServingSession):
                     yield TokenChunk(when, ids=(int(token),))
                 seen = len(tokens)
                 finished = out.is_finished()
-            yield StreamEnd(now(), prompt_tokens=len(prompt), output_tokens=seen,
-                            finish_reason="length" if seen >= request.max_tokens else "stop")
+            yield StreamEnd(now(), prompt_tokens=len(prompt), output_tokens=seen, finish_reason="length" if seen >= request.max_tokens else "stop")
         finally:
             if not finished:
                 self.manager.cancel_request(rid)
@@ -143,33 +148,42 @@ def prepare(backend: Any, model: ServingModel, plan: ServingPlan) -> Transformer
     source = model.source()
     module = copy.deepcopy(source.module).to(device=device, dtype=getattr(torch, pytorch_generation.DTYPES[precision])).eval()
     pad = source.tokenizer.pad_token_id if source.tokenizer is not None else 0
-    generation = GenerationConfig(do_sample=False, max_new_tokens=plan.max_output_tokens, eos_token_id=-1,
-                                  pad_token_id=int(pad or 0))
+    generation = GenerationConfig(do_sample=False, max_new_tokens=plan.max_output_tokens, eos_token_id=-1, pad_token_id=int(pad or 0))
     blocks = options.cache_blocks(plan, PAGE_TOKENS)
-    config = ContinuousBatchingConfig(page_size=PAGE_TOKENS, num_blocks=blocks, max_batch_tokens=options.max_batched_tokens,
-                                      max_requests_per_batch=options.max_batch, allow_block_sharing=False)
+    config = ContinuousBatchingConfig(
+        page_size=PAGE_TOKENS,
+        num_blocks=blocks,
+        max_batch_tokens=options.max_batched_tokens,
+        max_requests_per_batch=options.max_batch,
+        allow_block_sharing=False,
+    )
     manager = _manager_class()(module, generation, config)
     manager.stats = BatchStats()
     manager.start()
     resolved = manager.continuous_batching_config
     facts = {
         "engine": f"transformers {transformers.__version__} ContinuousBatchingManager",
-        "batching": (f"continuous: transformers' scheduler ({resolved.scheduler_type}) over a paged KV cache, up to "
-                     f"{options.max_batch} requests and {options.max_batched_tokens} tokens per forward pass, "
-                     "prompts split to fit"),
+        "batching": (
+            f"continuous: transformers' scheduler ({resolved.scheduler_type}) over a paged KV cache, up to "
+            f"{options.max_batch} requests and {options.max_batched_tokens} tokens per forward pass, "
+            "prompts split to fit"
+        ),
         "concurrency": f"continuous batching, <= {options.max_batch} (transformers)",
-        "max_batch": options.max_batch, "max_batched_tokens": options.max_batched_tokens,
-        "attention": module.config._attn_implementation, "async_batching": resolved.use_async_batching,
-        "kv_cache_blocks": blocks, "kv_cache_block_tokens": PAGE_TOKENS, "kv_cache_tokens": blocks * PAGE_TOKENS,
-        "prefix_sharing": False, "dtype": pytorch_generation.DTYPES[precision],
+        "max_batch": options.max_batch,
+        "max_batched_tokens": options.max_batched_tokens,
+        "attention": module.config._attn_implementation,
+        "async_batching": resolved.use_async_batching,
+        "kv_cache_blocks": blocks,
+        "kv_cache_block_tokens": PAGE_TOKENS,
+        "kv_cache_tokens": blocks * PAGE_TOKENS,
+        "prefix_sharing": False,
+        "dtype": pytorch_generation.DTYPES[precision],
     }
     eos = source.config.get("eos_token_id")
 
     def scoring_session(ids: Any) -> Any:
         from harness.generation.session import GenerationPlan
 
-        return pytorch_generation.prepare(source, GenerationPlan(precision, int(ids.shape[0]), int(ids.shape[1]), 1),
-                                          device, None)
+        return pytorch_generation.prepare(source, GenerationPlan(precision, int(ids.shape[0]), int(ids.shape[1]), 1), device, None)
 
     return TransformersServingSession(manager, model.tokenizer(), precision, facts, eos, LazyScorer(scoring_session), device)
-

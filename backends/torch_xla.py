@@ -62,8 +62,7 @@ TOLERANCE = {"fp32": 1e-3, "bf16": 0.25}
 
 REASON_NOT_INSTALLED = "torch_xla not installed: it needs torch==2.9.0 in its own venv; run `make .venv-xla`"
 REASON_NO_PJRT = (
-    "PJRT device not configured: PJRT_DEVICE is unset and no TPU is visible "
-    "(set PJRT_DEVICE=CPU to run XLA on the host CPU, or backend.device=cpu)"
+    "PJRT device not configured: PJRT_DEVICE is unset and no TPU is visible (set PJRT_DEVICE=CPU to run XLA on the host CPU, or backend.device=cpu)"
 )
 REASON_NO_LIBTPU = "backend.device=tpu but libtpu is not installed (pip install 'torch_xla[tpu]' on a TPU VM)"
 REASON_NO_TPU_CHIPS = "backend.device=tpu but no TPU chip is visible on this machine (run on a TPU VM)"
@@ -104,10 +103,7 @@ def resolve_pjrt_device(requested: str, env_value: Optional[str], libtpu: bool, 
     if requested in PJRT_OF:
         wanted = PJRT_OF[requested]
         if env_kind and env_kind != wanted:
-            return None, (
-                f"PJRT_DEVICE={env_value} conflicts with backend.device={requested} "
-                "(unset PJRT_DEVICE, or use backend.device=auto to follow it)"
-            )
+            return None, (f"PJRT_DEVICE={env_value} conflicts with backend.device={requested} (unset PJRT_DEVICE, or use backend.device=auto to follow it)")
         if wanted == "TPU":
             if not libtpu:
                 return None, REASON_NO_LIBTPU
@@ -134,10 +130,7 @@ def version_mismatch(torch_version: str, torch_xla_version: str) -> Optional[str
     if major_minor(torch_version) == major_minor(torch_xla_version):
         return None
     wanted = ".".join(major_minor(torch_xla_version))
-    return (
-        f"torch_xla {torch_xla_version} needs torch {wanted}.x but torch {torch_version} is installed "
-        "(run torch_xla from its own venv: `make .venv-xla`)"
-    )
+    return f"torch_xla {torch_xla_version} needs torch {wanted}.x but torch {torch_version} is installed (run torch_xla from its own venv: `make .venv-xla`)"
 
 
 # --- torch_xla metrics (the summary is pure; the snapshot reads torch_xla) ---------
@@ -482,9 +475,11 @@ class TorchXLABackend(Backend):
                 "drop scenario.distributed for backend=torch_xla",
             )
         if plan.parallel.activation_checkpointing:
-            raise Unsupported("activation checkpointing is not wired for torch_xla (XLA's compiler would fold "
-                              "torch.utils.checkpoint's recomputation away; torch_xla has its own)",
-                              "drop scenario.activation_checkpointing for backend=torch_xla")
+            raise Unsupported(
+                "activation checkpointing is not wired for torch_xla (XLA's compiler would fold "
+                "torch.utils.checkpoint's recomputation away; torch_xla has its own)",
+                "drop scenario.activation_checkpointing for backend=torch_xla",
+            )
         device = self._xla_device()
         self._set_matmul_precision()
         return TorchXLATrainingSession(module, plan, device, self.device())

@@ -40,17 +40,32 @@ def harness_run(args: list[str], results: Path) -> dict[str, Any]:
     if not written:
         raise SystemExit(f"harness {' '.join(args)} wrote no record:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
     record = json.loads(written[-1].read_text())
-    print(f"  {record['scenario']['name']:10s} {record['backend']['name']:12s} {record['status']:8s} "
-          f"{(record['metrics'].get('throughput') or {}).get('samples_per_s', 0):9.1f} samples/s  {record['reason'][:120]}",
-          flush=True)
+    print(
+        f"  {record['scenario']['name']:10s} {record['backend']['name']:12s} {record['status']:8s} "
+        f"{(record['metrics'].get('throughput') or {}).get('samples_per_s', 0):9.1f} samples/s  {record['reason'][:120]}",
+        flush=True,
+    )
     return record
 
 
 def benchmark_app(model: Path, batch: int, seq_len: int, precision: str, seconds: int) -> dict[str, float]:
     """``benchmark_app -hint throughput`` on ``model``; samples/s from its count and duration."""
     shape = f"input_ids[{batch},{seq_len}],attention_mask[{batch},{seq_len}]"
-    command = [str(BIN / "benchmark_app"), "-m", str(model), "-d", "CPU", "-hint", "throughput", "-shape", shape,
-               "-infer_precision", precision, "-t", str(seconds)]
+    command = [
+        str(BIN / "benchmark_app"),
+        "-m",
+        str(model),
+        "-d",
+        "CPU",
+        "-hint",
+        "throughput",
+        "-shape",
+        shape,
+        "-infer_precision",
+        precision,
+        "-t",
+        str(seconds),
+    ]
     proc = subprocess.run(command, capture_output=True, text=True)
     text = proc.stdout + proc.stderr
     count = re.search(r"Count:\s+(\d+)\s+iterations", text)
@@ -59,8 +74,7 @@ def benchmark_app(model: Path, batch: int, seq_len: int, precision: str, seconds
     if not (count and duration):
         raise SystemExit(f"could not read benchmark_app's report:\n{text[-3000:]}")
     iterations, ms = int(count.group(1)), float(duration.group(1))
-    return {"samples_per_s": iterations * batch / (ms / 1000.0), "iterations": iterations,
-            "requests": int(requests.group(1)) if requests else 0}
+    return {"samples_per_s": iterations * batch / (ms / 1000.0), "iterations": iterations, "requests": int(requests.group(1)) if requests else 0}
 
 
 def source_file(record: dict[str, Any]) -> Path:
@@ -84,9 +98,16 @@ def main() -> None:
     args = parser.parse_args()
 
     results = Path(tempfile.mkdtemp(prefix="harness-compression-bench-"))
-    common = [f"model={args.model}", f"++model.checkpoint={args.checkpoint}", f"scenario.batch_size={args.batch_size}",
-              f"scenario.seq_len={args.seq_len}", "scenario.min_iters=10", f"scenario.min_duration_s={args.min_duration}",
-              "scenario.max_duration_s=600", f"scenario.accuracy.limit={args.accuracy_limit}"]
+    common = [
+        f"model={args.model}",
+        f"++model.checkpoint={args.checkpoint}",
+        f"scenario.batch_size={args.batch_size}",
+        f"scenario.seq_len={args.seq_len}",
+        "scenario.min_iters=10",
+        f"scenario.min_duration_s={args.min_duration}",
+        "scenario.max_duration_s=600",
+        f"scenario.accuracy.limit={args.accuracy_limit}",
+    ]
     rows, openvino_rows = [], []
     for backend in args.backends.split(","):
         extra = [f"backend={backend}"]
@@ -99,22 +120,41 @@ def main() -> None:
             if backend == "openvino" and record["status"] == "ok":  # f32 hint: what the harness set for fp32 and int8
                 app = benchmark_app(source_file(record), args.batch_size, args.seq_len, "f32", args.benchmark_app_seconds)
                 mine = record["metrics"]["throughput"]["samples_per_s"]
-                openvino_rows.append((scenario, mine, app["samples_per_s"], mine / app["samples_per_s"],
-                                      record["metrics"].get("offline", {}).get("in_flight"), app["requests"],
-                                      source_file(record).name))
+                openvino_rows.append(
+                    (
+                        scenario,
+                        mine,
+                        app["samples_per_s"],
+                        mine / app["samples_per_s"],
+                        record["metrics"].get("offline", {}).get("in_flight"),
+                        app["requests"],
+                        source_file(record).name,
+                    )
+                )
                 print(f"  benchmark_app {scenario}: {app['samples_per_s']:.1f} samples/s", flush=True)
         fp32, int8 = runs["bert_fp32"], runs["bert_int8"]
         if fp32["status"] == "ok" and int8["status"] == "ok":
             accuracy = int8["metrics"]["accuracy"]
-            rows.append((backend, int8["metrics"]["compression"]["recipe"]["name"],
-                         fp32["metrics"]["throughput"]["samples_per_s"], int8["metrics"]["throughput"]["samples_per_s"],
-                         accuracy["reference"], accuracy["value"], accuracy["relative"], accuracy["agreement"],
-                         fp32["metrics"]["throughput"].get("load", "single_stream")))
+            rows.append(
+                (
+                    backend,
+                    int8["metrics"]["compression"]["recipe"]["name"],
+                    fp32["metrics"]["throughput"]["samples_per_s"],
+                    int8["metrics"]["throughput"]["samples_per_s"],
+                    accuracy["reference"],
+                    accuracy["value"],
+                    accuracy["relative"],
+                    accuracy["agreement"],
+                    fp32["metrics"]["throughput"].get("load", "single_stream"),
+                )
+            )
         else:
             rows.append((backend, f"{fp32['status']}/{int8['status']}: {int8['reason'][:80]}", 0, 0, 0, 0, 0, 0, "-"))
 
-    print(f"\nmodel {args.model}, batch {args.batch_size}, seq {args.seq_len}, checkpoint {args.checkpoint}, "
-          f"accuracy on {args.accuracy_limit} eval examples; records in {results}\n")
+    print(
+        f"\nmodel {args.model}, batch {args.batch_size}, seq {args.seq_len}, checkpoint {args.checkpoint}, "
+        f"accuracy on {args.accuracy_limit} eval examples; records in {results}\n"
+    )
     print("| backend | int8 recipe | load | fp32 samples/s | int8 samples/s | int8/fp32 | fp32 acc | int8 acc | relative | agreement |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for backend, recipe, f, i, ref, val, rel, agr, load in rows:

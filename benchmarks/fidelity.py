@@ -32,23 +32,29 @@ import overhead  # noqa: E402  (benchmarks/overhead.py)
 
 
 def overhead_row(model: str, rounds: int, iterations: int, results: Path) -> tuple[float, dict]:
-    args = argparse.Namespace(model=model, backend="onnxruntime", batch_size=8, seq_len=128, rounds=rounds,
-                              iterations=iterations, warmup=max(3, iterations // 10))
+    args = argparse.Namespace(
+        model=model, backend="onnxruntime", batch_size=8, seq_len=128, rounds=rounds, iterations=iterations, warmup=max(3, iterations // 10)
+    )
     session, inputs = overhead.bare_session(args)
     bare, harness = [], []
     for _ in range(rounds):
         bare.extend(overhead.bare_loop(session, inputs, args.warmup, iterations))
         harness.extend(overhead.harness_round(args, results))
-    record = compression.harness_run(
-        [*overhead.overrides(args), f"scenario.min_iters={iterations}", "scenario.min_duration_s=0"], results
-    )
+    record = compression.harness_run([*overhead.overrides(args), f"scenario.min_iters={iterations}", "scenario.min_duration_s=0"], results)
     return statistics.median(harness) / statistics.median(bare), record
 
 
 def openvino_row(model: str, seconds: int, results: Path) -> tuple[float, dict]:
     record = compression.harness_run(
-        ["+scenario=bert_fp32", "backend=openvino", f"model={model}", "scenario.load=offline",
-         f"scenario.min_duration_s={seconds}", "++scenario.accuracy.enabled=false"], results
+        [
+            "+scenario=bert_fp32",
+            "backend=openvino",
+            f"model={model}",
+            "scenario.load=offline",
+            f"scenario.min_duration_s={seconds}",
+            "++scenario.accuracy.enabled=false",
+        ],
+        results,
     )
     app = compression.benchmark_app(compression.source_file(record), 8, 128, "f32", seconds)
     return record["metrics"]["throughput"]["samples_per_s"] / app["samples_per_s"], record
@@ -75,8 +81,7 @@ def main() -> None:
         if not args.quick:
             for path, record in fp32_paths.items():
                 mfu = record["metrics"].get("mfu")
-                rows.append((f"MFU, bert_base fp32, {path} vs measured fp32 GEMM peak", mfu, ">= 0.80 (best path)",
-                             mfu is not None and mfu >= 0.80))
+                rows.append((f"MFU, bert_base fp32, {path} vs measured fp32 GEMM peak", mfu, ">= 0.80 (best path)", mfu is not None and mfu >= 0.80))
     print("| check | ratio | target | met |")
     print("|---|---|---|---|")
     for name, value, target, met in rows:
@@ -91,10 +96,12 @@ def peak_line(path: str, roof: dict) -> str:
     if "peak_flops_per_s" not in roof:
         return f"- {path}: no peak ({roof.get('reason', 'no roofline section')})"
     candidates = ", ".join(f"{name} {rate / 1e9:.0f}" for name, rate in sorted((roof.get("peak_candidates") or {}).items()))
-    line = (f"- {path}: achieved {roof['achieved_flops_per_s'] / 1e9:.1f} GFLOP/s "
-            f"({roof['flops_per_sample'] / 1e9:.2f} GFLOP/sample); fp32 GEMM peak {roof['peak_flops_per_s'] / 1e9:.0f} GFLOP/s "
-            f"set by {roof.get('peak_library')} at n={roof.get('peak_size')} (candidates, GFLOP/s: {candidates}; "
-            f"1-min load average {roof.get('peak_load_average_1m') or 0:.1f} when measured)")
+    line = (
+        f"- {path}: achieved {roof['achieved_flops_per_s'] / 1e9:.1f} GFLOP/s "
+        f"({roof['flops_per_sample'] / 1e9:.2f} GFLOP/sample); fp32 GEMM peak {roof['peak_flops_per_s'] / 1e9:.0f} GFLOP/s "
+        f"set by {roof.get('peak_library')} at n={roof.get('peak_size')} (candidates, GFLOP/s: {candidates}; "
+        f"1-min load average {roof.get('peak_load_average_1m') or 0:.1f} when measured)"
+    )
     return line + (f"; {roof['reason']}" if roof.get("reason") else "")
 
 

@@ -59,9 +59,16 @@ def harness_record(args: list[str], results: Path) -> dict[str, Any]:
 
 
 def shape_overrides(opts: argparse.Namespace) -> list[str]:
-    return [f"model={opts.model}", f"scenario.prompt_len={opts.prompt_len}", f"scenario.new_tokens={opts.new_tokens}",
-            f"scenario.prompts={opts.prompts}", f"scenario.min_iters={opts.calls}", "scenario.min_duration_s=0",
-            "scenario.warmup_iters=1", "scenario.accuracy.enabled=false"]
+    return [
+        f"model={opts.model}",
+        f"scenario.prompt_len={opts.prompt_len}",
+        f"scenario.new_tokens={opts.new_tokens}",
+        f"scenario.prompts={opts.prompts}",
+        f"scenario.min_iters={opts.calls}",
+        "scenario.min_duration_s=0",
+        "scenario.warmup_iters=1",
+        "scenario.accuracy.enabled=false",
+    ]
 
 
 def harness_generation(backend: str, opts: argparse.Namespace, results: Path) -> dict[str, Any]:
@@ -199,8 +206,7 @@ def bare_genai(folder: str, properties: dict[str, Any], prompts: list[list[int]]
     def run() -> dict[str, float]:
         one(prompts[0])
         measured = [one(prompts[i % len(prompts)]) for i in range(opts.calls)]
-        return {"ttft_p50_ms": statistics.median(t for t, _ in measured),
-                "decode_tokens_per_s": 1000.0 / statistics.mean(tpot for _, tpot in measured)}
+        return {"ttft_p50_ms": statistics.median(t for t, _ in measured), "decode_tokens_per_s": 1000.0 / statistics.mean(tpot for _, tpot in measured)}
 
     return run
 
@@ -231,30 +237,44 @@ def fidelity(backend: str, opts: argparse.Namespace, results: Path, prompts: lis
                 bare = bare_onnxruntime(record["metrics"]["backend"]["graph"], model_config(opts), prompts, opts)
             else:
                 facts = record["metrics"]["backend"]
-                properties = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": facts["inference_precision"],
-                              "KV_CACHE_PRECISION": facts["kv_cache_precision"]}
+                properties = {
+                    "PERFORMANCE_HINT": "LATENCY",
+                    "INFERENCE_PRECISION_HINT": facts["inference_precision"],
+                    "KV_CACHE_PRECISION": facts["kv_cache_precision"],
+                }
                 bare = bare_genai(facts["model_folder"], properties, prompts, opts)
         own = record["metrics"]["backend"].get("genai_perf_metrics")
         if own:
-            in_run.append({"ttft_ms": own["ttft_ms_mean"], "tpot_ms": own["tpot_ms_mean"],
-                           "harness_ttft_ms": record["metrics"]["generation"]["ttft_ms"]["mean"],
-                           "harness_tpot_ms": record["metrics"]["generation"]["tpot_ms"]["mean"]})
+            in_run.append(
+                {
+                    "ttft_ms": own["ttft_ms_mean"],
+                    "tpot_ms": own["tpot_ms_mean"],
+                    "harness_ttft_ms": record["metrics"]["generation"]["ttft_ms"]["mean"],
+                    "harness_tpot_ms": record["metrics"]["generation"]["tpot_ms"]["mean"],
+                }
+            )
         rounds.append((harness_figures(record), bare()))
     rows = []
     for index, (ours, theirs) in enumerate(rounds, 1):
-        rows.append(f"| {backend} | {index} | {ours['decode_tokens_per_s']:.1f} | {theirs['decode_tokens_per_s']:.1f} | "
-                    f"{ratio(ours['decode_tokens_per_s'], theirs['decode_tokens_per_s'])} | {ours['ttft_p50_ms']:.1f} | "
-                    f"{theirs['ttft_p50_ms']:.1f} | {ratio(ours['ttft_p50_ms'], theirs['ttft_p50_ms'])} |")
+        rows.append(
+            f"| {backend} | {index} | {ours['decode_tokens_per_s']:.1f} | {theirs['decode_tokens_per_s']:.1f} | "
+            f"{ratio(ours['decode_tokens_per_s'], theirs['decode_tokens_per_s'])} | {ours['ttft_p50_ms']:.1f} | "
+            f"{theirs['ttft_p50_ms']:.1f} | {ratio(ours['ttft_p50_ms'], theirs['ttft_p50_ms'])} |"
+        )
     mean = {side: {k: statistics.mean(r[i][k] for r in rounds) for k in rounds[0][0]} for i, side in enumerate(("ours", "theirs"))}
-    rows.append(f"| {backend} | mean | {mean['ours']['decode_tokens_per_s']:.1f} | {mean['theirs']['decode_tokens_per_s']:.1f} | "
-                f"**{ratio(mean['ours']['decode_tokens_per_s'], mean['theirs']['decode_tokens_per_s'])}** | "
-                f"{mean['ours']['ttft_p50_ms']:.1f} | {mean['theirs']['ttft_p50_ms']:.1f} | "
-                f"**{ratio(mean['ours']['ttft_p50_ms'], mean['theirs']['ttft_p50_ms'])}** |")
+    rows.append(
+        f"| {backend} | mean | {mean['ours']['decode_tokens_per_s']:.1f} | {mean['theirs']['decode_tokens_per_s']:.1f} | "
+        f"**{ratio(mean['ours']['decode_tokens_per_s'], mean['theirs']['decode_tokens_per_s'])}** | "
+        f"{mean['ours']['ttft_p50_ms']:.1f} | {mean['theirs']['ttft_p50_ms']:.1f} | "
+        f"**{ratio(mean['ours']['ttft_p50_ms'], mean['theirs']['ttft_p50_ms'])}** |"
+    )
     for index, own in enumerate(in_run, 1):
-        rows.append(f"| {backend} (genai PerfMetrics of the harness's own calls) | {index} | "
-                    f"{1000 / own['harness_tpot_ms']:.1f} (1/TPOT) | {1000 / own['tpot_ms']:.1f} (1/TPOT) | "
-                    f"{ratio(own['tpot_ms'], own['harness_tpot_ms'])} | {own['harness_ttft_ms']:.1f} (mean) | "
-                    f"{own['ttft_ms']:.1f} (mean) | {ratio(own['harness_ttft_ms'], own['ttft_ms'])} |")
+        rows.append(
+            f"| {backend} (genai PerfMetrics of the harness's own calls) | {index} | "
+            f"{1000 / own['harness_tpot_ms']:.1f} (1/TPOT) | {1000 / own['tpot_ms']:.1f} (1/TPOT) | "
+            f"{ratio(own['tpot_ms'], own['harness_tpot_ms'])} | {own['harness_ttft_ms']:.1f} (mean) | "
+            f"{own['ttft_ms']:.1f} (mean) | {ratio(own['harness_ttft_ms'], own['ttft_ms'])} |"
+        )
     return rows
 
 
@@ -266,21 +286,46 @@ def model_config(opts: argparse.Namespace) -> dict[str, Any]:
 
 def weight_only_int4(results: Path, opts: argparse.Namespace) -> list[str]:
     """``--int4-model`` (random weights) fp32 and weight-only int4 on OpenVINO: decode tokens/s and perplexity ratio."""
-    shape = [f"model={opts.int4_model}", "model.checkpoint=null", "scenario.prompt_len=32", "scenario.new_tokens=32",
-             "scenario.prompts=2", "scenario.min_iters=3", "scenario.min_duration_s=0", "scenario.warmup_iters=1",
-             "scenario.accuracy.limit=2", "scenario.accuracy.window=64", "launcher.timeout_s=7200"]
+    shape = [
+        f"model={opts.int4_model}",
+        "model.checkpoint=null",
+        "scenario.prompt_len=32",
+        "scenario.new_tokens=32",
+        "scenario.prompts=2",
+        "scenario.min_iters=3",
+        "scenario.min_duration_s=0",
+        "scenario.warmup_iters=1",
+        "scenario.accuracy.limit=2",
+        "scenario.accuracy.window=64",
+        "launcher.timeout_s=7200",
+    ]
     rows = []
     for scenario in ("llm_fp32", "llm_int4"):
         record = harness_record([f"+scenario={scenario}", "backend=openvino", *shape], results)
         gen, acc = record["metrics"]["generation"], record["metrics"]["accuracy"]
         size = (record["metrics"].get("compression") or {}).get("size_bytes") or record["metrics"]["openvino_ir"]["size_bytes"]
-        rows.append((scenario, gen["decode_tokens_per_s"], gen["ttft_ms"]["p50"], acc["value"], acc["reference"],
-                     acc["relative"], acc.get("agreement"), size, record["metrics"]["memory_mib"].get("peak_rss_mib")))
-    out = ["| scenario | decode tokens/s | TTFT p50 ms | perplexity | eager fp32 perplexity | relative | agreement | IR size | peak RSS MiB |",
-           "|---|---|---|---|---|---|---|---|---|"]
+        rows.append(
+            (
+                scenario,
+                gen["decode_tokens_per_s"],
+                gen["ttft_ms"]["p50"],
+                acc["value"],
+                acc["reference"],
+                acc["relative"],
+                acc.get("agreement"),
+                size,
+                record["metrics"]["memory_mib"].get("peak_rss_mib"),
+            )
+        )
+    out = [
+        "| scenario | decode tokens/s | TTFT p50 ms | perplexity | eager fp32 perplexity | relative | agreement | IR size | peak RSS MiB |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, tps, ttft, value, reference, relative, agreement, size, rss in rows:
-        out.append(f"| {name} | {tps:.2f} | {ttft:.0f} | {value:.1f} | {reference:.1f} | {relative:.4f} | "
-                   f"{agreement if agreement is None else f'{agreement:.3f}'} | {size / 2**30:.2f} GiB | {rss:.0f} |")
+        out.append(
+            f"| {name} | {tps:.2f} | {ttft:.0f} | {value:.1f} | {reference:.1f} | {relative:.4f} | "
+            f"{agreement if agreement is None else f'{agreement:.3f}'} | {size / 2**30:.2f} GiB | {rss:.0f} |"
+        )
     out.append(f"\nint4 / fp32 decode tokens/s: {ratio(rows[1][1], rows[0][1])}")
     return out
 
@@ -305,10 +350,13 @@ def main() -> None:
         results = Path(tmp)
         if not opts.skip_fidelity:
             prompts = corpus_prompts(opts)
-            print(f"\n## {opts.model}, batch 1, prompt {opts.prompt_len}, {opts.new_tokens} new tokens, "
-                  f"{opts.calls} calls per round, {opts.rounds} alternating rounds\n")
-            print("| backend | round | harness decode tok/s | bare decode tok/s | ratio (>= 0.98) | harness TTFT p50 ms | "
-                  "bare TTFT p50 ms | ratio (0.95-1.05) |")
+            print(
+                f"\n## {opts.model}, batch 1, prompt {opts.prompt_len}, {opts.new_tokens} new tokens, "
+                f"{opts.calls} calls per round, {opts.rounds} alternating rounds\n"
+            )
+            print(
+                "| backend | round | harness decode tok/s | bare decode tok/s | ratio (>= 0.98) | harness TTFT p50 ms | bare TTFT p50 ms | ratio (0.95-1.05) |"
+            )
             print("|---|---|---|---|---|---|---|---|")
             for backend in opts.backends.split(","):
                 for row in fidelity(backend, opts, results, prompts):

@@ -79,9 +79,13 @@ def harness_round(args: argparse.Namespace, results: Path) -> list[float]:
     """One ``harness`` run with the default launcher; its recorded latency samples."""
     before = set(results.glob("*.json"))
     command = [
-        str(HARNESS), *overrides(args), f"results_dir={results}",
-        f"scenario.warmup_iters={args.warmup}", f"scenario.min_iters={args.iterations}",
-        "scenario.min_duration_s=0", "scenario.max_duration_s=3600",
+        str(HARNESS),
+        *overrides(args),
+        f"results_dir={results}",
+        f"scenario.warmup_iters={args.warmup}",
+        f"scenario.min_iters={args.iterations}",
+        "scenario.min_duration_s=0",
+        "scenario.max_duration_s=3600",
     ]
     proc = subprocess.run(command, capture_output=True, text=True)
     if proc.returncode != 0:

@@ -35,10 +35,8 @@ RUNS = [
     ("1 process", []),
     ("ddp x2", ["scenario.distributed.nproc_per_node=2", "scenario.distributed.strategy=ddp"]),
     ("fsdp x2", ["scenario.distributed.nproc_per_node=2", "scenario.distributed.strategy=fsdp"]),
-    ("fsdp x2 + checkpointing", ["scenario.distributed.nproc_per_node=2", "scenario.distributed.strategy=fsdp",
-                                 "scenario.activation_checkpointing=true"]),
-    ("fsdp x2 bf16", ["scenario.distributed.nproc_per_node=2", "scenario.distributed.strategy=fsdp",
-                      "scenario.precision=bf16"]),
+    ("fsdp x2 + checkpointing", ["scenario.distributed.nproc_per_node=2", "scenario.distributed.strategy=fsdp", "scenario.activation_checkpointing=true"]),
+    ("fsdp x2 bf16", ["scenario.distributed.nproc_per_node=2", "scenario.distributed.strategy=fsdp", "scenario.precision=bf16"]),
     ("tp x2", ["scenario.distributed.nproc_per_node=2", "scenario.distributed.strategy=tp"]),
     ("pp x2 (1f1b, 4 micro-batches)", ["scenario.distributed.nproc_per_node=2", "scenario.distributed.strategy=pp"]),
     ("fsdp+tp x4 [2, 2]", ["scenario.distributed.nproc_per_node=4", "scenario.distributed.strategy=fsdp+tp"]),
@@ -54,10 +52,12 @@ def row(label: str, record: dict[str, Any]) -> str:
     breakdown = t.get("step_breakdown") or {}
     share = breakdown.get("communication_share")
     eff = t.get("scaling_efficiency")
-    return (f"| {label} | {t['samples_per_step']} | {t['step_latency_ms']['p50']:.0f} | {t['samples_per_s']:.1f} | "
-            f"{'-' if eff is None else f'{eff:.2f}'} | {top['params_mib']:.1f} | {top['model_state_mib']:.1f} | "
-            f"{top['activations_mib']:.1f} | {max(r['peak_rss_mib'] for r in ranks):.0f} | "
-            f"{'-' if share is None else f'{share:.0%}'} | {t['loss_curve'][-1][1]:.4f} |")
+    return (
+        f"| {label} | {t['samples_per_step']} | {t['step_latency_ms']['p50']:.0f} | {t['samples_per_s']:.1f} | "
+        f"{'-' if eff is None else f'{eff:.2f}'} | {top['params_mib']:.1f} | {top['model_state_mib']:.1f} | "
+        f"{top['activations_mib']:.1f} | {max(r['peak_rss_mib'] for r in ranks):.0f} | "
+        f"{'-' if share is None else f'{share:.0%}'} | {t['loss_curve'][-1][1]:.4f} |"
+    )
 
 
 def main() -> None:
@@ -68,12 +68,23 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads per process (OMP_NUM_THREADS)")
     args = parser.parse_args()
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the harness runs inherit it; torchrun workers keep it
-    common = ["+scenario=bert_train", "backend=pytorch", f"model={args.model}", "dataset.train_size=2048",
-              "dataset.eval_size=128", f"scenario.max_steps={args.steps}", "scenario.eval_interval=0",
-              f"scenario.batch_size={args.batch_size}", "scenario.dropout=0", "scenario.warmup_steps_excluded=5",
-              f"backend.threads={args.threads}"]  # set_num_threads in every process, the workers too
-    header = ("| run | samples/step | step p50 ms | samples/s | scaling eff. | params MiB/rank | model state MiB/rank "
-              "| activations MiB/rank | peak RSS MiB | comm. share | final loss |")
+    common = [
+        "+scenario=bert_train",
+        "backend=pytorch",
+        f"model={args.model}",
+        "dataset.train_size=2048",
+        "dataset.eval_size=128",
+        f"scenario.max_steps={args.steps}",
+        "scenario.eval_interval=0",
+        f"scenario.batch_size={args.batch_size}",
+        "scenario.dropout=0",
+        "scenario.warmup_steps_excluded=5",
+        f"backend.threads={args.threads}",
+    ]  # set_num_threads in every process, the workers too
+    header = (
+        "| run | samples/step | step p50 ms | samples/s | scaling eff. | params MiB/rank | model state MiB/rank "
+        "| activations MiB/rank | peak RSS MiB | comm. share | final loss |"
+    )
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     with tempfile.TemporaryDirectory() as tmp:
         results = Path(tmp)

@@ -45,9 +45,15 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def harness_args(args: argparse.Namespace, model: str, backend: str) -> list[str]:
     return [
-        "+scenario=bert_fp32", f"backend={backend}", f"model={model}", f"scenario.batch_size={args.batch_size}",
-        f"scenario.seq_len={args.seq_len}", f"scenario.min_duration_s={args.duration}",
-        "scenario.accuracy.enabled=false", "scenario.mfu=false", "launcher.host_lock=false",
+        "+scenario=bert_fp32",
+        f"backend={backend}",
+        f"model={model}",
+        f"scenario.batch_size={args.batch_size}",
+        f"scenario.seq_len={args.seq_len}",
+        f"scenario.min_duration_s={args.duration}",
+        "scenario.accuracy.enabled=false",
+        "scenario.mfu=false",
+        "launcher.host_lock=false",
     ]
 
 
@@ -65,8 +71,21 @@ def run_harness(extra: list[str], results: Path, harness: Path = HARNESS) -> tup
 
 def run_bare(args: argparse.Namespace, model: str, backend: str, onnx_path: str | None) -> tuple[float, float]:
     """Wall seconds of the bare script in a fresh interpreter, and its measurement window."""
-    command = [sys.executable, __file__, "--bare", "--models", model, "--backends", backend,
-               "--batch-size", str(args.batch_size), "--seq-len", str(args.seq_len), "--duration", str(args.duration)]
+    command = [
+        sys.executable,
+        __file__,
+        "--bare",
+        "--models",
+        model,
+        "--backends",
+        backend,
+        "--batch-size",
+        str(args.batch_size),
+        "--seq-len",
+        str(args.seq_len),
+        "--duration",
+        str(args.duration),
+    ]
     if onnx_path:
         command += ["--onnx", onnx_path]
     started = time.monotonic()
@@ -160,8 +179,12 @@ def main() -> None:
                 _, (warm,) = run_harness(base, results, executables[-1])  # warm caches (export, dataset, page cache)
                 onnx = onnx_file(warm) if backend == "onnxruntime" else None
                 floor = min(wall - window for wall, window in (run_bare(args, model, backend, onnx) for _ in range(2)))
-                sweep = ["-m", *base, "overwrite=true",  # every job runs (no resume from an earlier record)
-                         "scenario.warmup_iters=" + ",".join(str(5 + i) for i in range(args.jobs))]
+                sweep = [
+                    "-m",
+                    *base,
+                    "overwrite=true",  # every job runs (no resume from an earlier record)
+                    "scenario.warmup_iters=" + ",".join(str(5 + i) for i in range(args.jobs)),
+                ]
                 modes = [("single", base, 1), ("sweep", sweep, args.jobs)]
                 if args.reuse:
                     modes.append(("sweep, reused worker", [*sweep, "launcher.reuse_worker=true"], args.jobs))
@@ -175,17 +198,31 @@ def main() -> None:
                         others = {k: v for k, v in written[-1]["metrics"]["stages"].items() if k != "measure"}
                         top = max(others.items(), key=lambda item: item[1])
                         last = written[-1]["metrics"]["outside_window_s"]  # a sweep's marginal job
-                        rows.append((model, backend, f"{mode} {label[harness]}".strip(), jobs, wall, window / jobs,
-                                     outside, last, floor, outside / floor, f"{top[0]} {top[1]:.1f}"))
+                        rows.append(
+                            (
+                                model,
+                                backend,
+                                f"{mode} {label[harness]}".strip(),
+                                jobs,
+                                wall,
+                                window / jobs,
+                                outside,
+                                last,
+                                floor,
+                                outside / floor,
+                                f"{top[0]} {top[1]:.1f}",
+                            )
+                        )
                         print(" | ".join(str(x) for x in rows[-1]), flush=True)
     print(f"load after: {' '.join(f'{x:.2f}' for x in os.getloadavg())} (1/5/15 min)")
     print()
-    print("| model | backend | mode | jobs | wall s | window s/job | outside s/job | last job outside s | bare outside s "
-          "| ratio | largest other stage of the last job (s) |")
+    print(
+        "| model | backend | mode | jobs | wall s | window s/job | outside s/job | last job outside s | bare outside s "
+        "| ratio | largest other stage of the last job (s) |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for model, backend, mode, jobs, wall, window, outside, last, floor, ratio, top in rows:
-        print(f"| {model} | {backend} | {mode} | {jobs} | {wall:.1f} | {window:.1f} | {outside:.1f} | {last:.1f} | "
-              f"{floor:.1f} | {ratio:.2f}× | {top} |")
+        print(f"| {model} | {backend} | {mode} | {jobs} | {wall:.1f} | {window:.1f} | {outside:.1f} | {last:.1f} | {floor:.1f} | {ratio:.2f}× | {top} |")
 
 
 if __name__ == "__main__":

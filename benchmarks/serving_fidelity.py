@@ -48,8 +48,7 @@ SCRIPTS = REPO / "scripts" / "llm-server"
 def harness_record(args: list[str], results: Path) -> dict[str, Any]:
     """Run the real ``harness`` CLI and return its one record."""
     before = set(results.glob("*.json"))
-    done = subprocess.run([str(BIN / "harness"), *args, f"results_dir={results}", "launcher.host_lock=false"],
-                          cwd=REPO, capture_output=True, text=True)
+    done = subprocess.run([str(BIN / "harness"), *args, f"results_dir={results}", "launcher.host_lock=false"], cwd=REPO, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"harness failed: {done.stderr.strip().splitlines()[-1:]}")
     (path,) = set(results.glob("*.json")) - before
@@ -58,10 +57,25 @@ def harness_record(args: list[str], results: Path) -> dict[str, Any]:
 
 def start_server(model: str, precision: str, parallel: int, threads: int, run_dir: Path) -> str:
     env = {**os.environ, "HARNESS_LLAMACPP_RUN": str(run_dir), "PY": sys.executable}
-    done = subprocess.run([str(SCRIPTS / "start-llamacpp.sh"), "--model", model, "--precision", precision,
-                           "--parallel", str(parallel), "--threads", str(threads),
-                           "--", "--no-cache-prompt"],  # every request pays its whole prefill, whoever sends it
-                          cwd=REPO, env=env, capture_output=True, text=True)
+    done = subprocess.run(
+        [
+            str(SCRIPTS / "start-llamacpp.sh"),
+            "--model",
+            model,
+            "--precision",
+            precision,
+            "--parallel",
+            str(parallel),
+            "--threads",
+            str(threads),
+            "--",
+            "--no-cache-prompt",
+        ],  # every request pays its whole prefill, whoever sends it
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     if done.returncode != 0:
         raise SystemExit(f"start-llamacpp.sh failed: {done.stderr.strip()[-500:]}")
     return done.stdout.strip().split("=", 1)[1]
@@ -72,12 +86,24 @@ def stop_server(run_dir: Path) -> None:
 
 
 def harness_serving(url: str, opts: argparse.Namespace, results: Path) -> dict[str, Any]:
-    record = harness_record([
-        "+scenario=llm_serve", "backend=openai", f"backend.base_url={url}", f"model={opts.model}",
-        "scenario.load=server", "scenario.server.arrivals=constant", f"scenario.server.rate={opts.rate}",
-        f"scenario.requests={opts.requests}", f"scenario.max_seconds={opts.requests / opts.rate + 60:g}",
-        f"scenario.workload.prompt_tokens={opts.prompt_tokens}", f"scenario.workload.output_tokens={opts.output_tokens}",
-        "scenario.warmup_requests=2", "scenario.accuracy.enabled=false"], results)
+    record = harness_record(
+        [
+            "+scenario=llm_serve",
+            "backend=openai",
+            f"backend.base_url={url}",
+            f"model={opts.model}",
+            "scenario.load=server",
+            "scenario.server.arrivals=constant",
+            f"scenario.server.rate={opts.rate}",
+            f"scenario.requests={opts.requests}",
+            f"scenario.max_seconds={opts.requests / opts.rate + 60:g}",
+            f"scenario.workload.prompt_tokens={opts.prompt_tokens}",
+            f"scenario.workload.output_tokens={opts.output_tokens}",
+            "scenario.warmup_requests=2",
+            "scenario.accuracy.enabled=false",
+        ],
+        results,
+    )
     (step,) = record["metrics"]["serving"]["steps"]
     return step
 
@@ -87,8 +113,7 @@ def server_timings(step: dict[str, Any]) -> dict[str, float]:
     timings = [s["timings"] for s in step["per_request"].get("server") or [] if s and "timings" in s]
     if not timings:
         raise SystemExit("the server returned no timings (not llama.cpp's llama-server?)")
-    return {"prompt_ms": statistics.median(t["prompt_ms"] for t in timings),
-            "per_token_ms": statistics.median(t["predicted_per_token_ms"] for t in timings)}
+    return {"prompt_ms": statistics.median(t["prompt_ms"] for t in timings), "per_token_ms": statistics.median(t["predicted_per_token_ms"] for t in timings)}
 
 
 def guidellm_run(exe: str, url: str, opts: argparse.Namespace, folder: Path, out: Path) -> dict[str, float]:
@@ -96,11 +121,23 @@ def guidellm_run(exe: str, url: str, opts: argparse.Namespace, folder: Path, out
     target = url[: -len("/v1")] if url.endswith("/v1") else url
     report_path = out / "guidellm.json"
     out.mkdir(parents=True, exist_ok=True)
-    command = [exe, "run", "--backend", f"kind=openai_http,target={target},request_format=/v1/completions",
-               "--profile", f"kind=constant,rate={opts.rate}", "--constraint", f"kind=max_requests,count={opts.requests}",
-               "--tokenizer", f"kind=huggingface_auto,model={folder}",
-               "--data", f"kind=synthetic_text,prompt_tokens={opts.prompt_tokens},output_tokens={opts.output_tokens}",
-               "--output", f"kind=json,path={report_path}", "--disable-console-interactive"]
+    command = [
+        exe,
+        "run",
+        "--backend",
+        f"kind=openai_http,target={target},request_format=/v1/completions",
+        "--profile",
+        f"kind=constant,rate={opts.rate}",
+        "--constraint",
+        f"kind=max_requests,count={opts.requests}",
+        "--tokenizer",
+        f"kind=huggingface_auto,model={folder}",
+        "--data",
+        f"kind=synthetic_text,prompt_tokens={opts.prompt_tokens},output_tokens={opts.output_tokens}",
+        "--output",
+        f"kind=json,path={report_path}",
+        "--disable-console-interactive",
+    ]
     done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     if done.returncode != 0 or not report_path.is_file():
         raise RuntimeError(" ".join((done.stderr or done.stdout).strip().splitlines()[-3:])[:500])
@@ -115,10 +152,22 @@ def guidellm_run(exe: str, url: str, opts: argparse.Namespace, folder: Path, out
 
 def inprocess_decode(args: argparse.Namespace, results: Path) -> dict[str, Any]:
     """One ``+scenario=llm_fp32 backend=llamacpp`` run shaped like llama-bench's tg (short prompt)."""
-    return harness_record([
-        "+scenario=llm_fp32", "backend=llamacpp", f"model={args.model}", f"backend.threads={args.threads}",
-        f"backend.flash_attn={str(args.flash_attn).lower()}", "scenario.prompt_len=8", f"scenario.new_tokens={args.tg_tokens}",
-        "scenario.min_iters=5", "scenario.min_duration_s=0", "scenario.warmup_iters=1", "scenario.accuracy.enabled=false"], results)
+    return harness_record(
+        [
+            "+scenario=llm_fp32",
+            "backend=llamacpp",
+            f"model={args.model}",
+            f"backend.threads={args.threads}",
+            f"backend.flash_attn={str(args.flash_attn).lower()}",
+            "scenario.prompt_len=8",
+            f"scenario.new_tokens={args.tg_tokens}",
+            "scenario.min_iters=5",
+            "scenario.min_duration_s=0",
+            "scenario.warmup_iters=1",
+            "scenario.accuracy.enabled=false",
+        ],
+        results,
+    )
 
 
 def llama_bench_tg(gguf: str, threads: int, tokens: int, flash_attn: bool) -> float:
@@ -127,9 +176,12 @@ def llama_bench_tg(gguf: str, threads: int, tokens: int, flash_attn: bool) -> fl
     bench = tool("llama-bench")
     if bench is None:
         raise SystemExit("llama-bench is not built (scripts/llm-server/build-llamacpp.sh)")
-    done = subprocess.run([str(bench), "-m", gguf, "-p", "0", "-n", str(tokens), "-t", str(threads), "-r", "5",
-                           "-fa", "on" if flash_attn else "off", "-o", "json"],
-                          capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        [str(bench), "-m", gguf, "-p", "0", "-n", str(tokens), "-t", str(threads), "-r", "5", "-fa", "on" if flash_attn else "off", "-o", "json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     (row,) = json.loads(done.stdout)
     return float(row["avg_ts"])
 
@@ -156,8 +208,10 @@ def serving_table(args: argparse.Namespace, tmp_path: Path, results: Path) -> No
             stop_server(run_dir)
 
     ttft, tpot, itl = step["ttft_ms"]["p50"], step["tpot_ms"]["p50"], step["itl_ms"]["p50"]
-    print(f"\n## llama-server ({args.model} {args.precision}, {args.parallel} slots), {args.rate:g} req/s constant, "
-          f"{args.requests} requests of {args.prompt_tokens} + {args.output_tokens} tokens\n")
+    print(
+        f"\n## llama-server ({args.model} {args.precision}, {args.parallel} slots), {args.rate:g} req/s constant, "
+        f"{args.requests} requests of {args.prompt_tokens} + {args.output_tokens} tokens\n"
+    )
     print("| figure | harness p50 ms | reference | reference p50 ms | ratio |")
     print("|---|---|---|---|---|")
     if guide is not None:
@@ -167,7 +221,6 @@ def serving_table(args: argparse.Namespace, tmp_path: Path, results: Path) -> No
     print(f"| TPOT | {tpot:.2f} | server timings predicted_per_token_ms | {server['per_token_ms']:.2f} | {ratio(tpot, server['per_token_ms'])} |")
     print(f"\nharness ITL p50 (chunk-to-chunk gaps, vLLM's ITL): {itl:.2f} ms")
     print(f"\nguidellm: {guide_note}")
-
 
 
 def ratio(a: Optional[float], b: Optional[float]) -> str:

@@ -21,6 +21,7 @@ def __getattr__(name: str) -> Any:
         return hookimpl
     raise AttributeError(f"module 'harness' has no attribute {name!r}")
 
+
 # No network at run time: onnxruntime >= 1.32 on Linux queues telemetry events in
 # ~/.cache/Microsoft/DeveloperTools/.onnxruntime/ and uploads them (a DNS lookup of
 # mobile.events.data.microsoft.com) from a background thread; ``disable_telemetry_events()``

@@ -28,6 +28,7 @@ Batch = Mapping[str, np.ndarray]
 
 # --- formulas ----------------------------------------------------------------------------
 
+
 def top1(logits: np.ndarray) -> np.ndarray:
     """Predicted class per row: the arg-max of the last axis."""
     return np.asarray(logits).argmax(axis=-1)
@@ -66,6 +67,7 @@ def relative(value: float, reference: float) -> Optional[float]:
 
 
 # --- scores --------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Score:
@@ -106,6 +108,7 @@ def compare(logits: np.ndarray, reference_logits: np.ndarray, labels: np.ndarray
 
 
 # --- running models over the eval split -----------------------------------------------------
+
 
 def padded_batches(features: Mapping[str, np.ndarray], batch_size: int) -> Iterator[tuple[dict[str, np.ndarray], int]]:
     """Fixed-size batches over ``features`` and how many rows of each are real.
@@ -168,8 +171,7 @@ def reference_logits(model: Any, data: Any, limit: int = 0, cache_root: Optional
     logits = eager_logits(model, features)
     with cache.staging("accuracy", key, cache_root) as built:
         np.save(built / "logits.npy", logits)
-        (built / "meta.json").write_text(json.dumps({"model": model.name, "source": model.source, "limit": limit,
-                                                     "rows": int(len(logits))}))
+        (built / "meta.json").write_text(json.dumps({"model": model.name, "source": model.source, "limit": limit, "rows": int(len(logits))}))
         cache.publish(built, final, required=("logits.npy", "meta.json"))
     return logits, False
 
@@ -202,15 +204,15 @@ class AccuracyGate:
         rel = result.get("relative")
         if self.min_relative is None or rel is None or rel >= self.min_relative:
             return None
-        return (f"{result['metric']} {result['value']:.4f} is {rel:.4f} of the fp32 reference "
-                f"{result['reference']:.4f}, below the gate {self.min_relative}")
+        return f"{result['metric']} {result['value']:.4f} is {rel:.4f} of the fp32 reference {result['reference']:.4f}, below the gate {self.min_relative}"
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def run_accuracy(session: Any, reference_model: Any, data: Any, batch_size: int, output_name: str,
-                 limit: int = 0, cache_root: Optional[str] = None) -> dict[str, Any]:
+def run_accuracy(
+    session: Any, reference_model: Any, data: Any, batch_size: int, output_name: str, limit: int = 0, cache_root: Optional[str] = None
+) -> dict[str, Any]:
     """``metrics.accuracy`` for a prepared session: its eval-split score beside the fp32
     eager score of ``reference_model`` (the unpruned, unquantized model) on the same rows."""
     features, labels = eval_features(data, limit)

@@ -42,8 +42,7 @@ def first_trainer(registry: Registry) -> Backend:
             backend = cls(options)
             if backend.capabilities().training:
                 return backend
-    raise Unsupported("this run must train a model but no installed backend can train",
-                      "install torch (backend=pytorch) or pass model.checkpoint=PATH")
+    raise Unsupported("this run must train a model but no installed backend can train", "install torch (backend=pytorch) or pass model.checkpoint=PATH")
 
 
 def resolve_auto(spec: RunSpec, trainer: Callable[[], Backend], status: Callable[[str], None] = print) -> Path:
@@ -51,13 +50,20 @@ def resolve_auto(spec: RunSpec, trainer: Callable[[], Backend], status: Callable
     trained first (on ``trainer()``) when absent."""
     recipe = spec.auto_recipe
     if recipe is None:
-        raise ConfigError(f"model family '{spec.model.family}' has no train recipe, so 'auto' cannot train a checkpoint",
-                          "train one and pass model.checkpoint=PATH")
+        raise ConfigError(
+            f"model family '{spec.model.family}' has no train recipe, so 'auto' cannot train a checkpoint", "train one and pass model.checkpoint=PATH"
+        )
     return auto_checkpoint(replace(spec.model, checkpoint=None), spec.dataset, spec.cache_dir, recipe, trainer, status)
 
 
-def auto_checkpoint(model: ModelOptions, dataset: DatasetOptions, cache_root: Optional[str], recipe: TrainRecipe,
-                    trainer: Callable[[], Backend], status: Callable[[str], None] = print) -> Path:
+def auto_checkpoint(
+    model: ModelOptions,
+    dataset: DatasetOptions,
+    cache_root: Optional[str],
+    recipe: TrainRecipe,
+    trainer: Callable[[], Backend],
+    status: Callable[[str], None] = print,
+) -> Path:
     """Find or train the checkpoint ``recipe`` makes of ``model`` on ``dataset``."""
     options = recipe.options
     data = load_dataset(dataset, seq_len=options.seq_len, tokenizer=checkpoints.tokenizer_of(model, cache_root))
@@ -67,18 +73,15 @@ def auto_checkpoint(model: ModelOptions, dataset: DatasetOptions, cache_root: Op
         status(f"model.checkpoint=auto: reusing {found}")
         return found
     if options.distributed.world_size > 1:
-        raise Unsupported(f"the {recipe.name} recipe is distributed; auto trains in one process",
-                          f"train it first with harness +scenario={recipe.name}")
+        raise Unsupported(f"the {recipe.name} recipe is distributed; auto trains in one process", f"train it first with harness +scenario={recipe.name}")
     backend = trainer()
     with checkpoints.training_lock(key, cache_root):
         found = checkpoints.find(key, cache_root)  # another run may have trained it while we waited
         if found is not None:
             status(f"model.checkpoint=auto: reusing {found} (trained by a concurrent run)")
             return found
-        status(f"model.checkpoint=auto: no {recipe.name} checkpoint for {model.name} yet; "
-               f"training it once on {backend.name} (cached for later runs)")
-        result = train_recipe(backend, model, dataset, options, cache_root=cache_root, data=data,
-                              report=status, label=f"auto-training {model.name}")
+        status(f"model.checkpoint=auto: no {recipe.name} checkpoint for {model.name} yet; training it once on {backend.name} (cached for later runs)")
+        result = train_recipe(backend, model, dataset, options, cache_root=cache_root, data=data, report=status, label=f"auto-training {model.name}")
     path: Optional[str] = result["training"].get("checkpoint")
     if not path:
         raise HarnessError("auto-training finished without saving a checkpoint")

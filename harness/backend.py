@@ -249,8 +249,7 @@ class Backend(abc.ABC):
         Only for backends whose capabilities declare ``generation``; the default refuses.
         """
         self.check_generation()
-        raise Unsupported(f"backend '{self.name}' declares generation but does not implement prepare_generation",
-                          "report it to the plugin's maintainers")
+        raise Unsupported(f"backend '{self.name}' declares generation but does not implement prepare_generation", "report it to the plugin's maintainers")
 
     def version(self) -> str:
         """The version of the library this backend drives, as its probe reports it

@@ -71,8 +71,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     from harness.validation import typed
 
     plugins = get_plugins()
-    table = Table(title="harness backends (select with backend=<config>; a variant names its plugin backend in brackets)",
-                  title_justify="left")
+    table = Table(title="harness backends (select with backend=<config>; a variant names its plugin backend in brackets)", title_justify="left")
     for column in ("backend", "package", "version", "available", "reason", "devices"):
         table.add_column(column)
     for choice in choices(plugins.config_searchpath(), sorted(plugins.registry.backends)):
@@ -81,8 +80,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         version = ""
         try:
             if backend is None:
-                raise ConfigError(f"no installed plugin registers backend '{choice.backend}'",
-                                  "install the plugin package that provides it")
+                raise ConfigError(f"no installed plugin registers backend '{choice.backend}'", "install the plugin package that provides it")
             availability = backend.probe(typed(backend.options_type, choice.options, "backend"))
             available, reason, devices = availability.available, availability.reason, ", ".join(availability.devices)
             version = availability.versions.get(choice.backend, "")

@@ -38,8 +38,7 @@ RECIPES = {name: f.train_recipe for name, f in FAMILIES.items() if f.train_recip
 
 def model_identity(options: ModelOptions) -> dict[str, Any]:
     """What determines a model's initial weights; the display name does not."""
-    identity: dict[str, Any] = {"family": options.family, "num_labels": options.num_labels,
-                                "seed": options.seed, "config": options.config, "path": None}
+    identity: dict[str, Any] = {"family": options.family, "num_labels": options.num_labels, "seed": options.seed, "config": options.config, "path": None}
     if options.path:
         folder = Path(options.path).expanduser().resolve()
         files = sorted(folder.glob("*.safetensors"))
@@ -47,8 +46,7 @@ def model_identity(options: ModelOptions) -> dict[str, Any]:
     return identity
 
 
-def checkpoint_key(model: ModelOptions, data_fingerprint: str, recipe: TrainingOptions,
-                   extra: Optional[dict[str, Any]] = None) -> str:
+def checkpoint_key(model: ModelOptions, data_fingerprint: str, recipe: TrainingOptions, extra: Optional[dict[str, Any]] = None) -> str:
     """The cache key of the checkpoint ``recipe`` trains from ``model`` on that data."""
     weights_relevant = {k: v for k, v in asdict(recipe).items() if k not in MEASUREMENT_ONLY}
     weights_relevant["distributed"] = recipe.distributed.weights_identity()
@@ -69,8 +67,7 @@ def find(key: str, cache_root: str | os.PathLike[str] | None) -> Optional[Path]:
     return None
 
 
-def save(model: LoadedModel, tokenizer: Any, key: str, cache_root: str | os.PathLike[str] | None,
-         meta: dict[str, Any]) -> Path:
+def save(model: LoadedModel, tokenizer: Any, key: str, cache_root: str | os.PathLike[str] | None, meta: dict[str, Any]) -> Path:
     """Write model (safetensors), config, tokenizer and a marker; return the folder.
 
     Built in a staging folder, sealed with checksums and renamed into place
@@ -80,8 +77,9 @@ def save(model: LoadedModel, tokenizer: Any, key: str, cache_root: str | os.Path
     # A decoder is saved whole: its ``.model`` is the base *without* the LM head.
     hf_model = transformers_model(model.module)
     if not hasattr(hf_model, "save_pretrained"):
-        raise Unsupported(f"model {model.name} cannot be saved as a checkpoint (no save_pretrained)",
-                          "train a transformers model (family bert, resnet, llama or gpt2)")
+        raise Unsupported(
+            f"model {model.name} cannot be saved as a checkpoint (no save_pretrained)", "train a transformers model (family bert, resnet, llama or gpt2)"
+        )
     final = cache.cache_dir(cache_root) / KIND / key
     with cache.staging(KIND, key, cache_root) as staging:
         with _quiet_transformers():
@@ -113,8 +111,10 @@ def checkpoint_folder(requested: str | os.PathLike[str]) -> Path:
     """The folder ``model.checkpoint=PATH`` names, checked to be a saved model."""
     folder = Path(requested).expanduser()
     if not (folder / "config.json").is_file():
-        raise ConfigError(f"model.checkpoint '{folder}' is not a checkpoint folder (no config.json)",
-                          "point it at a folder written by save_pretrained, or use model.checkpoint=auto")
+        raise ConfigError(
+            f"model.checkpoint '{folder}' is not a checkpoint folder (no config.json)",
+            "point it at a folder written by save_pretrained, or use model.checkpoint=auto",
+        )
     return folder
 
 

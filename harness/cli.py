@@ -99,8 +99,10 @@ def _run_job(cfg: Any, multirun: bool, num: int, overrides: list[str], job: Opti
             report(sweep.Outcome.of_record(records.read(done), done, num, overrides, 0, skipped=True))
             return 0
 
-    ui.stage(f"{prefix}{spec.scenario_name} ({spec.scenario_kind}) on {spec.backend_name}, model {spec.model.name}"
-             + (f" [{' '.join(overrides)}]" if multirun else ""))
+    ui.stage(
+        f"{prefix}{spec.scenario_name} ({spec.scenario_kind}) on {spec.backend_name}, model {spec.model.name}"
+        + (f" [{' '.join(overrides)}]" if multirun else "")
+    )
     out = _Output(job, plugins, num, overrides, prefix, report)
     try:
         record = launch(spec, plugins, job.launcher, status=ui.stage, progress=ui.progress)
@@ -110,8 +112,7 @@ def _run_job(cfg: Any, multirun: bool, num: int, overrides: list[str], job: Opti
             try:
                 out.finish(exc.record, exc_code=getattr(exc, "exit_code", 130))  # type: ignore[attr-defined]
             except Exception as failure:  # the record could not be kept anywhere: still stop the sweep
-                ui.error(f"{prefix}the interrupted run's record was not written: {failure} "
-                         "(fix: check results_dir and the cache folder can be written)")
+                ui.error(f"{prefix}the interrupted run's record was not written: {failure} (fix: check results_dir and the cache folder can be written)")
         raise
     ui.end_progress()
     if node_rank > 0:  # another node of a multi-node run: node 0 holds global rank 0
@@ -159,8 +160,10 @@ class _Output:
                     ui.err.print(line, markup=False, highlight=False, soft_wrap=True)
             ui.error(f"{self.prefix}{record['status']}: {record['reason']}")
         if unsaved:
-            ui.error(f"{self.prefix}{unsaved}; the measurement is saved at {path} instead "
-                     f"(fix: free space in or repair {spec.results_dir}, then move the file there)")
+            ui.error(
+                f"{self.prefix}{unsaved}; the measurement is saved at {path} instead "
+                f"(fix: free space in or repair {spec.results_dir}, then move the file there)"
+            )
             code = max(code, RECORD_FALLBACK_EXIT)
         self.report(sweep.Outcome.of_record(record, path, self.num, self.overrides, code))
         return code
@@ -209,8 +212,7 @@ def _finish(ledger: Path, multirun: bool, expected: int | None, interrupted: Bas
     code = max((o.exit_code for o in outcomes), default=0)
     if multirun and (outcomes or interrupted):
         ui.out.print(sweep.summary_table(outcomes))
-        ui.out.print(sweep.counts_line(outcomes, expected, missing="not started" if interrupted else None),
-                     soft_wrap=True)
+        ui.out.print(sweep.counts_line(outcomes, expected, missing="not started" if interrupted else None), soft_wrap=True)
         if not interrupted and expected is not None and len(outcomes) < expected:
             ui.error(
                 f"{expected - len(outcomes)} job(s) reported no outcome (fix: jobs that a launcher runs on "
@@ -219,8 +221,7 @@ def _finish(ledger: Path, multirun: bool, expected: int | None, interrupted: Bas
             code = max(code, 1)
     if interrupted is not None:
         name = getattr(interrupted, "name", "SIGINT")
-        ui.error(f"interrupted by {name}; the records written so far are kept "
-                 "(fix: run the same command again to finish the missing jobs)")
+        ui.error(f"interrupted by {name}; the records written so far are kept (fix: run the same command again to finish the missing jobs)")
         return int(getattr(interrupted, "exit_code", 130))
     return code
 
@@ -230,8 +231,7 @@ def main() -> None:
     try:
         _main()
     except KeyboardInterrupt as exc:  # a signal outside a job (while checking, or while finishing): one line
-        ui.error(f"interrupted by {getattr(exc, 'name', 'SIGINT')} (fix: run the same command again; "
-                 "a -m sweep skips the jobs that already have an ok record)")
+        ui.error(f"interrupted by {getattr(exc, 'name', 'SIGINT')} (fix: run the same command again; a -m sweep skips the jobs that already have an ok record)")
         sys.exit(int(getattr(exc, "exit_code", 130)))
 
 
@@ -282,8 +282,7 @@ def _main() -> None:
     _run_hydra(args, parsed, searchpath, multirun, expected, checked)
 
 
-def _run_hydra(args: list[str], parsed: Any, searchpath: list[str], multirun: bool, expected: Optional[int],
-               checked: precheck.Checked) -> None:
+def _run_hydra(args: list[str], parsed: Any, searchpath: list[str], multirun: bool, expected: Optional[int], checked: precheck.Checked) -> None:
     """Hand the command line to Hydra's app: sweeps, ``--cfg``, ``--help``, ``hydra.*`` overrides."""
     import hydra
 

@@ -121,8 +121,7 @@ def load(path: str) -> pd.DataFrame:
     return frame[frame["status"] == "ok"].reset_index(drop=True)
 
 
-def match_keys(baseline: pd.DataFrame, candidate: pd.DataFrame, any_machine: bool,
-               ignore: Sequence[str] = ()) -> tuple[pd.Series, pd.Series]:
+def match_keys(baseline: pd.DataFrame, candidate: pd.DataFrame, any_machine: bool, ignore: Sequence[str] = ()) -> tuple[pd.Series, pd.Series]:
     """Per row: its identity restricted to the config keys both sides know (less the
     ``ignore`` keys and the keys below them), plus the machine."""
     leaves = [[identity.flat(json.loads(text)) for text in side["identity.config"]] for side in (baseline, candidate)]
@@ -146,8 +145,9 @@ def tuned(candidate: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     studies = tuning.trials([records.read(path) for path in rows["path"]])
     best = [str(frame.loc[frame.attrs["best"], "run_id"]) for frame in studies.values() if frame.attrs["best"] is not None]
     if not best:
-        raise UsageError("--tuned: no tuning study with a feasible trial among the candidate records "
-                         "(fix: point CANDIDATE_DIR at the results_dir of a +tune= sweep)")
+        raise UsageError(
+            "--tuned: no tuning study with a feasible trial among the candidate records (fix: point CANDIDATE_DIR at the results_dir of a +tune= sweep)"
+        )
     searched = list(dict.fromkeys(key for frame in studies.values() for key in frame.attrs["params"]))
     return candidate[candidate["run_id"].isin(best)].reset_index(drop=True), searched
 
@@ -155,8 +155,7 @@ def tuned(candidate: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
 def _batch_ratio(base: pd.DataFrame, cand: pd.DataFrame) -> float | None:
     """Candidate over baseline batch size (throughput from mean latencies scales by it);
     None when a side mixes batch sizes."""
-    sizes = [pd.to_numeric(side.get("scenario.batch_size", pd.Series([1.0])), errors="coerce").fillna(1.0).unique()
-             for side in (base, cand)]
+    sizes = [pd.to_numeric(side.get("scenario.batch_size", pd.Series([1.0])), errors="coerce").fillna(1.0).unique() for side in (base, cand)]
     if any(len(size) != 1 for size in sizes):
         return None
     return float(sizes[1][0]) / float(sizes[0][0])
@@ -195,8 +194,9 @@ def bootstrap_ratio(base: Sequence[float], cand: Sequence[float], metric: Metric
     if np.unique(a).size < 2 and np.unique(b).size < 2:
         ratio = float(statistic(a, b, 0))
         return ratio, ratio
-    result = sps.bootstrap((a, b), statistic, vectorized=True, paired=False, n_resamples=RESAMPLES,
-                           confidence_level=CONFIDENCE, method="percentile", batch=50, rng=rng)
+    result = sps.bootstrap(
+        (a, b), statistic, vectorized=True, paired=False, n_resamples=RESAMPLES, confidence_level=CONFIDENCE, method="percentile", batch=50, rng=rng
+    )
     return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
@@ -230,8 +230,9 @@ def verdict(change: float, low: float | None, high: float | None, metric: Metric
     return ("worse" if worse_by > 0 else "better"), significant
 
 
-def compare(baseline: pd.DataFrame, candidate: pd.DataFrame, metric: Metric, threshold: float,
-            any_machine: bool = False, ignore: Sequence[str] = ()) -> list[Row]:
+def compare(
+    baseline: pd.DataFrame, candidate: pd.DataFrame, metric: Metric, threshold: float, any_machine: bool = False, ignore: Sequence[str] = ()
+) -> list[Row]:
     """Every configuration of either side with its verdict."""
     base_keys, cand_keys = match_keys(baseline, candidate, any_machine, ignore)
     labels = _labels(pd.concat([baseline, candidate], ignore_index=True))
@@ -244,8 +245,7 @@ def compare(baseline: pd.DataFrame, candidate: pd.DataFrame, metric: Metric, thr
         b = float(base[metric.column].median()) if len(base) else np.nan
         c = float(cand[metric.column].median()) if len(cand) else np.nan
         if not len(base) or not len(cand):
-            rows.append(Row(name, machine, "only in candidate" if len(cand) else "only in baseline",
-                            None if np.isnan(b) else b, None if np.isnan(c) else c))
+            rows.append(Row(name, machine, "only in candidate" if len(cand) else "only in baseline", None if np.isnan(b) else b, None if np.isnan(c) else c))
             continue
         if not (np.isfinite(b) and np.isfinite(c) and b > 0):
             rows.append(Row(name, machine, "unchanged", b, c, evidence=f"no {metric.column} on both sides"))
@@ -289,15 +289,20 @@ HEADERS = ("verdict", "configuration", "machine", "baseline", "candidate", "chan
 
 
 def _cells(row: Row) -> list[str]:
-    return [row.verdict, row.configuration, row.machine, _number(row.baseline), _number(row.candidate),
-            _pct(row.change), _interval(row), row.evidence]
+    return [row.verdict, row.configuration, row.machine, _number(row.baseline), _number(row.candidate), _pct(row.change), _interval(row), row.evidence]
 
 
 def render_markdown(rows: list[Row], metric_name: str, threshold: float) -> str:
     from harness.report.markdown import cell
 
-    lines = [f"### harness-compare: {metric_name}, threshold {threshold:.1%}", "", summary_line(rows), "",
-             "| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
+    lines = [
+        f"### harness-compare: {metric_name}, threshold {threshold:.1%}",
+        "",
+        summary_line(rows),
+        "",
+        "| " + " | ".join(HEADERS) + " |",
+        "|" + "---|" * len(HEADERS),
+    ]
     lines += ["| " + " | ".join(cell(text) for text in _cells(row)) + " |" for row in rows]
     return "\n".join(lines) + "\n"
 
@@ -338,12 +343,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--metric", choices=sorted(METRICS), default="throughput", help="what to compare (default throughput)")
     p.add_argument("--format", choices=("table", "markdown", "json"), default="table", help="output (default table)")
     p.add_argument("--any-machine", action="store_true", help="match configurations across machines too")
-    p.add_argument("--ignore", default="", metavar="KEYS",
-                   help="comma-separated config keys left out of the match (a section name covers its keys), "
-                   "e.g. backend.intra_op_threads,scenario.batch_size")
-    p.add_argument("--tuned", action="store_true",
-                   help="CANDIDATE_DIR holds +tune= trials: compare each study's best trial with the baseline, "
-                   "ignoring the keys the study searched (docs/tuning.md)")
+    p.add_argument(
+        "--ignore",
+        default="",
+        metavar="KEYS",
+        help="comma-separated config keys left out of the match (a section name covers its keys), e.g. backend.intra_op_threads,scenario.batch_size",
+    )
+    p.add_argument(
+        "--tuned",
+        action="store_true",
+        help="CANDIDATE_DIR holds +tune= trials: compare each study's best trial with the baseline, ignoring the keys the study searched (docs/tuning.md)",
+    )
     return p
 
 
@@ -362,9 +372,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     metric = METRICS[args.metric]
     rows = compare(baseline, candidate, metric, threshold, args.any_machine, ignore)
     if args.format == "json":
-        print(json.dumps({"metric": args.metric, "column": metric.column, "threshold": threshold,
-                          "worse": any(row.verdict == "worse" for row in rows),
-                          "rows": [asdict(row) for row in rows]}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "metric": args.metric,
+                    "column": metric.column,
+                    "threshold": threshold,
+                    "worse": any(row.verdict == "worse" for row in rows),
+                    "rows": [asdict(row) for row in rows],
+                },
+                indent=2,
+            )
+        )
     elif args.format == "markdown":
         print(render_markdown(rows, args.metric, threshold), end="")
     else:

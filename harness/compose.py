@@ -72,11 +72,11 @@ def _list_options(entry: str, group: str) -> set[str]:
     """Config names of ``group`` under one Hydra search-path entry (pkg:// or file://)."""
     if entry.startswith("pkg://"):
         try:
-            folder: Any = resources.files(entry[len("pkg://"):]).joinpath(group)
+            folder: Any = resources.files(entry[len("pkg://") :]).joinpath(group)
         except ModuleNotFoundError:
             return set()
     else:
-        folder = Path(entry[len("file://"):] if entry.startswith("file://") else entry) / group
+        folder = Path(entry[len("file://") :] if entry.startswith("file://") else entry) / group
     if not folder.is_dir():
         return set()
     return {item.name[: -len(".yaml")] for item in folder.iterdir() if item.name.endswith(".yaml")}
@@ -114,8 +114,7 @@ def compose(overrides: list[str], searchpath: list[str], hydra_config: bool = Fa
     from omegaconf import open_dict
 
     with stages.timed("compose"):
-        cfg = hydra_compose(config_name="config", overrides=[*normalise(overrides), *searchpath_overrides(searchpath)],
-                            return_hydra_config=hydra_config)
+        cfg = hydra_compose(config_name="config", overrides=[*normalise(overrides), *searchpath_overrides(searchpath)], return_hydra_config=hydra_config)
         if hydra_config:
             HydraConfig.instance().set_config(cfg)
             with open_dict(cfg):

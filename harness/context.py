@@ -68,8 +68,9 @@ class RunContext:
         if key not in self._model_cache:
             if key == "auto":
                 if self.auto_checkpoint is None:
-                    raise HarnessError("checkpoint 'auto' was not resolved before the scenario ran",
-                                       "declare the option in the scenario kind's checkpoint_options")
+                    raise HarnessError(
+                        "checkpoint 'auto' was not resolved before the scenario ran", "declare the option in the scenario kind's checkpoint_options"
+                    )
                 folder: Path | None = self.auto_checkpoint
             else:
                 folder = checkpoint_folder(key) if key else None
@@ -84,8 +85,9 @@ class RunContext:
         if self.backend.capabilities().training:
             return self.backend
         if self.find_trainer is None:
-            raise Unsupported(f"backend '{self.backend.name}' cannot train and no other trainer was offered",
-                              "use a backend that declares training, e.g. backend=pytorch")
+            raise Unsupported(
+                f"backend '{self.backend.name}' cannot train and no other trainer was offered", "use a backend that declares training, e.g. backend=pytorch"
+            )
         return self.find_trainer()
 
     def load_data(self, seq_len: int | None = None, tokenizer: Any = None) -> TaskData:
@@ -110,27 +112,23 @@ class RunContext:
         if "onnx" in formats and ("torch" not in formats or formats.index("onnx") < formats.index("torch")):
             with stages.timed("export"):
                 result = export_onnx(model, data.sample_batch(2), self.cache_root, on_status=self.status)
-            artifact = Artifact(model.name, model.input_names, model.output_names, onnx_path=result.path, meta=meta,
-                                workspace=self.workspace)
+            artifact = Artifact(model.name, model.input_names, model.output_names, onnx_path=result.path, meta=meta, workspace=self.workspace)
             return artifact, {"export": result.metrics()}
         if "torch" in formats:
-            artifact = Artifact(model.name, model.input_names, model.output_names, module=model.module, meta=meta,
-                                workspace=self.workspace)
+            artifact = Artifact(model.name, model.input_names, model.output_names, module=model.module, meta=meta, workspace=self.workspace)
             return artifact, {}
         raise Unsupported(
             f"backend '{self.backend.name}' consumes {', '.join(formats)}, which the harness cannot produce",
             "declare 'onnx' or 'torch' in the backend's capabilities().consumes",
         )
 
-    def compressed(self, artifact: Artifact, recipe: Any, data: Any, source_key: str,
-                   batch_size: int = 8) -> tuple[Artifact, dict[str, Any]]:
+    def compressed(self, artifact: Artifact, recipe: Any, data: Any, source_key: str, batch_size: int = 8) -> tuple[Artifact, dict[str, Any]]:
         """``artifact`` compressed by the backend with ``recipe`` (cached), plus stage metrics.
 
         Calibration samples come from ``data``'s train split in batches of ``batch_size``;
         see :func:`harness.compression.pipeline.compress`.
         """
         with stages.timed("compress"):
-            out, metrics = compress(self.backend, artifact, recipe, data, source_key, self.cache_root, self.status,
-                                    batch_size)
+            out, metrics = compress(self.backend, artifact, recipe, data, source_key, self.cache_root, self.status, batch_size)
         meta = {**artifact.meta, **out.meta}  # the run's shapes travel with the compressed model too
         return replace(out, meta=meta, workspace=out.workspace or self.workspace), metrics

@@ -30,20 +30,48 @@ if TYPE_CHECKING:
 
 KINDS = ("sentiment", "digits", "files", "corpus")  # corpus: text for decoder LLMs (harness.generation.corpus)
 FORMATS = ("csv", "tsv", "jsonl", "parquet", "hf_disk")
-_SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl",
-             ".parquet": "parquet", ".pq": "parquet"}
+_SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
 _HF_MARKERS = ("dataset_dict.json", "dataset_info.json")
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
 # The sentiment grammar. Every word here is in the embedded tokenizer's vocabulary.
 _DETERMINERS = ("the", "this", "that")
-_SUBJECTS = ("movie", "film", "plot", "acting", "script", "ending", "cast", "soundtrack",
-             "story", "dialogue", "pacing", "director", "music", "humor", "sequel", "show")
+_SUBJECTS = (
+    "movie",
+    "film",
+    "plot",
+    "acting",
+    "script",
+    "ending",
+    "cast",
+    "soundtrack",
+    "story",
+    "dialogue",
+    "pacing",
+    "director",
+    "music",
+    "humor",
+    "sequel",
+    "show",
+)
 _VERBS = ("was", "is", "seemed", "felt", "looked")
-_POSITIVE = ("good", "great", "excellent", "wonderful", "brilliant", "superb", "delightful",
-             "charming", "enjoyable", "fantastic", "clever", "beautiful", "solid", "fun")
-_NEGATIVE = ("bad", "terrible", "awful", "boring", "dull", "poor", "weak", "horrible",
-             "dreadful", "tedious", "messy", "bland", "clumsy", "annoying")
+_POSITIVE = (
+    "good",
+    "great",
+    "excellent",
+    "wonderful",
+    "brilliant",
+    "superb",
+    "delightful",
+    "charming",
+    "enjoyable",
+    "fantastic",
+    "clever",
+    "beautiful",
+    "solid",
+    "fun",
+)
+_NEGATIVE = ("bad", "terrible", "awful", "boring", "dull", "poor", "weak", "horrible", "dreadful", "tedious", "messy", "bland", "clumsy", "annoying")
 _NEGATORS = ("not", "never", "hardly")
 _INTENSIFIERS = ("very", "really", "extremely", "quite", "truly")
 _PREFIXES = ("honestly ,", "overall ,", "frankly ,", "in my opinion ,", "to be fair ,", "i think")
@@ -128,9 +156,9 @@ class TaskData:
             raise ValueError(f"split must be 'train' or 'eval', not {split!r}")
         return getattr(self, split)
 
-    def batches(self, split: str = "eval", batch_size: int = 8, *, shuffle: bool = False,
-                seed: int = 0, drop_last: bool = False,
-                limit: Optional[int] = None) -> Iterator[dict[str, np.ndarray]]:
+    def batches(
+        self, split: str = "eval", batch_size: int = 8, *, shuffle: bool = False, seed: int = 0, drop_last: bool = False, limit: Optional[int] = None
+    ) -> Iterator[dict[str, np.ndarray]]:
         """Batches of features plus ``labels``; ``limit`` caps the number of examples used."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, not {batch_size}")
@@ -139,7 +167,7 @@ class TaskData:
         order = order[:limit] if limit is not None else order
         stop = len(order) - len(order) % batch_size if drop_last else len(order)
         for start in range(0, stop, batch_size):
-            index = order[start:start + batch_size]
+            index = order[start : start + batch_size]
             yield {**{k: v[index] for k, v in data.features.items()}, "labels": data.labels[index]}
 
     def sample_batch(self, batch_size: int, split: str = "eval") -> dict[str, np.ndarray]:
@@ -174,8 +202,7 @@ def load_dataset(options: DatasetOptions, *, seq_len: int = 128, tokenizer: Any 
 
 def vocabulary() -> list[str]:
     """Special tokens, then every word the sentiment generator can emit, sorted: stable ids."""
-    groups = (_DETERMINERS, _SUBJECTS, _VERBS, _POSITIVE, _NEGATIVE, _NEGATORS, _INTENSIFIERS,
-              _PREFIXES, _SUFFIXES_TEXT, ("but", "and", "."))
+    groups = (_DETERMINERS, _SUBJECTS, _VERBS, _POSITIVE, _NEGATIVE, _NEGATORS, _INTENSIFIERS, _PREFIXES, _SUFFIXES_TEXT, ("but", "and", "."))
     words = {word for group in groups for phrase in group for word in phrase.split()}
     return [*SPECIAL_TOKENS, *sorted(words)]
 
@@ -193,17 +220,19 @@ def embedded_tokenizer() -> "PreTrainedTokenizerFast":
     core.normalizer = normalizers.BertNormalizer(lowercase=True)
     core.pre_tokenizer = pre_tokenizers.Whitespace()
     core.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])]
+    )
     return PreTrainedTokenizerFast(
-        tokenizer_object=core, model_max_length=512, pad_token="[PAD]", unk_token="[UNK]",
-        cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+        tokenizer_object=core, model_max_length=512, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]"
+    )
 
 
 # --- sentiment -------------------------------------------------------------------------
 
+
 def _clause(rng: np.random.Generator, label: int) -> list[str]:
-    """"<det> <subject> <verb> [negator] [intensifier] <adjective>" with sentiment ``label``."""
+    """ "<det> <subject> <verb> [negator] [intensifier] <adjective>" with sentiment ``label``."""
+
     def pick(words: tuple[str, ...]) -> str:
         return words[rng.integers(len(words))]
 
@@ -242,15 +271,15 @@ def _load_sentiment(options: DatasetOptions, seq_len: int, tokenizer: Any) -> Ta
             if text not in seen:
                 break
         else:
-            raise ConfigError("the sentiment generator ran out of distinct sentences",
-                              "lower dataset.train_size or dataset.eval_size")
+            raise ConfigError("the sentiment generator ran out of distinct sentences", "lower dataset.train_size or dataset.eval_size")
         seen.add(text)
         texts.append(text)
-    frames = (texts[:options.train_size], texts[options.train_size:])
+    frames = (texts[: options.train_size], texts[options.train_size :])
     return _text_task(frames, labels, ["negative", "positive"], seq_len, tokenizer)
 
 
 # --- digits ----------------------------------------------------------------------------
+
 
 def _load_digits(options: DatasetOptions, seq_len: int, tokenizer: Any) -> TaskData:
     """Stratified 75/25 split, standardised with train statistics, resized bilinearly."""
@@ -261,8 +290,8 @@ def _load_digits(options: DatasetOptions, seq_len: int, tokenizer: Any) -> TaskD
     digits = load_digits()
     images = digits.images.astype(np.float32) / 16.0
     x_train, x_eval, y_train, y_eval = train_test_split(
-        images, digits.target.astype(np.int64), test_size=0.25,
-        random_state=options.seed, stratify=digits.target)
+        images, digits.target.astype(np.int64), test_size=0.25, random_state=options.seed, stratify=digits.target
+    )
     x_train, y_train = _cap(x_train, options.train_size), _cap(y_train, options.train_size)
     x_eval, y_eval = _cap(x_eval, options.eval_size), _cap(y_eval, options.eval_size)
     mean, std = x_train.mean(), x_train.std()
@@ -273,9 +302,15 @@ def _load_digits(options: DatasetOptions, seq_len: int, tokenizer: Any) -> TaskD
         resized = torch.nn.functional.interpolate(tensor, size=size, mode="bilinear", align_corners=False)
         return resized.numpy().astype(np.float32)
 
-    return TaskData("image-classification", 10, [str(i) for i in range(10)], None, None,
-                    Split({"pixel_values": pixels(x_train)}, y_train),
-                    Split({"pixel_values": pixels(x_eval)}, y_eval))
+    return TaskData(
+        "image-classification",
+        10,
+        [str(i) for i in range(10)],
+        None,
+        None,
+        Split({"pixel_values": pixels(x_train)}, y_train),
+        Split({"pixel_values": pixels(x_eval)}, y_eval),
+    )
 
 
 def _cap(array: np.ndarray, size: int) -> np.ndarray:
@@ -293,8 +328,7 @@ _WARNED: set[tuple[str, str]] = set()
 #: Classes of the built-in dataset kinds (``files`` reads them from the data).
 BUILTIN_LABELS = {"sentiment": 2, "digits": 10}
 #: The task each dataset kind poses.
-TASKS = {"sentiment": "text-classification", "digits": "image-classification", "files": "text-classification",
-         "corpus": "causal-lm"}
+TASKS = {"sentiment": "text-classification", "digits": "image-classification", "files": "text-classification", "corpus": "causal-lm"}
 
 
 def _load_files(options: DatasetOptions, seq_len: int, tokenizer: Any) -> TaskData:
@@ -309,8 +343,7 @@ def _load_files(options: DatasetOptions, seq_len: int, tokenizer: Any) -> TaskDa
 def _files_texts_and_labels(options: DatasetOptions) -> tuple[list[list[str]], list[np.ndarray], list[str]]:
     """Texts, encoded labels and label names of both splits of a ``files`` dataset."""
     train, eval_, names = _read_splits(options)
-    frames = [_capped(frame, size, options.seed)
-              for frame, size in ((train, options.train_size), (eval_, options.eval_size))]
+    frames = [_capped(frame, size, options.seed) for frame, size in ((train, options.train_size), (eval_, options.eval_size))]
     texts = [_column(frame, options.text_column, "text").astype(str).tolist() for frame in frames]
     raw = [_column(frame, options.label_column, "label") for frame in frames]
     labels, names = _encode_labels(raw, names, options.remap_labels)
@@ -343,12 +376,12 @@ def check_labels(options: DatasetOptions, num_labels: int, source: str) -> None:
         return
     shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
     if options.kind == "files":
-        fix = (f"model.num_labels={len(names)} (labels must be 0..num_labels-1), or choose data with at most "
-               f"{num_labels} classes")
+        fix = f"model.num_labels={len(names)} (labels must be 0..num_labels-1), or choose data with at most {num_labels} classes"
     else:
         fix = f"model.num_labels={len(names)}, or a dataset with {num_labels} classes"
-    raise ConfigError(f"dataset '{options.name}' has {len(names)} label values ({shown}) but {source} has "
-                      f"num_labels={num_labels}: accuracy would be meaningless", fix)
+    raise ConfigError(
+        f"dataset '{options.name}' has {len(names)} label values ({shown}) but {source} has num_labels={num_labels}: accuracy would be meaningless", fix
+    )
 
 
 def unknown_share(data: TaskData) -> Optional[float]:
@@ -356,8 +389,7 @@ def unknown_share(data: TaskData) -> Optional[float]:
     unk = getattr(data.tokenizer, "unk_token_id", None)
     if unk is None:
         return None
-    special = {i for i in (data.tokenizer.cls_token_id, data.tokenizer.sep_token_id, data.tokenizer.pad_token_id)
-               if i is not None}
+    special = {i for i in (data.tokenizer.cls_token_id, data.tokenizer.sep_token_id, data.tokenizer.pad_token_id) if i is not None}
     words = unknown = 0
     for split in (data.train, data.eval):
         ids, mask = split.features["input_ids"], split.features["attention_mask"].astype(bool)
@@ -387,15 +419,13 @@ def _read_splits(options: DatasetOptions) -> _Frames:
     """Train and eval frames, plus label names when the source declares them."""
     path = Path(options.path or "").expanduser()
     if not path.exists():
-        raise ConfigError(f"dataset.path {path} does not exist",
-                          "point dataset.path at a csv/tsv/jsonl/parquet file or a folder")
+        raise ConfigError(f"dataset.path {path} does not exist", "point dataset.path at a csv/tsv/jsonl/parquet file or a folder")
     is_hf = path.is_dir() and any((path / marker).exists() for marker in _HF_MARKERS)
     if options.format == "hf_disk" or (options.format is None and is_hf):
         return _read_hf_disk(path, options)
     if path.is_file():
         return (*_split_frame(_read_table(path, options.format), options.seed), None)
-    frames = [_read_table(_split_file(path, split, options.format), options.format)
-              for split in (options.train_split, options.eval_split)]
+    frames = [_read_table(_split_file(path, split, options.format), options.format) for split in (options.train_split, options.eval_split)]
     return frames[0], frames[1], None
 
 
@@ -405,8 +435,9 @@ def _split_file(folder: Path, split: str, fmt: Optional[str]) -> Path:
         if (fmt is None or fmt == suffix_format) and (folder / f"{split}{suffix}").is_file():
             return folder / f"{split}{suffix}"
     present = ", ".join(sorted(p.name for p in folder.iterdir())) or "nothing"
-    raise ConfigError(f"no {split}.<csv|tsv|jsonl|parquet> file in {folder} (found: {present})",
-                      "name the files after dataset.train_split/eval_split or point at one file")
+    raise ConfigError(
+        f"no {split}.<csv|tsv|jsonl|parquet> file in {folder} (found: {present})", "name the files after dataset.train_split/eval_split or point at one file"
+    )
 
 
 def _read_table(path: Path, fmt: Optional[str]) -> "pd.DataFrame":
@@ -420,14 +451,12 @@ def _read_table(path: Path, fmt: Optional[str]) -> "pd.DataFrame":
         "parquet": pd.read_parquet,
     }
     if fmt not in readers:
-        raise ConfigError(f"cannot tell the format of {path}",
-                          "use a .csv/.tsv/.jsonl/.parquet suffix or set dataset.format")
+        raise ConfigError(f"cannot tell the format of {path}", "use a .csv/.tsv/.jsonl/.parquet suffix or set dataset.format")
     try:
         frame = readers[fmt](path)
     except (ValueError, OSError) as exc:  # pandas, pyarrow and decoders all raise these
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ConfigError(f"cannot read {path} as {fmt}: {reason}",
-                          "check the file is complete and dataset.format is right") from exc
+        raise ConfigError(f"cannot read {path} as {fmt}: {reason}", "check the file is complete and dataset.format is right") from exc
     if frame.empty:
         raise ConfigError(f"{path} has no rows", "point dataset.path at a file with data")
     return frame
@@ -437,14 +466,12 @@ def _read_hf_disk(path: Path, options: DatasetOptions) -> _Frames:
     try:
         import datasets
     except ImportError:
-        raise ConfigError(f"{path} is a Hugging Face save_to_disk folder but `datasets` is not installed",
-                          "pip install datasets") from None
+        raise ConfigError(f"{path} is a Hugging Face save_to_disk folder but `datasets` is not installed", "pip install datasets") from None
     loaded = datasets.load_from_disk(str(path))
     if isinstance(loaded, datasets.DatasetDict):
         missing = [s for s in (options.train_split, options.eval_split) if s not in loaded]
         if missing:
-            raise ConfigError(f"{path} has no split {missing[0]!r} (splits: {', '.join(loaded)})",
-                              "set dataset.train_split and dataset.eval_split")
+            raise ConfigError(f"{path} has no split {missing[0]!r} (splits: {', '.join(loaded)})", "set dataset.train_split and dataset.eval_split")
         features = loaded[options.train_split].features
         train, eval_ = (loaded[s].to_pandas() for s in (options.train_split, options.eval_split))
     else:
@@ -456,8 +483,7 @@ def _read_hf_disk(path: Path, options: DatasetOptions) -> _Frames:
 def _split_frame(frame: "pd.DataFrame", seed: int) -> tuple["pd.DataFrame", "pd.DataFrame"]:
     """A deterministic 80/20 split of one table; rows keep their file order."""
     if len(frame) < 2:
-        raise ConfigError("a single dataset file needs at least 2 rows to split into train and eval",
-                          "add rows or give a folder with train and eval files")
+        raise ConfigError("a single dataset file needs at least 2 rows to split into train and eval", "add rows or give a folder with train and eval files")
     order = np.random.default_rng(seed).permutation(len(frame))
     n_eval = max(1, round(0.2 * len(frame)))
     return frame.iloc[np.sort(order[n_eval:])], frame.iloc[np.sort(order[:n_eval])]
@@ -473,17 +499,14 @@ def _capped(frame: "pd.DataFrame", size: int, seed: int) -> "pd.DataFrame":
 def _column(frame: "pd.DataFrame", name: str, role: str) -> "pd.Series":
     if name not in frame.columns:
         columns = ", ".join(map(str, frame.columns))
-        raise ConfigError(f"{role} column {name!r} not found (columns: {columns})",
-                          f"set dataset.{role}_column to one of them")
+        raise ConfigError(f"{role} column {name!r} not found (columns: {columns})", f"set dataset.{role}_column to one of them")
     column = frame[name]
     if column.isna().any():
-        raise ConfigError(f"{role} column {name!r} has {int(column.isna().sum())} missing values",
-                          "drop or fill those rows")
+        raise ConfigError(f"{role} column {name!r} has {int(column.isna().sum())} missing values", "drop or fill those rows")
     return column
 
 
-def _encode_labels(raw: list["pd.Series"], names: Optional[list[str]], remap: bool = False
-                   ) -> tuple[list[np.ndarray], list[str]]:
+def _encode_labels(raw: list["pd.Series"], names: Optional[list[str]], remap: bool = False) -> tuple[list[np.ndarray], list[str]]:
     """Labels as ids 0..K-1 and their names.
 
     Non-negative integers stay as they are (class ``i`` is id ``i``); strings map to
@@ -500,8 +523,9 @@ def _encode_labels(raw: list["pd.Series"], names: Optional[list[str]], remap: bo
     values = pd.concat(raw, ignore_index=True)
     if names is not None:
         if values.min() < 0 or values.max() >= len(names):
-            raise ConfigError(f"labels outside 0..{len(names) - 1} (e.g. -1 in an unlabelled test split)",
-                              "pick labelled splits with dataset.train_split/eval_split")
+            raise ConfigError(
+                f"labels outside 0..{len(names) - 1} (e.g. -1 in an unlabelled test split)", "pick labelled splits with dataset.train_split/eval_split"
+            )
         return [series.to_numpy(np.int64) for series in raw], list(names)
     if numeric and not remap:
         if values.min() < 0:
@@ -517,20 +541,18 @@ def _encode_labels(raw: list["pd.Series"], names: Optional[list[str]], remap: bo
 
 # --- shared ----------------------------------------------------------------------------
 
-def _text_task(texts: Sequence[list[str]], labels: Sequence[np.ndarray],
-               names: list[str], seq_len: int, tokenizer: Any) -> TaskData:
+
+def _text_task(texts: Sequence[list[str]], labels: Sequence[np.ndarray], names: list[str], seq_len: int, tokenizer: Any) -> TaskData:
     tokenizer = tokenizer if tokenizer is not None else embedded_tokenizer()
     if tokenizer.pad_token is None:
         raise ConfigError("the tokenizer has no padding token", "set tokenizer.pad_token or use another")
-    splits = [Split(_encode(tokenizer, t, seq_len), np.asarray(y, dtype=np.int64), list(t))
-              for t, y in zip(texts, labels)]
+    splits = [Split(_encode(tokenizer, t, seq_len), np.asarray(y, dtype=np.int64), list(t)) for t, y in zip(texts, labels)]
     return TaskData("text-classification", len(names), names, tokenizer, seq_len, *splits)  # type: ignore[arg-type]
 
 
 def _encode(tokenizer: Any, texts: list[str], seq_len: int) -> dict[str, np.ndarray]:
     """``input_ids`` and ``attention_mask``, padded and truncated to exactly ``seq_len``."""
-    encoded = tokenizer(texts, padding="max_length", truncation=True, max_length=seq_len,
-                        return_tensors="np")
+    encoded = tokenizer(texts, padding="max_length", truncation=True, max_length=seq_len, return_tensors="np")
     return {key: np.asarray(encoded[key], dtype=np.int64) for key in ("input_ids", "attention_mask")}
 
 
@@ -553,13 +575,18 @@ def _load_corpus(options: DatasetOptions, seq_len: int, tokenizer: Any) -> TaskD
     for name, documents in (("train", text.train), ("eval", text.eval)):
         stream = token_stream(tokenizer, documents)
         if len(stream) < seq_len:
-            raise ConfigError(f"the corpus's {name} split has {len(stream)} tokens, fewer than one window of {seq_len}",
-                              f"raise dataset.{name}_size or lower scenario.seq_len")
+            raise ConfigError(
+                f"the corpus's {name} split has {len(stream)} tokens, fewer than one window of {seq_len}",
+                f"raise dataset.{name}_size or lower scenario.seq_len",
+            )
         ids = windows(stream, seq_len, len(stream))
         splits[name] = Split({"input_ids": ids, "attention_mask": np.ones_like(ids)}, ids)
     return TaskData("causal-lm", 0, [], tokenizer, seq_len, splits["train"], splits["eval"])
 
 
 _LOADERS: dict[str, Callable[[DatasetOptions, int, Any], TaskData]] = {
-    "sentiment": _load_sentiment, "digits": _load_digits, "files": _load_files, "corpus": _load_corpus,
+    "sentiment": _load_sentiment,
+    "digits": _load_digits,
+    "files": _load_files,
+    "corpus": _load_corpus,
 }

@@ -18,8 +18,7 @@ from typing import Any, Optional
 from harness import records
 
 
-def write_record(record: dict[str, Any], results_dir: str | os.PathLike[str],
-                 cache_dir: Optional[str] = None) -> tuple[Path, Optional[str]]:
+def write_record(record: dict[str, Any], results_dir: str | os.PathLike[str], cache_dir: Optional[str] = None) -> tuple[Path, Optional[str]]:
     """Write ``record`` (atomically, :func:`harness.records.write`) and return
     ``(path, problem)``: ``problem`` is None when it went to ``results_dir``, else one line
     saying why not. Raises the original ``OSError`` only if every place failed."""

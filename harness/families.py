@@ -89,24 +89,59 @@ class ModelFamily:
 
 #: transformers' ``BertConfig`` defaults for the keys the checks read (a test keeps them
 #: equal to the library's), so a model config that leaves one out is checked too.
-BERT_DEFAULTS = {"vocab_size": 30522, "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
-                 "intermediate_size": 3072, "max_position_embeddings": 512}
+BERT_DEFAULTS = {
+    "vocab_size": 30522,
+    "hidden_size": 768,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "intermediate_size": 3072,
+    "max_position_embeddings": 512,
+}
 
 TEXT = ("input_ids", "attention_mask")
 
 FAMILIES: dict[str, ModelFamily] = {
     "bert": ModelFamily(
-        "bert", "classifier", "BertConfig", "BertForSequenceClassification", "AutoModelForSequenceClassification",
-        TEXT, frozenset({"text-classification"}), checks=("heads", "positions"), config_defaults=BERT_DEFAULTS,
-        memory=_bert_memory, train_recipe="bert_train", compression_type="transformer"),
+        "bert",
+        "classifier",
+        "BertConfig",
+        "BertForSequenceClassification",
+        "AutoModelForSequenceClassification",
+        TEXT,
+        frozenset({"text-classification"}),
+        checks=("heads", "positions"),
+        config_defaults=BERT_DEFAULTS,
+        memory=_bert_memory,
+        train_recipe="bert_train",
+        compression_type="transformer",
+    ),
     "resnet": ModelFamily(
-        "resnet", "classifier", "ResNetConfig", "ResNetForImageClassification", "AutoModelForImageClassification",
-        ("pixel_values",), frozenset({"image-classification"}), memory=_resnet_memory, train_recipe="resnet_train",
-        compression_type="cnn", tokenizer=False),
-    **{name: ModelFamily(
-        name, "decoder", decoder.config_class, decoder.model_class, "AutoModelForCausalLM", TEXT,
-        frozenset({"causal-lm"}), train_recipe="llm_train", takes_num_labels=False)
-       for name, decoder in DECODER_FAMILIES.items()},
+        "resnet",
+        "classifier",
+        "ResNetConfig",
+        "ResNetForImageClassification",
+        "AutoModelForImageClassification",
+        ("pixel_values",),
+        frozenset({"image-classification"}),
+        memory=_resnet_memory,
+        train_recipe="resnet_train",
+        compression_type="cnn",
+        tokenizer=False,
+    ),
+    **{
+        name: ModelFamily(
+            name,
+            "decoder",
+            decoder.config_class,
+            decoder.model_class,
+            "AutoModelForCausalLM",
+            TEXT,
+            frozenset({"causal-lm"}),
+            train_recipe="llm_train",
+            takes_num_labels=False,
+        )
+        for name, decoder in DECODER_FAMILIES.items()
+    },
 }
 
 

@@ -60,8 +60,28 @@ from harness.errors import ConfigError, HarnessError
 LOCK_NAME = "measure.lock"
 #: Filesystems on which ``flock`` is not a host-local lock.
 NETWORK_FILESYSTEMS = frozenset(
-    {"nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "gpfs", "beegfs", "ceph", "fuse.glusterfs",
-     "glusterfs", "fuse.sshfs", "9p", "afs", "ocfs2", "gfs2", "fuse.juicefs", "fuse.s3fs", "panfs", "wekafs"}
+    {
+        "nfs",
+        "nfs4",
+        "cifs",
+        "smb3",
+        "smbfs",
+        "lustre",
+        "gpfs",
+        "beegfs",
+        "ceph",
+        "fuse.glusterfs",
+        "glusterfs",
+        "fuse.sshfs",
+        "9p",
+        "afs",
+        "ocfs2",
+        "gfs2",
+        "fuse.juicefs",
+        "fuse.s3fs",
+        "panfs",
+        "wekafs",
+    }
 )
 #: Seconds between attempts when a timeout bounds the wait (blocking flock has none).
 _POLL_S = 0.2
@@ -190,18 +210,20 @@ def _private_folder(folder: Path) -> None:
         except FileExistsError:
             pass
         except OSError as exc:
-            raise ConfigError(f"cannot create the host lock folder {path}: {exc.strerror}",
-                              "export HARNESS_LOCK_DIR=<a folder this user can write>") from None
+            raise ConfigError(f"cannot create the host lock folder {path}: {exc.strerror}", "export HARNESS_LOCK_DIR=<a folder this user can write>") from None
     info = os.lstat(folder)
     if not stat.S_ISDIR(info.st_mode):
-        raise ConfigError(f"host lock folder {folder} is not a folder (a symlink or file is in the way)",
-                          f"remove {folder}, or export HARNESS_LOCK_DIR=<a folder of your own>")
+        raise ConfigError(
+            f"host lock folder {folder} is not a folder (a symlink or file is in the way)",
+            f"remove {folder}, or export HARNESS_LOCK_DIR=<a folder of your own>",
+        )
     # The folder must be ours alone; its parent too (whoever may rename entries there could
     # swap the folder for another), unless it is root's or a sticky folder such as /tmp.
     parent = os.stat(folder.parent)
-    checks = ((folder, info, info.st_uid == os.getuid() and not info.st_mode & 0o022),
-              (folder.parent, parent, parent.st_uid in (os.getuid(), 0)
-               and (not parent.st_mode & 0o022 or bool(parent.st_mode & stat.S_ISVTX))))
+    checks = (
+        (folder, info, info.st_uid == os.getuid() and not info.st_mode & 0o022),
+        (folder.parent, parent, parent.st_uid in (os.getuid(), 0) and (not parent.st_mode & 0o022 or bool(parent.st_mode & stat.S_ISVTX))),
+    )
     for path, entry, safe in checks:
         if not safe:
             raise ConfigError(
@@ -225,8 +247,9 @@ def _open_lock_file(path: Path, private: bool) -> int:
         try:
             folder.mkdir(parents=True, mode=0o700, exist_ok=True)
         except OSError as exc:
-            raise ConfigError(f"cannot create the host lock folder {folder}: {exc.strerror}",
-                              "export HARNESS_LOCK_DIR=<a folder this user can write>") from None
+            raise ConfigError(
+                f"cannot create the host lock folder {folder}: {exc.strerror}", "export HARNESS_LOCK_DIR=<a folder this user can write>"
+            ) from None
     check_host_local(folder)
     flags = os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
     try:
@@ -237,8 +260,7 @@ def _open_lock_file(path: Path, private: bool) -> int:
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise ConfigError(
-                f"host lock file {path} is a symlink: refusing to follow it (someone may be trying to make "
-                "harness write to another file)",
+                f"host lock file {path} is a symlink: refusing to follow it (someone may be trying to make harness write to another file)",
                 f"remove {path}, or export HARNESS_LOCK_DIR=<a folder of your own>",
             ) from None
         raise ConfigError(
@@ -249,8 +271,7 @@ def _open_lock_file(path: Path, private: bool) -> int:
     if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
         os.close(fd)
         what = "not a regular file" if not stat.S_ISREG(info.st_mode) else f"a file with {info.st_nlink} hard links"
-        raise ConfigError(f"host lock file {path} is {what}: refusing to use it",
-                          f"remove {path}, or export HARNESS_LOCK_DIR=<a folder of your own>")
+        raise ConfigError(f"host lock file {path} is {what}: refusing to use it", f"remove {path}, or export HARNESS_LOCK_DIR=<a folder of your own>")
     os.set_blocking(fd, True)
     return fd
 
@@ -405,8 +426,7 @@ def _wait(fd: int, target: Path, timeout_s: float | None, start: float, group: s
             return holder
         if deadline is not None and time.monotonic() >= deadline:
             raise LockTimeout(
-                f"another run held the host measurement lock {target} for more than {timeout_s:g} s "
-                f"(now: {_describe(_holder(fd))})",
+                f"another run held the host measurement lock {target} for more than {timeout_s:g} s (now: {_describe(_holder(fd))})",
                 "wait for it to finish, raise the lock timeout, or give each job its own node (sbatch --exclusive)",
             )
         time.sleep(_POLL_S if deadline is None else min(_POLL_S, max(0.0, deadline - time.monotonic())))

@@ -148,8 +148,8 @@ def content_digest(path: str | os.PathLike[str]) -> str:
     if not root.exists():
         raise FileNotFoundError(f"no such file or folder: {root}")
     digest = hashlib.sha256()
-    files = [root] if root.is_file() else sorted(
-        p for p in root.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    files = (
+        [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts))
     )
     for file in files:
         name = file.name if file == root else file.relative_to(root).as_posix()

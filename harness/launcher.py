@@ -88,8 +88,11 @@ class LauncherOptions:
 
     def __post_init__(self) -> None:
         choice(self.isolation, ISOLATIONS, "isolation")
-        require(not (self.reuse_worker and self.isolation != "process"), "reuse_worker",
-                f"runs jobs in a worker process, so it needs isolation=process (got isolation={self.isolation})")
+        require(
+            not (self.reuse_worker and self.isolation != "process"),
+            "reuse_worker",
+            f"runs jobs in a worker process, so it needs isolation=process (got isolation={self.isolation})",
+        )
         require(self.timeout_s is None or self.timeout_s > 0, "timeout_s", f"must be > 0 seconds or null, got {self.timeout_s}")
         require(
             self.memory_limit_mb is None or self.memory_limit_mb >= 64,
@@ -129,8 +132,7 @@ def launch(
     try:
         with gate:
             if options.isolation == "inline":
-                record = execute(spec, plugins, status=status, progress=progress, after_probe=gate.acquire,
-                                 record=copy.deepcopy(base))
+                record = execute(spec, plugins, status=status, progress=progress, after_probe=gate.acquire, record=copy.deepcopy(base))
                 record["launcher"] = {"isolation": "inline", "wall_s": round(time.monotonic() - started - gate.waited_s, 3)}
             else:
                 record = _run_in_child(spec, plugins, options, status, gate, base)
@@ -153,8 +155,7 @@ def _mark_interrupted(record: dict[str, Any], exc: BaseException, stage: str) ->
     """Turn ``record`` into the record of a run stopped by a signal to the CLI."""
     name = getattr(exc, "name", "SIGINT")
     record["status"] = "interrupted"
-    record["reason"] = (f"interrupted by {name} during: {stage} (fix: run the same command again; "
-                        "a -m sweep skips the jobs that already have an ok record)")
+    record["reason"] = f"interrupted by {name} during: {stage} (fix: run the same command again; a -m sweep skips the jobs that already have an ok record)"
     record.setdefault("error", {})["type"] = "Interrupted"
 
 
@@ -177,9 +178,9 @@ class _LockGate:
         from harness.hostlock import measurement_lock
 
         if self.lock is None:
-            self.lock = self.stack.enter_context(measurement_lock(
-                enabled=self.options.host_lock, timeout_s=self.options.host_lock_timeout_s,
-                on_wait=self.on_wait, group=self.group))
+            self.lock = self.stack.enter_context(
+                measurement_lock(enabled=self.options.host_lock, timeout_s=self.options.host_lock_timeout_s, on_wait=self.on_wait, group=self.group)
+            )
 
     @property
     def waited_s(self) -> float:
@@ -371,8 +372,9 @@ def _worker_for(spec: RunSpec, options: LauncherOptions, tty: bool) -> _Worker:
     return _reused
 
 
-def _run_in_child(spec: RunSpec, plugins: Plugins, options: LauncherOptions, status: Callable[[str], None],
-                  gate: _LockGate, record: dict[str, Any]) -> dict[str, Any]:
+def _run_in_child(
+    spec: RunSpec, plugins: Plugins, options: LauncherOptions, status: Callable[[str], None], gate: _LockGate, record: dict[str, Any]
+) -> dict[str, Any]:
     global _reused
     # The child's stage clock starts at this moment (``spawn``; ``dispatch`` for a reused
     # worker) and comes back with its record; until then the parent charges nothing, so a
@@ -498,8 +500,7 @@ def _run_in_child(spec: RunSpec, plugins: Plugins, options: LauncherOptions, sta
         if name in _STOP_SIGNALS:  # a scheduler or a user stopped the run process itself
             record["status"] = "interrupted"
             record["error"]["type"] = "Interrupted"
-            record["reason"] = (f"run process was stopped by {name} from outside{where} "
-                                "(fix: run the same command again; a -m sweep skips the jobs already ok)")
+            record["reason"] = f"run process was stopped by {name} from outside{where} (fix: run the same command again; a -m sweep skips the jobs already ok)"
             return record
         record["reason"] = (
             f"run process died from {name} ({description}){where}: {hint} "
@@ -600,8 +601,9 @@ def _child_progress(label: str, count: int, elapsed_s: float) -> None:
     sys.stderr.flush()
 
 
-def _child_main(memory_limit_mb: int | None, result: Connection, err: Connection, go: Connection, jobs: Connection,
-                parent_pid: int, tty: bool, spawned_at: float) -> None:
+def _child_main(
+    memory_limit_mb: int | None, result: Connection, err: Connection, go: Connection, jobs: Connection, parent_pid: int, tty: bool, spawned_at: float
+) -> None:
     """Entry point of the run process: execute each job the parent sends, send back its record.
 
     A job is ``(spec, record, sent_at)``; the process runs jobs until the parent closes
@@ -659,9 +661,15 @@ def _child_main(memory_limit_mb: int | None, result: Connection, err: Connection
             if clock is None:  # a later job of a reused worker
                 clock = stages.start("dispatch", at=sent_at)
             clock.switch("run")
-            record = execute(spec, loaded, status=stage, progress=_child_progress if tty else None,
-                             on_stage=lambda message: result.send(("stage", message)), after_probe=wait_for_lock,
-                             record=record)
+            record = execute(
+                spec,
+                loaded,
+                status=stage,
+                progress=_child_progress if tty else None,
+                on_stage=lambda message: result.send(("stage", message)),
+                after_probe=wait_for_lock,
+                record=record,
+            )
             if tty:
                 sys.stderr.write("\r\033[K")
             result.send(("stages", {"durations": clock.snapshot(), "until": clock.until}))

@@ -157,9 +157,7 @@ def server_metrics(call: Callable[[], Any], options: Any, capacity_qps: float) -
     result = run_server(call, target, options.latency_bound_ms, options.queries, seed=options.seed)
     out: dict[str, Any] = {"result": "VALID" if result.valid else "INVALID", **result.as_dict()}
     if options.search:
-        best, trials = find_max_qps(
-            call, options.latency_bound_ms, capacity_qps / 20, capacity_qps * 1.2, options.queries, steps=6, seed=options.seed
-        )
+        best, trials = find_max_qps(call, options.latency_bound_ms, capacity_qps / 20, capacity_qps * 1.2, options.queries, steps=6, seed=options.seed)
         out["max_valid_qps"] = best
         out["search"] = [{"qps": t.target_qps, "valid": t.valid, "p99_ms": t.latency_at_percentile_ms} for t in trials]
     return out

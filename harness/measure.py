@@ -58,8 +58,7 @@ def measure(
         return _timed_loop(timer, run, inputs, plan, on_progress, warmup_ms)
 
 
-def _timed_loop(timer: Any, run: Any, inputs: Any, plan: MeasurePlan, on_progress: Callable[[int, float], None] | None,
-                warmup_ms: list[float]) -> Measurement:
+def _timed_loop(timer: Any, run: Any, inputs: Any, plan: MeasurePlan, on_progress: Callable[[int, float], None] | None, warmup_ms: list[float]) -> Measurement:
     """The measured calls: nothing per iteration but the timer, one append and the stop test."""
     samples: list[float] = []
     append = samples.append

@@ -129,11 +129,12 @@ def folder_config(folder: str | os.PathLike[str]) -> dict[str, Any]:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         detail = " ".join(str(exc).split())[:120]
-        raise ConfigError(f"{path} is not valid JSON ({detail}): the checkpoint is truncated or damaged",
-                          "re-save the model with save_pretrained, or restore config.json from the original") from None
+        raise ConfigError(
+            f"{path} is not valid JSON ({detail}): the checkpoint is truncated or damaged",
+            "re-save the model with save_pretrained, or restore config.json from the original",
+        ) from None
     if not isinstance(config, dict):
-        raise ConfigError(f"{path} holds a JSON {type(config).__name__}, not a model config object",
-                          "re-save the model with save_pretrained")
+        raise ConfigError(f"{path} holds a JSON {type(config).__name__}, not a model config object", "re-save the model with save_pretrained")
     return config
 
 
@@ -172,8 +173,10 @@ def check_folder(folder: str | os.PathLike[str], family: str) -> dict[str, Any]:
         shapes.update(_safetensors_shapes(path))
     problem = _shape_problem(family, config, shapes)
     if problem:
-        raise ConfigError(f"checkpoint '{folder}' has weights that do not match its config.json: {problem}",
-                          "use the config.json saved together with these weights (save_pretrained writes both)")
+        raise ConfigError(
+            f"checkpoint '{folder}' has weights that do not match its config.json: {problem}",
+            "use the config.json saved together with these weights (save_pretrained writes both)",
+        )
     return config
 
 
@@ -182,19 +185,22 @@ def _safetensors_shapes(path: Path) -> dict[str, list[int]]:
     from safetensors import SafetensorError, safe_open
 
     if path.stat().st_size == 0:
-        raise ConfigError(f"weights file {path} is empty (0 bytes): the checkpoint was not saved completely",
-                          "re-save the model with save_pretrained, or copy the file again")
+        raise ConfigError(
+            f"weights file {path} is empty (0 bytes): the checkpoint was not saved completely", "re-save the model with save_pretrained, or copy the file again"
+        )
     try:
         with safe_open(str(path), framework="numpy") as handle:
             return {name: list(handle.get_slice(name).get_shape()) for name in handle.keys()}
     except (SafetensorError, OSError, ValueError) as exc:
         detail = " ".join(str(exc).split())[:160]
-        raise ConfigError(f"weights file {path} is not a complete safetensors file ({detail})",
-                          "re-save the model with save_pretrained, or copy the file again") from None
+        raise ConfigError(
+            f"weights file {path} is not a complete safetensors file ({detail})", "re-save the model with save_pretrained, or copy the file again"
+        ) from None
 
 
 def _shape_problem(family: str, config: dict[str, Any], shapes: dict[str, list[int]]) -> Optional[str]:
     """The first disagreement between a config and the weight shapes, as one phrase."""
+
     def get(key: str) -> Any:
         return config.get(key, family_of(family).config_defaults.get(key))
 
@@ -203,8 +209,7 @@ def _shape_problem(family: str, config: dict[str, Any], shapes: dict[str, list[i
         hidden = get("hidden_size")
         expected = {
             "embeddings.word_embeddings.weight": ([get("vocab_size"), hidden], "vocab_size, hidden_size"),
-            "embeddings.position_embeddings.weight": ([get("max_position_embeddings"), hidden],
-                                                      "max_position_embeddings, hidden_size"),
+            "embeddings.position_embeddings.weight": ([get("max_position_embeddings"), hidden], "max_position_embeddings, hidden_size"),
             "encoder.layer.0.intermediate.dense.weight": ([get("intermediate_size"), hidden], "intermediate_size, hidden_size"),
             "classifier.weight": ([labels, hidden], "num_labels, hidden_size"),
         }
@@ -214,8 +219,7 @@ def _shape_problem(family: str, config: dict[str, Any], shapes: dict[str, list[i
     elif family == "resnet":
         sizes = config.get("hidden_sizes") or [None]
         expected = {
-            "embedder.embedder.convolution.weight": ([config.get("embedding_size"), config.get("num_channels")],
-                                                     "embedding_size, num_channels"),
+            "embedder.embedder.convolution.weight": ([config.get("embedding_size"), config.get("num_channels")], "embedding_size, num_channels"),
             "classifier.1.weight": ([labels, sizes[-1]], "num_labels, hidden_sizes[-1]"),
         }
     else:  # decoders: a mismatch surfaces when the weights load (a config error there too)
@@ -240,12 +244,15 @@ def _from_folder(path: str, options: ModelOptions) -> tuple[Any, str, Any]:
         model, info = auto.from_pretrained(folder, local_files_only=True, use_safetensors=True, output_loading_info=True)
     except (OSError, ValueError, RuntimeError) as exc:  # what from_pretrained raises for a bad folder
         detail = " ".join(str(exc).split())[:200]
-        raise ConfigError(f"cannot load the checkpoint in '{folder}' as a {options.family} model: {detail}",
-                          "check model.family and that config.json and the weights were saved together") from None
+        raise ConfigError(
+            f"cannot load the checkpoint in '{folder}' as a {options.family} model: {detail}",
+            "check model.family and that config.json and the weights were saved together",
+        ) from None
     problem = _loading_problem(info)
     if problem:
-        raise ConfigError(f"checkpoint '{folder}' does not fit its model: {problem}",
-                          "use the config.json saved together with these weights (save_pretrained writes both)")
+        raise ConfigError(
+            f"checkpoint '{folder}' does not fit its model: {problem}", "use the config.json saved together with these weights (save_pretrained writes both)"
+        )
     tokenizer = None
     if family_of(options.family).tokenizer and (folder / "tokenizer.json").is_file():
         tokenizer = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True)

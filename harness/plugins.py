@@ -75,10 +75,7 @@ def _api_problem(module: Any) -> str | None:
         return None
     ours = hookspecs.PLUGIN_API_VERSION.split(".")[0]
     if str(wanted).split(".")[0] not in (ours, *hookspecs.DEPRECATED_API_MAJORS):
-        return (
-            f"it was built for plugin API {wanted}, this harness provides {hookspecs.PLUGIN_API_VERSION}; "
-            "install a plugin release made for this harness"
-        )
+        return f"it was built for plugin API {wanted}, this harness provides {hookspecs.PLUGIN_API_VERSION}; install a plugin release made for this harness"
     return None
 
 
@@ -132,7 +129,8 @@ def load_plugins(extra: Iterable[tuple[str, Any]] = ()) -> Plugins:
                 plugins.deprecations.append(
                     f"warning: plugin '{info.name}' is built for plugin API {declared}, deprecated since "
                     f"{hookspecs.PLUGIN_API_VERSION}; it still works in this release (fix: port it to "
-                    "plugin API 2, docs/plugins.md#10-plugin-api-versioning)")
+                    "plugin API 2, docs/plugins.md#10-plugin-api-versioning)"
+                )
         try:
             manager.register(module, name=info.name)  # raises for a hookimpl whose arguments are not in the spec
             manager.check_pending()  # raises for a hookimpl that matches no spec

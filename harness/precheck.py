@@ -68,9 +68,18 @@ def runs_jobs(parsed: argparse.Namespace | None) -> bool:
     """Whether the command runs jobs (not ``--help``, ``--cfg``, ``--info``...)."""
     if parsed is None:
         return False
-    return not (parsed.help or parsed.hydra_help or parsed.version or parsed.cfg or parsed.info
-                or parsed.shell_completion or parsed.config_path or parsed.config_name or parsed.config_dir
-                or parsed.experimental_rerun)
+    return not (
+        parsed.help
+        or parsed.hydra_help
+        or parsed.version
+        or parsed.cfg
+        or parsed.info
+        or parsed.shell_completion
+        or parsed.config_path
+        or parsed.config_name
+        or parsed.config_dir
+        or parsed.experimental_rerun
+    )
 
 
 def with_overrides(args: list[str], parsed: argparse.Namespace | None, extra: list[str]) -> list[str]:
@@ -245,8 +254,9 @@ class Checked:
     jobs: dict[tuple[str, ...], compose.Job] = field(default_factory=dict)
 
 
-def compose_jobs(jobs: list[list[str]], searchpath: list[str], registry: Optional[Registry],
-                 found: dict[tuple[str, ...], compose.Job], label_jobs: bool = False) -> str | None:
+def compose_jobs(
+    jobs: list[list[str]], searchpath: list[str], registry: Optional[Registry], found: dict[tuple[str, ...], compose.Job], label_jobs: bool = False
+) -> str | None:
     """Compose (and, given the plugin ``registry``, validate) each override list; keep the
     validated jobs in ``found``; return the first problem as one line."""
     from hydra.core.hydra_config import HydraConfig
@@ -285,15 +295,13 @@ def _sweep_base_problem(overrides: list[str], searchpath: list[str]) -> str | No
     )
 
 
-def precheck(args: list[str], searchpath: list[str], options: dict[str, list[str]],
-             registry: Optional[Registry] = None) -> tuple[str | None, int | None]:
+def precheck(args: list[str], searchpath: list[str], options: dict[str, list[str]], registry: Optional[Registry] = None) -> tuple[str | None, int | None]:
     """(one-line problem or None, number of jobs): :func:`check` without the jobs."""
     checked = check(args, searchpath, options, registry)
     return checked.problem, checked.count
 
 
-def check(args: list[str], searchpath: list[str], options: dict[str, list[str]],
-          registry: Optional[Registry] = None) -> Checked:
+def check(args: list[str], searchpath: list[str], options: dict[str, list[str]], registry: Optional[Registry] = None) -> Checked:
     """Check a command line before Hydra runs it.
 
     ``options`` are the config groups' choices (:func:`harness.compose.group_options`);
@@ -310,8 +318,7 @@ def check(args: list[str], searchpath: list[str], options: dict[str, list[str]],
         return Checked()
 
 
-def _check(args: list[str], searchpath: list[str], options: dict[str, list[str]],
-           registry: Optional[Registry]) -> Checked:
+def _check(args: list[str], searchpath: list[str], options: dict[str, list[str]], registry: Optional[Registry]) -> Checked:
     parsed = parse_args(args)
     if not runs_jobs(parsed):
         return Checked()
@@ -323,16 +330,17 @@ def _check(args: list[str], searchpath: list[str], options: dict[str, list[str]]
     found: dict[tuple[str, ...], compose.Job] = {}
     tuning = next((o for o in overrides if o.lstrip("+").startswith(("tune=", "tune@"))), None)
     if not parsed.multirun and tuning:
-        return Checked(f"{tuning} runs a study of many trials, which needs Hydra's multirun "
-                       f"(fix: harness -m {' '.join(args)}; docs/tuning.md)")
+        return Checked(f"{tuning} runs a study of many trials, which needs Hydra's multirun (fix: harness -m {' '.join(args)}; docs/tuning.md)")
     if not parsed.multirun:
         return Checked(compose_jobs([overrides], searchpath, registry, found), 1, found)
     total, limit = count_jobs(overrides, options), max_jobs()
     if isinstance(limit, str):
         return Checked(limit)
     if total is not None and total > limit:
-        return Checked(f"this sweep has {total:,} jobs, more than the {limit:,} allowed without asking "
-                       f"(fix: narrow the sweep, or export {MAX_JOBS_ENV}={total} to run them all)")
+        return Checked(
+            f"this sweep has {total:,} jobs, more than the {limit:,} allowed without asking "
+            f"(fix: narrow the sweep, or export {MAX_JOBS_ENV}={total} to run them all)"
+        )
     custom_sweeper = bool(tuning) or any(o.lstrip("+~").startswith(("hydra/sweeper", "hydra.sweeper")) for o in overrides)
     jobs = sweep_jobs(overrides, options) if not custom_sweeper else [fixed_part(overrides)]
     if isinstance(jobs, str):

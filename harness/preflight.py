@@ -44,8 +44,7 @@ from harness.errors import ConfigError
 from harness.families import family
 
 #: The keys the primary config may have at the top level.
-TOP_LEVEL_KEYS = ("backend", "scenario", "model", "dataset", "results_dir", "cache_dir", "hardware", "overwrite",
-                  "launcher", "tune")
+TOP_LEVEL_KEYS = ("backend", "scenario", "model", "dataset", "results_dir", "cache_dir", "hardware", "overwrite", "launcher", "tune")
 #: Free space below which an output folder counts as full.
 MIN_FREE_BYTES = {"results_dir": 4 * 2**20, "cache_dir": 64 * 2**20}
 #: Bytes of the probe written into each output folder.
@@ -85,8 +84,7 @@ def check_top_level(keys: Iterable[str]) -> None:
             continue
         guess = nearest(str(key), TOP_LEVEL_KEYS)
         hint = f"did you mean {guess}? " if guess else ""
-        raise ConfigError(f"unknown top-level config key '{key}'",
-                          f"{hint}remove +{key}=...; valid top-level keys: {', '.join(TOP_LEVEL_KEYS)}")
+        raise ConfigError(f"unknown top-level config key '{key}'", f"{hint}remove +{key}=...; valid top-level keys: {', '.join(TOP_LEVEL_KEYS)}")
 
 
 # --- outputs ---------------------------------------------------------------------------------------
@@ -128,8 +126,9 @@ def check_writable(folder: Path, key: str) -> None:
             pass
     free = shutil.disk_usage(folder).free
     if free < MIN_FREE_BYTES[key]:
-        raise ConfigError(f"{key} '{folder}' is on a full filesystem ({free / 2**20:.1f} MiB free)",
-                          f"free some space, or {key}=<a folder on another filesystem>")
+        raise ConfigError(
+            f"{key} '{folder}' is on a full filesystem ({free / 2**20:.1f} MiB free)", f"free some space, or {key}=<a folder on another filesystem>"
+        )
 
 
 def _existing_ancestor(path: Path) -> Optional[Path]:
@@ -182,8 +181,7 @@ def _scenario_values(options: Any, suffix: str) -> Iterator[tuple[str, Any]]:
         if dataclasses.is_dataclass(value):
             for key, inner in _scenario_values(value, suffix):
                 yield f"{field.name}.{key}", inner
-        elif (field.name == suffix or field.name.endswith("_" + suffix)) and isinstance(value, int) \
-                and not isinstance(value, bool):
+        elif (field.name == suffix or field.name.endswith("_" + suffix)) and isinstance(value, int) and not isinstance(value, bool):
             yield field.name, value
 
 
@@ -197,17 +195,17 @@ def check_model(spec: Any, model: Optional[tuple[dict[str, Any], str]] = None) -
     hidden, heads = config.get("hidden_size"), config.get("num_attention_heads")
     if isinstance(hidden, int) and isinstance(heads, int) and heads > 0 and hidden % heads:
         lower, upper = hidden - hidden % heads, hidden - hidden % heads + heads
-        raise ConfigError(f"hidden_size={hidden} of {source} is not a multiple of num_attention_heads={heads}",
-                          f"model.config.hidden_size={lower or upper} (or {upper}), or another model.config.num_attention_heads")
+        raise ConfigError(
+            f"hidden_size={hidden} of {source} is not a multiple of num_attention_heads={heads}",
+            f"model.config.hidden_size={lower or upper} (or {upper}), or another model.config.num_attention_heads",
+        )
     positions = config.get("max_position_embeddings")
     if isinstance(positions, int):
         for key, value in _scenario_values(spec.scenario_options, "seq_len"):
             if value > positions:
                 raise ConfigError(
-                    f"scenario.{key}={value} is longer than the {positions} positions of {source} "
-                    "(max_position_embeddings)",
-                    f"scenario.{key}=<at most {positions}>"
-                    + ("" if model_folder(spec.model) else f", or model.config.max_position_embeddings={value}"),
+                    f"scenario.{key}={value} is longer than the {positions} positions of {source} (max_position_embeddings)",
+                    f"scenario.{key}=<at most {positions}>" + ("" if model_folder(spec.model) else f", or model.config.max_position_embeddings={value}"),
                 )
     vocab = config.get("vocab_size")
     if isinstance(vocab, int) and not _has_own_tokenizer(spec.model) and spec.dataset.kind in ("sentiment", "files"):
@@ -215,8 +213,9 @@ def check_model(spec: Any, model: Optional[tuple[dict[str, Any], str]] = None) -
 
         needed = len(vocabulary())
         if vocab < needed:
-            raise ConfigError(f"vocab_size={vocab} of {source} is smaller than the {needed} ids of the embedded tokenizer",
-                              f"model.config.vocab_size=<at least {needed}>")
+            raise ConfigError(
+                f"vocab_size={vocab} of {source} is smaller than the {needed} ids of the embedded tokenizer", f"model.config.vocab_size=<at least {needed}>"
+            )
 
 
 def _has_own_tokenizer(model: Any) -> bool:
@@ -271,10 +270,8 @@ def check_memory(spec: Any, memory_limit_mb: Optional[int], model: Optional[tupl
         per_sample = max(1, memory_lower_bound(spec.model.family, config, 1, seq_len, spec.dataset.image_size) - base)
         fits = max(0, (available - base) // per_sample)
         raise ConfigError(
-            f"scenario.{key}={batch} needs at least {_size(needed)} for {source}, more than the "
-            f"{_size(available)} this run may use",
-            f"scenario.{key}=<well below {fits}: this is a lower bound>" if fits else
-            "a smaller model or a machine with more memory",
+            f"scenario.{key}={batch} needs at least {_size(needed)} for {source}, more than the {_size(available)} this run may use",
+            f"scenario.{key}=<well below {fits}: this is a lower bound>" if fits else "a smaller model or a machine with more memory",
         )
 
 
@@ -295,15 +292,16 @@ def check_dataset(spec: Any, model: Optional[tuple[dict[str, Any], str]] = None)
     from harness.data import TASKS, check_labels
 
     if spec.dataset.kind == "files" and spec.dataset.path and not Path(spec.dataset.path).expanduser().exists():
-        raise ConfigError(f"dataset.path '{spec.dataset.path}' does not exist",
-                          "point dataset.path at a csv/tsv/jsonl/parquet file or a folder")
+        raise ConfigError(f"dataset.path '{spec.dataset.path}' does not exist", "point dataset.path at a csv/tsv/jsonl/parquet file or a folder")
     task = TASKS.get(spec.dataset.kind)
     fits = family(spec.model.family).tasks
     if task is not None and task not in fits:
         wanted = " or ".join(sorted(fits))
         kinds = [f"dataset={kind}" for kind, its in TASKS.items() if its in fits]
-        raise ConfigError(f"model.family={spec.model.family} does {wanted} but dataset '{spec.dataset.name}' "
-                          f"is {task}", f"{' or '.join(kinds) or 'another dataset'}, or a model of the other family")
+        raise ConfigError(
+            f"model.family={spec.model.family} does {wanted} but dataset '{spec.dataset.name}' is {task}",
+            f"{' or '.join(kinds) or 'another dataset'}, or a model of the other family",
+        )
     config, source = model or model_config(spec.model)
     from harness.models import num_labels_of
 
@@ -342,8 +340,7 @@ def bound_threads(spec: Any) -> tuple[Any, list[str]]:
         bounded = field.metadata.get("bounded_by") == "cores"
         if bounded and isinstance(value, int) and not isinstance(value, bool) and value > cores:
             changes[field.name] = cores
-            warnings.append(f"backend.{field.name}={value} is more than the {cores} cores this run may use; "
-                            f"using {cores} (0 lets the library choose)")
+            warnings.append(f"backend.{field.name}={value} is more than the {cores} cores this run may use; using {cores} (0 lets the library choose)")
     if not changes:
         return spec, []
     return dataclasses.replace(spec, backend_options=dataclasses.replace(options, **changes)), warnings  # type: ignore[type-var]

@@ -99,9 +99,11 @@ def _schema_safe(record: dict[str, Any]) -> dict[str, Any]:
             raise
     keys = ", ".join(sorted(record["non_finite"]))
     out = {**record, "status": "failed", "metrics": {}, "rejected_metrics": record.get("metrics") or {}}
-    out["reason"] = (f"non-finite measurement ({keys}) written as null; the run's figures are unusable "
-                     f"(fix: rerun; if it repeats, the backend returns NaN/Infinity: report it)"
-                     + (f"; before: {record['status']}: {record['reason']}" if record.get("reason") else ""))
+    out["reason"] = (
+        f"non-finite measurement ({keys}) written as null; the run's figures are unusable "
+        f"(fix: rerun; if it repeats, the backend returns NaN/Infinity: report it)"
+        + (f"; before: {record['status']}: {record['reason']}" if record.get("reason") else "")
+    )
     return out
 
 

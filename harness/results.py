@@ -77,13 +77,17 @@ CORE_COLUMNS: tuple[str, ...] = (
 
 #: Columns coerced to floats (a record may carry ``null`` for any of them): the common
 #: figures (:data:`harness.columns.COMMON_METRICS`, the one list) and the numeric config keys.
-NUMERIC_COLUMNS: tuple[str, ...] = tuple(dict.fromkeys((
-    "model.size_bytes",
-    "scenario.batch_size",
-    "scenario.seq_len",
-    "hardware.cores",
-    *COMMON_METRICS,
-)))
+NUMERIC_COLUMNS: tuple[str, ...] = tuple(
+    dict.fromkeys(
+        (
+            "model.size_bytes",
+            "scenario.batch_size",
+            "scenario.seq_len",
+            "hardware.cores",
+            *COMMON_METRICS,
+        )
+    )
+)
 
 
 class MalformedRecordWarning(UserWarning):
@@ -209,11 +213,7 @@ def flatten(recs: list[dict[str, Any]], paths: Iterable[PathLike] | None = None)
     frame = frame.drop(columns=list_columns)
     # A section that is null in some records (``hardware.accelerator: null``) leaves an
     # all-null parent column beside its children; the children carry the information.
-    parents = [
-        name
-        for name in frame.columns
-        if frame[name].isna().all() and any(other.startswith(name + ".") for other in frame.columns)
-    ]
+    parents = [name for name in frame.columns if frame[name].isna().all() and any(other.startswith(name + ".") for other in frame.columns)]
     frame = frame.drop(columns=parents)
     absent = [name for name in dict.fromkeys([*CORE_COLUMNS, *NUMERIC_COLUMNS]) if name not in frame.columns]
     frame = pd.concat([frame, pd.DataFrame({name: [None] * len(frame) for name in absent}, index=frame.index)], axis=1)
@@ -240,8 +240,7 @@ def _identity_columns(recs: list[dict[str, Any]], index: pd.Index) -> pd.DataFra
             "identity": [identity.key_of(config) for config in configs],
             "identity.config": [identity.canonical(config) for config in configs],
             "identity.model": [
-                identity.key_of([identity.without(config.get("model") or {}, ["checkpoint", "name"]), config.get("dataset")])
-                for config in configs
+                identity.key_of([identity.without(config.get("model") or {}, ["checkpoint", "name"]), config.get("dataset")]) for config in configs
             ],
             "model.label": [_model_label(record, config) for record, config in zip(recs, configs)],
             "columns": [identity.canonical([c.as_dict() for c in from_record(record)]) for record in recs],
@@ -283,9 +282,7 @@ def machine_names(frame: pd.DataFrame) -> pd.Series:
         return pd.Series([], dtype="object")
     auto = [
         machine_name(cpu, cores, accelerator)
-        for cpu, cores, accelerator in zip(
-            frame["hardware.cpu_model"], frame["hardware.cores"], frame["hardware.accelerator.name"]
-        )
+        for cpu, cores, accelerator in zip(frame["hardware.cpu_model"], frame["hardware.cores"], frame["hardware.accelerator.name"])
     ]
     fingerprints = frame["hardware.fingerprint"].astype("object")
     kinds = pd.DataFrame({"auto": auto, "fingerprint": fingerprints})

@@ -60,8 +60,10 @@ BUDGET_S = 0.3
 MAX_TRIALS = 50
 #: Bumped when the way peaks are measured changes, so cached peaks are re-measured.
 PEAK_METHOD = 3
-METHOD = (f"best of the GEMM libraries present over sizes; per size the best of >= {TRIALS} trials "
-          f"(for {BUDGET_S} s) of two back-to-back calls each (method {PEAK_METHOD})")
+METHOD = (
+    f"best of the GEMM libraries present over sizes; per size the best of >= {TRIALS} trials "
+    f"(for {BUDGET_S} s) of two back-to-back calls each (method {PEAK_METHOD})"
+)
 #: How long a run without the host lock waits for it before giving up on the peak.
 LOCK_WAIT_S = 120.0
 DTYPES = {"fp32": "float32", "tf32": "float32", "bf16": "bfloat16", "fp16": "float16", "int8": "int8"}
@@ -85,8 +87,7 @@ def mfu(flops_per_sample: float, samples_per_s: float, peak_flops: float) -> flo
     return flops_per_sample * samples_per_s / peak_flops
 
 
-def trial_rate(run: Callable[[], Any], flops: float, min_s: float = TRIAL_S, min_calls: int = 2,
-               clock: Callable[[], float] = time.perf_counter) -> float:
+def trial_rate(run: Callable[[], Any], flops: float, min_s: float = TRIAL_S, min_calls: int = 2, clock: Callable[[], float] = time.perf_counter) -> float:
     """FLOP/s of back-to-back ``run()`` calls over at least ``min_s`` and ``min_calls``."""
     calls = 0
     started = clock()
@@ -204,8 +205,7 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def best_trial(run: Callable[[], Any], flops: float, trials: int = TRIALS, trial_s: float = TRIAL_S,
-               budget_s: float = BUDGET_S) -> float:
+def best_trial(run: Callable[[], Any], flops: float, trials: int = TRIALS, trial_s: float = TRIAL_S, budget_s: float = BUDGET_S) -> float:
     """The best :func:`trial_rate` of at least ``trials`` trials, more while ``budget_s`` lasts."""
     rates: list[float] = []
     deadline = time.perf_counter() + budget_s
@@ -214,8 +214,9 @@ def best_trial(run: Callable[[], Any], flops: float, trials: int = TRIALS, trial
     return max(rates)
 
 
-def measure_peak(precision: str, device: str = "cpu", sizes: tuple[int, ...] | None = None,
-                 trials: int = TRIALS, trial_s: float = TRIAL_S, budget_s: float = BUDGET_S) -> dict[str, Any]:
+def measure_peak(
+    precision: str, device: str = "cpu", sizes: tuple[int, ...] | None = None, trials: int = TRIALS, trial_s: float = TRIAL_S, budget_s: float = BUDGET_S
+) -> dict[str, Any]:
     """Best FLOP/s over every library, size and trial: the winner and every candidate's best."""
     kind = "cuda" if device.startswith("cuda") else "cpu"
     candidates: dict[str, dict[str, Any]] = {}
@@ -334,9 +335,16 @@ def _host_lock(held: bool) -> Iterator[str]:
         raise PeakUnavailable(f"host measurement lock unavailable: {error.one_line()}") from None
 
 
-def peak_flops(precision: str, device: str, fingerprint: str, cache_root: str | None = None, *,
-               host_lock_held: bool = False, at_least: float = 0.0,
-               measure: Callable[..., dict[str, Any]] | None = None) -> dict[str, Any]:
+def peak_flops(
+    precision: str,
+    device: str,
+    fingerprint: str,
+    cache_root: str | None = None,
+    *,
+    host_lock_held: bool = False,
+    at_least: float = 0.0,
+    measure: Callable[..., dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     """The cached measured peak of (host, device, precision), measured once under the host lock.
 
     ``at_least``: a rate some run achieved; a cached peak below it is measured again, and
@@ -445,8 +453,7 @@ def roofline_metrics(
         if achieved > peak["flops_per_s"]:
             peak = peak_flops(precision, where, fingerprint, cache_root, host_lock_held=host_lock_held, at_least=achieved)
     except PeakUnavailable as why:
-        return {"mfu": None, "roofline": {"flops_per_sample": per_sample, "achieved_flops_per_s": achieved,
-                                          "reason": f"no GEMM peak measured: {why}"}}
+        return {"mfu": None, "roofline": {"flops_per_sample": per_sample, "achieved_flops_per_s": achieved, "reason": f"no GEMM peak measured: {why}"}}
     section = {
         "flops_per_sample": per_sample,
         "flops_cached": counted_before,
@@ -463,8 +470,10 @@ def roofline_metrics(
     }
     value = mfu(per_sample, samples_per_s, peak["flops_per_s"])
     if value > 1.0:
-        section["reason"] = (f"achieved {achieved:.4g} FLOP/s exceeds the re-measured {precision} GEMM peak "
-                             f"{peak['flops_per_s']:.4g} ({peak['library']}): the peak misses this backend's kernels "
-                             "or the FLOP count is short, so no MFU is given")
+        section["reason"] = (
+            f"achieved {achieved:.4g} FLOP/s exceeds the re-measured {precision} GEMM peak "
+            f"{peak['flops_per_s']:.4g} ({peak['library']}): the peak misses this backend's kernels "
+            "or the FLOP count is short, so no MFU is given"
+        )
         return {"mfu": None, "roofline": section}
     return {"mfu": value, "roofline": section}

@@ -66,8 +66,7 @@ def base_record(spec: RunSpec, plugins: Plugins) -> dict[str, Any]:
         # Content digests of the config's file paths: reports match models by content, not by path.
         "inputs": identity.portable_inputs(spec.config),
         # The kind's report columns, so a report needs no plugin to show them.
-        "columns": [column.as_dict() for column in
-                    (*getattr(kind, "report_columns", ()), *getattr(backend_cls, "report_columns", ()), *STAGE_COLUMNS)],
+        "columns": [column.as_dict() for column in (*getattr(kind, "report_columns", ()), *getattr(backend_cls, "report_columns", ()), *STAGE_COLUMNS)],
         # The kind's run-local keys, so a report groups rows without the plugin.
         "identity": {"run_local_keys": list(spec.run_local_keys)},
         "metrics": {},
@@ -116,10 +115,7 @@ def _failure_reason(exc: BaseException, stage: str, plugins: Plugins) -> str:
     if isinstance(exc, MemoryError):
         limit = resource.getrlimit(resource.RLIMIT_AS)[0]
         cap = f" under an address-space limit of {limit // 2**20} MiB" if limit != resource.RLIM_INFINITY else ""
-        return (
-            f"out of memory ({what}){cap}{where} "
-            "(fix: use a smaller model or batch, or raise launcher.memory_limit_mb if it is set)"
-        )
+        return f"out of memory ({what}){cap}{where} (fix: use a smaller model or batch, or raise launcher.memory_limit_mb if it is set)"
     origin = _plugin_frame(exc.__traceback__, plugins)
     if origin is not None:
         plugin, function = origin

@@ -82,9 +82,11 @@ class Scenario(abc.ABC):
         """The record's ``scenario`` section before the run (``precision``, ``batch_size``,
         ``seq_len``); the result's own figures replace it once the run measured. The
         default reads options of those names, so a kind with other names overrides it."""
-        return {"precision": str(getattr(options, "precision", "fp32")),
-                "batch_size": getattr(options, "batch_size", None),
-                "seq_len": getattr(options, "seq_len", None)}
+        return {
+            "precision": str(getattr(options, "precision", "fp32")),
+            "batch_size": getattr(options, "batch_size", None),
+            "seq_len": getattr(options, "seq_len", None),
+        }
 
     def __init__(self, options: Any) -> None:
         self.options = options

@@ -26,15 +26,14 @@ OUTSIDE_SLURM_PORT = 29500
 def head_node(nodelist: str) -> str:
     """The first host of a Slurm node list (``node[01-04]`` -> ``node01``), via ``scontrol``."""
     try:
-        proc = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True,
-                              timeout=30, check=False)
+        proc = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, timeout=30, check=False)
     except FileNotFoundError:
-        raise ConfigError("scontrol is not on PATH, so the Slurm node list cannot be expanded",
-                          "export MASTER_ADDR=<node 0's host name> before srun") from None
+        raise ConfigError("scontrol is not on PATH, so the Slurm node list cannot be expanded", "export MASTER_ADDR=<node 0's host name> before srun") from None
     hosts = proc.stdout.split()
     if proc.returncode != 0 or not hosts:
-        raise ConfigError(f"scontrol show hostnames {nodelist!r} failed: {proc.stderr.strip() or 'no hosts'}",
-                          "export MASTER_ADDR=<node 0's host name> before srun")
+        raise ConfigError(
+            f"scontrol show hostnames {nodelist!r} failed: {proc.stderr.strip() or 'no hosts'}", "export MASTER_ADDR=<node 0's host name> before srun"
+        )
     return hosts[0]
 
 
@@ -55,7 +54,8 @@ def rendezvous_endpoint(env: Mapping[str, str] | None = None) -> str:
     port = env.get("MASTER_PORT")
     if not port:
         if not job_id.isdigit():
-            raise ConfigError(f"SLURM_JOB_ID={job_id!r} is not a job number, so no rendezvous port follows from it",
-                              "export MASTER_PORT=<a free port> before srun")
+            raise ConfigError(
+                f"SLURM_JOB_ID={job_id!r} is not a job number, so no rendezvous port follows from it", "export MASTER_PORT=<a free port> before srun"
+            )
         port = str(PORT_BASE + int(job_id) % PORT_SPAN)
     return f"{host}:{port}"

@@ -51,8 +51,7 @@ def _config_error_in(exc: BaseException) -> ConfigError | None:
     return None
 
 
-def build_spec(cfg: DictConfig, registry: Registry,
-               recipes: Optional[Callable[[str], Optional[TrainRecipe]]] = None) -> RunSpec:
+def build_spec(cfg: DictConfig, registry: Registry, recipes: Optional[Callable[[str], Optional[TrainRecipe]]] = None) -> RunSpec:
     """Validate a composed config against the registered plugins' option types.
 
     The scenario kind's declarations (:class:`harness.scenario.Scenario`) are read here,
@@ -78,8 +77,7 @@ def build_spec(cfg: DictConfig, registry: Registry,
     model = typed(ModelOptions, _section(cfg, "model"), "model")
     run_local = tuple(f"scenario.{key}" for key in scenario_cls.run_local_keys)
     node_rank, nnodes = scenario_cls.nodes(scenario_options)
-    auto = model.checkpoint == "auto" or any(
-        getattr(scenario_options, key, None) == "auto" for key in scenario_cls.checkpoint_options)
+    auto = model.checkpoint == "auto" or any(getattr(scenario_options, key, None) == "auto" for key in scenario_cls.checkpoint_options)
     return RunSpec(
         backend_name=backend_name,
         backend_options=typed(backend_cls.options_type, backend, "backend"),

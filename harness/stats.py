@@ -90,9 +90,7 @@ class Interval:
         return asdict(self)
 
 
-def bootstrap_interval(
-    samples_ms: Sequence[float], percentile: float = 50.0, confidence: float = 0.95, resamples: int = 1000, seed: int = 0
-) -> Interval:
+def bootstrap_interval(samples_ms: Sequence[float], percentile: float = 50.0, confidence: float = 0.95, resamples: int = 1000, seed: int = 0) -> Interval:
     """Percentile-bootstrap confidence interval of a latency percentile (scipy.stats.bootstrap).
 
     Seeded, so the same samples give the same interval. Fewer than 2 distinct values

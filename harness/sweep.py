@@ -148,8 +148,7 @@ def report(outcome: Outcome) -> None:
             Path(tmp).unlink(missing_ok=True)
         from harness import ui
 
-        ui.warning(f"job {outcome.num} is missing from the sweep summary: the ledger {folder} refused it "
-                   f"({exc.strerror or exc})")
+        ui.warning(f"job {outcome.num} is missing from the sweep summary: the ledger {folder} refused it ({exc.strerror or exc})")
 
 
 def prune_sweep_dirs(root: Path) -> None:

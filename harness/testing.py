@@ -132,8 +132,7 @@ GENERATION_OVERRIDES: tuple[str, ...] = (
     "scenario.accuracy.window=32",
 )
 #: Prompts of the generation tier: two lengths, so a batched call left-pads one.
-GENERATION_PROMPTS: tuple[tuple[int, ...], ...] = ((734, 361, 412, 262, 377, 257, 380, 359, 525, 262, 379, 257),
-                                                   (299, 41, 87, 120, 99, 101, 77, 55, 66))
+GENERATION_PROMPTS: tuple[tuple[int, ...], ...] = ((734, 361, 412, 262, 377, 257, 380, 359, 525, 262, 379, 257), (299, 41, 87, 120, 99, 101, 77, 55, 66))
 GENERATION_NEW_TOKENS = 10
 #: llama_tiny with untied embeddings: with tied ones a random tiny model echoes its last
 #: token, which any engine reproduces; untied random weights give varied greedy tokens.
@@ -329,8 +328,11 @@ def prepare_at(backend: Any, case: Case, precision: str, cache_root: str | None 
     except Unsupported as refused:
         pytest.fail(
             f"{backend.name} declares precision '{precision}' but refuses it ({refused.one_line()}); "
-            + ("its recipe " + recipe.name + " did not make an artifact it runs" if recipe is not None
-               else "if it needs a converted artifact, list the conversion recipe in capabilities().recipes"),
+            + (
+                "its recipe " + recipe.name + " did not make an artifact it runs"
+                if recipe is not None
+                else "if it needs a converted artifact, list the conversion recipe in capabilities().recipes"
+            ),
             pytrace=False,
         )
 
@@ -352,8 +354,9 @@ def decoder_source(cache_root: str | None = None, config: dict[str, Any] | None 
     spec: dict[str, Any] = OmegaConf.to_container(OmegaConf.create(yaml_text))  # type: ignore[assignment]
     spec["config"] = {**spec["config"], **(config or {})}
     model = load_model(typed(ModelOptions, spec, "model"))
-    return DecoderSource(model.name, model.module, model.config, corpus_tokenizer(cache_root), model.params,
-                         model.weights_digest(), cache_root, status=lambda _message: None)
+    return DecoderSource(
+        model.name, model.module, model.config, corpus_tokenizer(cache_root), model.params, model.weights_digest(), cache_root, status=lambda _message: None
+    )
 
 
 def eager_greedy_no_cache(module: Any, prompt: Sequence[int], new_tokens: int) -> list[int]:
@@ -365,7 +368,7 @@ def eager_greedy_no_cache(module: Any, prompt: Sequence[int], new_tokens: int) -
     with torch.inference_mode():
         for _ in range(new_tokens):
             ids.append(int(module(input_ids=torch.tensor([ids]), use_cache=False).logits[0, -1].argmax()))
-    return ids[len(prompt):]
+    return ids[len(prompt) :]
 
 
 def training_plan(model: Any, steps: int) -> Any:
@@ -383,8 +386,7 @@ def training_plan(model: Any, steps: int) -> Any:
 #: The real-model tier: each model at its own scenario's shapes (random weights: the shapes
 #: and operators are what a compiler can fail on), with small data splits.
 REAL_MODELS: dict[str, tuple[str, ...]] = {
-    "bert_small": ("scenario=bert_fp32", "model=bert_small", "++model.checkpoint=null",
-                   "dataset.train_size=64", "dataset.eval_size=32"),
+    "bert_small": ("scenario=bert_fp32", "model=bert_small", "++model.checkpoint=null", "dataset.train_size=64", "dataset.eval_size=32"),
     "resnet_small": ("scenario=resnet_fp32", "++model.checkpoint=null", "dataset.train_size=64", "dataset.eval_size=32"),
 }
 
@@ -456,12 +458,12 @@ class GenerationConformance(_OneBackend):
 
     @pytest.fixture(scope="class")
     @classmethod
-    def harness_generation_spec(cls, request: pytest.FixtureRequest, harness_backend_name: str, harness_plugins: Any,
-                                harness_results_dir: Path) -> Any:
+    def harness_generation_spec(cls, request: pytest.FixtureRequest, harness_backend_name: str, harness_plugins: Any, harness_results_dir: Path) -> Any:
         """``+scenario=llm_fp32`` on llama_tiny for this backend, composed like the CLI."""
         cls._registered(harness_backend_name, harness_plugins)
-        return compose_overrides(["+scenario=llm_fp32", f"backend={harness_backend_name}", *GENERATION_OVERRIDES,
-                                  *cls._overrides(request)], harness_plugins, harness_results_dir)
+        return compose_overrides(
+            ["+scenario=llm_fp32", f"backend={harness_backend_name}", *GENERATION_OVERRIDES, *cls._overrides(request)], harness_plugins, harness_results_dir
+        )
 
     @pytest.fixture(scope="class")
     @classmethod
@@ -568,7 +570,8 @@ class GenerationConformance(_OneBackend):
         try:
             stage = source.stages.get("compression") or {}
             assert stage.get("size_bytes") and stage.get("fp32_size_bytes"), (
-                "a weight-only session must record source.stages['compression'] with size_bytes and fp32_size_bytes")
+                "a weight-only session must record source.stages['compression'] with size_bytes and fp32_size_bytes"
+            )
             assert stage["size_bytes"] < stage["fp32_size_bytes"], "the int4 artifact is not smaller than fp32"
             outputs = session.generate([list(GENERATION_PROMPTS[0])], GENERATION_NEW_TOKENS)
             assert len(outputs[0].tokens) == GENERATION_NEW_TOKENS
@@ -582,8 +585,7 @@ class GenerationConformance(_OneBackend):
         finally:
             session.close()
 
-    def test_generation_run_writes_a_valid_record(self, harness_generation_spec: Any, harness_plugins: Any,
-                                                  harness_generation_probe: Any) -> None:
+    def test_generation_run_writes_a_valid_record(self, harness_generation_spec: Any, harness_plugins: Any, harness_generation_probe: Any) -> None:
         from harness import records
 
         record = run_spec(harness_generation_spec, harness_plugins)
@@ -683,8 +685,7 @@ class BackendConformance(GenerationConformance):
 
         name = harness_spec.backend_name
         assert not isinstance(harness_probe, Exception), (
-            f"probe raised {type(harness_probe).__name__}: {harness_probe}; a missing library or device must be "
-            "Availability(False, reason), never an exception"
+            f"probe raised {type(harness_probe).__name__}: {harness_probe}; a missing library or device must be Availability(False, reason), never an exception"
         )
         assert isinstance(harness_probe, Availability), f"probe returned {type(harness_probe).__name__}, not Availability"
         assert isinstance(harness_probe.available, bool)
@@ -692,8 +693,7 @@ class BackendConformance(GenerationConformance):
         assert all(isinstance(d, str) and d for d in harness_probe.devices), "devices must be non-empty strings"
         if harness_probe.available:
             assert harness_probe.devices, f"{name} is available but names no device"
-            assert harness_probe.versions.get(name), (
-                f"{name} is available but its probe gives no versions['{name}']: that is the version every record carries")
+            assert harness_probe.versions.get(name), f"{name} is available but its probe gives no versions['{name}']: that is the version every record carries"
         else:
             assert _one_line(harness_probe.reason), f"{name} is unavailable without a one-line reason: {harness_probe.reason!r}"
         again = harness_plugins.registry.backend(name).probe(harness_spec.backend_options)
@@ -754,8 +754,7 @@ class BackendConformance(GenerationConformance):
     # -- real models (opt-in) -----------------------------------------------------------
 
     @pytest.mark.parametrize("model_name", sorted(REAL_MODELS))
-    def test_real_model_shapes(self, model_name: str, request: pytest.FixtureRequest, harness_backend: Any,
-                               harness_plugins: Any, harness_spec: Any) -> None:
+    def test_real_model_shapes(self, model_name: str, request: pytest.FixtureRequest, harness_backend: Any, harness_plugins: Any, harness_spec: Any) -> None:
         """The real ``bert_small`` / ``resnet_small`` at their scenario's batch and input shape,
         prepared at fp32 and checked against eager: a tiny model can pass where a real shape
         fails to compile. Opt-in (``real_models = True``, ``--harness-real-models`` or
@@ -771,8 +770,12 @@ class BackendConformance(GenerationConformance):
             pass
         if not wanted:
             pytest.skip("real-model tier is opt-in: --harness-real-models, HARNESS_REAL_MODELS=1 or real_models = True")
-        overrides = [*REAL_MODELS[model_name], f"backend={harness_spec.backend_name}", *self.overrides,
-                     *(request.config.getoption("--harness-override", default=[]) or [])]
+        overrides = [
+            *REAL_MODELS[model_name],
+            f"backend={harness_spec.backend_name}",
+            *self.overrides,
+            *(request.config.getoption("--harness-override", default=[]) or []),
+        ]
         spec = compose_overrides(overrides, harness_plugins)
         context = RunContext(spec=spec, backend=harness_backend, status=lambda _message: None)
         try:
@@ -823,9 +826,9 @@ class BackendConformance(GenerationConformance):
             assert diff <= tolerance, "a call after run_many differs from its reference (state left behind?)"
 
             memory = session.memory()
-            assert isinstance(memory, dict) and all(
-                isinstance(k, str) and isinstance(v, (int, float)) and v >= 0 for k, v in memory.items()
-            ), f"memory() must map names to MiB figures, got {memory!r}"
+            assert isinstance(memory, dict) and all(isinstance(k, str) and isinstance(v, (int, float)) and v >= 0 for k, v in memory.items()), (
+                f"memory() must map names to MiB figures, got {memory!r}"
+            )
             assert isinstance(session.device, str) and session.device
         finally:
             session.close()

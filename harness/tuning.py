@@ -81,9 +81,12 @@ class TuneOptions:
         require(self.max_p99_ms is None or self.max_p99_ms > 0, "max_p99_ms", f"must be > 0 ms or null, got {self.max_p99_ms}")
         require(bool(self.objective), "objective", f"must name a record field, e.g. one of {', '.join(OBJECTIVES)}")
         named = OBJECTIVES.get(self.objective)
-        require(named is None or named.direction == self.direction, "direction",
-                f"{self.objective} improves when it goes {'up' if named and named.direction == 'maximize' else 'down'}: "
-                f"use direction={named.direction if named else ''}")
+        require(
+            named is None or named.direction == self.direction,
+            "direction",
+            f"{self.objective} improves when it goes {'up' if named and named.direction == 'maximize' else 'down'}: "
+            f"use direction={named.direction if named else ''}",
+        )
 
     @property
     def target(self) -> Objective:
@@ -289,8 +292,7 @@ def trials(recs: list[Mapping[str, Any]]) -> dict[str, Any]:
         rows = []
         for number, record in enumerate(members):
             verdict = evaluate(record, _own_options(record, tune))  # as Optuna was told at the time
-            row: dict[str, Any] = {"trial": number, "status": verdict.status, "objective": verdict.value,
-                                   "returned": verdict.returned}
+            row: dict[str, Any] = {"trial": number, "status": verdict.status, "objective": verdict.value, "returned": verdict.returned}
             row.update({key: _config_value(record, key) for key in keys})
             row.update({"reason": verdict.reason, "run_id": record.get("run_id", ""), "created": record.get("created", "")})
             rows.append(row)
@@ -300,8 +302,9 @@ def trials(recs: list[Mapping[str, Any]]) -> dict[str, Any]:
         if not feasible.empty:
             values = pd.to_numeric(feasible["objective"])
             best = int(values.idxmax() if tune.direction == "maximize" else values.idxmin())
-        frame.attrs.update(objective=tune.objective, direction=tune.direction, unit=tune.target.unit, best=best,
-                           params=keys, max_p99_ms=tune.max_p99_ms, backend=backend)
+        frame.attrs.update(
+            objective=tune.objective, direction=tune.direction, unit=tune.target.unit, best=best, params=keys, max_p99_ms=tune.max_p99_ms, backend=backend
+        )
         out[study] = frame
     return out
 
@@ -353,11 +356,13 @@ def importance(frame: Any) -> dict[str, float]:
     study = optuna.create_study(direction=frame.attrs.get("direction", "maximize"))
     choices = {key: sorted(feasible[key].astype(str).unique()) for key in keys}
     for _, row in feasible.iterrows():
-        study.add_trial(optuna.trial.create_trial(
-            params={key: str(row[key]) for key in keys},
-            distributions={key: CategoricalDistribution(choices[key]) for key in keys},
-            value=float(row["objective"]),
-        ))
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={key: str(row[key]) for key in keys},
+                distributions={key: CategoricalDistribution(choices[key]) for key in keys},
+                value=float(row["objective"]),
+            )
+        )
     ranked = optuna.importance.get_param_importances(study, evaluator=MeanDecreaseImpurityImportanceEvaluator(seed=0))
     return {key: float(value) for key, value in ranked.items()}
 
@@ -396,15 +401,15 @@ def show_studies() -> None:
         if frame is None:
             continue
         shown = display(frame)
-        table = Table(title=f"tuning study {escape(study)} ({len(frame)} trials, {tune.direction} {tune.objective})",
-                      title_justify="left")
+        table = Table(title=f"tuning study {escape(study)} ({len(frame)} trials, {tune.direction} {tune.objective})", title_justify="left")
         for column in shown.columns:
             table.add_column(escape(str(column)), overflow="fold")
         for row in shown.itertuples(index=False):
             table.add_row(*(escape(str(value)) for value in row))
         ui.out.print(table)
         if frame.attrs["best"] is None:
-            ui.error(f"study {study}: no feasible trial yet (fix: relax the bound, tune.max_p99_ms or "
-                     "scenario.target_accuracy, train longer, or run more trials)")
+            ui.error(
+                f"study {study}: no feasible trial yet (fix: relax the bound, tune.max_p99_ms or scenario.target_accuracy, train longer, or run more trials)"
+            )
         else:
             ui.out.print(best_text(frame), soft_wrap=True, markup=False, highlight=False)

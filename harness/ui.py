@@ -76,8 +76,7 @@ def record_table(records: list[dict[str, Any]]) -> Table:
             if not column.derived and any(get(r, column.key) is not None for r in records):
                 declared.setdefault((column.key, column.label), column)
     fixed = ("status", "backend", "scenario", "precision", "batch", "p50 ms", "p99 ms", "samples/s", "accuracy", "peak MiB", "MFU")
-    rows = [[*_fixed_cells(rec), *(escape(format_value(get(rec, column.key), column.format) or "-") for column in declared.values())]
-            for rec in records]
+    rows = [[*_fixed_cells(rec), *(escape(format_value(get(rec, column.key), column.format) or "-") for column in declared.values())] for rec in records]
     names = [*fixed, *(escape(column.label) for column in declared.values())]
     names[fixed.index("accuracy")] = _accuracy_label(records)
     texts = {"status", "backend", "scenario", "precision"} | {escape(c.label) for c in declared.values() if c.format == "text"}
@@ -117,8 +116,11 @@ def _fixed_cells(rec: dict[str, Any]) -> list[str]:
 def _accuracy_label(records: list[dict[str, Any]]) -> str:
     """``accuracy``, or the metric every scored record names when that is another one
     (a decoder's perplexity is not an accuracy: lower is better)."""
-    metrics = {((r.get("metrics") or {}).get("accuracy") or {}).get("metric") for r in records
-               if ((r.get("metrics") or {}).get("accuracy") or {}).get("value") is not None}
+    metrics = {
+        ((r.get("metrics") or {}).get("accuracy") or {}).get("metric")
+        for r in records
+        if ((r.get("metrics") or {}).get("accuracy") or {}).get("value") is not None
+    }
     return str(metrics.pop()) if len(metrics) == 1 and None not in metrics and "accuracy" not in metrics else "accuracy"
 
 

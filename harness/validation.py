@@ -64,7 +64,7 @@ def typed(cls: type[T], node: Any, section: str) -> T:
         message = str(exc)
         match = _KEY_PREFIX.match(message)
         if match:
-            key, problem = match.group(1), message[match.end():]
+            key, problem = match.group(1), message[match.end() :]
             raise ConfigError(f"invalid value for {section}.{key}: {problem}", f"override it, e.g. {section}.{key}=<value>") from None
         raise ConfigError(f"invalid {section}: {message}") from None
 

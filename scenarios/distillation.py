@@ -44,8 +44,7 @@ class DistillationOptions(TrainingOptions, InferenceTiming):
     teacher: str = "auto"
     temperature: float = 2.0
     alpha: float = 0.5
-    student: dict[str, Any] = field(default_factory=lambda: {
-        "hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 512})
+    student: dict[str, Any] = field(default_factory=lambda: {"hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 512})
 
     def __post_init__(self) -> None:
         TrainingOptions.__post_init__(self)
@@ -65,8 +64,7 @@ def logits_of(session: Any, features: dict[str, np.ndarray], output: str, batch_
 def timed(ctx: RunContext, session: Any, batch: dict[str, np.ndarray], opts: DistillationOptions, label: str) -> list[float]:
     """Latency samples (ms) of ``session`` on ``batch`` under the inference-timing keys."""
     plan = MeasurePlan(opts.warmup_iters, opts.min_iters, opts.min_duration_s, opts.max_duration_s)
-    ctx.status(f"timing the {label}: {opts.warmup_iters} warm-up calls, then >= {opts.min_iters} calls "
-               f"and >= {opts.min_duration_s:g} s")
+    ctx.status(f"timing the {label}: {opts.warmup_iters} warm-up calls, then >= {opts.min_iters} calls and >= {opts.min_duration_s:g} s")
     progress = (lambda n, s: ctx.progress(f"timing {label}", n, s)) if ctx.progress else None
     return measure(session, session.load(batch), plan, progress).samples_ms
 
@@ -106,15 +104,17 @@ class DistillationScenario(Scenario):
         train_logits = logits_of(teacher_session, data.train.features, output, opts.eval_batch_size)
         teacher_eval = logits_of(teacher_session, data.eval.features, output, opts.eval_batch_size)
 
-        student_options = replace(spec.model, name=f"{spec.model.name}-student", path=None, checkpoint=None,
-                                  config={**spec.model.config, **opts.student})
+        student_options = replace(spec.model, name=f"{spec.model.name}-student", path=None, checkpoint=None, config={**spec.model.config, **opts.student})
         student = load_model(student_options)
-        ctx.status(f"student {student_options.name}: {student.params:,} parameters "
-                   f"(teacher {teacher.params:,}); distilling at T={opts.temperature:g}, alpha={opts.alpha:g}")
+        ctx.status(
+            f"student {student_options.name}: {student.params:,} parameters "
+            f"(teacher {teacher.params:,}); distilling at T={opts.temperature:g}, alpha={opts.alpha:g}"
+        )
         kd_data = replace(data, train=replace(data.train, features={**data.train.features, "teacher_logits": train_logits}))
         board = str(tensorboard_folder(spec.results_dir, spec.scenario_name, spec.backend_name))
-        trained = train_model(backend, student, kd_data, opts, loss=KDLoss(opts.temperature, opts.alpha),
-                              tensorboard_dir=board, report=ctx.status, label="distilling")
+        trained = train_model(
+            backend, student, kd_data, opts, loss=KDLoss(opts.temperature, opts.alpha), tensorboard_dir=board, report=ctx.status, label="distilling"
+        )
         training = training_metrics(trained, opts, data, World())
         training["checkpoint"] = str(self._save(ctx, student, student_options, data, teacher))
 
@@ -157,16 +157,24 @@ class DistillationScenario(Scenario):
                 "distillation": distillation,
                 "training": training,
                 "latency_ms": {**student_stats.as_dict(), "samples": [round(s, 6) for s in student_ms]},
-                "throughput": {"samples_per_s": student_per_s,
-                               "tokens_per_s": stats.tokens_per_second(student_per_s, seq_len) if seq_len else None},
-                "accuracy": {"metric": "accuracy", "value": student_acc, "reference": teacher_acc,
-                             "relative": student_acc / teacher_acc if teacher_acc else None, "agreement": agreement},
+                "throughput": {"samples_per_s": student_per_s, "tokens_per_s": stats.tokens_per_second(student_per_s, seq_len) if seq_len else None},
+                "accuracy": {
+                    "metric": "accuracy",
+                    "value": student_acc,
+                    "reference": teacher_acc,
+                    "relative": student_acc / teacher_acc if teacher_acc else None,
+                    "agreement": agreement,
+                },
                 "noise": {"cv": stats.coefficient_of_variation(student_ms)},
             },
             batch_size=opts.batch_size,
             seq_len=seq_len,
-            model={"name": student_options.name, "params": student.params, "source": f"distilled from {teacher.source}",
-                   "teacher": {"name": teacher.name, "params": teacher.params, "source": teacher.source}},
+            model={
+                "name": student_options.name,
+                "params": student.params,
+                "source": f"distilled from {teacher.source}",
+                "teacher": {"name": teacher.name, "params": teacher.params, "source": teacher.source},
+            },
             backend={"device": teacher_session.device},
         )
 
@@ -177,8 +185,7 @@ class DistillationScenario(Scenario):
         opts: DistillationOptions = self.options
         kd = {"teacher": teacher.weights_digest(), "temperature": opts.temperature, "alpha": opts.alpha}
         key = checkpoints.checkpoint_key(student_options, data.fingerprint(), opts, extra=kd)
-        meta = {"recipe": "distillation", "model": student_options.name, "teacher": teacher.source,
-                "student": asdict(student_options)["config"]}
+        meta = {"recipe": "distillation", "model": student_options.name, "teacher": teacher.source, "student": asdict(student_options)["config"]}
         return checkpoints.save(student, data.tokenizer, key, ctx.cache_root, meta)
 
 

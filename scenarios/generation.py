@@ -25,8 +25,7 @@ from harness.compression.recipes import WEIGHT_BITS, WeightRecipe
 from harness.config import choice, require
 from harness.errors import ConfigError, Mismatch
 from harness.generation import corpus, decoders, quality, timing
-from harness.generation.session import (DECODING_STRATEGIES, Decoding, DecoderSource, GenerationOutput,
-                                        GenerationPlan, check_outputs, now)
+from harness.generation.session import DECODING_STRATEGIES, Decoding, DecoderSource, GenerationOutput, GenerationPlan, check_outputs, now
 from harness.generation.tokenizer import text_tokenizer
 from harness.hardware import host_memory_mib
 from harness.hookspecs import hookimpl
@@ -68,8 +67,7 @@ class GenerationAccuracyOptions:
     def __post_init__(self) -> None:
         require(self.limit >= 1, "accuracy.limit", f"must be >= 1 eval window, got {self.limit}")
         require(self.window >= 2, "accuracy.window", f"must be >= 2 tokens, got {self.window}")
-        require(self.min_relative is None or 0 < self.min_relative <= 1.5, "accuracy.min_relative",
-                f"must be in (0, 1.5] or null, got {self.min_relative}")
+        require(self.min_relative is None or 0 < self.min_relative <= 1.5, "accuracy.min_relative", f"must be in (0, 1.5] or null, got {self.min_relative}")
 
 
 @dataclass
@@ -119,12 +117,13 @@ class GenerationOptions:
             require(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
         require(self.warmup_iters >= 0, "warmup_iters", f"must be >= 0, got {self.warmup_iters}")
         require(self.min_duration_s >= 0, "min_duration_s", f"must be >= 0, got {self.min_duration_s}")
-        require(self.max_duration_s >= self.min_duration_s, "max_duration_s",
-                f"must be >= min_duration_s ({self.min_duration_s}), got {self.max_duration_s}")
-        require(self.seq_len in (None, self.prompt_len), "seq_len",
-                f"is the prompt length in generation ({self.prompt_len}); set scenario.prompt_len instead")
-        require(self.precision in WEIGHT_BITS or self.quantization == WeightQuantizationOptions(), "quantization",
-                f"compresses weights to int8/int4, not {self.precision}; use +scenario=llm_int8 or llm_int4")
+        require(self.max_duration_s >= self.min_duration_s, "max_duration_s", f"must be >= min_duration_s ({self.min_duration_s}), got {self.max_duration_s}")
+        require(self.seq_len in (None, self.prompt_len), "seq_len", f"is the prompt length in generation ({self.prompt_len}); set scenario.prompt_len instead")
+        require(
+            self.precision in WEIGHT_BITS or self.quantization == WeightQuantizationOptions(),
+            "quantization",
+            f"compresses weights to int8/int4, not {self.precision}; use +scenario=llm_int8 or llm_int4",
+        )
         self.weight_recipe()  # validates group_size and ratio against the precision
 
     def weight_recipe(self) -> Optional[WeightRecipe]:
@@ -143,11 +142,15 @@ def _check_sizes(opts: GenerationOptions, config: dict[str, Any], tokenizer: Any
     limit = decoders.max_positions(config)
     longest = max(opts.prompt_len + opts.new_tokens, opts.accuracy.window if opts.accuracy.enabled else 0)
     if limit is not None and longest > limit:
-        raise ConfigError(f"{name} attends to {limit} positions; prompt_len + new_tokens (or accuracy.window) is {longest}",
-                          "lower scenario.prompt_len / scenario.new_tokens / scenario.accuracy.window")
+        raise ConfigError(
+            f"{name} attends to {limit} positions; prompt_len + new_tokens (or accuracy.window) is {longest}",
+            "lower scenario.prompt_len / scenario.new_tokens / scenario.accuracy.window",
+        )
     if len(tokenizer) > decoders.vocab_size(config):
-        raise ConfigError(f"the tokenizer has {len(tokenizer)} tokens but {name}'s vocabulary only {decoders.vocab_size(config)}",
-                          "raise model.config.vocab_size, or use a model folder with its own tokenizer")
+        raise ConfigError(
+            f"the tokenizer has {len(tokenizer)} tokens but {name}'s vocabulary only {decoders.vocab_size(config)}",
+            "raise model.config.vocab_size, or use a model folder with its own tokenizer",
+        )
 
 
 class GenerationScenario(Scenario):
@@ -163,8 +166,14 @@ class GenerationScenario(Scenario):
         Column("metrics.accuracy.agreement", "Greedy agreement", "percent", "higher"),
         # weight-only int8/int4: the artifact's size beside the fp32 one it came from
         Column("metrics.compression.size_ratio", "Size vs fp32", "percent", "lower", when="metrics.compression.size_ratio"),
-        Column("metrics.generation.decode_tokens_per_s", "Decode speedup vs fp32", "ratio", "higher",
-               vs={"scenario.precision": "fp32"}, when="metrics.compression.size_ratio"),
+        Column(
+            "metrics.generation.decode_tokens_per_s",
+            "Decode speedup vs fp32",
+            "ratio",
+            "higher",
+            vs={"scenario.precision": "fp32"},
+            when="metrics.compression.size_ratio",
+        ),
     )
 
     def run(self, ctx: RunContext) -> ScenarioResult:
@@ -173,16 +182,19 @@ class GenerationScenario(Scenario):
         backend.check_generation()
         family = ctx.spec.model.family
         if not decoders.is_decoder(family):
-            raise ConfigError(f"model '{ctx.spec.model.name}' (family {family}) is not a decoder LLM",
-                              f"use a decoder model: model=llama_tiny, llama_small, llama_1b or gpt2 (families {', '.join(decoders.DECODER_FAMILIES)})")
+            raise ConfigError(
+                f"model '{ctx.spec.model.name}' (family {family}) is not a decoder LLM",
+                f"use a decoder model: model=llama_tiny, llama_small, llama_1b or gpt2 (families {', '.join(decoders.DECODER_FAMILIES)})",
+            )
         text = corpus.load_corpus(ctx.spec.dataset)
         model = ctx.load_model()
         tokenizer = text_tokenizer(family, model.tokenizer, ctx.cache_root)
         _check_sizes(opts, model.config, tokenizer, model.name)
         stream = corpus.token_stream(tokenizer, text.eval)
         pool = corpus.windows(stream, opts.prompt_len, opts.prompts)
-        source = DecoderSource(model.name, model.module, model.config, tokenizer, model.params, model.weights_digest(),
-                               ctx.cache_root, ctx.status, workspace=ctx.workspace)
+        source = DecoderSource(
+            model.name, model.module, model.config, tokenizer, model.params, model.weights_digest(), ctx.cache_root, ctx.status, workspace=ctx.workspace
+        )
         plan = GenerationPlan(opts.precision, opts.batch_size, opts.prompt_len, opts.new_tokens, opts.weight_recipe())
         ctx.status(f"preparing {backend.name} generation session ({opts.precision})")
         session = backend.prepare_generation(source, plan)
@@ -195,8 +207,7 @@ class GenerationScenario(Scenario):
             metrics["generation"] = timing.generation_metrics(calls, opts.keep_samples)
             metrics["throughput"] = self._throughput(metrics["generation"])
             layout = decoders.kv_layout(model.config)
-            metrics["generation"]["kv_cache_bytes"] = layout.bytes(opts.batch_size, opts.prompt_len + opts.new_tokens,
-                                                                   KV_BYTES[opts.precision])
+            metrics["generation"]["kv_cache_bytes"] = layout.bytes(opts.batch_size, opts.prompt_len + opts.new_tokens, KV_BYTES[opts.precision])
             metrics["memory_mib"] = {**host_memory_mib(), **session.memory()}
             metrics["backend"] = session.metrics()
             if opts.accuracy.enabled:
@@ -205,8 +216,7 @@ class GenerationScenario(Scenario):
             session.close()
         problem = AccuracyGate(opts.accuracy.min_relative).problem(metrics["accuracy"]) if opts.accuracy.enabled else None
         if problem:
-            raise Mismatch(f"{backend.name} {opts.precision}: {problem}",
-                           "use a precision closer to fp32 or lower scenario.accuracy.min_relative")
+            raise Mismatch(f"{backend.name} {opts.precision}: {problem}", "use a precision closer to fp32 or lower scenario.accuracy.min_relative")
         return ScenarioResult(
             precision=opts.precision,
             metrics=metrics,
@@ -228,8 +238,10 @@ class GenerationScenario(Scenario):
         """Warm-up calls, then measured calls until both minimums (or the maximum duration)."""
         opts: GenerationOptions = self.options
         name = ctx.backend.name
-        ctx.status(f"measuring: {opts.warmup_iters} warm-up calls, then >= {opts.min_iters} calls of {opts.batch_size} "
-                   f"x ({opts.prompt_len} prompt + {opts.new_tokens} new tokens) and >= {opts.min_duration_s:g} s")
+        ctx.status(
+            f"measuring: {opts.warmup_iters} warm-up calls, then >= {opts.min_iters} calls of {opts.batch_size} "
+            f"x ({opts.prompt_len} prompt + {opts.new_tokens} new tokens) and >= {opts.min_duration_s:g} s"
+        )
         for index in range(opts.warmup_iters):
             self._call(session, pool, index, name)
         session.begin_measurement()
@@ -250,11 +262,15 @@ class GenerationScenario(Scenario):
     @staticmethod
     def _throughput(gen: dict[str, Any]) -> dict[str, Any]:
         """``metrics.throughput``: requests/s as samples, generated tokens/s as tokens (never prompt x batch)."""
-        return {"samples_per_s": gen["requests_per_s"], "tokens_per_s": gen["output_tokens_per_s"],
-                "unit": "samples = requests; tokens = generated tokens (output_tokens_per_s)"}
+        return {
+            "samples_per_s": gen["requests_per_s"],
+            "tokens_per_s": gen["output_tokens_per_s"],
+            "unit": "samples = requests; tokens = generated tokens (output_tokens_per_s)",
+        }
 
-    def _accuracy(self, ctx: RunContext, session: Any, source: DecoderSource, stream: np.ndarray,
-                  pool: np.ndarray, greedy: dict[int, list[int]]) -> dict[str, Any]:
+    def _accuracy(
+        self, ctx: RunContext, session: Any, source: DecoderSource, stream: np.ndarray, pool: np.ndarray, greedy: dict[int, list[int]]
+    ) -> dict[str, Any]:
         opts: GenerationOptions = self.options
         acc = opts.accuracy
         windows = corpus.windows(stream, acc.window, acc.limit)

@@ -50,8 +50,7 @@ class AccuracyOptions:
 
     def __post_init__(self) -> None:
         require(self.limit >= 0, "accuracy.limit", f"must be >= 0 (0 = the whole eval split), got {self.limit}")
-        require(self.min_relative is None or 0 < self.min_relative <= 1.5, "accuracy.min_relative",
-                f"must be in (0, 1.5] or null, got {self.min_relative}")
+        require(self.min_relative is None or 0 < self.min_relative <= 1.5, "accuracy.min_relative", f"must be in (0, 1.5] or null, got {self.min_relative}")
 
 
 @dataclass
@@ -151,8 +150,9 @@ class InferenceScenario(Scenario):
         # scenario.pruning: what was removed, and the speed against the unpruned fp32 row
         Column("metrics.pruning.params_after", "Params", "integer", "lower", when="metrics.pruning.method"),
         Column("metrics.pruning.sparsity.all", "Sparsity", "percent", when="metrics.pruning.method"),
-        Column("metrics.throughput.samples_per_s", "Speedup vs unpruned fp32", "ratio", "higher",
-               vs={"scenario.precision": "fp32"}, when="metrics.pruning.method"),
+        Column(
+            "metrics.throughput.samples_per_s", "Speedup vs unpruned fp32", "ratio", "higher", vs={"scenario.precision": "fp32"}, when="metrics.pruning.method"
+        ),
     )
 
     def run(self, ctx: RunContext) -> ScenarioResult:
@@ -173,8 +173,7 @@ class InferenceScenario(Scenario):
         recipe = recipe_for(opts.precision, opts.quantization, ctx.spec.model.family, backend.capabilities().recipes)
         if recipe is not None:
             source_key = stage_metrics["export"]["key"] if "export" in stage_metrics else model.weights_digest()
-            artifact, metrics["compression"] = ctx.compressed(artifact, recipe, data, source_key,
-                                                              opts.quantization.calibration_batch_size)
+            artifact, metrics["compression"] = ctx.compressed(artifact, recipe, data, source_key, opts.quantization.calibration_batch_size)
 
         ctx.status(f"preparing {backend.name} session ({opts.precision})")
         with stages.timed("prepare"):
@@ -214,14 +213,15 @@ class InferenceScenario(Scenario):
         if opts.accuracy.enabled:
             ctx.status(f"scoring accuracy on the eval split ({opts.accuracy.limit or len(data.eval)} examples)")
             with stages.timed("accuracy"):
-                metrics["accuracy"] = run_accuracy(session, reference_model, data, opts.batch_size, model.output_names[0],
-                                                   opts.accuracy.limit, ctx.cache_root)
+                metrics["accuracy"] = run_accuracy(session, reference_model, data, opts.batch_size, model.output_names[0], opts.accuracy.limit, ctx.cache_root)
         session.close()
         gate = AccuracyGate(opts.accuracy.min_relative)
         problem = gate.problem(metrics["accuracy"]) if opts.accuracy.enabled else None
         if problem:
-            raise Mismatch(f"{backend.name} {opts.precision}: {problem}",
-                           "use a gentler recipe (scenario.quantization.*, scenario.pruning.*) or lower scenario.accuracy.min_relative")
+            raise Mismatch(
+                f"{backend.name} {opts.precision}: {problem}",
+                "use a gentler recipe (scenario.quantization.*, scenario.pruning.*) or lower scenario.accuracy.min_relative",
+            )
         return ScenarioResult(
             precision=opts.precision,
             metrics=metrics,
@@ -261,8 +261,7 @@ class InferenceScenario(Scenario):
         fingerprint = hardware.fingerprint(hardware.cpu_model(), os.cpu_count() or 1, ctx.backend.device_info())
         ctx.status("roofline: FLOPs per sample and this host's measured GEMM peak (measured once under the host lock, cached)")
         held = bool((ctx.spec.config.get("launcher") or {}).get("host_lock"))  # the launcher took it for this run
-        return roofline_metrics(model.module, batch, samples_per_s, self.options.precision, device, fingerprint,
-                                ctx.cache_root, host_lock_held=held)
+        return roofline_metrics(model.module, batch, samples_per_s, self.options.precision, device, fingerprint, ctx.cache_root, host_lock_held=held)
 
     def _offline(self, ctx: RunContext, session: Any, inputs: Any, metrics: dict[str, Any], seq_len: int | None) -> None:
         """Offline throughput with the session's in-flight calls; single-stream figures kept beside it."""

@@ -206,8 +206,10 @@ class ServingScenario(Scenario):
         if prepare is not None:
             return prepare(model, plan)
         if not backend.capabilities().generation:
-            raise Unsupported(f"backend '{backend.name}' cannot serve streamed generation requests",
-                              "use backend=openai (any OpenAI-compatible server), llamacpp, or a backend that generates")
+            raise Unsupported(
+                f"backend '{backend.name}' cannot serve streamed generation requests",
+                "use backend=openai (any OpenAI-compatible server), llamacpp, or a backend that generates",
+            )
         from harness.serving.inprocess import fifo_session
 
         return fifo_session(backend, model, plan)
@@ -223,8 +225,7 @@ class ServingScenario(Scenario):
             in_flight = None
         return ServingPlan(opts.precision, longest_prompt, longest_output, in_flight)
 
-    async def _accuracy(self, ctx: RunContext, session: ServingSession, models: "_ModelSources", texts: list[str],
-                        metrics: dict[str, Any]) -> None:
+    async def _accuracy(self, ctx: RunContext, session: ServingSession, models: "_ModelSources", texts: list[str], metrics: dict[str, Any]) -> None:
         """Perplexity beside eager fp32 for engines that score token ids; from prompt
         log-probabilities for servers that return them; else null with the reason."""
         acc: ServingAccuracyOptions = self.options.accuracy
@@ -236,14 +237,15 @@ class ServingScenario(Scenario):
             windows = corpus.windows(corpus.token_stream(source.tokenizer, texts), acc.window, acc.texts)
             ctx.status(f"accuracy: perplexity on {len(windows)} eval windows of {acc.window} tokens beside eager fp32")
             loop = asyncio.get_running_loop()
-            metrics["accuracy"] = await loop.run_in_executor(
-                None, lambda: quality.accuracy_metrics(scorer, source, windows, windows, None, 1, ctx.cache_root))
+            metrics["accuracy"] = await loop.run_in_executor(None, lambda: quality.accuracy_metrics(scorer, source, windows, windows, None, 1, ctx.cache_root))
             return
         ctx.status(f"accuracy: perplexity of the served model on {acc.texts} eval texts (prompt log-probabilities)")
         scored = await session.perplexity(texts[: acc.texts])
-        metrics["accuracy"] = None if scored["value"] is None else {
-            "metric": "perplexity", "value": scored["value"], "reference": None, "relative": None,
-            "agreement": None, "tokens": scored["tokens"]}
+        metrics["accuracy"] = (
+            None
+            if scored["value"] is None
+            else {"metric": "perplexity", "value": scored["value"], "reference": None, "relative": None, "agreement": None, "tokens": scored["tokens"]}
+        )
         metrics["serving"]["accuracy_reason"] = scored["reason"]
 
     async def _measure(self, ctx: RunContext, session: ServingSession, texts: list[str], metrics: dict[str, Any]) -> None:
@@ -272,14 +274,12 @@ class ServingScenario(Scenario):
             serving["steps"].append(figures)
             metrics["backend"] = session.metrics()
             if result.aborted:
-                raise ServerLost(f"{ctx.backend.name}: {result.aborted}",
-                                 "check the server (its log, memory, whether it was stopped) and run again", metrics)
+                raise ServerLost(f"{ctx.backend.name}: {result.aborted}", "check the server (its log, memory, whether it was stopped) and run again", metrics)
             return figures
 
         if opts.warmup_requests:
             ctx.status(f"warm-up: {opts.warmup_requests} requests, one at a time")
-            warm = await run_step(session, requests_for(0)[: opts.warmup_requests], synchronous(),
-                                  replace(opts.limits, max_requests=opts.warmup_requests))
+            warm = await run_step(session, requests_for(0)[: opts.warmup_requests], synchronous(), replace(opts.limits, max_requests=opts.warmup_requests))
             if warm.aborted:
                 raise ServerLost(f"{ctx.backend.name}: {warm.aborted}", "check that the server is up and serving", metrics)
             serving["warmup"] = {"requests": len(warm.records), "finished": sum(r.ok for r in warm.records)}
@@ -340,8 +340,7 @@ def sweep_headline(steps: list[dict[str, Any]]) -> dict[str, Any]:
     with a verdict; both None without an SLO)."""
     judged = [s for s in steps if s.get("verdict") is not None]
     goodputs = [s["goodput"] for s in steps if s.get("goodput") is not None]
-    return {"peak_goodput": max(goodputs, default=None),
-            "valid_steps": f"{sum(s['verdict'] == 'VALID' for s in judged)}/{len(judged)}" if judged else None}
+    return {"peak_goodput": max(goodputs, default=None), "valid_steps": f"{sum(s['verdict'] == 'VALID' for s in judged)}/{len(judged)}" if judged else None}
 
 
 def prompt_texts(ctx: RunContext) -> list[str]:
@@ -353,8 +352,7 @@ def prompt_texts(ctx: RunContext) -> list[str]:
         return list(corpus.load_corpus(ctx.spec.dataset).eval)
     texts = list(ctx.load_data().eval.texts or [])
     if not texts:
-        raise ConfigError(f"dataset '{ctx.spec.dataset.name}' has no texts to make prompts from",
-                          "use dataset=corpus (the default of +scenario=llm_serve)")
+        raise ConfigError(f"dataset '{ctx.spec.dataset.name}' has no texts to make prompts from", "use dataset=corpus (the default of +scenario=llm_serve)")
     return texts
 
 
@@ -375,13 +373,23 @@ class _ModelSources:
 
             spec = self.ctx.spec
             if not decoders.is_decoder(spec.model.family):
-                raise ConfigError(f"model '{spec.model.name}' (family {spec.model.family}) is not a decoder LLM",
-                                  "use model=llama_tiny, llama_small, llama_1b or gpt2, or model.path=<causal-LM folder>")
+                raise ConfigError(
+                    f"model '{spec.model.name}' (family {spec.model.family}) is not a decoder LLM",
+                    "use model=llama_tiny, llama_small, llama_1b or gpt2, or model.path=<causal-LM folder>",
+                )
             model = self.ctx.load_model()
             tokenizer = model.tokenizer or corpus_tokenizer(self.ctx.cache_root)
-            self._source = DecoderSource(model.name, model.module, model.config, tokenizer, model.params,
-                                         model.weights_digest(), self.ctx.cache_root, self.ctx.status,
-                                         workspace=self.ctx.workspace)
+            self._source = DecoderSource(
+                model.name,
+                model.module,
+                model.config,
+                tokenizer,
+                model.params,
+                model.weights_digest(),
+                self.ctx.cache_root,
+                self.ctx.status,
+                workspace=self.ctx.workspace,
+            )
         return self._source
 
     def tokenizer(self) -> Optional[Tokenizer]:

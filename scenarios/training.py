@@ -31,19 +31,21 @@ from harness.training.job import tensorboard_folder, train_recipe
 from harness.training.options import RENDEZVOUS_KEYS, TrainingOptions
 
 
-
 def require_training(ctx: RunContext, precision: str, strategy: str = "ddp") -> None:
     """Refuse, with the reason, a backend that does not declare training, this precision
     or this parallel strategy (before any process is launched)."""
     backend = ctx.backend
     capabilities = backend.capabilities()
     if not capabilities.training:
-        raise Unsupported(f"backend '{backend.name}' cannot train: its capabilities declare inference only",
-                          "train with a backend whose harness-backends entry lists training, e.g. backend=pytorch")
+        raise Unsupported(
+            f"backend '{backend.name}' cannot train: its capabilities declare inference only",
+            "train with a backend whose harness-backends entry lists training, e.g. backend=pytorch",
+        )
     if strategy not in capabilities.training_strategies:
-        raise Unsupported(f"backend '{backend.name}' does not train with strategy {strategy} (it declares "
-                          f"{', '.join(sorted(capabilities.training_strategies))})",
-                          "use one of those strategies, or backend=pytorch for fsdp, tp, pp and fsdp+tp")
+        raise Unsupported(
+            f"backend '{backend.name}' does not train with strategy {strategy} (it declares {', '.join(sorted(capabilities.training_strategies))})",
+            "use one of those strategies, or backend=pytorch for fsdp, tp, pp and fsdp+tp",
+        )
     backend.check_precision(precision)
 
 
@@ -54,8 +56,13 @@ def record_metrics(training: dict[str, Any]) -> dict[str, Any]:
         "training": training,
         "latency_ms": step,
         "throughput": {"samples_per_s": training["samples_per_s"], "tokens_per_s": training["tokens_per_s"]},
-        "accuracy": {"metric": training["eval_metric"], "value": training[f"final_{training['eval_metric']}"], "reference": None,
-                     "relative": None, "agreement": None},
+        "accuracy": {
+            "metric": training["eval_metric"],
+            "value": training[f"final_{training['eval_metric']}"],
+            "reference": None,
+            "relative": None,
+            "agreement": None,
+        },
         "memory_mib": training["memory_mib"],
     }
 
@@ -79,15 +86,17 @@ def find_baseline(ctx: RunContext) -> tuple[Optional[dict[str, Any]], str]:
         except (OSError, ValueError):
             continue
         training = (rec.get("metrics") or {}).get("training") or {}
-        if (rec.get("status") == "ok" and training.get("world_size") == 1
-                and rec.get("backend", {}).get("name") == spec.backend_name
-                and rec.get("hardware", {}).get("fingerprint") == fingerprint
-                and _comparable(rec.get("config") or {}) == wanted):
+        if (
+            rec.get("status") == "ok"
+            and training.get("world_size") == 1
+            and rec.get("backend", {}).get("name") == spec.backend_name
+            and rec.get("hardware", {}).get("fingerprint") == fingerprint
+            and _comparable(rec.get("config") or {}) == wanted
+        ):
             if best is None or rec.get("created", "") >= best.get("created", ""):
                 best = rec
     if best is None:
-        return None, (f"no ok 1-process record of this run in {folder} on this machine: run it once with "
-                      "scenario.distributed.nproc_per_node=1 first")
+        return None, (f"no ok 1-process record of this run in {folder} on this machine: run it once with scenario.distributed.nproc_per_node=1 first")
     return best, ""
 
 
@@ -96,8 +105,7 @@ def add_scaling(ctx: RunContext, training: dict[str, Any]) -> None:
     world = training["world_size"]
     training["global_samples_per_s"] = training["samples_per_s"]
     if world == 1:
-        training.update(scaling_efficiency=None, scaling_baseline=None,
-                        scaling_reason="single-process run: it is the baseline for data-parallel runs")
+        training.update(scaling_efficiency=None, scaling_baseline=None, scaling_reason="single-process run: it is the baseline for data-parallel runs")
         return
     baseline, reason = find_baseline(ctx)
     if baseline is None:
@@ -165,8 +173,10 @@ class TrainingScenario(Scenario):
         spec = ctx.spec
         require_training(ctx, opts.precision, opts.distributed.strategy)
         if spec.model.checkpoint:
-            raise ConfigError("model.checkpoint is for inference runs; training starts from model.path or the config",
-                              "use model.path=<folder> to fine-tune a saved checkpoint")
+            raise ConfigError(
+                "model.checkpoint is for inference runs; training starts from model.path or the config",
+                "use model.path=<folder> to fine-tune a saved checkpoint",
+            )
         dist = opts.distributed
         if dist.world_size > 1:
             check_layout(model_config(spec.model), spec.model.name, dist.strategy, dist.mesh_shape)
@@ -186,10 +196,8 @@ class TrainingScenario(Scenario):
             if result is None:  # a node other than node 0: its ranks are done; the CLI writes no record
                 return ScenarioResult(precision=opts.precision, metrics={}, batch_size=opts.batch_size)
         else:
-            ctx.status(f"training {spec.model.name} on {spec.dataset.name} with {ctx.backend.name} "
-                       f"({opts.optimizer}, lr {opts.lr:g}, {opts.precision})")
-            result = train_recipe(ctx.backend, spec.model, spec.dataset, opts, cache_root=ctx.cache_root,
-                                  tensorboard_dir=board, report=ctx.status)
+            ctx.status(f"training {spec.model.name} on {spec.dataset.name} with {ctx.backend.name} ({opts.optimizer}, lr {opts.lr:g}, {opts.precision})")
+            result = train_recipe(ctx.backend, spec.model, spec.dataset, opts, cache_root=ctx.cache_root, tensorboard_dir=board, report=ctx.status)
         training = result["training"]
         add_scaling(ctx, training)
         return ScenarioResult(

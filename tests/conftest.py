@@ -35,8 +35,14 @@ def run_two_nodes(*args: str, cwd: Path, timeout: int = 400) -> tuple[subprocess
     """Nodes 0 and 1 of one multi-node run as two ``harness`` processes on this host:
     node 1 in the background, node 0 through :func:`run_cli`; ``args`` carry nnodes=2 and
     the rendezvous. Returns node 0's process and node 1's ``(returncode, stdout, stderr)``."""
-    node1 = subprocess.Popen([str(BIN / "harness"), *args, "scenario.distributed.node_rank=1"], cwd=cwd,
-                             env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    node1 = subprocess.Popen(
+        [str(BIN / "harness"), *args, "scenario.distributed.node_rank=1"],
+        cwd=cwd,
+        env=dict(os.environ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         node0 = run_cli(*args, "scenario.distributed.node_rank=0", cwd=cwd, timeout=timeout)
         out1, err1 = node1.communicate(timeout=120)
@@ -84,5 +90,4 @@ def llama_source():
 
     spec = yaml.safe_load((resources.files("harness.conf") / "model" / "llama_tiny.yaml").read_text())
     model = load_model(ModelOptions(name=spec["name"], family=spec["family"], config=spec["config"]))
-    return DecoderSource(model.name, model.module, model.config, corpus_tokenizer(), model.params,
-                         model.weights_digest(), status=lambda message: None)
+    return DecoderSource(model.name, model.module, model.config, corpus_tokenizer(), model.params, model.weights_digest(), status=lambda message: None)

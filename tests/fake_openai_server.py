@@ -144,8 +144,12 @@ class FakeServer:
                     os._exit(17)  # killed mid-stream, the way a crashed server dies
                 piece = {"delta": {"content": f" t{k}"}} if chat else {"text": f" t{k}"}
                 await _event(writer, {"choices": [{"index": 0, **piece, "finish_reason": None}]})
-            await _event(writer, {"choices": [{"index": 0, "text": "", "finish_reason": "length"}]} if not chat
-                         else {"choices": [{"index": 0, "delta": {}, "finish_reason": "length"}]})
+            await _event(
+                writer,
+                {"choices": [{"index": 0, "text": "", "finish_reason": "length"}]}
+                if not chat
+                else {"choices": [{"index": 0, "delta": {}, "finish_reason": "length"}]},
+            )
             if (body.get("stream_options") or {}).get("include_usage"):
                 words = len(str(body.get("prompt") or body.get("messages")).split())
                 await _event(writer, {"choices": [], "usage": {"prompt_tokens": words, "completion_tokens": tokens}})
@@ -156,8 +160,10 @@ class FakeServer:
 def _echo(body: dict) -> dict:
     words = str(body["prompt"]).split()
     logprobs = [None] + [-1.0] * (len(words) - 1) + [-1.0]
-    return {"choices": [{"text": body["prompt"] + " x", "logprobs": {"token_logprobs": logprobs}}],
-            "usage": {"prompt_tokens": len(words), "completion_tokens": 1}}
+    return {
+        "choices": [{"text": body["prompt"] + " x", "logprobs": {"token_logprobs": logprobs}}],
+        "usage": {"prompt_tokens": len(words), "completion_tokens": 1},
+    }
 
 
 async def _json(writer: asyncio.StreamWriter, status: int, payload: dict) -> None:

@@ -58,12 +58,26 @@ def build(kind: str) -> Any:
     if kind == "bert":
         from harness.models import ModelOptions, load_model
 
-        config = dict(vocab_size=512, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                      hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+        config = dict(
+            vocab_size=512,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
+        )
         return load_model(ModelOptions(name="bert_test", config=config)).module
-    config = transformers.LlamaConfig(vocab_size=512, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                                      tie_word_embeddings=kind == "llama-tied")
+    config = transformers.LlamaConfig(
+        vocab_size=512,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        tie_word_embeddings=kind == "llama-tied",
+    )
     if kind == "llama-tied":  # as the decoder family loads it: the bare causal LM, embeddings tied
         return transformers.LlamaForCausalLM(config)
     return causal_lm(config)
@@ -96,12 +110,20 @@ def options(strategy: str, world: int, precision: str = "fp32", checkpointing: b
     from harness.training.options import DistributedOptions, TrainingOptions
 
     name, _, schedule = strategy.partition("-")  # "pp-gpipe": pp on the GPipe schedule
-    dist = DistributedOptions(nproc_per_node=world, strategy=name if world > 1 else "ddp", microbatches=4,
-                              pipeline_schedule=schedule or "1f1b")
+    dist = DistributedOptions(nproc_per_node=world, strategy=name if world > 1 else "ddp", microbatches=4, pipeline_schedule=schedule or "1f1b")
     replicas = dist.data_parallel_size if world > 1 else 1
-    return TrainingOptions(batch_size=GLOBAL_BATCH // replicas, lr=1e-3, precision=precision, grad_clip=1.0,
-                           schedule="constant", warmup_steps=0, warmup_ratio=0.0, max_steps=STEPS,
-                           activation_checkpointing=checkpointing, distributed=dist)
+    return TrainingOptions(
+        batch_size=GLOBAL_BATCH // replicas,
+        lr=1e-3,
+        precision=precision,
+        grad_clip=1.0,
+        schedule="constant",
+        warmup_steps=0,
+        warmup_ratio=0.0,
+        max_steps=STEPS,
+        activation_checkpointing=checkpointing,
+        distributed=dist,
+    )
 
 
 def train(kind: str, opts: Any, world: Any) -> dict[str, Any]:
@@ -110,13 +132,12 @@ def train(kind: str, opts: Any, world: Any) -> dict[str, Any]:
     from harness.training.plan import TrainingPlan
 
     module = build(kind)
-    plan = TrainingPlan.from_options(opts, ("input_ids", "attention_mask"), STEPS, world,
-                                     loss=None if kind == "bert" else causal_lm_loss)
+    plan = TrainingPlan.from_options(opts, ("input_ids", "attention_mask"), STEPS, world, loss=None if kind == "bert" else causal_lm_loss)
     session = PyTorchBackend(PyTorchOptions()).prepare_training(module, plan)
     losses = []
     for batch in batches(kind):
         lo = world.dp_rank * opts.batch_size
-        part = {k: v[lo:lo + opts.batch_size] for k, v in batch.items()}
+        part = {k: v[lo : lo + opts.batch_size] for k, v in batch.items()}
         losses.append(session.train_step(session.load(part)))
     losses = session.global_losses(losses)
     logits = session.predict(session.load({k: v[:3] for k, v in batches(kind)[0].items() if k != "labels"}))
@@ -130,8 +151,7 @@ def train(kind: str, opts: Any, world: Any) -> dict[str, Any]:
 
 
 def _worker(rank: int, world: int, port: int, kind: str, strategy: str, extra: dict[str, Any], out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
-                      LOCAL_RANK=str(rank), OMP_NUM_THREADS="1")
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank), LOCAL_RANK=str(rank), OMP_NUM_THREADS="1")
     import torch
 
     from harness.training.plan import World
@@ -158,8 +178,7 @@ def run_world(kind: str, strategy: str, world: int = 2, **extra: Any) -> dict[st
 
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "result.pt")
-        mp.start_processes(_worker, args=(world, free_port(), kind, strategy, extra, out), nprocs=world,
-                           start_method="spawn")
+        mp.start_processes(_worker, args=(world, free_port(), kind, strategy, extra, out), nprocs=world, start_method="spawn")
         return torch.load(out, weights_only=False)
 
 

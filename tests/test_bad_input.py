@@ -113,8 +113,7 @@ def bert_folder(tmp_path_factory):
     import transformers
 
     folder = tmp_path_factory.mktemp("bert")
-    config = transformers.BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256,
-                                     num_labels=2)
+    config = transformers.BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256, num_labels=2)
     transformers.BertForSequenceClassification(config).save_pretrained(folder)
     return folder
 
@@ -158,15 +157,16 @@ def test_bad_checkpoint_folder(bert_folder, how, extra, needle, tmp_path):
     "name, content, extra, needle",
     [
         ("reviews.parquet", b"this is not parquet at all", [], "cannot read"),
-        ("reviews.csv", b"text,sentiment\ngreat film,1\nawful film,0\nfine,1\n", [],
-         "label column 'label' not found (columns: text, sentiment)"),
+        ("reviews.csv", b"text,sentiment\ngreat film,1\nawful film,0\nfine,1\n", [], "label column 'label' not found (columns: text, sentiment)"),
         ("reviews.csv", b"", [], "cannot read"),
-        ("reviews.csv", b"text,label\n" + b"".join(b"film %d,%d\n" % (i, i % 5) for i in range(20)), [],
-         "has 5 label values (0, 1, 2, 3, 4) but model 'bert_tiny' has num_labels=2"),
-        ("reviews.csv", b"text,label\n" + b"".join(b"film %d,%d\n" % (i, -1 if i % 2 else 1) for i in range(20)), [],
-         "label column has negative values (-1)"),
-        ("reviews.csv", b"text,label\n" + b"".join(b"film %d,%s\n" % (i, b"abc"[i % 3:i % 3 + 1]) for i in range(20)),
-         [], "has 3 label values (a, b, c)"),
+        (
+            "reviews.csv",
+            b"text,label\n" + b"".join(b"film %d,%d\n" % (i, i % 5) for i in range(20)),
+            [],
+            "has 5 label values (0, 1, 2, 3, 4) but model 'bert_tiny' has num_labels=2",
+        ),
+        ("reviews.csv", b"text,label\n" + b"".join(b"film %d,%d\n" % (i, -1 if i % 2 else 1) for i in range(20)), [], "label column has negative values (-1)"),
+        ("reviews.csv", b"text,label\n" + b"".join(b"film %d,%s\n" % (i, b"abc"[i % 3 : i % 3 + 1]) for i in range(20)), [], "has 3 label values (a, b, c)"),
     ],
     ids=["unreadable", "mislabeled", "empty", "five-labels-two-classes", "minus-one", "three-names-two-classes"],
 )
@@ -207,8 +207,7 @@ def test_corrupt_caches_are_rebuilt_not_trusted(tmp_path):
 def test_thread_counts_beyond_the_cores_are_clamped_with_a_warning(tmp_path):
     from harness.preflight import usable_cores
 
-    proc = run_cli("+scenario=bert_fp32", *FAST, "backend.intra_op_threads=100000", "scenario.accuracy.enabled=false",
-                   "scenario.mfu=false", cwd=tmp_path)
+    proc = run_cli("+scenario=bert_fp32", *FAST, "backend.intra_op_threads=100000", "scenario.accuracy.enabled=false", "scenario.mfu=false", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     cores = usable_cores()
     assert f"backend.intra_op_threads=100000 is more than the {cores} cores this run may use; using {cores}" in proc.stderr
@@ -243,19 +242,80 @@ def test_debug_switch_shows_the_traceback(tmp_path):
 
 # --- property-based: the checker never raises -------------------------------------------------------
 
-KEYS = st.sampled_from([
-    "backend", "scenario", "+scenario", "model", "dataset", "~model", "+model", "++backend",
-    "scenario.batch_size", "scenario.seq_len", "backend.intra_op_threads", "launcher.timeout_s",
-    "++launcher.timeout_s", "+launcher", "results_dir", "hydra.run.dir", "hydra/launcher", "hydra.sweeper.params",
-    "model.config.hidden_size", "a.b.c", "", " ", "=", "..", "@", "scenario@x", "backend@_global_", "ü", "$x",
-])
+KEYS = st.sampled_from(
+    [
+        "backend",
+        "scenario",
+        "+scenario",
+        "model",
+        "dataset",
+        "~model",
+        "+model",
+        "++backend",
+        "scenario.batch_size",
+        "scenario.seq_len",
+        "backend.intra_op_threads",
+        "launcher.timeout_s",
+        "++launcher.timeout_s",
+        "+launcher",
+        "results_dir",
+        "hydra.run.dir",
+        "hydra/launcher",
+        "hydra.sweeper.params",
+        "model.config.hidden_size",
+        "a.b.c",
+        "",
+        " ",
+        "=",
+        "..",
+        "@",
+        "scenario@x",
+        "backend@_global_",
+        "ü",
+        "$x",
+    ]
+)
 VALUES = st.one_of(
-    st.sampled_from([
-        "onnxruntime", "pytorch", "bert_fp32", "bert_tiny", "sentiment", "nope", "8", "-1", "0", "1e9", "abc",
-        "null", "true", "[1,2", "[1,2]", "{a:1}", "${oc.env:HOME}", "${nope}", "'q'", "\"", "a,b", "onnxruntime,pytorch",
-        "range(1,4)", "range(0,1000000000)", "choice(a,b)", "glob(*)", "interval(0,1)", "tag(x,choice(1,2))",
-        "sort(3,1)", "shuffle(a,b)", "", " ", "=", "\\", "ü", "a b",
-    ]),
+    st.sampled_from(
+        [
+            "onnxruntime",
+            "pytorch",
+            "bert_fp32",
+            "bert_tiny",
+            "sentiment",
+            "nope",
+            "8",
+            "-1",
+            "0",
+            "1e9",
+            "abc",
+            "null",
+            "true",
+            "[1,2",
+            "[1,2]",
+            "{a:1}",
+            "${oc.env:HOME}",
+            "${nope}",
+            "'q'",
+            '"',
+            "a,b",
+            "onnxruntime,pytorch",
+            "range(1,4)",
+            "range(0,1000000000)",
+            "choice(a,b)",
+            "glob(*)",
+            "interval(0,1)",
+            "tag(x,choice(1,2))",
+            "sort(3,1)",
+            "shuffle(a,b)",
+            "",
+            " ",
+            "=",
+            "\\",
+            "ü",
+            "a b",
+        ]
+    ),
     st.text(max_size=12),
 )
 OVERRIDE = st.one_of(
@@ -301,10 +361,12 @@ def test_group_choice_check_never_raises(checker, key, value):
 def test_known_good_command_lines_pass_the_check(checker):
     searchpath, options, registry = checker
     assert precheck.precheck(["+scenario=bert_fp32", "backend=onnxruntime"], searchpath, options, registry) == (None, 1)
-    assert precheck.precheck(["-m", "+scenario=bert_fp32", "backend=onnxruntime,pytorch", "scenario.batch_size=1,8"], searchpath, options, registry) == (None, 4)
+    assert precheck.precheck(["-m", "+scenario=bert_fp32", "backend=onnxruntime,pytorch", "scenario.batch_size=1,8"], searchpath, options, registry) == (
+        None,
+        4,
+    )
     assert precheck.precheck(["-m", "backend=glob(onnx*)"], searchpath, options, registry)[0] is None
     assert precheck.precheck(["--cfg", "job"], searchpath, options, registry) == (None, None)
-    assert precheck.precheck(["-m", "scenario.batch_size=range(1,1000000000)"], searchpath, options, registry)[0].startswith(
-        "this sweep has 999,999,999 jobs")
+    assert precheck.precheck(["-m", "scenario.batch_size=range(1,1000000000)"], searchpath, options, registry)[0].startswith("this sweep has 999,999,999 jobs")
     problem, _ = precheck.precheck(["-m", "backend=glob(zzz*)"], searchpath, options, registry)
     assert problem.startswith("backend=glob(zzz*) matches no backend")

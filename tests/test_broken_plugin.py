@@ -18,11 +18,11 @@ from harness import records
 
 pytestmark = pytest.mark.slow
 
-BROKEN_IMPORT = '''
+BROKEN_IMPORT = """
 raise RuntimeError("vendor SDK libfoo.so.3 not found")
-'''
+"""
 
-RAISING_PROBE = '''
+RAISING_PROBE = """
 from pathlib import Path
 
 from harness.backends.onnxruntime import OnnxRuntimeBackend
@@ -45,9 +45,9 @@ def harness_register_backends(registry):
 @hookimpl
 def harness_config_searchpath():
     return [(Path(__file__).parent / "raising_conf").as_uri()]
-'''
+"""
 
-FUTURE_API = '''
+FUTURE_API = """
 from harness.backends.onnxruntime import OnnxRuntimeBackend
 from harness.hookspecs import hookimpl
 
@@ -61,7 +61,7 @@ class FutureBackend(OnnxRuntimeBackend):
 @hookimpl
 def harness_register_backends(registry):
     registry.add_backend(FutureBackend)
-'''
+"""
 
 
 @pytest.fixture
@@ -120,14 +120,14 @@ def test_run_on_a_backend_whose_probe_raises_is_recorded_with_a_reason(plugin_en
     assert len(errors) == 1 and "driver exploded" in errors[0], proc.stderr
 
 
-WRONG_ARGUMENTS = '''
+WRONG_ARGUMENTS = """
 from harness.hookspecs import hookimpl
 
 
 @hookimpl
 def harness_register_backends(registry, extra_argument):
     pass
-'''
+"""
 
 
 def test_hookimpl_with_wrong_arguments_is_a_warning_not_a_crash(tmp_path: Path) -> None:

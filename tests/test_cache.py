@@ -47,8 +47,7 @@ def test_temp_names_are_unique(tmp_path):
 
 
 @SETTINGS
-@given(data=st.binary(min_size=1, max_size=4096), where=st.integers(0, 4095), flip=st.integers(1, 255),
-       cut=st.integers(0, 4096))
+@given(data=st.binary(min_size=1, max_size=4096), where=st.integers(0, 4095), flip=st.integers(1, 255), cut=st.integers(0, 4096))
 def test_any_flipped_byte_or_truncation_fails_verification(tmp_path, data, where, flip, cut):
     path = tmp_path / "entry.bin"
     cache.atomic_write(path, data)

@@ -15,8 +15,7 @@ from harness.errors import ConfigError
 from harness.models import ModelOptions, load_model
 from harness.training.options import TrainingOptions
 
-TINY = ModelOptions(name="t", config=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                                          intermediate_size=64, vocab_size=200))
+TINY = ModelOptions(name="t", config=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, vocab_size=200))
 
 
 def test_key_follows_weights_relevant_inputs_only():
@@ -103,8 +102,15 @@ def test_auto_reuses_the_recipe_checkpoint_without_training(tmp_path):
 @pytest.mark.slow
 def test_auto_trains_once_then_reuses(tmp_path):
     """An inference run with model.checkpoint=auto trains bert_tiny with bert_train's recipe, once."""
-    args = ["+scenario=bert_fp32", "backend=onnxruntime", *FAST, "++model.checkpoint=auto",
-            "dataset.train_size=640", "dataset.eval_size=200", f"cache_dir={tmp_path / 'cache'}"]
+    args = [
+        "+scenario=bert_fp32",
+        "backend=onnxruntime",
+        *FAST,
+        "++model.checkpoint=auto",
+        "dataset.train_size=640",
+        "dataset.eval_size=200",
+        f"cache_dir={tmp_path / 'cache'}",
+    ]
     first = run_cli(*args, cwd=tmp_path, timeout=600)
     assert first.returncode == 0, first.stderr
     assert "training it once on pytorch" in first.stderr and "auto-training bert_tiny: step" in first.stderr

@@ -15,15 +15,25 @@ from harness import compare, records
 from test_results import make_record
 
 
-def _latency_record(samples: np.ndarray, *, backend: str = "onnxruntime", batch_size: int = 8,
-                    results_dir: str = "/ci/a/results", **extra: object) -> dict:
+def _latency_record(samples: np.ndarray, *, backend: str = "onnxruntime", batch_size: int = 8, results_dir: str = "/ci/a/results", **extra: object) -> dict:
     """A single-stream record whose latency figures and throughput all come from ``samples``."""
     values = [float(v) for v in samples]
-    rec = make_record(backend=backend, batch_size=batch_size, samples=values, p50=float(np.percentile(values, 50)),
-                      p99=float(np.percentile(values, 99)), throughput=batch_size * 1000.0 / float(np.mean(values)), **extra)
-    rec["config"] = {"results_dir": results_dir, "launcher": {"timeout_s": 600},
-                     "backend": {"name": backend, "intra_op_threads": 0},
-                     "model": {"name": "tiny-bert", "path": None}, "scenario": {"name": "bert_fp32", "batch_size": batch_size}}
+    rec = make_record(
+        backend=backend,
+        batch_size=batch_size,
+        samples=values,
+        p50=float(np.percentile(values, 50)),
+        p99=float(np.percentile(values, 99)),
+        throughput=batch_size * 1000.0 / float(np.mean(values)),
+        **extra,
+    )
+    rec["config"] = {
+        "results_dir": results_dir,
+        "launcher": {"timeout_s": 600},
+        "backend": {"name": backend, "intra_op_threads": 0},
+        "model": {"name": "tiny-bert", "path": None},
+        "scenario": {"name": "bert_fp32", "batch_size": batch_size},
+    }
     return rec
 
 
@@ -128,10 +138,13 @@ def test_without_samples_the_record_intervals_or_the_threshold_decide() -> None:
     assert compare.verdict(-0.2, None, None, compare.METRICS["throughput"], 0.05) == ("worse", None)
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["missing", "missing"], "path not found"),
-    (["{base}", "{base}", "--threshold", "abc"], "--threshold 'abc' is not a number"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["missing", "missing"], "path not found"),
+        (["{base}", "{base}", "--threshold", "abc"], "--threshold 'abc' is not a number"),
+    ],
+)
 def test_usage_errors_are_one_line_with_exit_2(baseline: Path, args: list[str], message: str) -> None:
     done = run(*(arg.format(base=baseline) for arg in args))
     assert done.returncode == 2 and message in done.stderr and done.stderr.count("\n") == 1

@@ -17,6 +17,7 @@ from harness.errors import ConfigError, Unsupported
 
 # --- recipes -----------------------------------------------------------------------------------
 
+
 def test_recipe_names_are_what_backends_list():
     assert Recipe(mode="dynamic").name == "int8_dynamic"
     assert Recipe(mode="static").name == "int8_static"
@@ -65,6 +66,7 @@ def test_quantization_options_errors_name_the_full_key():
 
 # --- calibration ---------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def text_data():
     from harness.data import DatasetOptions, load_dataset
@@ -92,6 +94,7 @@ def test_calibration_fingerprint_is_stable_and_tracks_the_samples(text_data):
 
 # --- ONNX recipes with ORT tools -----------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def tiny_onnx(tiny_model, tiny_batch, tmp_path_factory):
     from harness.export import export_onnx
@@ -111,8 +114,12 @@ def _ort_logits(path: Path, batch: dict) -> np.ndarray:
 def test_onnx_recipes_give_valid_models_close_to_fp32(name, tiny_onnx, text_data, tiny_batch, tmp_path):
     import onnx
 
-    recipe = {"int8_dynamic": Recipe(mode="dynamic"), "int8_static": Recipe(mode="static", method="MinMax"),
-              "int8_qdq": int8_qdq(), "fp16": conversion("fp16")}[name]
+    recipe = {
+        "int8_dynamic": Recipe(mode="dynamic"),
+        "int8_static": Recipe(mode="static", method="MinMax"),
+        "int8_qdq": int8_qdq(),
+        "fp16": conversion("fp16"),
+    }[name]
     out = tmp_path / "model.onnx"
     details = onnx_quant.realise(tiny_onnx.path, out, recipe, calib.sample_batches(text_data, 32))
     assert details["name"] == name
@@ -147,6 +154,7 @@ def test_static_recipe_without_calibration_is_refused(tiny_onnx, tmp_path):
 
 # --- the cached compression stage ---------------------------------------------------------------
 
+
 def _ort_backend():
     from backends.onnxruntime import OnnxRuntimeBackend, OnnxRuntimeOptions
 
@@ -154,8 +162,7 @@ def _ort_backend():
 
 
 def _onnx_artifact(model, path):
-    return Artifact(model.name, model.input_names, model.output_names, onnx_path=path,
-                    meta={"batch_size": 3, "seq_len": 16})
+    return Artifact(model.name, model.input_names, model.output_names, onnx_path=path, meta={"batch_size": 3, "seq_len": 16})
 
 
 def test_compressed_artifact_is_cached_by_recipe_calibration_and_source(tiny_model, tiny_onnx, text_data, tmp_path):
@@ -169,17 +176,18 @@ def test_compressed_artifact_is_cached_by_recipe_calibration_and_source(tiny_mod
     assert second.meta["precision"] == "int8" and second.meta["recipe"]["name"] == "int8_static"
     assert second.meta["batch_size"] == 3  # the run's shapes, not the stored ones
     assert m1["calibration"]["samples"] == 16 and m1["size_bytes"] == first.onnx_path.stat().st_size
-    more, m3 = pipeline.compress(backend, artifact, Recipe(mode="static", calibration_samples=24), text_data,
-                                 tiny_onnx.key, str(tmp_path), status=lambda s: None)
-    other_source, m4 = pipeline.compress(backend, artifact, recipe, text_data, "another-export", str(tmp_path),
-                                         status=lambda s: None)
+    more, m3 = pipeline.compress(
+        backend, artifact, Recipe(mode="static", calibration_samples=24), text_data, tiny_onnx.key, str(tmp_path), status=lambda s: None
+    )
+    other_source, m4 = pipeline.compress(backend, artifact, recipe, text_data, "another-export", str(tmp_path), status=lambda s: None)
     assert len({m1["key"], m3["key"], m4["key"]}) == 3
     assert not list((tmp_path / "compressed").glob(".tmp-*")), "temp folders left behind"
 
 
 def test_auto_resolves_to_the_backends_best_recipe_and_records_it(tiny_model, tiny_onnx, text_data, tmp_path):
-    _, metrics = pipeline.compress(_ort_backend(), _onnx_artifact(tiny_model, tiny_onnx.path), Recipe(mode="auto"),
-                                   text_data, tiny_onnx.key, str(tmp_path), status=lambda s: None)
+    _, metrics = pipeline.compress(
+        _ort_backend(), _onnx_artifact(tiny_model, tiny_onnx.path), Recipe(mode="auto"), text_data, tiny_onnx.key, str(tmp_path), status=lambda s: None
+    )
     assert metrics["requested"]["name"] == "int8_auto"
     assert metrics["recipe"]["name"] == "int8_dynamic"  # ORT's advice for transformers
     assert metrics["calibration"] is None  # dynamic: no calibration used
@@ -187,8 +195,9 @@ def test_auto_resolves_to_the_backends_best_recipe_and_records_it(tiny_model, ti
 
 def test_recipe_a_backend_does_not_list_is_unsupported(tiny_model, tiny_onnx, text_data, tmp_path):
     with pytest.raises(Unsupported, match="int8_weights"):
-        pipeline.compress(_ort_backend(), _onnx_artifact(tiny_model, tiny_onnx.path), Recipe(mode="weights"),
-                          text_data, tiny_onnx.key, str(tmp_path), status=lambda s: None)
+        pipeline.compress(
+            _ort_backend(), _onnx_artifact(tiny_model, tiny_onnx.path), Recipe(mode="weights"), text_data, tiny_onnx.key, str(tmp_path), status=lambda s: None
+        )
 
 
 @dataclass
@@ -228,6 +237,7 @@ def test_onnxruntime_refuses_int8_on_an_unquantized_artifact(tiny_model, tiny_on
 
 # --- torch.ao ----------------------------------------------------------------------------------
 
+
 def _pytorch_backend():
     from backends.pytorch import PyTorchBackend, PyTorchOptions
 
@@ -259,6 +269,7 @@ def test_pytorch_static_int8_is_unsupported_with_reason(tiny_model, text_data):
 
 
 # --- offline load ------------------------------------------------------------------------------
+
 
 def test_offline_throughput_hand_computed():
     from scenarios.inference import offline_throughput

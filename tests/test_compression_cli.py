@@ -28,14 +28,16 @@ def _one_record(proc, folder):
     return record
 
 
-@pytest.mark.parametrize("backend, recipe", [
-    ("onnxruntime", "int8_dynamic"),
-    pytest.param("openvino", "int8_static", marks=[pytest.mark.openvino, needs_openvino]),
-    ("pytorch", "int8_dynamic"),
-])
+@pytest.mark.parametrize(
+    "backend, recipe",
+    [
+        ("onnxruntime", "int8_dynamic"),
+        pytest.param("openvino", "int8_static", marks=[pytest.mark.openvino, needs_openvino]),
+        ("pytorch", "int8_dynamic"),
+    ],
+)
 def test_bert_int8_runs_each_backends_best_recipe(backend, recipe, tmp_path):
-    proc = run_cli("+scenario=bert_int8", f"backend={backend}", *FAST, *RANDOM,
-                   "scenario.quantization.calibration_samples=16", cwd=tmp_path)
+    proc = run_cli("+scenario=bert_int8", f"backend={backend}", *FAST, *RANDOM, "scenario.quantization.calibration_samples=16", cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     record = _one_record(proc, tmp_path)
     assert record["status"] == "ok" and record["scenario"]["precision"] == "int8"
@@ -48,8 +50,15 @@ def test_bert_int8_runs_each_backends_best_recipe(backend, recipe, tmp_path):
 
 
 def test_static_mode_on_onnxruntime_records_calibration(tmp_path):
-    proc = run_cli("+scenario=bert_int8", "scenario.quantization.mode=static", "scenario.quantization.method=Percentile",
-                   "scenario.quantization.calibration_samples=24", *FAST, *RANDOM, cwd=tmp_path)
+    proc = run_cli(
+        "+scenario=bert_int8",
+        "scenario.quantization.mode=static",
+        "scenario.quantization.method=Percentile",
+        "scenario.quantization.calibration_samples=24",
+        *FAST,
+        *RANDOM,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     compression = _one_record(proc, tmp_path)["metrics"]["compression"]
     assert compression["recipe"]["name"] == "int8_static" and compression["recipe"]["method"] == "Percentile"
@@ -80,8 +89,7 @@ def test_bert_int8_on_tensorrt_without_it_is_unavailable(tmp_path):
 def test_bert_pruned_is_smaller_than_bert_fp32(tmp_path):
     common = [*FAST, *RANDOM]
     assert run_cli("+scenario=bert_fp32", *FAST, "scenario.accuracy.limit=64", cwd=tmp_path).returncode == 0
-    proc = run_cli("+scenario=bert_pruned", *common, "scenario.pruning.finetune_steps=0",
-                   "scenario.pruning.importance_samples=32", cwd=tmp_path)
+    proc = run_cli("+scenario=bert_pruned", *common, "scenario.pruning.finetune_steps=0", "scenario.pruning.importance_samples=32", cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     full, pruned = sorted(records_in(tmp_path / "results"), key=lambda r: r["scenario"]["name"])
     assert (full["scenario"]["name"], pruned["scenario"]["name"]) == ("bert_fp32", "bert_pruned")
@@ -92,8 +100,16 @@ def test_bert_pruned_is_smaller_than_bert_fp32(tmp_path):
 
 
 def test_resnet_int8_on_onnxruntime_scores_top1(tmp_path):
-    proc = run_cli("+scenario=resnet_int8", *RANDOM, "scenario.batch_size=8", "scenario.warmup_iters=1", "scenario.min_iters=3",
-                   "scenario.min_duration_s=0", "scenario.quantization.calibration_samples=16", cwd=tmp_path)
+    proc = run_cli(
+        "+scenario=resnet_int8",
+        *RANDOM,
+        "scenario.batch_size=8",
+        "scenario.warmup_iters=1",
+        "scenario.min_iters=3",
+        "scenario.min_duration_s=0",
+        "scenario.quantization.calibration_samples=16",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     record = _one_record(proc, tmp_path)
     assert record["model"]["name"] == "resnet_small" and record["config"]["dataset"]["name"] == "digits"
@@ -105,8 +121,15 @@ def test_resnet_int8_on_onnxruntime_scores_top1(tmp_path):
 @needs_openvino
 @pytest.mark.openvino
 def test_openvino_offline_throughput_keeps_requests_in_flight(tmp_path):
-    proc = run_cli("+scenario=bert_fp32", "backend=openvino", "backend.performance_hint=throughput", "scenario.load=offline",
-                   *FAST, "scenario.accuracy.limit=16", cwd=tmp_path)
+    proc = run_cli(
+        "+scenario=bert_fp32",
+        "backend=openvino",
+        "backend.performance_hint=throughput",
+        "scenario.load=offline",
+        *FAST,
+        "scenario.accuracy.limit=16",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     metrics = _one_record(proc, tmp_path)["metrics"]
     assert metrics["throughput"]["load"] == "offline" and metrics["offline"]["in_flight"] >= 1
@@ -129,8 +152,7 @@ def test_bf16_on_openvino_reports_accuracy_or_refuses_without_bf16(tmp_path):
 
 
 def test_int8_on_trained_weights_keeps_accuracy(tmp_path):
-    proc = run_cli("+scenario=bert_int8", "backend=onnxruntime", *FAST, "scenario.accuracy.min_relative=null",
-                   cwd=tmp_path, timeout=1200)
+    proc = run_cli("+scenario=bert_int8", "backend=onnxruntime", *FAST, "scenario.accuracy.min_relative=null", cwd=tmp_path, timeout=1200)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     record = _one_record(proc, tmp_path)
     assert record["model"]["source"].startswith("checkpoint:")

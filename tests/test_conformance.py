@@ -137,9 +137,21 @@ def test_kit_fails_a_backend_that_lies(tmp_path: Path) -> None:
         "HARNESS_PLUGINS": "liar_plugin",
     }
     command = [
-        sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *_pytest_plugin_args(),
-        "--pyargs", "harness.testing", "--harness-backend=liar", "-q", "-rfEs",
-        "-k", "probe or precision or full_run", "-o", "addopts=",
+        sys.executable,
+        "-m",
+        "pytest",
+        "-p",
+        "no:cacheprovider",
+        *_pytest_plugin_args(),
+        "--pyargs",
+        "harness.testing",
+        "--harness-backend=liar",
+        "-q",
+        "-rfEs",
+        "-k",
+        "probe or precision or full_run",
+        "-o",
+        "addopts=",
     ]
     proc = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     out = proc.stdout + proc.stderr
@@ -152,8 +164,7 @@ def test_kit_fails_a_backend_that_lies(tmp_path: Path) -> None:
 
 
 def test_command_line_kit_without_a_backend_skips_with_the_fix(tmp_path: Path) -> None:
-    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *_pytest_plugin_args(),
-               "--pyargs", "harness.testing", "-q", "-rs", "-o", "addopts="]
+    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *_pytest_plugin_args(), "--pyargs", "harness.testing", "-q", "-rs", "-o", "addopts="]
     proc = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "--harness-backend=<name>" in proc.stdout

@@ -26,10 +26,18 @@ def full() -> TaskData:
 
 # --- options -----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("key, value", [
-    ("kind", "video"), ("format", "xlsx"), ("train_size", 0), ("eval_size", -1),
-    ("image_size", 0), ("seed", -3),
-])
+
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("kind", "video"),
+        ("format", "xlsx"),
+        ("train_size", 0),
+        ("eval_size", -1),
+        ("image_size", 0),
+        ("seed", -3),
+    ],
+)
 def test_bad_option_names_the_key(key, value):
     with pytest.raises(ValueError, match=rf"^dataset\.{key}=.*fix: "):
         DatasetOptions(**{key: value})
@@ -41,6 +49,7 @@ def test_files_kind_needs_a_path():
 
 
 # --- sentiment ---------------------------------------------------------------------------
+
 
 def test_same_seed_same_data_other_seed_other_data():
     first, again, other = sentiment(seed=1), sentiment(seed=1), sentiment(seed=2)
@@ -133,6 +142,7 @@ def test_negation_and_but_decide_the_label(full):
 
 # --- tokenizer ---------------------------------------------------------------------------
 
+
 def test_tokenizer_round_trip_and_unknown_words(tmp_path, full):
     tokenizer = embedded_tokenizer()
     assert tokenizer.convert_ids_to_tokens(list(range(5))) == list(vocabulary()[:5])
@@ -152,6 +162,7 @@ def test_tokenizer_round_trip_and_unknown_words(tmp_path, full):
 
 
 # --- batching ----------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("shuffle", [False, True])
 def test_batches_cover_every_example_once(shuffle):
@@ -173,6 +184,7 @@ def test_sample_batch_cycles_when_the_split_is_small():
 
 
 # --- digits ------------------------------------------------------------------------------
+
 
 def test_digits_shapes_classes_and_normalisation():
     data = load_dataset(DatasetOptions(kind="digits", image_size=16))
@@ -200,8 +212,7 @@ WRITERS = {
 
 def reviews(n: int, offset: int = 0) -> pd.DataFrame:
     words = ["good", "bad"]
-    return pd.DataFrame({"review": [f"the movie was {words[i % 2]} number {i + offset}" for i in range(n)],
-                         "stars": [i % 2 for i in range(n)]})
+    return pd.DataFrame({"review": [f"the movie was {words[i % 2]} number {i + offset}" for i in range(n)], "stars": [i % 2 for i in range(n)]})
 
 
 def files_options(path: Path, **extra) -> DatasetOptions:
@@ -265,15 +276,17 @@ def written(path: Path, content: str | bytes | pd.DataFrame) -> Path:
     return path
 
 
-@pytest.mark.parametrize("setup, message", [
-    (lambda d: d / "nowhere.csv", r"does not exist"),
-    (lambda d: written(d / "x.txt", reviews(5)), r"cannot tell the format"),
-    (lambda d: written(d / "bad.parquet", b"not parquet"), r"cannot read .* as parquet"),
-    (lambda d: written(d / "empty.csv", ""), r"cannot read .* as csv"),
-    (lambda d: written(d / "train.csv", reviews(5)).parent, r"no test\.<csv"),
-    (lambda d: written(d / "nan.csv", reviews(5).assign(stars=[0, None, 1, 0, 1])),
-     r"label column 'stars' has 1 missing"),
-])
+@pytest.mark.parametrize(
+    "setup, message",
+    [
+        (lambda d: d / "nowhere.csv", r"does not exist"),
+        (lambda d: written(d / "x.txt", reviews(5)), r"cannot tell the format"),
+        (lambda d: written(d / "bad.parquet", b"not parquet"), r"cannot read .* as parquet"),
+        (lambda d: written(d / "empty.csv", ""), r"cannot read .* as csv"),
+        (lambda d: written(d / "train.csv", reviews(5)).parent, r"no test\.<csv"),
+        (lambda d: written(d / "nan.csv", reviews(5).assign(stars=[0, None, 1, 0, 1])), r"label column 'stars' has 1 missing"),
+    ],
+)
 def test_bad_files_give_one_line_config_errors(tmp_path, setup, message):
     with pytest.raises(ConfigError, match=message) as caught:
         load_dataset(files_options(setup(tmp_path)))
@@ -298,11 +311,12 @@ def test_hf_folder_without_datasets_says_how_to_install(tmp_path):
 def test_hf_folder_loads_splits_and_class_names(tmp_path):
     import datasets
 
-    features = datasets.Features({"review": datasets.Value("string"),
-                                  "stars": datasets.ClassLabel(names=["neg", "pos"])})
-    datasets.DatasetDict({
-        "train": datasets.Dataset.from_pandas(reviews(10), features=features),
-        "test": datasets.Dataset.from_pandas(reviews(4), features=features),
-    }).save_to_disk(str(tmp_path / "hf"))
+    features = datasets.Features({"review": datasets.Value("string"), "stars": datasets.ClassLabel(names=["neg", "pos"])})
+    datasets.DatasetDict(
+        {
+            "train": datasets.Dataset.from_pandas(reviews(10), features=features),
+            "test": datasets.Dataset.from_pandas(reviews(4), features=features),
+        }
+    ).save_to_disk(str(tmp_path / "hf"))
     data = load_dataset(files_options(tmp_path / "hf"))
     assert data.label_names == ["neg", "pos"] and (len(data.train), len(data.eval)) == (10, 4)

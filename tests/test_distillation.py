@@ -13,8 +13,8 @@ from harness.config import typed
 from harness.errors import ConfigError
 
 # Teacher logits [ln 3, 0] give probabilities [3/4, 1/4]; student logits [0, 0] give [1/2, 1/2].
-KL_T1 = 0.75 * math.log(0.75 / 0.5) + 0.25 * math.log(0.25 / 0.5)   # KL(teacher || student) = 0.130812
-CE_LABEL0 = -math.log(0.5)                                           # = 0.693147
+KL_T1 = 0.75 * math.log(0.75 / 0.5) + 0.25 * math.log(0.25 / 0.5)  # KL(teacher || student) = 0.130812
+CE_LABEL0 = -math.log(0.5)  # = 0.693147
 
 
 def _kd(student, teacher, labels, temperature, alpha):
@@ -34,7 +34,7 @@ def test_kd_loss_at_temperature_one_mixes_kl_and_cross_entropy():
 def test_kd_loss_scales_the_soft_term_by_t_squared():
     # T = 2: teacher [ln3 / 2, 0] -> p = sqrt(3) / (1 + sqrt(3)) = 0.633975; the student stays uniform.
     p = math.sqrt(3.0) / (1.0 + math.sqrt(3.0))
-    kl = p * math.log(p / 0.5) + (1 - p) * math.log((1 - p) / 0.5)   # 0.036397
+    kl = p * math.log(p / 0.5) + (1 - p) * math.log((1 - p) / 0.5)  # 0.036397
     got = _kd([[0.0, 0.0]], [[math.log(3.0), 0.0]], [1], temperature=2.0, alpha=1.0)
     assert got == pytest.approx(4.0 * kl, abs=1e-6)  # 0.145588; alpha=1: labels ignored
 
@@ -57,8 +57,7 @@ def test_kd_loss_object_reads_teacher_logits_and_labels_from_the_batch():
     assert float(KDLoss(1.0, 0.5)(torch.zeros(1, 2), inputs)) == pytest.approx(0.5 * KL_T1 + 0.5 * CE_LABEL0, abs=1e-6)
 
 
-@pytest.mark.parametrize("node, key", [({"temperature": 0}, "scenario.temperature"),
-                                       ({"alpha": 1.5}, "scenario.alpha")])
+@pytest.mark.parametrize("node, key", [({"temperature": 0}, "scenario.temperature"), ({"alpha": 1.5}, "scenario.alpha")])
 def test_bad_distillation_options_name_the_key(node, key):
     from harness.scenarios.distillation import DistillationOptions
 
@@ -73,10 +72,21 @@ def test_distill_on_tiny_shapes_reports_student_teacher_and_speedup(tmp_path):
     assert teacher.returncode == 0, teacher.stderr
     (trained,) = records_in(tmp_path / "results")
     folder = trained["metrics"]["training"]["checkpoint"]
-    proc = run_cli("+scenario=bert_distill", "backend=pytorch", *tiny, f"scenario.teacher={folder}",
-                   "scenario.student.hidden_size=32", "scenario.student.intermediate_size=64",
-                   "scenario.student.num_hidden_layers=1", "scenario.warmup_iters=1", "scenario.min_iters=3",
-                   "scenario.min_duration_s=0.1", f"results_dir={tmp_path / 'distill'}", cwd=tmp_path, timeout=300)
+    proc = run_cli(
+        "+scenario=bert_distill",
+        "backend=pytorch",
+        *tiny,
+        f"scenario.teacher={folder}",
+        "scenario.student.hidden_size=32",
+        "scenario.student.intermediate_size=64",
+        "scenario.student.num_hidden_layers=1",
+        "scenario.warmup_iters=1",
+        "scenario.min_iters=3",
+        "scenario.min_duration_s=0.1",
+        f"results_dir={tmp_path / 'distill'}",
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     (rec,) = records_in(tmp_path / "distill")
     records.validate(rec)

@@ -94,7 +94,8 @@ def test_installed_plugin_runs_through_the_cli_and_the_report(installed: dict[st
     # plugin API 2: the session's engine facts under metrics.backend, the backend's column in the record
     assert rec["metrics"]["backend"]["nodes"] > 0 and rec["metrics"]["backend"]["load_s"] >= 0
     assert {"key": "metrics.backend.load_s", "label": "onnxref load s"}.items() <= next(
-        c for c in rec["columns"] if c["key"] == "metrics.backend.load_s").items()
+        c for c in rec["columns"] if c["key"] == "metrics.backend.load_s"
+    ).items()
     assert rec["backend"]["version"] == __import__("onnx").__version__  # from the probe's versions
 
     report = run_cli(str(tmp_path / "results"), "--out", str(tmp_path / "reports"), "--baseline", "", cwd=tmp_path, command="harness-report")
@@ -132,7 +133,11 @@ def test_example_own_test_suite_passes(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(EXAMPLE)],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1200,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     assert " passed" in proc.stdout and "failed" not in proc.stdout
@@ -144,7 +149,7 @@ DOCS = Path(__file__).resolve().parents[1] / "docs" / "plugins.md"
 
 #: A stand-in for the vendor SDK the quick start imports (``import myaccel``): the same calls
 #: (``device_count``, ``compile``, ``infer``), computed for real by ONNX Runtime on the CPU.
-MYACCEL_SDK = '''
+MYACCEL_SDK = """
 import onnxruntime
 
 __version__ = "3.0.0"
@@ -165,7 +170,7 @@ class Engine:
 
 def compile(path, device=0):
     return Engine(path)
-'''
+"""
 
 
 def quick_start_files(markdown: str) -> dict[str, str]:
@@ -181,8 +186,11 @@ def test_docs_quick_start_is_a_working_plugin(tmp_path: Path) -> None:
     then run it through the CLI and the conformance kit."""
     files = quick_start_files(DOCS.read_text())
     assert set(files) == {
-        "pyproject.toml", "src/harness_myaccel/__init__.py", "src/harness_myaccel/backend.py",
-        "src/harness_myaccel/conf/backend/myaccel.yaml", "tests/test_conformance.py",
+        "pyproject.toml",
+        "src/harness_myaccel/__init__.py",
+        "src/harness_myaccel/backend.py",
+        "src/harness_myaccel/conf/backend/myaccel.yaml",
+        "tests/test_conformance.py",
     }, sorted(files)
     package = tmp_path / "harness-myaccel"
     for path, body in files.items():
@@ -208,7 +216,11 @@ def test_docs_quick_start_is_a_working_plugin(tmp_path: Path) -> None:
 
     kit = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=", str(package / "tests")],
-        cwd=package, env={**os.environ, **env}, capture_output=True, text=True, timeout=1200,
+        cwd=package,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=1200,
     )
     assert kit.returncode == 0, kit.stdout[-4000:] + kit.stderr[-2000:]
     assert " passed" in kit.stdout and "failed" not in kit.stdout

@@ -24,8 +24,7 @@ from conftest import BIN, FAST, records_in, run_cli
 from harness import records
 
 TESTS = Path(__file__).parent
-FAULTS = {"HARNESS_PLUGINS": "faultplugins.faulty",
-          "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))}
+FAULTS = {"HARNESS_PLUGINS": "faultplugins.faulty", "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))}
 
 
 def error_line(proc: subprocess.CompletedProcess[str], code: int, needle: str) -> str:
@@ -55,8 +54,7 @@ def tmpfs(tmp_path):
         where = tmp_path / f"fs{len(mounted)}"
         where.mkdir()
         options = f"size={size_mib}m" + (",ro" if read_only else "")
-        if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)],
-                                               capture_output=True).returncode != 0:
+        if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True).returncode != 0:
             pytest.skip("needs root and mount for a real small or read-only filesystem")
         mounted.append(where)
         return where
@@ -99,9 +97,17 @@ def test_results_dir_that_is_a_file_refuses_a_sweep_before_its_first_job(tmp_pat
 def test_a_disk_that_fills_during_the_run_keeps_the_record_elsewhere(tmpfs, tmp_path):
     where = tmpfs(8)
     cache = tmp_path / "cache"
-    proc = run_cli("backend=numpy", "+scenario=quick", "backend.fault=fill", "backend.stage=run",
-                   f"backend.marker={where / 'marker'}", f"results_dir={where / 'results'}", f"cache_dir={cache}",
-                   cwd=tmp_path, env=FAULTS)
+    proc = run_cli(
+        "backend=numpy",
+        "+scenario=quick",
+        "backend.fault=fill",
+        "backend.stage=run",
+        f"backend.marker={where / 'marker'}",
+        f"results_dir={where / 'results'}",
+        f"cache_dir={cache}",
+        cwd=tmp_path,
+        env=FAULTS,
+    )
     line = error_line(proc, 7, "could not write the record to")
     assert "No space left on device" in line and "the measurement is saved at" in line
     (saved,) = (cache / "unsaved-records").glob("*.json")
@@ -139,8 +145,7 @@ def test_an_unavailable_backend_does_not_wait_for_the_host_lock(tmp_path):
         while not (tmp_path / "held").exists():
             assert time.monotonic() < deadline and holder.poll() is None
             time.sleep(0.1)
-        proc = run_cli("+scenario=bert_fp32", "backend=tensorrt", *FAST, cwd=tmp_path,
-                       env={"HARNESS_LOCK_DIR": str(locks)}, timeout=500)
+        proc = run_cli("+scenario=bert_fp32", "backend=tensorrt", *FAST, cwd=tmp_path, env={"HARNESS_LOCK_DIR": str(locks)}, timeout=500)
         assert holder.poll() is None  # still holding: the run never waited for it
     finally:
         holder.kill()
@@ -167,15 +172,13 @@ def test_a_planted_lock_symlink_is_refused_and_its_target_untouched(tmp_path):
 
 
 def _start(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Popen[str]:
-    return subprocess.Popen([str(BIN / "harness"), *args], cwd=cwd, env={**os.environ, **env},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen([str(BIN / "harness"), *args], cwd=cwd, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 @pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_a_signal_to_a_single_run_records_it_interrupted(how, tmp_path):
     marker = tmp_path / "hang.pid"
-    proc = _start(["backend=flaky", "backend.fault=hang", f"++backend.marker={marker}", "+scenario=quick"],
-                  tmp_path, FAULTS)
+    proc = _start(["backend=flaky", "backend.fault=hang", f"++backend.marker={marker}", "+scenario=quick"], tmp_path, FAULTS)
     try:
         deadline = time.monotonic() + 120
         while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -188,8 +191,9 @@ def test_a_signal_to_a_single_run_records_it_interrupted(how, tmp_path):
             proc.kill()
     assert proc.returncode == 128 + how, err
     lines = [line for line in err.splitlines() if "harness: error:" in line]
-    assert lines == [f"harness: error: interrupted by {how.name}; the records written so far are kept "
-                     "(fix: run the same command again to finish the missing jobs)"], err
+    assert lines == [
+        f"harness: error: interrupted by {how.name}; the records written so far are kept (fix: run the same command again to finish the missing jobs)"
+    ], err
     assert "Traceback" not in err
     (rec,) = records_in(tmp_path / "results")
     assert rec["status"] == "interrupted" and f"interrupted by {how.name} during: preparing flaky session" in rec["reason"]
@@ -238,8 +242,13 @@ def test_onnxruntime_telemetry_stays_off(tmp_path):
         pytest.skip("strace is not installed (apt-get install strace)")
     trace = tmp_path / "trace.txt"
     env = {k: v for k, v in os.environ.items() if k not in ("ORT_DISABLE_TELEMETRY", "XDG_CACHE_HOME")}
-    proc = subprocess.run(["strace", "-f", "-e", "trace=connect,sendto,openat", "-o", str(trace), sys.executable, "-c",
-                           TELEMETRY], capture_output=True, text=True, env={**env, "HOME": str(tmp_path)}, timeout=300)
+    proc = subprocess.run(
+        ["strace", "-f", "-e", "trace=connect,sendto,openat", "-o", str(trace), sys.executable, "-c", TELEMETRY],
+        capture_output=True,
+        text=True,
+        env={**env, "HOME": str(tmp_path)},
+        timeout=300,
+    )
     if proc.returncode != 0 and "ptrace" in proc.stderr:
         pytest.skip(f"strace cannot trace here: {proc.stderr.strip()[:200]}")
     assert proc.returncode == 0, proc.stderr[-2000:]

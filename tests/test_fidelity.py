@@ -35,8 +35,13 @@ def test_record_has_noise_intervals_and_mfu(tmp_path):
 @pytest.mark.parametrize("bound, verdict", [(10_000.0, "VALID"), (0.001, "INVALID")])
 def test_server_load_says_valid_or_invalid_and_why(bound, verdict, tmp_path):
     proc = run_cli(
-        "+scenario=bert_fp32", *FAST, "scenario.load=server", "scenario.server.queries=40",
-        f"scenario.server.latency_bound_ms={bound}", "scenario.mfu=false", cwd=tmp_path,
+        "+scenario=bert_fp32",
+        *FAST,
+        "scenario.load=server",
+        "scenario.server.queries=40",
+        f"scenario.server.latency_bound_ms={bound}",
+        "scenario.mfu=false",
+        cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr
     (rec,) = records_in(tmp_path / "results")
@@ -48,8 +53,14 @@ def test_server_load_says_valid_or_invalid_and_why(bound, verdict, tmp_path):
 
 def test_server_search_reports_the_highest_valid_qps(tmp_path):
     proc = run_cli(
-        "+scenario=bert_fp32", *FAST, "scenario.load=server", "scenario.server.queries=30",
-        "scenario.server.search=true", "scenario.server.latency_bound_ms=10000", "scenario.mfu=false", cwd=tmp_path,
+        "+scenario=bert_fp32",
+        *FAST,
+        "scenario.load=server",
+        "scenario.server.queries=30",
+        "scenario.server.search=true",
+        "scenario.server.latency_bound_ms=10000",
+        "scenario.mfu=false",
+        cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr
     (rec,) = records_in(tmp_path / "results")

@@ -20,8 +20,7 @@ from harness.generation.session import Decoding, GenerationPlan, check_outputs
 NEW_TOKENS = 10
 PROMPTS = [[734, 361, 412, 262, 377, 257, 380, 359, 525, 262, 379, 257], [299, 41, 87, 120, 99, 101, 77, 55, 66]]
 
-needs_genai = pytest.mark.skipif(importlib.util.find_spec("openvino_genai") is None,
-                                 reason="openvino-genai is not installed (the harness[llm] extra)")
+needs_genai = pytest.mark.skipif(importlib.util.find_spec("openvino_genai") is None, reason="openvino-genai is not installed (the harness[llm] extra)")
 
 
 def greedy_without_cache(module, prompt: list[int], new_tokens: int) -> list[int]:
@@ -32,7 +31,7 @@ def greedy_without_cache(module, prompt: list[int], new_tokens: int) -> list[int
         for _ in range(new_tokens):
             logits = module(input_ids=torch.tensor([ids]), use_cache=False).logits[0, -1]
             ids.append(int(logits.argmax()))
-    return ids[len(prompt):]
+    return ids[len(prompt) :]
 
 
 @pytest.fixture(scope="module")
@@ -140,8 +139,7 @@ def test_openvino_llmpipeline_matches_no_cache(llama_source, expected, windows) 
 
 @pytest.mark.openvino
 def test_openvino_stateful_request_matches_no_cache(llama_source, expected, windows) -> None:
-    session = backend("openvino", generation_engine="stateful").prepare_generation(
-        llama_source, GenerationPlan("fp32", 2, 12, NEW_TOKENS))
+    session = backend("openvino", generation_engine="stateful").prepare_generation(llama_source, GenerationPlan("fp32", 2, 12, NEW_TOKENS))
     metrics = session.metrics()
     assert session.engine == "stateful" and (metrics["kv_cache_precision"], metrics["inference_precision"]) == ("f32", "f32")
     check_session(session, expected, llama_source, windows)
@@ -160,6 +158,7 @@ def test_openvino_genai_perf_metrics_cover_measured_calls(llama_source) -> None:
 
 
 # --- the decoder export stage ----------------------------------------------------------------
+
 
 def test_decoder_export_is_cached_rebuilt_when_corrupt_and_validated(llama_source) -> None:
     from harness.generation.onnx_export import export_decoder, io_names
@@ -192,8 +191,9 @@ def test_decoder_export_rebuilds_a_cached_graph_that_is_not_its_own(llama_source
     with torch.no_grad():
         for parameter in other.parameters():
             parameter.add_(0.05)
-    impostor = DecoderSource("other", other, llama_source.config, llama_source.tokenizer, llama_source.params,
-                             "other-weights", cache_root=str(tmp_path), status=lambda m: None)
+    impostor = DecoderSource(
+        "other", other, llama_source.config, llama_source.tokenizer, llama_source.params, "other-weights", cache_root=str(tmp_path), status=lambda m: None
+    )
     foreign = export_decoder(impostor).path
     shutil.copy(foreign, good.path)  # swap the cached graph for another model's
     rebuilt = export_decoder(llama_source)

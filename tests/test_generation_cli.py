@@ -12,9 +12,18 @@ from harness import records
 
 pytestmark = pytest.mark.slow
 
-QUICK = ["model=llama_tiny", "scenario.prompt_len=16", "scenario.new_tokens=8", "scenario.prompts=2",
-         "scenario.warmup_iters=1", "scenario.min_iters=3", "scenario.min_duration_s=0",
-         "scenario.accuracy.limit=2", "scenario.accuracy.window=32", "launcher.host_lock=false"]
+QUICK = [
+    "model=llama_tiny",
+    "scenario.prompt_len=16",
+    "scenario.new_tokens=8",
+    "scenario.prompts=2",
+    "scenario.warmup_iters=1",
+    "scenario.min_iters=3",
+    "scenario.min_duration_s=0",
+    "scenario.accuracy.limit=2",
+    "scenario.accuracy.window=32",
+    "launcher.host_lock=false",
+]
 SUMMARIES = ("ttft_ms", "tpot_ms", "itl_ms", "e2e_ms")
 
 
@@ -43,12 +52,15 @@ def check_generation_record(rec: dict, backend: str, batch: int) -> None:
     assert rec["metrics"]["backend"]["engine"] and rec["backend"]["name"] == backend
 
 
-@pytest.mark.parametrize("backend, extra", [
-    ("pytorch", []),
-    ("onnxruntime", []),
-    pytest.param("openvino", [], marks=pytest.mark.openvino),
-    pytest.param("openvino", ["scenario.batch_size=2"], marks=pytest.mark.openvino, id="openvino-stateful-batch2"),
-])
+@pytest.mark.parametrize(
+    "backend, extra",
+    [
+        ("pytorch", []),
+        ("onnxruntime", []),
+        pytest.param("openvino", [], marks=pytest.mark.openvino),
+        pytest.param("openvino", ["scenario.batch_size=2"], marks=pytest.mark.openvino, id="openvino-stateful-batch2"),
+    ],
+)
 def test_llm_fp32_card_syntax_writes_an_ok_record(backend, extra, tmp_path) -> None:
     if backend == "openvino" and not extra and importlib.util.find_spec("openvino_genai") is None:
         pytest.skip("openvino-genai is not installed (the harness[llm] extra)")
@@ -65,10 +77,13 @@ def test_llm_fp32_card_syntax_writes_an_ok_record(backend, extra, tmp_path) -> N
             assert rec["metrics"]["backend"]["genai_perf_metrics"]["calls"] == rec["metrics"]["generation"]["calls"]
 
 
-@pytest.mark.parametrize("backend, code, status, needle", [
-    ("tensorrt", 3, "unavailable", "backend 'tensorrt' is unavailable"),
-    ("onnxref", 4, "unsupported", "backend 'onnxref' does not run text generation"),
-])
+@pytest.mark.parametrize(
+    "backend, code, status, needle",
+    [
+        ("tensorrt", 3, "unavailable", "backend 'tensorrt' is unavailable"),
+        ("onnxref", 4, "unsupported", "backend 'onnxref' does not run text generation"),
+    ],
+)
 def test_backends_without_generation_answer_in_one_line(backend, code, status, needle, tmp_path) -> None:
     if backend == "onnxref" and importlib.util.find_spec("harness_plugin_example") is None:
         pytest.skip("the example plugin is not installed (make venv installs it)")
@@ -82,12 +97,15 @@ def test_backends_without_generation_answer_in_one_line(backend, code, status, n
     assert rec["status"] == status and needle in rec["reason"]
 
 
-@pytest.mark.parametrize("args, needle", [
-    # the family table's tasks, checked before the run (preflight)
-    (["model=bert_tiny"], "model.family=bert does text-classification but dataset 'corpus' is causal-lm"),
-    (["dataset=sentiment"], "model.family=llama does causal-lm but dataset 'sentiment' is text-classification"),
-    (["scenario.prompt_len=1020", "scenario.seq_len=1020"], "attends to 1024 positions"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        # the family table's tasks, checked before the run (preflight)
+        (["model=bert_tiny"], "model.family=bert does text-classification but dataset 'corpus' is causal-lm"),
+        (["dataset=sentiment"], "model.family=llama does causal-lm but dataset 'sentiment' is text-classification"),
+        (["scenario.prompt_len=1020", "scenario.seq_len=1020"], "attends to 1024 positions"),
+    ],
+)
 def test_wrong_model_or_data_is_one_line(args, needle, tmp_path) -> None:
     proc = run_cli("+scenario=llm_fp32", "backend=pytorch", *QUICK, *args, cwd=tmp_path)
     assert proc.returncode != 0

@@ -17,10 +17,10 @@ CALL_B = [GenerationOutput([1, 2], [20.1, 20.3], 20.0, 5)]
 
 def test_request_timing_by_hand() -> None:
     a = request_timing(CALL_A[0])
-    assert a.ttft_s == pytest.approx(0.5)          # 10.5 - 10.0
-    assert a.e2e_s == pytest.approx(1.0)           # 11.0 - 10.0
-    assert a.tpot_s == pytest.approx(0.25)         # (1.0 - 0.5) / (3 - 1)
-    assert a.itl_s == pytest.approx((0.2, 0.3))    # 10.7 - 10.5, 11.0 - 10.7
+    assert a.ttft_s == pytest.approx(0.5)  # 10.5 - 10.0
+    assert a.e2e_s == pytest.approx(1.0)  # 11.0 - 10.0
+    assert a.tpot_s == pytest.approx(0.25)  # (1.0 - 0.5) / (3 - 1)
+    assert a.itl_s == pytest.approx((0.2, 0.3))  # 10.7 - 10.5, 11.0 - 10.7
     assert (a.tokens, a.prompt_tokens) == (3, 4)
     b = request_timing(CALL_B[0])
     assert (b.ttft_s, b.e2e_s, b.tpot_s) == pytest.approx((0.1, 0.3, 0.2))
@@ -36,8 +36,8 @@ def test_call_phases_split_at_the_last_first_token() -> None:
     # A streamed batch: request 0's first token at 0.2, request 1's at 0.4; last tokens at 1.0 and 0.9.
     outputs = [GenerationOutput([1, 2, 3], [0.2, 0.6, 1.0], 0.0, 10), GenerationOutput([4, 5], [0.4, 0.9], 0.0, 6)]
     phases = call_phases(outputs)
-    assert phases.prefill_s == pytest.approx(0.4)   # max first token time - start
-    assert phases.decode_s == pytest.approx(0.6)    # max last token time - 0.4
+    assert phases.prefill_s == pytest.approx(0.4)  # max first token time - start
+    assert phases.decode_s == pytest.approx(0.6)  # max last token time - 0.4
     assert phases.busy_s == pytest.approx(1.0)
     assert (phases.prompt_tokens, phases.decode_tokens, phases.output_tokens, phases.requests) == (16, 3, 5, 2)
 

@@ -16,6 +16,7 @@ from harness.generation.session import Decoding
 
 # --- corpus and tokenizer ------------------------------------------------------------------
 
+
 def test_corpus_is_deterministic_and_eval_is_unseen() -> None:
     first, second = corpus.build_corpus(300, 40, seed=0), corpus.build_corpus(300, 40, seed=0)
     assert first == second and first.fingerprint() == second.fingerprint()
@@ -92,6 +93,7 @@ def test_corpus_dataset_is_a_causal_lm_task_not_a_classification_one() -> None:
 
 # --- decoder facts -------------------------------------------------------------------------
 
+
 def test_decoder_families_are_model_families() -> None:
     from harness.models import FAMILIES
 
@@ -105,17 +107,21 @@ def test_kv_layout_and_bytes_by_hand() -> None:
     # 2 (k, v) x 2 layers x batch 3 x 2 kv heads x 10 tokens x 16 dims x 4 bytes
     assert llama.bytes(batch=3, tokens=10, bytes_per_element=4) == 2 * 2 * 3 * 2 * 10 * 16 * 4 == 15360
     assert decoders.kv_layout({"n_layer": 12, "n_head": 12, "n_embd": 768}) == decoders.KVLayout(12, 12, 64)
-    assert decoders.kv_layout({"num_hidden_layers": 16, "num_attention_heads": 32, "num_key_value_heads": 8,
-                               "hidden_size": 2048, "head_dim": 64}) == decoders.KVLayout(16, 8, 64)
+    assert decoders.kv_layout(
+        {"num_hidden_layers": 16, "num_attention_heads": 32, "num_key_value_heads": 8, "hidden_size": 2048, "head_dim": 64}
+    ) == decoders.KVLayout(16, 8, 64)
     assert decoders.max_positions({"n_positions": 1024}) == 1024 and decoders.max_positions({}) is None
 
 
-@pytest.mark.parametrize("name, params", [
-    ("llama_tiny", 158_016),
-    ("llama_small", 25_698_816),       # tens of millions
-    ("llama_1b", 1_235_814_400),       # exactly Llama-3.2-1B's count
-    ("gpt2", 124_439_808),             # exactly GPT-2 small's count
-])
+@pytest.mark.parametrize(
+    "name, params",
+    [
+        ("llama_tiny", 158_016),
+        ("llama_small", 25_698_816),  # tens of millions
+        ("llama_1b", 1_235_814_400),  # exactly Llama-3.2-1B's count
+        ("gpt2", 124_439_808),  # exactly GPT-2 small's count
+    ],
+)
 def test_model_configs_build_the_shapes_they_claim(name, params) -> None:
     """Each config builds its family's model (on the meta device: no memory) with the claimed size."""
     from importlib import resources
@@ -141,6 +147,7 @@ def test_a_saved_causal_lm_folder_loads_with_its_tokenizer(llama_source) -> None
 
 
 # --- loop helpers --------------------------------------------------------------------------
+
 
 def test_left_pad_and_positions_by_hand() -> None:
     ids, mask = left_pad([[5, 6, 7], [8]], pad_id=0)
@@ -194,6 +201,7 @@ def test_accuracy_gate_reads_the_perplexity_ratio() -> None:
 
 
 # --- options and contract ------------------------------------------------------------------
+
 
 def test_generation_options_are_validated_with_the_key() -> None:
     from harness.config import typed

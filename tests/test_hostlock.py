@@ -59,8 +59,14 @@ for _ in range(rounds):
 
 
 def _worker(
-    lock: Path, go: Path, hold_s: float = 0.0, rounds: int = 1,
-    held: Path | None = None, waiting: Path | None = None, until: Path | None = None, group: str | None = None,
+    lock: Path,
+    go: Path,
+    hold_s: float = 0.0,
+    rounds: int = 1,
+    held: Path | None = None,
+    waiting: Path | None = None,
+    until: Path | None = None,
+    group: str | None = None,
 ) -> subprocess.Popen[str]:
     flags = [str(f) if f else "-" for f in (held, waiting, until, group)]
     args = [sys.executable, "-c", WORKER, str(lock), str(go), str(hold_s), str(rounds), *flags]

@@ -16,8 +16,12 @@ CONFIG = {
     "backend": {"name": "onnxruntime", "graph_optimization_level": "all", "providers": ["CPUExecutionProvider"]},
     "model": {"name": "bert_small", "path": None, "checkpoint": None, "config": {"hidden_size": 256}},
     "dataset": {"name": "sentiment", "path": None},
-    "scenario": {"name": "bert_fp32", "kind": "inference", "batch_size": 1,
-                 "distributed": {"nproc_per_node": 1, "node_rank": 0, "rdzv_endpoint": "n1:1", "timeout_s": 1800}},
+    "scenario": {
+        "name": "bert_fp32",
+        "kind": "inference",
+        "batch_size": 1,
+        "distributed": {"nproc_per_node": 1, "node_rank": 0, "rdzv_endpoint": "n1:1", "timeout_s": 1800},
+    },
 }
 
 
@@ -69,8 +73,12 @@ def test_the_same_checkpoint_in_two_places_is_one_model_and_two_checkpoints_are_
 def test_portable_inputs_skip_what_is_no_path(tmp_path: Path) -> None:
     data = tmp_path / "reviews.csv"
     data.write_text("text,label\nok,1\n")
-    config = {**CONFIG, "dataset": {"name": "files", "path": str(data)}, "model": {**CONFIG["model"], "checkpoint": "auto"},
-              "scenario": {**CONFIG["scenario"], "teacher": str(tmp_path / "missing")}}
+    config = {
+        **CONFIG,
+        "dataset": {"name": "files", "path": str(data)},
+        "model": {**CONFIG["model"], "checkpoint": "auto"},
+        "scenario": {**CONFIG["scenario"], "teacher": str(tmp_path / "missing")},
+    }
     found = identity.portable_inputs(config)
     assert set(found) == {"dataset.path"}
     assert found["dataset.path"]["name"] == "reviews.csv" and len(found["dataset.path"]["sha256"]) == 64

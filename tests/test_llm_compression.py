@@ -81,8 +81,9 @@ def test_generation_options_carry_the_recipe_only_for_weight_only_precisions() -
 # --- every backend ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["pytorch", "onnxruntime", pytest.param("openvino", marks=pytest.mark.openvino),
-                                  pytest.param("llamacpp", marks=pytest.mark.llamacpp)])
+@pytest.mark.parametrize(
+    "name", ["pytorch", "onnxruntime", pytest.param("openvino", marks=pytest.mark.openvino), pytest.param("llamacpp", marks=pytest.mark.llamacpp)]
+)
 @pytest.mark.parametrize("precision", ["int8", "int4"])
 def test_weight_only_artifacts_are_smaller_and_scored(name, precision, source) -> None:
     from harness.generation.quality import eager_logprobs
@@ -129,23 +130,25 @@ def test_onnxruntime_quantizes_every_linear_layer_and_the_tied_lm_head(source) -
     assert ops.count("MatMulNBits") == 15 and "Transpose" in ops
     head = next(node for node in graph.node if "logits" in node.output)
     assert head.op_type == "MatMulNBits" and next(a.i for a in head.attribute if a.name == "bits") == 8
-    body_bits = {next(a.i for a in n.attribute if a.name == "bits") for n in graph.node
-                 if n.op_type == "MatMulNBits" and n is not head}
+    body_bits = {next(a.i for a in n.attribute if a.name == "bits") for n in graph.node if n.op_type == "MatMulNBits" and n is not head}
     assert body_bits == {4}
     assert source.stages["compression"]["recipe"]["layers"] == {"int4": 14, "int8 (LM head)": 1}
     session.close()
 
 
-@pytest.mark.parametrize("name, recipe, match", [
-    ("onnxruntime", WeightRecipe("int4", 16, 0.5), "one bit width"),
-    ("onnxruntime", WeightRecipe("int4", 24), "power of two"),
-    ("pytorch", WeightRecipe("int4", 16), "groups of 32, 64, 128, 256"),
-    ("pytorch", WeightRecipe("int8", 64), "per output channel"),
-    ("pytorch", WeightRecipe("int4", 256), "none would be int4"),  # llama_tiny: widths 64 and 176, no silent all-int8 'int4'
-    pytest.param("openvino", WeightRecipe("int4", 24), "groups of 24", marks=pytest.mark.openvino),
-    pytest.param("openvino", WeightRecipe("int8", 64), "per output channel", marks=pytest.mark.openvino),
-    pytest.param("llamacpp", WeightRecipe("int4", 64), "fixes its blocks", marks=pytest.mark.llamacpp),
-])
+@pytest.mark.parametrize(
+    "name, recipe, match",
+    [
+        ("onnxruntime", WeightRecipe("int4", 16, 0.5), "one bit width"),
+        ("onnxruntime", WeightRecipe("int4", 24), "power of two"),
+        ("pytorch", WeightRecipe("int4", 16), "groups of 32, 64, 128, 256"),
+        ("pytorch", WeightRecipe("int8", 64), "per output channel"),
+        ("pytorch", WeightRecipe("int4", 256), "none would be int4"),  # llama_tiny: widths 64 and 176, no silent all-int8 'int4'
+        pytest.param("openvino", WeightRecipe("int4", 24), "groups of 24", marks=pytest.mark.openvino),
+        pytest.param("openvino", WeightRecipe("int8", 64), "per output channel", marks=pytest.mark.openvino),
+        pytest.param("llamacpp", WeightRecipe("int4", 64), "fixes its blocks", marks=pytest.mark.llamacpp),
+    ],
+)
 def test_a_recipe_a_backend_cannot_honour_is_refused_in_one_line(name, recipe, match, source) -> None:
     _needs(name)
     with pytest.raises(Unsupported, match=match) as refused:
@@ -156,8 +159,7 @@ def test_a_recipe_a_backend_cannot_honour_is_refused_in_one_line(name, recipe, m
 @pytest.mark.openvino
 def test_openvino_mixed_precision_follows_the_ratio(source) -> None:
     _needs("openvino")
-    session = backend("openvino", generation_engine="stateful").prepare_generation(
-        source, GenerationPlan("int4", 1, 12, 6, WeightRecipe("int4", 16, 0.5)))
+    session = backend("openvino", generation_engine="stateful").prepare_generation(source, GenerationPlan("int4", 1, 12, 6, WeightRecipe("int4", 16, 0.5)))
     counts = source.stages["compression"]["recipe"]["parameters_by_precision"]
     assert counts["int4"] > 0 and counts["int8"] > 0
     assert session.metrics()["dynamic_quantization_group_size"] is not None
@@ -166,9 +168,20 @@ def test_openvino_mixed_precision_follows_the_ratio(source) -> None:
 
 # --- the CLI ------------------------------------------------------------------------------------------
 
-QUICK = ["model=llama_tiny", "model.checkpoint=null", "scenario.quantization.group_size=16", "scenario.prompt_len=16",
-         "scenario.new_tokens=8", "scenario.prompts=2", "scenario.warmup_iters=1", "scenario.min_iters=2",
-         "scenario.min_duration_s=0", "scenario.accuracy.limit=2", "scenario.accuracy.window=32", "launcher.host_lock=false"]
+QUICK = [
+    "model=llama_tiny",
+    "model.checkpoint=null",
+    "scenario.quantization.group_size=16",
+    "scenario.prompt_len=16",
+    "scenario.new_tokens=8",
+    "scenario.prompts=2",
+    "scenario.warmup_iters=1",
+    "scenario.min_iters=2",
+    "scenario.min_duration_s=0",
+    "scenario.accuracy.limit=2",
+    "scenario.accuracy.window=32",
+    "launcher.host_lock=false",
+]
 
 
 @pytest.mark.slow
@@ -189,7 +202,8 @@ def test_llm_int4_writes_relative_perplexity_agreement_and_sizes(name, tmp_path)
 
 
 def test_quantization_keys_on_a_float_run_are_one_line_errors(tmp_path) -> None:
-    proc = run_cli("+scenario=llm_fp32", "backend=pytorch", "model=llama_tiny", "+scenario.quantization.group_size=32",
-                   "launcher.host_lock=false", cwd=tmp_path)
+    proc = run_cli(
+        "+scenario=llm_fp32", "backend=pytorch", "model=llama_tiny", "+scenario.quantization.group_size=32", "launcher.host_lock=false", cwd=tmp_path
+    )
     assert proc.returncode == 2 and "scenario.quantization" in proc.stderr and "llm_int4" in proc.stderr
     assert "Traceback" not in proc.stderr

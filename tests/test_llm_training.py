@@ -23,10 +23,23 @@ from harness.errors import ConfigError
 from harness.models import ModelOptions, load_model
 from harness.training import metrics, objectives
 
-TINY = ModelOptions(name="llama_tiny", family="llama", config=dict(
-    vocab_size=1024, hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_attention_heads=4,
-    num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=True, bos_token_id=0, eos_token_id=0,
-    pad_token_id=0))
+TINY = ModelOptions(
+    name="llama_tiny",
+    family="llama",
+    config=dict(
+        vocab_size=1024,
+        hidden_size=64,
+        intermediate_size=176,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
+    ),
+)
 CORPUS = DatasetOptions(name="corpus", kind="corpus", train_size=200, eval_size=20)
 
 
@@ -54,8 +67,7 @@ class _FixedLogits:
         return batch
 
     def predict(self, inputs: dict) -> np.ndarray:
-        return np.repeat(self.logprobs[None, None], inputs["input_ids"].shape[0], axis=0).repeat(
-            inputs["input_ids"].shape[1], axis=1)
+        return np.repeat(self.logprobs[None, None], inputs["input_ids"].shape[0], axis=0).repeat(inputs["input_ids"].shape[1], axis=1)
 
 
 def test_perplexity_is_exp_of_the_mean_next_token_nll() -> None:
@@ -104,8 +116,7 @@ def test_a_model_that_cannot_learn_the_task_is_refused_before_training() -> None
     decoder = load_model(TINY)
     with pytest.raises(ConfigError, match="cannot learn the dataset's text-classification task"):
         check_fit(decoder, load_dataset(DatasetOptions(train_size=16, eval_size=8), seq_len=16), TINY)
-    bert = ModelOptions(name="bert_tiny", config=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                                                      intermediate_size=64, vocab_size=1024))
+    bert = ModelOptions(name="bert_tiny", config=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, vocab_size=1024))
     with pytest.raises(ConfigError, match="cannot learn the dataset's causal-lm task"):
         check_fit(load_model(bert), load_dataset(CORPUS, seq_len=16), bert)
 
@@ -146,9 +157,16 @@ def test_decoders_have_a_train_recipe_for_auto() -> None:
 
 # --- the real CLI ---------------------------------------------------------------------------------
 
-QUICK_TRAIN = ["model=llama_tiny", "scenario.max_steps=60", "scenario.batch_size=16", "scenario.eval_interval=30",
-               "scenario.target_perplexity=100", "dataset.train_size=2000", "dataset.eval_size=100",
-               "launcher.host_lock=false"]
+QUICK_TRAIN = [
+    "model=llama_tiny",
+    "scenario.max_steps=60",
+    "scenario.batch_size=16",
+    "scenario.eval_interval=30",
+    "scenario.target_perplexity=100",
+    "dataset.train_size=2000",
+    "dataset.eval_size=100",
+    "launcher.host_lock=false",
+]
 
 
 @pytest.mark.slow
@@ -166,8 +184,7 @@ def test_llm_train_reaches_its_perplexity_target(tmp_path) -> None:
     losses = [loss for _, loss in training["loss_curve"]]
     assert losses[-1] < losses[0] - 1.0  # from about ln(1024) = 6.9 down
     assert training["tokens_per_s"] == pytest.approx(training["samples_per_s"] * 128)
-    assert rec["metrics"]["accuracy"] == {"metric": "perplexity", "value": training["final_perplexity"],
-                                          "reference": None, "relative": None, "agreement": None}
+    assert rec["metrics"]["accuracy"] == {"metric": "perplexity", "value": training["final_perplexity"], "reference": None, "relative": None, "agreement": None}
     folder = Path(training["checkpoint"])
     assert (folder / "model.safetensors").is_file() and (folder / "tokenizer.json").is_file()
     assert json.loads((folder / "harness_checkpoint.json").read_text())["final_perplexity"] == training["final_perplexity"]
@@ -184,9 +201,20 @@ def test_checkpoint_auto_reuses_what_llm_train_wrote(tmp_path) -> None:
     (trained,) = records_in(tmp_path / "results")
     checkpoint = trained["metrics"]["training"]["checkpoint"]
     assert trained["metrics"]["training"]["time_to_target_s"] is not None  # the recipe's own target
-    run = run_cli("+scenario=llm_fp32", "backend=onnxruntime", "model=llama_tiny", "model.checkpoint=auto",
-                  "scenario.prompt_len=16", "scenario.new_tokens=8", "scenario.min_iters=2", "scenario.min_duration_s=0",
-                  "scenario.accuracy.limit=2", "results_dir=gen", "launcher.host_lock=false", cwd=tmp_path)
+    run = run_cli(
+        "+scenario=llm_fp32",
+        "backend=onnxruntime",
+        "model=llama_tiny",
+        "model.checkpoint=auto",
+        "scenario.prompt_len=16",
+        "scenario.new_tokens=8",
+        "scenario.min_iters=2",
+        "scenario.min_duration_s=0",
+        "scenario.accuracy.limit=2",
+        "results_dir=gen",
+        "launcher.host_lock=false",
+        cwd=tmp_path,
+    )
     assert run.returncode == 0, run.stderr
     assert f"model.checkpoint=auto: reusing {checkpoint}" in run.stdout + run.stderr
     (rec,) = records_in(tmp_path / "gen")

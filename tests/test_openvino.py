@@ -31,9 +31,13 @@ def tiny_onnx(tiny_model, tiny_batch, tmp_path_factory):
 
 
 def _artifact(model, onnx, batch):
-    return Artifact(model.name, model.input_names, model.output_names, onnx_path=onnx.path,
-                    meta={"batch_size": len(batch["input_ids"]), "seq_len": batch["input_ids"].shape[1],
-                          "sample_shape": {k: list(v.shape) for k, v in batch.items()}})
+    return Artifact(
+        model.name,
+        model.input_names,
+        model.output_names,
+        onnx_path=onnx.path,
+        meta={"batch_size": len(batch["input_ids"]), "seq_len": batch["input_ids"].shape[1], "sample_shape": {k: list(v.shape) for k, v in batch.items()}},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -109,8 +113,9 @@ def test_nncf_recipes_give_int8_models_close_to_fp32(mode, tiny_model, tiny_batc
 
     backend = _backend()
     artifact = _artifact(tiny_model, tiny_onnx, tiny_batch)
-    out, metrics = pipeline.compress(backend, artifact, Recipe(mode=mode, calibration_samples=16), text_data,
-                                     tiny_onnx.key, str(tmp_path), status=lambda s: None)
+    out, metrics = pipeline.compress(
+        backend, artifact, Recipe(mode=mode, calibration_samples=16), text_data, tiny_onnx.key, str(tmp_path), status=lambda s: None
+    )
     assert metrics["recipe"]["name"] == f"int8_{mode}"
     assert out.meta["openvino_ir"].is_file() and out.meta["openvino_ir"].with_suffix(".bin").is_file()
     if mode == "static":
@@ -122,8 +127,9 @@ def test_nncf_recipes_give_int8_models_close_to_fp32(mode, tiny_model, tiny_batc
     session = backend.prepare(out, "int8")
     got = session.fetch(session.run(session.load(tiny_batch)))["logits"]
     assert np.max(np.abs(got - eager_outputs(tiny_model, tiny_batch))) < 0.05
-    again, cached = pipeline.compress(backend, artifact, Recipe(mode=mode, calibration_samples=16), text_data,
-                                      tiny_onnx.key, str(tmp_path), status=lambda s: None)
+    again, cached = pipeline.compress(
+        backend, artifact, Recipe(mode=mode, calibration_samples=16), text_data, tiny_onnx.key, str(tmp_path), status=lambda s: None
+    )
     assert cached["cached"] and again.meta["openvino_ir"] == out.meta["openvino_ir"]
 
 
@@ -135,8 +141,7 @@ def test_recipes_openvino_cannot_do_are_unsupported(tiny_model, tiny_batch, tiny
     with pytest.raises(Unsupported, match="int8_dynamic"):
         pipeline.compress(_backend(), artifact, Recipe(mode="dynamic"), text_data, "k", str(tmp_path), status=lambda s: None)
     with pytest.raises(Unsupported, match="entropy"):
-        pipeline.compress(_backend(), artifact, Recipe(mode="static", method="Entropy"), text_data, "k", str(tmp_path),
-                          status=lambda s: None)
+        pipeline.compress(_backend(), artifact, Recipe(mode="static", method="Entropy"), text_data, "k", str(tmp_path), status=lambda s: None)
 
 
 def test_throughput_mode_keeps_several_requests_in_flight(tiny_model, tiny_batch, tiny_onnx):

@@ -20,9 +20,18 @@ from harness import records
 pytestmark = pytest.mark.slow
 
 LOSS_TOL = 1e-4
-RUN = ["+scenario=bert_train", "backend=pytorch", "model=bert_tiny", "dataset.train_size=256", "dataset.eval_size=64",
-       "scenario.max_steps=6", "scenario.eval_interval=3", "scenario.warmup_steps_excluded=3", "scenario.dropout=0",
-       "scenario.log_interval=1"]
+RUN = [
+    "+scenario=bert_train",
+    "backend=pytorch",
+    "model=bert_tiny",
+    "dataset.train_size=256",
+    "dataset.eval_size=64",
+    "scenario.max_steps=6",
+    "scenario.eval_interval=3",
+    "scenario.warmup_steps_excluded=3",
+    "scenario.dropout=0",
+    "scenario.log_interval=1",
+]
 
 
 def one_process_run(tmp_path_factory: pytest.TempPathFactory, name: str, run: list[str]) -> Path:
@@ -52,8 +61,9 @@ def weights(record: dict) -> dict:
 @pytest.mark.parametrize("strategy, batch", [("fsdp", 8), ("tp", 16), ("pp", 16)])
 def test_strategy_writes_one_ok_record_matching_the_single_process_run(folder, strategy, batch):
     before = {r["run_id"] for r in records_in(folder / "results")}
-    proc = run_cli(*RUN, f"scenario.batch_size={batch}", "scenario.distributed.nproc_per_node=2",
-                   f"scenario.distributed.strategy={strategy}", cwd=folder, timeout=600)
+    proc = run_cli(
+        *RUN, f"scenario.batch_size={batch}", "scenario.distributed.nproc_per_node=2", f"scenario.distributed.strategy={strategy}", cwd=folder, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr
     (rec,) = [r for r in records_in(folder / "results") if r["run_id"] not in before]
     single = baseline(folder)["metrics"]["training"]
@@ -61,8 +71,7 @@ def test_strategy_writes_one_ok_record_matching_the_single_process_run(folder, s
     records.validate(rec)
     assert rec["status"] == "ok" and training["world_size"] == 2 and training["strategy"] == strategy
     assert training["samples_per_step"] == 16 and training["data_parallel_size"] == (2 if strategy == "fsdp" else 1)
-    np.testing.assert_allclose([p[1] for p in training["loss_curve"]], [p[1] for p in single["loss_curve"]],
-                               rtol=0, atol=LOSS_TOL)
+    np.testing.assert_allclose([p[1] for p in training["loss_curve"]], [p[1] for p in single["loss_curve"]], rtol=0, atol=LOSS_TOL)
     assert [r["rank"] for r in training["memory_per_rank"]] == [0, 1]
     for rank in training["memory_per_rank"]:
         assert rank["params_mib"] > 0 and rank["optimizer_mib"] > 0 and rank["peak_rss_mib"] > 0
@@ -81,8 +90,15 @@ def test_strategy_writes_one_ok_record_matching_the_single_process_run(folder, s
 
 
 def test_a_layer_count_that_does_not_split_into_the_stages_fails_before_launch(tmp_path):
-    proc = run_cli(*RUN, "scenario.distributed.nproc_per_node=3", "scenario.distributed.strategy=pp",
-                   "scenario.distributed.microbatches=3", "scenario.batch_size=12", cwd=tmp_path, timeout=300)
+    proc = run_cli(
+        *RUN,
+        "scenario.distributed.nproc_per_node=3",
+        "scenario.distributed.strategy=pp",
+        "scenario.distributed.microbatches=3",
+        "scenario.batch_size=12",
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert proc.returncode == 2
     line = proc.stderr.strip().splitlines()[-1]
     assert "2 blocks, which do not split into 3 equal pipeline stages" in line and "fix:" in line
@@ -105,21 +121,35 @@ def test_pipeline_stages_on_two_nodes_through_the_static_rendezvous(folder, tmp_
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    common = [*RUN, "scenario.batch_size=16", "scenario.distributed.strategy=pp", "scenario.distributed.nnodes=2",
-              f"scenario.distributed.rdzv_endpoint=127.0.0.1:{port}", "scenario.distributed.timeout_s=300",
-              f"results_dir={tmp_path / 'results'}"]
+    common = [
+        *RUN,
+        "scenario.batch_size=16",
+        "scenario.distributed.strategy=pp",
+        "scenario.distributed.nnodes=2",
+        f"scenario.distributed.rdzv_endpoint=127.0.0.1:{port}",
+        "scenario.distributed.timeout_s=300",
+        f"results_dir={tmp_path / 'results'}",
+    ]
     node0, (code1, _, err1) = run_two_nodes(*common, cwd=tmp_path)
     assert node0.returncode == 0, node0.stderr[-3000:]
     assert code1 == 0, err1[-3000:]
     (rec,) = records_in(tmp_path / "results")
     training = rec["metrics"]["training"]
     assert rec["status"] == "ok" and training["world_size"] == 2 and training["mesh"] == {"pp": 2}
-    np.testing.assert_allclose([p[1] for p in training["loss_curve"]],
-                               [p[1] for p in baseline(folder)["metrics"]["training"]["loss_curve"]], rtol=0, atol=LOSS_TOL)
+    np.testing.assert_allclose(
+        [p[1] for p in training["loss_curve"]], [p[1] for p in baseline(folder)["metrics"]["training"]["loss_curve"]], rtol=0, atol=LOSS_TOL
+    )
 
 
-LLM_RUN = ["+scenario=llm_train", "backend=pytorch", "model=llama_tiny", "scenario.max_steps=6", "scenario.eval_interval=3",
-           "scenario.log_interval=1", "scenario.warmup_steps_excluded=2"]
+LLM_RUN = [
+    "+scenario=llm_train",
+    "backend=pytorch",
+    "model=llama_tiny",
+    "scenario.max_steps=6",
+    "scenario.eval_interval=3",
+    "scenario.log_interval=1",
+    "scenario.warmup_steps_excluded=2",
+]
 
 
 @pytest.fixture(scope="module")
@@ -133,8 +163,14 @@ def test_llm_pretraining_strategy_matches_the_single_process_run(llm_folder, str
     one ok record per strategy, its next-token loss and eval perplexity those of the
     1-process run; FSDP holds half the parameters per rank."""
     before = {r["run_id"] for r in records_in(llm_folder / "results")}
-    proc = run_cli(*LLM_RUN, f"scenario.batch_size={batch}", "scenario.distributed.nproc_per_node=2",
-                   f"scenario.distributed.strategy={strategy}", cwd=llm_folder, timeout=600)
+    proc = run_cli(
+        *LLM_RUN,
+        f"scenario.batch_size={batch}",
+        "scenario.distributed.nproc_per_node=2",
+        f"scenario.distributed.strategy={strategy}",
+        cwd=llm_folder,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr
     (rec,) = [r for r in records_in(llm_folder / "results") if r["run_id"] not in before]
     (one,) = [r for r in records_in(llm_folder / "results") if r["metrics"]["training"]["world_size"] == 1]
@@ -142,8 +178,7 @@ def test_llm_pretraining_strategy_matches_the_single_process_run(llm_folder, str
     records.validate(rec)
     assert rec["status"] == "ok" and training["world_size"] == 2 and training["strategy"] == strategy
     assert training["eval_metric"] == "perplexity" and len(training["memory_per_rank"]) == 2
-    np.testing.assert_allclose([p[1] for p in training["loss_curve"]], [p[1] for p in single["loss_curve"]],
-                               rtol=0, atol=LOSS_TOL)
+    np.testing.assert_allclose([p[1] for p in training["loss_curve"]], [p[1] for p in single["loss_curve"]], rtol=0, atol=LOSS_TOL)
     assert training["final_perplexity"] == pytest.approx(single["final_perplexity"], rel=1e-4)
     if strategy == "fsdp":
         assert training["memory_mib"]["params_mib"] == pytest.approx(single["memory_mib"]["params_mib"] / 2, rel=0.02)

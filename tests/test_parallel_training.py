@@ -25,9 +25,20 @@ pytestmark = pytest.mark.slow
 
 LOSS_TOL = 1e-4
 WEIGHT_TOL = 1e-4
-CASES = [("bert", "fsdp"), ("bert", "tp"), ("bert", "pp"), ("bert", "fsdp+tp"),
-         ("llama", "ddp"), ("llama", "fsdp"), ("llama", "tp"), ("llama", "pp"), ("llama", "pp-gpipe"),
-         ("llama", "fsdp+tp"), ("llama-tied", "fsdp"), ("llama-tied", "pp")]
+CASES = [
+    ("bert", "fsdp"),
+    ("bert", "tp"),
+    ("bert", "pp"),
+    ("bert", "fsdp+tp"),
+    ("llama", "ddp"),
+    ("llama", "fsdp"),
+    ("llama", "tp"),
+    ("llama", "pp"),
+    ("llama", "pp-gpipe"),
+    ("llama", "fsdp+tp"),
+    ("llama-tied", "fsdp"),
+    ("llama-tied", "pp"),
+]
 _single: dict[str, dict] = {}
 _runs: dict[tuple[str, str], dict] = {}
 
@@ -48,8 +59,7 @@ def assert_same_training(result: dict, reference: dict) -> None:
     np.testing.assert_allclose(result["losses"], reference["losses"], rtol=0, atol=LOSS_TOL)
     assert set(result["state"]) == set(reference["state"])
     for name, tensor in result["state"].items():
-        np.testing.assert_allclose(tensor.float().numpy(), reference["state"][name].float().numpy(),
-                                   rtol=0, atol=WEIGHT_TOL, err_msg=name)
+        np.testing.assert_allclose(tensor.float().numpy(), reference["state"][name].float().numpy(), rtol=0, atol=WEIGHT_TOL, err_msg=name)
     np.testing.assert_allclose(result["logits"], reference["logits"], rtol=0, atol=WEIGHT_TOL)
 
 

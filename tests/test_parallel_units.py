@@ -21,16 +21,20 @@ def _dist(**kwargs) -> DistributedOptions:
 
 # --- options: strategies, meshes, refusals ---------------------------------------------
 
-@pytest.mark.parametrize("strategy, nproc, nnodes, mesh, expected", [
-    ("ddp", 2, 1, None, {"dp": 2}),
-    ("fsdp", 2, 1, None, {"dp": 2}),
-    ("tp", 2, 1, None, {"tp": 2}),
-    ("pp", 4, 1, None, {"pp": 4}),
-    ("fsdp+tp", 4, 1, None, {"dp": 2, "tp": 2}),        # one node: tp = 2
-    ("fsdp+tp", 8, 1, None, {"dp": 4, "tp": 2}),
-    ("fsdp+tp", 4, 2, None, {"dp": 2, "tp": 4}),        # tp inside a node, fsdp across nodes
-    ("fsdp+tp", 8, 1, [2, 4], {"dp": 2, "tp": 4}),
-])
+
+@pytest.mark.parametrize(
+    "strategy, nproc, nnodes, mesh, expected",
+    [
+        ("ddp", 2, 1, None, {"dp": 2}),
+        ("fsdp", 2, 1, None, {"dp": 2}),
+        ("tp", 2, 1, None, {"tp": 2}),
+        ("pp", 4, 1, None, {"pp": 4}),
+        ("fsdp+tp", 4, 1, None, {"dp": 2, "tp": 2}),  # one node: tp = 2
+        ("fsdp+tp", 8, 1, None, {"dp": 4, "tp": 2}),
+        ("fsdp+tp", 4, 2, None, {"dp": 2, "tp": 4}),  # tp inside a node, fsdp across nodes
+        ("fsdp+tp", 8, 1, [2, 4], {"dp": 2, "tp": 4}),
+    ],
+)
 def test_mesh_shape(strategy, nproc, nnodes, mesh, expected):
     extra = {"rdzv_endpoint": "n0:29500"} if nnodes > 1 else {}
     dist = _dist(strategy=strategy, nproc_per_node=nproc, nnodes=nnodes, mesh=mesh, **extra)
@@ -38,15 +42,18 @@ def test_mesh_shape(strategy, nproc, nnodes, mesh, expected):
     assert dist.data_parallel_size == expected.get("dp", 1)
 
 
-@pytest.mark.parametrize("kwargs, words", [
-    ({"strategy": "fsdp"}, "nproc_per_node x nnodes is 1"),
-    ({"strategy": "zero3", "nproc_per_node": 2}, "not one of ddp, fsdp, tp, pp, fsdp+tp"),
-    ({"strategy": "fsdp", "nproc_per_node": 2, "mesh": [1, 2]}, "only strategy fsdp+tp takes"),
-    ({"strategy": "fsdp+tp", "nproc_per_node": 4, "mesh": [2, 3]}, "holds 6 processes but the world has 4"),
-    ({"strategy": "fsdp+tp", "nproc_per_node": 2}, "needs dp >= 2 and tp >= 2"),
-    ({"strategy": "pp", "nproc_per_node": 4, "microbatches": 2}, "1f1b needs at least one micro-batch per stage"),
-    ({"pipeline_schedule": "zb"}, "not one of 1f1b, gpipe"),
-])
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        ({"strategy": "fsdp"}, "nproc_per_node x nnodes is 1"),
+        ({"strategy": "zero3", "nproc_per_node": 2}, "not one of ddp, fsdp, tp, pp, fsdp+tp"),
+        ({"strategy": "fsdp", "nproc_per_node": 2, "mesh": [1, 2]}, "only strategy fsdp+tp takes"),
+        ({"strategy": "fsdp+tp", "nproc_per_node": 4, "mesh": [2, 3]}, "holds 6 processes but the world has 4"),
+        ({"strategy": "fsdp+tp", "nproc_per_node": 2}, "needs dp >= 2 and tp >= 2"),
+        ({"strategy": "pp", "nproc_per_node": 4, "microbatches": 2}, "1f1b needs at least one micro-batch per stage"),
+        ({"pipeline_schedule": "zb"}, "not one of 1f1b, gpipe"),
+    ],
+)
 def test_bad_layouts_are_one_line_config_errors(kwargs, words):
     with pytest.raises(ConfigError) as info:
         _dist(**kwargs)
@@ -55,31 +62,35 @@ def test_bad_layouts_are_one_line_config_errors(kwargs, words):
 
 def test_pp_microbatches_must_divide_the_batch():
     with pytest.raises(ConfigError, match="does not split into 3 equal micro-batches"):
-        typed(TrainingOptions, {"batch_size": 16, "distributed": {"strategy": "pp", "nproc_per_node": 2,
-                                                                 "microbatches": 3, "pipeline_schedule": "gpipe"}},
-              "scenario")
+        typed(
+            TrainingOptions,
+            {"batch_size": 16, "distributed": {"strategy": "pp", "nproc_per_node": 2, "microbatches": 3, "pipeline_schedule": "gpipe"}},
+            "scenario",
+        )
 
 
 def test_ddp_checkpoint_identity_is_unchanged_and_other_strategies_differ():
     assert _dist(nproc_per_node=2).weights_identity() == {"world_size": 2}
-    assert _dist(nproc_per_node=2, strategy="tp").weights_identity() == {
-        "world_size": 2, "strategy": "tp", "mesh": {"tp": 2}}
+    assert _dist(nproc_per_node=2, strategy="tp").weights_identity() == {"world_size": 2, "strategy": "tp", "mesh": {"tp": 2}}
 
 
-@pytest.mark.parametrize("warmup, profile, world, expected", [
-    (5, 2, 2, [4, 5]),   # the last warm-up steps before measurement
-    (2, 2, 2, [2]),      # never step 1 (lazy set-up; also the activation-accounting step)
-    (1, 2, 2, []),
-    (5, 0, 2, []),
-    (5, 2, 1, []),       # one process: nothing to split
-])
+@pytest.mark.parametrize(
+    "warmup, profile, world, expected",
+    [
+        (5, 2, 2, [4, 5]),  # the last warm-up steps before measurement
+        (2, 2, 2, [2]),  # never step 1 (lazy set-up; also the activation-accounting step)
+        (1, 2, 2, []),
+        (5, 0, 2, []),
+        (5, 2, 1, []),  # one process: nothing to split
+    ],
+)
 def test_profiled_steps_stay_inside_the_warm_up(warmup, profile, world, expected):
-    options = TrainingOptions(warmup_steps_excluded=warmup, profile_steps=profile,
-                              distributed=DistributedOptions(nproc_per_node=world))
+    options = TrainingOptions(warmup_steps_excluded=warmup, profile_steps=profile, distributed=DistributedOptions(nproc_per_node=world))
     assert options.profiled_steps() == expected
 
 
 # --- world and data layout -------------------------------------------------------------
+
 
 def test_world_places_ranks_in_the_mesh_outermost_first():
     dist = _dist(strategy="fsdp+tp", nproc_per_node=4)
@@ -104,8 +115,7 @@ def test_ranks_of_one_replica_read_the_same_data_and_replicas_different():
 
 
 def test_parallel_plan_from_options():
-    options = TrainingOptions(batch_size=8, activation_checkpointing=True,
-                              distributed=DistributedOptions(nproc_per_node=2, strategy="pp", microbatches=4))
+    options = TrainingOptions(batch_size=8, activation_checkpointing=True, distributed=DistributedOptions(nproc_per_node=2, strategy="pp", microbatches=4))
     plan = ParallelPlan.from_options(options)
     assert plan.strategy == "pp" and plan.mesh == (("pp", 2),) and plan.microbatches == 4
     assert plan.activation_checkpointing and plan.size("pp") == 2 and plan.size("tp") == 1
@@ -114,14 +124,16 @@ def test_parallel_plan_from_options():
 
 # --- architectures ---------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def llama():
     import transformers
 
     from parallel_runs import causal_lm
 
-    return causal_lm(transformers.LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=4,
-                                              num_attention_heads=4, num_key_value_heads=2))
+    return causal_lm(
+        transformers.LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2)
+    )
 
 
 def test_blocks_are_the_module_list_holding_most_parameters(tiny_model, llama):
@@ -146,9 +158,11 @@ def test_a_bare_decoder_is_its_own_transformers_model():
 
     from harness.training.architectures import hf_model
 
-    bare = transformers.LlamaForCausalLM(transformers.LlamaConfig(
-        vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, tie_word_embeddings=True))
+    bare = transformers.LlamaForCausalLM(
+        transformers.LlamaConfig(
+            vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True
+        )
+    )
     assert hf_model(bare) is bare
     assert find_blocks(bare)[0] == "model.layers"
     assert tp_plan(bare)["model.layers.*.self_attn.q_proj"] == "colwise"
@@ -177,6 +191,7 @@ def test_layouts_the_config_cannot_take_are_refused_before_launch():
 
 # --- accounting arithmetic -------------------------------------------------------------
 
+
 def test_union_of_intervals_counts_overlaps_once():
     I = accounting.Interval
     assert accounting.union_us([I(0, 10), I(5, 15), I(20, 30), I(22, 25)]) == 25.0
@@ -192,8 +207,8 @@ def test_step_split_clips_communication_to_the_step():
 def test_tensor_bytes_counts_each_storage_once():
     import torch
 
-    a = torch.zeros(10, 4)          # 160 bytes
-    view = a[2:5]                   # same storage
+    a = torch.zeros(10, 4)  # 160 bytes
+    view = a[2:5]  # same storage
     b = torch.zeros(3, dtype=torch.bfloat16)  # 6 bytes
     assert accounting.tensor_bytes([a, view, b, None]) == 166
 
@@ -290,7 +305,9 @@ def test_pytorch_declares_every_strategy():
 def test_memory_max_over_ranks_by_hand():
     from harness.training.metrics import max_over_ranks
 
-    ranks = [{"rank": 0, "params_mib": 7.8, "activations_mib": 1.3, "peak_rss_mib": 555.0},
-             {"rank": 1, "params_mib": 0.2, "activations_mib": 0.6, "peak_rss_mib": 560.5}]
+    ranks = [
+        {"rank": 0, "params_mib": 7.8, "activations_mib": 1.3, "peak_rss_mib": 555.0},
+        {"rank": 1, "params_mib": 0.2, "activations_mib": 0.6, "peak_rss_mib": 560.5},
+    ]
     assert max_over_ranks(ranks) == {"params_mib": 7.8, "activations_mib": 1.3, "peak_rss_mib": 560.5}
     assert max_over_ranks(None) is None and max_over_ranks([]) is None

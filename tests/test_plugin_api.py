@@ -53,8 +53,9 @@ def test_api_1_still_loads_with_a_deprecation_warning_and_api_3_is_refused():
     old = type("OldAccel", (_Tiny,), {"name": "oldaccel"})
     new = type("NewAccel", (_Tiny,), {"name": "newaccel"})
     future = type("FutureAccel", (_Tiny,), {"name": "futureaccel"})
-    plugins = load_plugins(extra=[("oldaccel", _module("oldaccel", "1", old)), ("newaccel", _module("newaccel", "2", new)),
-                                  ("futureaccel", _module("futureaccel", "3", future))])
+    plugins = load_plugins(
+        extra=[("oldaccel", _module("oldaccel", "1", old)), ("newaccel", _module("newaccel", "2", new)), ("futureaccel", _module("futureaccel", "3", future))]
+    )
     assert {"oldaccel", "newaccel"} <= set(plugins.registry.backends) and "futureaccel" not in plugins.registry.backends
     (line,) = [d for d in plugins.deprecations if "'oldaccel'" in d]
     assert "plugin API 1" in line and "fix:" in line and "\n" not in line

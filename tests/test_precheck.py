@@ -34,8 +34,7 @@ def test_the_check_keeps_each_validated_job_under_its_overrides(tmp_path, monkey
     args = ["-m", "+scenario=bert_fp32", "model=bert_tiny", "backend=onnxruntime,pytorch", "launcher.host_lock=false"]
     checked = precheck.check(args, searchpath, compose.group_options(searchpath), plugins.registry)
     assert checked.problem is None and checked.count == 2
-    assert set(checked.jobs) == {("scenario=bert_fp32", "model=bert_tiny", f"backend={b}", "launcher.host_lock=False")
-                                 for b in ("onnxruntime", "pytorch")}
+    assert set(checked.jobs) == {("scenario=bert_fp32", "model=bert_tiny", f"backend={b}", "launcher.host_lock=False") for b in ("onnxruntime", "pytorch")}
     job = checked.jobs[("scenario=bert_fp32", "model=bert_tiny", "backend=pytorch", "launcher.host_lock=False")]
     assert job.spec.backend_name == "pytorch" and job.spec.job.key and not job.launcher.host_lock
 
@@ -49,5 +48,9 @@ def test_parse_args_reads_hydras_documented_flags():
 
 
 def test_plus_scenario_is_the_same_choice_as_scenario():
-    assert compose.normalise(["+scenario=bert_int8", "+scenario@x=y", "++scenario.batch_size=2", "+foo=1"]) == \
-        ["scenario=bert_int8", "scenario@x=y", "++scenario.batch_size=2", "+foo=1"]
+    assert compose.normalise(["+scenario=bert_int8", "+scenario@x=y", "++scenario.batch_size=2", "+foo=1"]) == [
+        "scenario=bert_int8",
+        "scenario@x=y",
+        "++scenario.batch_size=2",
+        "+foo=1",
+    ]

@@ -61,8 +61,10 @@ def with_model(spec, **values):
 # --- config keys -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("typo, nearest", [("result_dir", "results_dir"), ("resuls_dir", "results_dir"),
-                                           ("cachedir", "cache_dir"), ("overwite", "overwrite"), ("lancher", "launcher")])
+@pytest.mark.parametrize(
+    "typo, nearest",
+    [("result_dir", "results_dir"), ("resuls_dir", "results_dir"), ("cachedir", "cache_dir"), ("overwite", "overwrite"), ("lancher", "launcher")],
+)
 def test_unknown_top_level_key_names_the_nearest(typo, nearest):
     with pytest.raises(ConfigError) as err:
         preflight.check_top_level(["backend", typo])
@@ -178,11 +180,9 @@ def test_default_bert_facts_are_transformers_own():
 
 
 @SETTINGS
-@given(hidden=st.integers(1, 4096), heads=st.integers(1, 64), seq_len=st.integers(2, 5000),
-       positions=st.integers(2, 4096))
+@given(hidden=st.integers(1, 4096), heads=st.integers(1, 64), seq_len=st.integers(2, 5000), positions=st.integers(2, 4096))
 def test_shapes_pass_or_fail_with_one_line(spec, hidden, heads, seq_len, positions):
-    config = {**spec.model.config, "hidden_size": hidden, "num_attention_heads": heads,
-              "max_position_embeddings": positions}
+    config = {**spec.model.config, "hidden_size": hidden, "num_attention_heads": heads, "max_position_embeddings": positions}
     candidate = with_scenario(with_model(spec, config=config), seq_len=seq_len)
     bad = hidden % heads != 0 or seq_len > positions
     if not bad:
@@ -268,8 +268,7 @@ def test_negative_labels_are_refused_unless_remapped(tmp_path):
 
 
 @SETTINGS
-@given(labels=st.lists(st.integers(-3, 12), min_size=4, max_size=30), num_labels=st.integers(1, 12),
-       remap=st.booleans())
+@given(labels=st.lists(st.integers(-3, 12), min_size=4, max_size=30), num_labels=st.integers(1, 12), remap=st.booleans())
 def test_labels_against_num_labels(tmp_path, labels, num_labels, remap):
     options = dataclasses.replace(_csv(tmp_path / str(abs(hash((tuple(labels), remap)))), labels), remap_labels=remap)
     classes = len(set(labels)) if remap else max(labels) + 1
@@ -307,8 +306,7 @@ def bert_folder(tmp_path_factory):
     import transformers
 
     folder = tmp_path_factory.mktemp("bert")
-    config = transformers.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                                     vocab_size=200, num_labels=2)
+    config = transformers.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, vocab_size=200, num_labels=2)
     transformers.BertForSequenceClassification(config).save_pretrained(folder)
     return folder
 
@@ -329,15 +327,23 @@ def test_a_good_folder_passes(bert_folder):
         (lambda f: (f / "config.json").write_text("[1, 2]"), "holds a JSON list, not a model config object"),
         (lambda f: (f / "config.json").unlink(), "is not a checkpoint folder (no config.json)"),
         (lambda f: (f / "model.safetensors").write_bytes(b""), "is empty (0 bytes)"),
-        (lambda f: (f / "model.safetensors").write_bytes((f / "model.safetensors").read_bytes()[:-500]),
-         "is not a complete safetensors file"),
+        (lambda f: (f / "model.safetensors").write_bytes((f / "model.safetensors").read_bytes()[:-500]), "is not a complete safetensors file"),
         (lambda f: (f / "model.safetensors").unlink(), "has no .safetensors weights"),
         (lambda f: _edit_config(f, hidden_size=64, intermediate_size=128), "do not match its config.json"),
         (lambda f: _edit_config(f, num_hidden_layers=3), "the weights have 2 encoder layers, the config num_hidden_layers=3"),
         (lambda f: _edit_config(f, vocab_size=300), "word_embeddings.weight is [200, 32]"),
     ],
-    ids=["truncated-config", "config-not-object", "no-config", "zero-byte-weights", "truncated-weights", "no-weights",
-         "other-width", "other-depth", "other-vocab"],
+    ids=[
+        "truncated-config",
+        "config-not-object",
+        "no-config",
+        "zero-byte-weights",
+        "truncated-weights",
+        "no-weights",
+        "other-width",
+        "other-depth",
+        "other-vocab",
+    ],
 )
 def test_damaged_folders_are_config_errors(bert_folder, tmp_path, damage, needle):
     folder = _copy(bert_folder, tmp_path / "ckpt")

@@ -23,8 +23,9 @@ def small_bert():
     """4 heads and 128 FFN neurons per layer, so fractions are visible."""
     from harness.models import ModelOptions, load_model
 
-    return load_model(ModelOptions(name="bert_prune_test", config=dict(
-        hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, vocab_size=200)))
+    return load_model(
+        ModelOptions(name="bert_prune_test", config=dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, vocab_size=200))
+    )
 
 
 def test_options_validate_with_the_key():
@@ -37,8 +38,7 @@ def test_options_validate_with_the_key():
 
 
 def test_magnitude_pruning_reaches_the_sparsity_and_keeps_shapes(small_bert, text_data, tmp_path):
-    pruned, info = pruning.prune(small_bert, text_data, PruningOptions(method="magnitude", sparsity=0.6),
-                                 cache_root=str(tmp_path), report=lambda s: None)
+    pruned, info = pruning.prune(small_bert, text_data, PruningOptions(method="magnitude", sparsity=0.6), cache_root=str(tmp_path), report=lambda s: None)
     assert info["sparsity"]["linear"] == pytest.approx(0.6, abs=0.01)
     assert pruned.params == small_bert.params == info["params_after"]
     assert pruning.sparsity(small_bert.module)["linear"] < 0.01, "the source model must stay dense"
@@ -95,8 +95,11 @@ def test_pruned_model_is_cached_and_restored_identically(small_bert, text_data, 
 def test_structured_pruning_refuses_non_bert_models(text_data):
     from harness.models import ModelOptions, load_model
 
-    resnet = load_model(ModelOptions(name="r", family="resnet", num_labels=10, config=dict(
-        num_channels=1, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic")))
+    resnet = load_model(
+        ModelOptions(
+            name="r", family="resnet", num_labels=10, config=dict(num_channels=1, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic")
+        )
+    )
     with pytest.raises(Unsupported, match="BERT"):
         pruning.prune(resnet, text_data, PruningOptions(method="structured"), report=lambda s: None)
 
@@ -105,13 +108,17 @@ def test_structured_pruning_refuses_non_bert_models(text_data):
 def test_finetuning_after_pruning_uses_the_training_loop(small_bert, text_data, tmp_path):
     from backends.pytorch import PyTorchBackend, PyTorchOptions
 
-    options = PruningOptions(method="structured", heads=0.5, ffn=0.5, importance_samples=16, finetune_steps=3,
-                             finetune_batch_size=8)
-    pruned, info = pruning.prune(small_bert, text_data, options, cache_root=str(tmp_path),
-                                 trainer=PyTorchBackend(PyTorchOptions()), report=lambda s: None)
+    options = PruningOptions(method="structured", heads=0.5, ffn=0.5, importance_samples=16, finetune_steps=3, finetune_batch_size=8)
+    pruned, info = pruning.prune(small_bert, text_data, options, cache_root=str(tmp_path), trainer=PyTorchBackend(PyTorchOptions()), report=lambda s: None)
     assert info["finetune"]["steps"] == 3 and info["finetune"]["backend"] == "pytorch"
     assert info["finetune"]["final_accuracy"] is not None
     assert not pruned.module.training
     with pytest.raises(Unsupported, match="train"):
-        pruning.prune(small_bert, text_data, PruningOptions(method="structured", finetune_steps=2, importance_samples=8),
-                      cache_root=str(tmp_path / "other"), trainer=None, report=lambda s: None)
+        pruning.prune(
+            small_bert,
+            text_data,
+            PruningOptions(method="structured", finetune_steps=2, importance_samples=8),
+            cache_root=str(tmp_path / "other"),
+            trainer=None,
+            report=lambda s: None,
+        )

@@ -169,9 +169,19 @@ class TestOnCuda:
         from harness.training.plan import TrainingPlan
 
         plan = TrainingPlan(
-            input_names=tiny_model.input_names, optimizer="adamw", lr=1e-2, weight_decay=0.0, momentum=0.9,
-            nesterov=False, grad_clip=1.0, grad_accum_steps=1, schedule="constant", warmup_steps=0,
-            total_steps=30, precision=precision, seed=0,
+            input_names=tiny_model.input_names,
+            optimizer="adamw",
+            lr=1e-2,
+            weight_decay=0.0,
+            momentum=0.9,
+            nesterov=False,
+            grad_clip=1.0,
+            grad_accum_steps=1,
+            schedule="constant",
+            warmup_steps=0,
+            total_steps=30,
+            precision=precision,
+            seed=0,
         )
         session = cuda_backend.prepare_training(copy.deepcopy(tiny_model.module), plan)
         rng = np.random.default_rng(0)

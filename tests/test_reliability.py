@@ -30,8 +30,7 @@ FAULTS = {
 
 @pytest.mark.slow
 def test_segfaulting_backend_beside_a_good_one(tmp_path):
-    proc = run_cli("-m", "backend=segfault,onnxruntime", "+scenario=bert_fp32", *FAST, "++launcher.timeout_s=300",
-                   cwd=tmp_path, env=FAULTS)
+    proc = run_cli("-m", "backend=segfault,onnxruntime", "+scenario=bert_fp32", *FAST, "++launcher.timeout_s=300", cwd=tmp_path, env=FAULTS)
     assert proc.returncode != 0
     recs = {r["backend"]["name"]: r for r in records_in(tmp_path / "results")}
     assert set(recs) == {"segfault", "onnxruntime"}
@@ -133,4 +132,3 @@ def test_weights_only_through_safe_loaders_and_never_from_the_hub():
         for path in sorted((ROOT / folder).rglob("*.py")) if (ROOT / folder).is_dir() else []:
             offenders += unsafe_calls(path)
     assert offenders == [], "unsafe loading (fix: safetensors, torch.load(..., weights_only=True), local_files_only=True):\n" + "\n".join(offenders)
-

@@ -238,8 +238,27 @@ def two_machines(root: Path) -> list[Path]:
                     reference=0.91,
                     mfu=0.35 if accelerator else None,
                 )
-        write(folder, label=label, accelerator=accelerator, backend="tensorrt", precision="int8", scenario="bert_int8", status="mismatch", reason="outputs differ", throughput=1e9)
-        write(folder, label=label, accelerator=accelerator, model="tiny-resnet", scenario="resnet_train", kind="training", backend="pytorch", loss_curve=[[step, 2.0 / (1 + step / 10)] for step in range(50)])
+        write(
+            folder,
+            label=label,
+            accelerator=accelerator,
+            backend="tensorrt",
+            precision="int8",
+            scenario="bert_int8",
+            status="mismatch",
+            reason="outputs differ",
+            throughput=1e9,
+        )
+        write(
+            folder,
+            label=label,
+            accelerator=accelerator,
+            model="tiny-resnet",
+            scenario="resnet_train",
+            kind="training",
+            backend="pytorch",
+            loss_curve=[[step, 2.0 / (1 + step / 10)] for step in range(50)],
+        )
     return folders
 
 
@@ -310,9 +329,7 @@ def test_html_renders_offline_in_headless_chromium(tmp_path: Path) -> None:
     page = (tmp_path / "out" / "report.html").resolve().as_uri()
     shot = tmp_path / "shot.png"
     common = [CHROMIUM, *HEADLESS, f"--user-data-dir={tmp_path / 'profile'}"]
-    rendered = subprocess.run(
-        [*common, f"--screenshot={shot}", "--window-size=1280,2000", page], capture_output=True, text=True, timeout=120
-    )
+    rendered = subprocess.run([*common, f"--screenshot={shot}", "--window-size=1280,2000", page], capture_output=True, text=True, timeout=120)
     assert rendered.returncode == 0, rendered.stderr[-2000:]
     assert "Uncaught" not in rendered.stderr
     pixels = imread(shot)[..., :3].reshape(-1, 3)

@@ -17,23 +17,43 @@ from harness.scenarios.generation import GenerationScenario
 from test_results import make_record
 
 
-def generation_record(backend: str, precision: str, batch: int, prompt: int, decode: float, ttft: float,
-                      relative: float, checkpoint: str | None = None) -> dict[str, Any]:
-    rec = make_record(model="llama_tiny", scenario=f"llm_{precision}", kind="generation", precision=precision,
-                      backend=backend, batch_size=batch, seq_len=prompt, throughput=decode / 64)
+def generation_record(
+    backend: str, precision: str, batch: int, prompt: int, decode: float, ttft: float, relative: float, checkpoint: str | None = None
+) -> dict[str, Any]:
+    rec = make_record(
+        model="llama_tiny",
+        scenario=f"llm_{precision}",
+        kind="generation",
+        precision=precision,
+        backend=backend,
+        batch_size=batch,
+        seq_len=prompt,
+        throughput=decode / 64,
+    )
     del rec["metrics"]["latency_ms"]  # generation runs time tokens, not calls
     summary = {"p50": ttft, "p90": ttft, "p99": ttft * 1.2, "mean": ttft, "count": 5}
     rec["metrics"]["generation"] = {
-        "ttft_ms": summary, "tpot_ms": {**summary, "p50": 1000 / decode},
+        "ttft_ms": summary,
+        "tpot_ms": {**summary, "p50": 1000 / decode},
         "itl_ms": {**summary, "p50": 1000 / decode, "samples": [1000 / decode * f for f in (0.9, 1.0, 1.1, 1.3)]},
-        "e2e_ms": summary, "decode_tokens_per_s": decode, "output_tokens_per_s": decode * 0.9,
+        "e2e_ms": summary,
+        "decode_tokens_per_s": decode,
+        "output_tokens_per_s": decode * 0.9,
     }
-    rec["metrics"]["accuracy"] = {"metric": "perplexity", "value": 3.0 / relative, "reference": 3.0,
-                                  "relative": relative, "agreement": 1.0 if precision == "fp32" else 0.9}
+    rec["metrics"]["accuracy"] = {
+        "metric": "perplexity",
+        "value": 3.0 / relative,
+        "reference": 3.0,
+        "relative": relative,
+        "agreement": 1.0 if precision == "fp32" else 0.9,
+    }
     if precision == "int4":
         rec["metrics"]["compression"] = {"size_bytes": 30, "fp32_size_bytes": 100, "size_ratio": 0.3}
-    rec["config"] = {"backend": {"name": backend}, "model": {"name": "llama_tiny", "checkpoint": checkpoint},
-                     "scenario": {"name": f"llm_{precision}", "batch_size": batch, "prompt_len": prompt}}
+    rec["config"] = {
+        "backend": {"name": backend},
+        "model": {"name": "llama_tiny", "checkpoint": checkpoint},
+        "scenario": {"name": f"llm_{precision}", "batch_size": batch, "prompt_len": prompt},
+    }
     rec["columns"] = [column.as_dict() for column in GenerationScenario.report_columns]
     records.validate(rec)
     return rec
@@ -42,7 +62,7 @@ def generation_record(backend: str, precision: str, batch: int, prompt: int, dec
 def test_generation_section_and_columns(tmp_path: Path) -> None:
     for backend, speed in (("onnxruntime", 40.0), ("openvino", 30.0)):
         for batch in (1, 4):
-            records.write(generation_record(backend, "fp32", batch, 128, speed * batch ** 0.5, 200.0, 1.0), tmp_path)
+            records.write(generation_record(backend, "fp32", batch, 128, speed * batch**0.5, 200.0, 1.0), tmp_path)
         records.write(generation_record(backend, "fp32", 1, 512, speed, 700.0, 1.0), tmp_path)
         records.write(generation_record(backend, "int4", 1, 128, speed * 1.8, 150.0, 0.97), tmp_path)
     report = build.build(results.load(tmp_path), baseline=None)

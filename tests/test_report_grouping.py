@@ -59,8 +59,7 @@ METRICS = st.fixed_dictionaries(
 
 def record_of(ident: dict[str, Any], local: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
     """A schema-valid record (NaN/Infinity are valid JSON-schema numbers when read back)."""
-    rec = make_record(label=ident["machine"], batch_size=ident["batch_size"], status=metrics["status"],
-                      reason="" if metrics["status"] == "ok" else "boom")
+    rec = make_record(label=ident["machine"], batch_size=ident["batch_size"], status=metrics["status"], reason="" if metrics["status"] == "ok" else "boom")
     path, digest = ident["checkpoint"] or (None, None)
     rec["config"] = {
         "results_dir": local["results_dir"],
@@ -70,8 +69,7 @@ def record_of(ident: dict[str, Any], local: dict[str, Any], metrics: dict[str, A
         "backend": {"name": "onnxruntime", "graph_optimization_level": ident["level"], "providers": ["CPU"]},
         "model": {"name": "tiny-bert", "path": path},
         "dataset": {"name": ident["dataset"]},
-        "scenario": {"name": "bert_fp32", "batch_size": ident["batch_size"],
-                     "distributed": {"nproc_per_node": 1, "node_rank": local["node_rank"]}},
+        "scenario": {"name": "bert_fp32", "batch_size": ident["batch_size"], "distributed": {"nproc_per_node": 1, "node_rank": local["node_rank"]}},
     }
     if path:
         rec["inputs"] = {"model.path": {"name": "ckpt", "sha256": digest * 32}}
@@ -118,25 +116,28 @@ def test_records_share_a_row_iff_their_identifying_keys_are_equal(draws: list[tu
 
 def test_varying_keys_become_columns_named_by_their_last_part() -> None:
     recs = [
-        record_of({"batch_size": b, "level": level, "checkpoint": None, "dataset": "sentiment", "machine": "lab"},
-                  {"results_dir": f"r{b}{level}", "timeout_s": 5, "overwrite": False, "node_rank": 0},
-                  {"throughput": 10.0 * b, "mfu": None, "accuracy": None, "status": "ok"})
-        for b in (1, 4) for level in ("all", "disable")
+        record_of(
+            {"batch_size": b, "level": level, "checkpoint": None, "dataset": "sentiment", "machine": "lab"},
+            {"results_dir": f"r{b}{level}", "timeout_s": 5, "overwrite": False, "node_rank": 0},
+            {"throughput": 10.0 * b, "mfu": None, "accuracy": None, "status": "ok"},
+        )
+        for b in (1, 4)
+        for level in ("all", "disable")
     ]
     report = build.build(results.flatten(recs), figures=False)
     (section,) = report.sections
     table = section.table
-    assert list(table.columns[:7]) == ["Backend", "Precision", "Device", "Machine", "batch_size",
-                                       "graph_optimization_level", "Runs"]
-    assert sorted(zip(table["batch_size"], table["graph_optimization_level"])) == [
-        ("1", "all"), ("1", "disable"), ("4", "all"), ("4", "disable")]
+    assert list(table.columns[:7]) == ["Backend", "Precision", "Device", "Machine", "batch_size", "graph_optimization_level", "Runs"]
+    assert sorted(zip(table["batch_size"], table["graph_optimization_level"])) == [("1", "all"), ("1", "disable"), ("4", "all"), ("4", "disable")]
     assert "results_dir" not in " ".join(table.columns)  # run-local keys never become columns
 
 
 def test_a_key_only_some_rows_set_still_separates_rows_that_would_look_alike() -> None:
-    base = record_of({"batch_size": 1, "level": "all", "checkpoint": None, "dataset": "sentiment", "machine": "lab"},
-                     {"results_dir": "r", "timeout_s": 5, "overwrite": False, "node_rank": 0},
-                     {"throughput": 10.0, "mfu": None, "accuracy": None, "status": "ok"})
+    base = record_of(
+        {"batch_size": 1, "level": "all", "checkpoint": None, "dataset": "sentiment", "machine": "lab"},
+        {"results_dir": "r", "timeout_s": 5, "overwrite": False, "node_rank": 0},
+        {"throughput": 10.0, "mfu": None, "accuracy": None, "status": "ok"},
+    )
     newer = copy.deepcopy(base)
     newer["run_id"] = records.new_run_id()
     newer["config"]["backend"]["new_option"] = True  # e.g. a record from a newer harness

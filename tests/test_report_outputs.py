@@ -17,11 +17,16 @@ from harness.columns import Column
 from harness.report import build, export, markdown, plots
 from test_results import make_record
 
-SERVER = [Column("metrics.server.result", "Server", "text").as_dict(),
-          Column("metrics.server.latency_at_percentile_ms", "Server p99 (ms)", "number", "lower").as_dict()]
-PRUNING = [Column("metrics.pruning.params_after", "Params", "integer", when="metrics.pruning.method").as_dict(),
-           Column("metrics.throughput.samples_per_s", "Speedup vs unpruned fp32", "ratio", "higher",
-                  vs={"scenario.precision": "fp32"}, when="metrics.pruning.method").as_dict()]
+SERVER = [
+    Column("metrics.server.result", "Server", "text").as_dict(),
+    Column("metrics.server.latency_at_percentile_ms", "Server p99 (ms)", "number", "lower").as_dict(),
+]
+PRUNING = [
+    Column("metrics.pruning.params_after", "Params", "integer", when="metrics.pruning.method").as_dict(),
+    Column(
+        "metrics.throughput.samples_per_s", "Speedup vs unpruned fp32", "ratio", "higher", vs={"scenario.precision": "fp32"}, when="metrics.pruning.method"
+    ).as_dict(),
+]
 
 
 def _with(rec: dict, columns: list[dict], **metrics: object) -> dict:
@@ -31,15 +36,14 @@ def _with(rec: dict, columns: list[dict], **metrics: object) -> dict:
 
 
 def test_a_kind_declares_its_columns_and_the_report_shows_them_without_the_plugin(tmp_path: Path) -> None:
-    records.write(_with(make_record(scenario="bert_server"), SERVER,
-                        server={"result": "VALID", "latency_at_percentile_ms": 12.5}), tmp_path)
-    records.write(_with(make_record(scenario="bert_server", backend="openvino"), SERVER,
-                        server={"result": "INVALID", "latency_at_percentile_ms": 250.0}), tmp_path)
+    records.write(_with(make_record(scenario="bert_server"), SERVER, server={"result": "VALID", "latency_at_percentile_ms": 12.5}), tmp_path)
+    records.write(
+        _with(make_record(scenario="bert_server", backend="openvino"), SERVER, server={"result": "INVALID", "latency_at_percentile_ms": 250.0}), tmp_path
+    )
     records.write(make_record(scenario="bert_plain"), tmp_path)  # a kind that declares nothing
     report = build.build(results.load(tmp_path), figures=False)
     server = next(s.table for s in report.sections if s.scenario == "bert_server")
-    assert server[["Backend", "Server", "Server p99 (ms)"]].values.tolist() == [
-        ["onnxruntime", "VALID", "12.5"], ["openvino", "INVALID", "250"]]
+    assert server[["Backend", "Server", "Server p99 (ms)"]].values.tolist() == [["onnxruntime", "VALID", "12.5"], ["openvino", "INVALID", "250"]]
     plain = next(s.table for s in report.sections if s.scenario == "bert_plain")
     assert "Server" not in plain.columns  # declared columns show only where some row fills them
 
@@ -47,8 +51,7 @@ def test_a_kind_declares_its_columns_and_the_report_shows_them_without_the_plugi
 def test_pruned_rows_show_their_speedup_against_the_unpruned_fp32_row(tmp_path: Path) -> None:
     records.write(make_record(scenario="bert_fp32", throughput=100.0), tmp_path)
     records.write(make_record(scenario="bert_fp32", backend="openvino", throughput=400.0), tmp_path)
-    pruned = _with(make_record(scenario="bert_fp32", throughput=180.0), PRUNING,
-                   pruning={"method": "structured", "params_after": 5000})
+    pruned = _with(make_record(scenario="bert_fp32", throughput=180.0), PRUNING, pruning={"method": "structured", "params_after": 5000})
     pruned["config"]["scenario"]["pruning"] = {"method": "structured"}
     records.write(pruned, tmp_path)
     (section,) = build.build(results.load(tmp_path), figures=False).sections
@@ -93,8 +96,7 @@ def test_log_axes_get_plain_tick_labels_not_mathtext() -> None:
 
 
 def harness_report(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "harness.report.cli", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "harness.report.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
 
 
 @pytest.mark.parametrize("kind", ["file", "read-only folder", "inside a file"])
@@ -117,8 +119,9 @@ def test_an_unwritable_out_is_one_line_and_exit_2(tmp_path: Path, kind: str) -> 
     assert "--out" in done.stderr or "cannot write the report" in done.stderr
 
 
-def test_a_read_only_filesystem_is_found_before_the_report_is_built(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_read_only_filesystem_is_found_before_the_report_is_built(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     from harness.report import cli
 
     records.write(make_record(), tmp_path / "results")
@@ -155,8 +158,7 @@ def test_records_replace_nan_and_infinity_with_null_and_say_so(tmp_path: Path) -
     assert "NaN" not in text.replace('"NaN"', "") and "Infinity" not in text.replace('"Infinity"', "").replace('"-Infinity"', "")
     written = records.read(path)
     assert written["status"] == "ok" and written["metrics"]["mfu"] is None
-    assert written["non_finite"] == {"metrics.mfu": "NaN", "metrics.accuracy.value": "Infinity",
-                                     "metrics.latency_ms.samples[0]": "-Infinity"}
+    assert written["non_finite"] == {"metrics.mfu": "NaN", "metrics.accuracy.value": "Infinity", "metrics.latency_ms.samples[0]": "-Infinity"}
     assert rec == written  # the caller sees what was written
 
 

@@ -98,8 +98,16 @@ def _fake(rate):
 
     def measure(precision, device):
         calls.append(precision)
-        return {"precision": precision, "device": device, "flops_per_s": rate, "library": "fake", "size": 8,
-                "candidates": {"fake": {"flops_per_s": rate, "size": 8}}, "method": "fake", "measured": "now"}
+        return {
+            "precision": precision,
+            "device": device,
+            "flops_per_s": rate,
+            "library": "fake",
+            "size": 8,
+            "candidates": {"fake": {"flops_per_s": rate, "size": 8}},
+            "method": "fake",
+            "measured": "now",
+        }
 
     return measure, calls
 
@@ -119,8 +127,7 @@ def test_a_damaged_cached_peak_is_measured_again_never_an_error(tmp_path, damage
     roofline.peak_flops("fp32", "cpu", "fp", str(tmp_path), measure=measure)
     path = roofline.peak_path("fp32", "cpu", "fp", str(tmp_path))
     text = path.read_text()
-    path.write_text({"truncate": text[: len(text) // 2], "edit": text.replace("100.0", "1e15"), "empty": "",
-                     "not-json": "\x00\x01"}[damage])
+    path.write_text({"truncate": text[: len(text) // 2], "edit": text.replace("100.0", "1e15"), "empty": "", "not-json": "\x00\x01"}[damage])
     assert roofline.peak_flops("fp32", "cpu", "fp", str(tmp_path), measure=measure)["flops_per_s"] == 100.0
     assert calls == ["fp32", "fp32"]
     assert roofline.read_peak(path, "fp32", "cpu")["flops_per_s"] == 100.0  # healed on disk

@@ -21,8 +21,12 @@ from harness.serving.batching import BatchingOptions, BatchStats, EngineThreadSe
 from harness.serving.session import GenerationRequest, ServerGone, ServingModel, ServingPlan, StreamEnd, TokenChunk, now
 
 NEW_TOKENS = 8
-PROMPTS = [[734, 361, 412, 262, 377, 257, 380, 359, 525, 262, 379, 257], [299, 41, 87, 120, 99, 101, 77, 55, 66],
-           [12, 13, 14, 15, 16, 17, 18], [400, 401, 402, 403, 404, 405, 406, 407, 408, 409, 410, 411, 412, 413, 414, 415, 416]]
+PROMPTS = [
+    [734, 361, 412, 262, 377, 257, 380, 359, 525, 262, 379, 257],
+    [299, 41, 87, 120, 99, 101, 77, 55, 66],
+    [12, 13, 14, 15, 16, 17, 18],
+    [400, 401, 402, 403, 404, 405, 406, 407, 408, 409, 410, 411, 412, 413, 414, 415, 416],
+]
 
 
 async def serve(session, requests, together: bool):
@@ -49,6 +53,7 @@ def requests_for(prompts, new_tokens=NEW_TOKENS):
 
 
 # -- the engine thread, on a fake engine ---------------------------------------------------------------------------
+
 
 class CountingEngine(SteppedEngine):
     """Each step emits token ``len(prompt) + produced`` for every running request (slow enough to overlap)."""
@@ -127,11 +132,13 @@ def test_engine_thread_cancels_a_request_whose_consumer_left():
 
     async def go():
         try:
+
             async def first_token_only():
                 async with contextlib.aclosing(session.stream(GenerationRequest(0, "", 1000, prompt_ids=(1, 2)))) as events:
                     async for event in events:
                         if isinstance(event, TokenChunk):
                             return event
+
             return await first_token_only()
         finally:
             await session.aclose()
@@ -159,8 +166,7 @@ def test_batch_stats_count_and_reset():
     stats = BatchStats()
     for size in (1, 3, 3, 0):
         stats.record(size)
-    assert stats.take() == {"engine_steps": 3, "batch_size_max": 3, "batch_size_mean": pytest.approx(7 / 3),
-                            "batch_size_histogram": {"1": 1, "3": 2}}
+    assert stats.take() == {"engine_steps": 3, "batch_size_max": 3, "batch_size_mean": pytest.approx(7 / 3), "batch_size_histogram": {"1": 1, "3": 2}}
     assert stats.take()["engine_steps"] == 0
 
 
@@ -179,6 +185,7 @@ def test_bad_batching_options_name_the_key():
 
 # -- the real engines on llama_tiny ---------------------------------------------------------------------------------
 
+
 def backend(name: str, **options):
     from harness.config import typed
     from harness.plugins import load_plugins
@@ -188,8 +195,11 @@ def backend(name: str, **options):
 
 
 ENGINES = [
-    pytest.param("openvino", "ContinuousBatchingPipeline", marks=pytest.mark.skipif(
-        importlib.util.find_spec("openvino_genai") is None, reason="openvino-genai is not installed (harness[llm])")),
+    pytest.param(
+        "openvino",
+        "ContinuousBatchingPipeline",
+        marks=pytest.mark.skipif(importlib.util.find_spec("openvino_genai") is None, reason="openvino-genai is not installed (harness[llm])"),
+    ),
     pytest.param("pytorch", "ContinuousBatchingManager"),
     pytest.param("onnxruntime", "IOBinding"),
 ]
@@ -206,8 +216,7 @@ def eager_tokens(llama_source):
 def test_batched_engine_matches_one_at_a_time_and_eager(name, engine, llama_source, eager_tokens):
     from harness.serving.workload import PlainTokenizer
 
-    model = ServingModel("llama_tiny", lambda: llama_source, lambda: PlainTokenizer(llama_source.tokenizer),
-                         None, lambda message: None)
+    model = ServingModel("llama_tiny", lambda: llama_source, lambda: PlainTokenizer(llama_source.tokenizer), None, lambda message: None)
     plan = ServingPlan("fp32", max_prompt_tokens=max(map(len, PROMPTS)), max_output_tokens=NEW_TOKENS, max_in_flight=4)
     session = backend(name, serving={"max_batch": 4, "max_batched_tokens": 64}).prepare_serving(model, plan)
 

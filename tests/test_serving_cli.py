@@ -12,9 +12,16 @@ from conftest import records_in, run_cli
 pytest.importorskip("httpx", reason="httpx is not installed (pip install 'harness[serving]')")
 
 SERVER = Path(__file__).with_name("fake_openai_server.py")
-QUICK = ["+scenario=llm_serve", "backend=openai", "scenario.requests=6", "scenario.warmup_requests=1",
-         "scenario.workload.prompt_tokens=8", "scenario.workload.output_tokens=4", "scenario.accuracy.texts=2",
-         "launcher.host_lock=false"]
+QUICK = [
+    "+scenario=llm_serve",
+    "backend=openai",
+    "scenario.requests=6",
+    "scenario.warmup_requests=1",
+    "scenario.workload.prompt_tokens=8",
+    "scenario.workload.output_tokens=4",
+    "scenario.accuracy.texts=2",
+    "launcher.host_lock=false",
+]
 
 
 @pytest.fixture
@@ -57,8 +64,16 @@ def test_server_load_writes_an_ok_record(tmp_path, start_server):
 
 def test_sweep_records_a_verdict_per_step(tmp_path, start_server):
     url = start_server("--slots", "2", "--ttft-s", "0.01", "--itl-s", "0.002")
-    done = run_cli(*QUICK, f"backend.base_url={url}", "scenario.load=sweep", "scenario.sweep.steps=4",
-                   "scenario.sweep.max_concurrency=4", "scenario.accuracy.enabled=false", f"results_dir={tmp_path}", cwd=tmp_path)
+    done = run_cli(
+        *QUICK,
+        f"backend.base_url={url}",
+        "scenario.load=sweep",
+        "scenario.sweep.steps=4",
+        "scenario.sweep.max_concurrency=4",
+        "scenario.accuracy.enabled=false",
+        f"results_dir={tmp_path}",
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     (record,) = records_in(tmp_path)
     steps = record["metrics"]["serving"]["steps"]
@@ -81,8 +96,16 @@ def test_wrong_url_is_unavailable_in_one_line(tmp_path):
 def test_server_killed_mid_run_fails_and_keeps_finished_requests(tmp_path, start_server):
     # warm-up 1 + 3 requests finish; the server dies in the middle of the 5th
     url = start_server("--exit-after", "4")
-    done = run_cli(*QUICK, f"backend.base_url={url}", "scenario.load=concurrency", "scenario.concurrency=1",
-                   "scenario.requests=20", "backend.retries=1", f"results_dir={tmp_path}", cwd=tmp_path)
+    done = run_cli(
+        *QUICK,
+        f"backend.base_url={url}",
+        "scenario.load=concurrency",
+        "scenario.concurrency=1",
+        "scenario.requests=20",
+        "backend.retries=1",
+        f"results_dir={tmp_path}",
+        cwd=tmp_path,
+    )
     assert done.returncode == 1, done.stderr[-2000:]
     (record,) = records_in(tmp_path)
     assert record["status"] == "failed"
@@ -95,8 +118,16 @@ def test_server_killed_mid_run_fails_and_keeps_finished_requests(tmp_path, start
 
 def test_api_key_is_never_recorded(tmp_path, start_server):
     url = start_server()
-    done = run_cli(*QUICK, f"backend.base_url={url}", "backend.api_key_env=HARNESS_TEST_KEY", "scenario.requests=2",
-                   "scenario.server.rate=50", f"results_dir={tmp_path}", cwd=tmp_path, env={"HARNESS_TEST_KEY": "sekrit-value-42"})
+    done = run_cli(
+        *QUICK,
+        f"backend.base_url={url}",
+        "backend.api_key_env=HARNESS_TEST_KEY",
+        "scenario.requests=2",
+        "scenario.server.rate=50",
+        f"results_dir={tmp_path}",
+        cwd=tmp_path,
+        env={"HARNESS_TEST_KEY": "sekrit-value-42"},
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     text = next(tmp_path.glob("*.json")).read_text()
     assert "sekrit-value-42" not in text and "HARNESS_TEST_KEY" in text
@@ -107,17 +138,22 @@ def test_llm_serve_composes_into_typed_options(backend):
     from harness.plugins import load_plugins
     from harness.testing import compose_overrides
 
-    spec = compose_overrides(["+scenario=llm_serve", f"backend={backend}", "scenario.load=sweep", "scenario.slo.tpot_ms=50"],
-                             load_plugins())
+    spec = compose_overrides(["+scenario=llm_serve", f"backend={backend}", "scenario.load=sweep", "scenario.slo.tpot_ms=50"], load_plugins())
     opts = spec.scenario_options
     assert spec.scenario_kind == "serving" and spec.model.name == "llama_small" and spec.dataset.kind == "corpus"
     assert opts.load == "sweep" and opts.slo.tpot_ms == 50 and opts.workload.prompt_tokens == 64
     assert not hasattr(opts, "batch_size")  # a kind's options hold its own keys only (no inherited default scenario)
 
 
-@pytest.mark.parametrize("override, key", [("scenario.load=burst", "scenario.load"), ("scenario.server.rate=0", "scenario.server.rate"),
-                                           ("scenario.slo.percentile=120", "scenario.slo.percentile"),
-                                           ("backend.base_url=localhost:8080", "backend.base_url")])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("scenario.load=burst", "scenario.load"),
+        ("scenario.server.rate=0", "scenario.server.rate"),
+        ("scenario.slo.percentile=120", "scenario.slo.percentile"),
+        ("backend.base_url=localhost:8080", "backend.base_url"),
+    ],
+)
 def test_bad_serving_options_are_one_line_config_errors(override, key):
     from harness.errors import ConfigError
     from harness.plugins import load_plugins

@@ -48,10 +48,10 @@ def test_one_token_has_no_tpot_and_a_failed_request_has_no_e2e_figures():
 
 def test_slo_membership():
     slo = SLO(ttft_ms=150, tpot_ms=60)
-    assert slo.met_by(finished(0.0, [0.1, 0.15, 0.2], 0.2))          # ttft 100, tpot 50
-    assert not slo.met_by(finished(0.0, [0.2, 0.25], 0.25))         # ttft 200 > 150
-    assert not slo.met_by(finished(0.0, [0.1, 0.2, 0.3], 0.3))       # tpot 100 > 60
-    assert slo.met_by(finished(0.0, [0.15], 0.15))                   # ttft == bound; one token: no tpot to miss
+    assert slo.met_by(finished(0.0, [0.1, 0.15, 0.2], 0.2))  # ttft 100, tpot 50
+    assert not slo.met_by(finished(0.0, [0.2, 0.25], 0.25))  # ttft 200 > 150
+    assert not slo.met_by(finished(0.0, [0.1, 0.2, 0.3], 0.3))  # tpot 100 > 60
+    assert slo.met_by(finished(0.0, [0.15], 0.15))  # ttft == bound; one token: no tpot to miss
     assert SLO(ttft_ms=None, tpot_ms=60).met_by(finished(0.0, [5.0, 5.01], 5.01))
     failed = RequestRecord(0, 0.0, 0.0)
     failed.fail("x", 0.1)
@@ -61,9 +61,9 @@ def test_slo_membership():
 def test_step_figures_by_hand():
     # 4 requests from t=0; the last ends at t=2.0 s. Output tokens 3+3+2+1 (the last failed: not counted).
     records = [
-        finished(0.0, [0.1, 0.2, 0.3], 0.3, index=0),      # ttft 100, tpot 100 -> good
-        finished(0.5, [0.6, 0.65, 0.7], 0.7, index=1),     # ttft 100, tpot 50  -> good
-        finished(1.0, [1.5, 2.0], 2.0, index=2),           # ttft 500 -> misses the TTFT SLO
+        finished(0.0, [0.1, 0.2, 0.3], 0.3, index=0),  # ttft 100, tpot 100 -> good
+        finished(0.5, [0.6, 0.65, 0.7], 0.7, index=1),  # ttft 100, tpot 50  -> good
+        finished(1.0, [1.5, 2.0], 2.0, index=2),  # ttft 500 -> misses the TTFT SLO
     ]
     broken = RequestRecord(3, 1.2, 1.2)
     broken.fail("HTTP 500", 1.3)
@@ -85,8 +85,7 @@ def test_step_figures_by_hand():
 
 def test_p99_verdict_by_hand():
     # TTFTs 100, 200, 300, 400 ms: numpy's p99 = 300 + 0.97 * 100 = 397 ms
-    records = [finished(0.0, [t / 1000.0, t / 1000.0 + 0.01], t / 1000.0 + 0.01, index=i)
-               for i, t in enumerate((100, 200, 300, 400))]
+    records = [finished(0.0, [t / 1000.0, t / 1000.0 + 0.01], t / 1000.0 + 0.01, index=i) for i, t in enumerate((100, 200, 300, 400))]
     assert verdict(records, SLO(ttft_ms=397.0)) == ("VALID", "p99 TTFT 397.0 ms <= 397 ms")
     result, reason = verdict(records, SLO(ttft_ms=390.0, tpot_ms=5.0))
     assert result == "INVALID"

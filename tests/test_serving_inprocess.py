@@ -92,9 +92,9 @@ def test_a_request_cut_by_its_timeout_stops_the_worker_and_the_loop_stays_free()
 
     async def go():
         try:
-            return (await asyncio.gather(
-                run_step(session, [GenerationRequest(0, "x", 5)], Load("concurrency", concurrency=1), Limits(1, 30, 0.3)),
-                ticker()))[0]
+            return (await asyncio.gather(run_step(session, [GenerationRequest(0, "x", 5)], Load("concurrency", concurrency=1), Limits(1, 30, 0.3)), ticker()))[
+                0
+            ]
         finally:
             await session.aclose()
 
@@ -110,10 +110,22 @@ def test_a_request_cut_by_its_timeout_stops_the_worker_and_the_loop_stays_free()
 def test_llm_serve_on_a_generation_backend(tmp_path):
     """backend=pytorch serves through transformers' continuous batching; the record says so and
     carries the engine's own batch sizes (FIFO over the generation session: test_serving_batched)."""
-    done = run_cli("+scenario=llm_serve", "backend=pytorch", "model=llama_tiny", "scenario.requests=4",
-                   "scenario.load=concurrency", "scenario.concurrency=2", "scenario.workload.prompt_tokens=12",
-                   "scenario.workload.output_tokens=6", "scenario.warmup_requests=1", "scenario.accuracy.texts=2",
-                   "scenario.accuracy.window=32", "launcher.host_lock=false", f"results_dir={tmp_path}", cwd=tmp_path)
+    done = run_cli(
+        "+scenario=llm_serve",
+        "backend=pytorch",
+        "model=llama_tiny",
+        "scenario.requests=4",
+        "scenario.load=concurrency",
+        "scenario.concurrency=2",
+        "scenario.workload.prompt_tokens=12",
+        "scenario.workload.output_tokens=6",
+        "scenario.warmup_requests=1",
+        "scenario.accuracy.texts=2",
+        "scenario.accuracy.window=32",
+        "launcher.host_lock=false",
+        f"results_dir={tmp_path}",
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     (record,) = records_in(tmp_path)
     assert record["status"] == "ok" and record["scenario"]["precision"] == "fp32"

@@ -26,8 +26,15 @@ pytestmark = pytest.mark.llamacpp
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "scripts" / "llm-server"
 TINY = ["model=llama_tiny", "launcher.host_lock=false"]
-SERVE = [*TINY, "+scenario=llm_serve", "scenario.workload.prompt_tokens=16", "scenario.workload.output_tokens=8",
-         "scenario.warmup_requests=1", "scenario.accuracy.texts=2", "scenario.accuracy.window=32"]
+SERVE = [
+    *TINY,
+    "+scenario=llm_serve",
+    "scenario.workload.prompt_tokens=16",
+    "scenario.workload.output_tokens=8",
+    "scenario.warmup_requests=1",
+    "scenario.accuracy.texts=2",
+    "scenario.accuracy.window=32",
+]
 
 
 def _missing(what: str) -> None:
@@ -65,8 +72,9 @@ def tiny_source():
 
     options = typed(ModelOptions, OmegaConf.load(REPO / "conf" / "model" / "llama_tiny.yaml"), "model")
     model = load_model(options)
-    return DecoderSource(model.name, model.module, model.config, model.tokenizer or corpus_tokenizer(None),
-                         model.params, model.weights_digest(), None, lambda _: None)
+    return DecoderSource(
+        model.name, model.module, model.config, model.tokenizer or corpus_tokenizer(None), model.params, model.weights_digest(), None, lambda _: None
+    )
 
 
 @pytest.mark.parametrize("precision, kind", [("fp32", "f32"), ("fp16", "f16"), ("int8", "q8_0"), ("int4", "q4_K_M")])
@@ -111,9 +119,20 @@ def test_in_process_generation_follows_the_contract_and_matches_eager(tiny_sourc
 
 def test_llm_fp32_runs_on_llamacpp(tmp_path):
     need_llamacpp()
-    done = run_cli("+scenario=llm_fp32", "backend=llamacpp", *TINY, "scenario.prompt_len=16", "scenario.new_tokens=8",
-                   "scenario.min_iters=3", "scenario.min_duration_s=0", "scenario.warmup_iters=1", "scenario.accuracy.limit=2",
-                   "scenario.accuracy.window=32", f"results_dir={tmp_path}", cwd=tmp_path)
+    done = run_cli(
+        "+scenario=llm_fp32",
+        "backend=llamacpp",
+        *TINY,
+        "scenario.prompt_len=16",
+        "scenario.new_tokens=8",
+        "scenario.min_iters=3",
+        "scenario.min_duration_s=0",
+        "scenario.warmup_iters=1",
+        "scenario.accuracy.limit=2",
+        "scenario.accuracy.window=32",
+        f"results_dir={tmp_path}",
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     (record,) = records_in(tmp_path)
     assert record["status"] == "ok" and record["backend"]["name"] == "llamacpp"
@@ -125,8 +144,16 @@ def test_llm_fp32_runs_on_llamacpp(tmp_path):
 
 def test_llm_serve_in_process_llamacpp(tmp_path):
     need_llamacpp()
-    done = run_cli(*SERVE, "backend=llamacpp", "scenario.precision=int8", "scenario.load=concurrency",
-                   "scenario.concurrency=2", "scenario.requests=4", f"results_dir={tmp_path}", cwd=tmp_path)
+    done = run_cli(
+        *SERVE,
+        "backend=llamacpp",
+        "scenario.precision=int8",
+        "scenario.load=concurrency",
+        "scenario.concurrency=2",
+        "scenario.requests=4",
+        f"results_dir={tmp_path}",
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     (record,) = records_in(tmp_path)
     assert record["status"] == "ok" and record["scenario"]["precision"] == "int8"
@@ -141,15 +168,22 @@ def test_llm_serve_in_process_llamacpp(tmp_path):
 def server_url():
     url = os.environ.get("HARNESS_LLAMACPP_URL")
     if not url:
-        _missing("no llama.cpp server: eval \"$(scripts/llm-server/start-llamacpp.sh --model llama_tiny)\" "
-                 "exports HARNESS_LLAMACPP_URL (.ci/run does)")
+        _missing('no llama.cpp server: eval "$(scripts/llm-server/start-llamacpp.sh --model llama_tiny)" exports HARNESS_LLAMACPP_URL (.ci/run does)')
     return url
 
 
 def test_llm_serve_against_llama_server(tmp_path, server_url):
-    done = run_cli(*SERVE, "backend=openai", f"backend.base_url={server_url}", "scenario.load=sweep",
-                   "scenario.sweep.steps=3", "scenario.sweep.max_concurrency=4", "scenario.requests=6",
-                   f"results_dir={tmp_path}", cwd=tmp_path)
+    done = run_cli(
+        *SERVE,
+        "backend=openai",
+        f"backend.base_url={server_url}",
+        "scenario.load=sweep",
+        "scenario.sweep.steps=3",
+        "scenario.sweep.max_concurrency=4",
+        "scenario.requests=6",
+        f"results_dir={tmp_path}",
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     (record,) = records_in(tmp_path)
     assert record["status"] == "ok"
@@ -166,8 +200,9 @@ def test_llm_serve_against_llama_server(tmp_path, server_url):
 def test_llama_server_killed_mid_run(tmp_path):
     need_llamacpp(("llama-server",), bindings=False)  # the GGUF is converted without the bindings
     env = {**os.environ, "HARNESS_LLAMACPP_RUN": str(tmp_path / "run"), "PY": str(Path(os.sys.executable))}
-    started = subprocess.run([str(SCRIPTS / "start-llamacpp.sh"), "--model", "llama_tiny", "--parallel", "1"],
-                             cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    started = subprocess.run(
+        [str(SCRIPTS / "start-llamacpp.sh"), "--model", "llama_tiny", "--parallel", "1"], cwd=REPO, env=env, capture_output=True, text=True, timeout=900
+    )
     assert started.returncode == 0, started.stderr[-2000:]
     url = started.stdout.strip().split("=", 1)[1]
     pid = int((tmp_path / "run" / "pid").read_text())
@@ -175,10 +210,24 @@ def test_llama_server_killed_mid_run(tmp_path):
     results = tmp_path / "results"
     try:
         harness = subprocess.Popen(
-            [str(Path(os.sys.executable).parent / "harness"), *SERVE, "backend=openai", f"backend.base_url={url}",
-             "scenario.load=concurrency", "scenario.concurrency=1", "scenario.requests=400",
-             "scenario.workload.output_tokens=16", "backend.retries=1", "scenario.accuracy.enabled=false",
-             f"results_dir={results}"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            [
+                str(Path(os.sys.executable).parent / "harness"),
+                *SERVE,
+                "backend=openai",
+                f"backend.base_url={url}",
+                "scenario.load=concurrency",
+                "scenario.concurrency=1",
+                "scenario.requests=400",
+                "scenario.workload.output_tokens=16",
+                "backend.retries=1",
+                "scenario.accuracy.enabled=false",
+                f"results_dir={results}",
+            ],
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         deadline = time.monotonic() + 600
         while log.read_text(errors="replace").count("stop processing") < 4:  # a released slot per finished request
             assert harness.poll() is None, harness.communicate()[1][-2000:]

@@ -20,10 +20,7 @@ import pytest
 from harness.hostlock import windows_overlap
 from conftest import BIN, FAST, records_in, run_cli
 
-NO_CLUSTER = (
-    "no Slurm cluster: run `eval \"$(sudo scripts/slurm/start-local-slurm.sh)\"` "
-    "and export HARNESS_SLURM=1 (CI does both)"
-)
+NO_CLUSTER = 'no Slurm cluster: run `eval "$(sudo scripts/slurm/start-local-slurm.sh)"` and export HARNESS_SLURM=1 (CI does both)'
 NO_LAUNCHER = "hydra-submitit-launcher is not installed (fix: pip install -e '.[slurm]')"
 
 
@@ -74,9 +71,16 @@ def sweep(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> tuple[s
     root = tmp_path_factory.mktemp("slurm-sweep")
     results = root / "results"
     proc = run_cli(
-        "-m", "hydra/launcher=submitit_slurm", "backend=onnxruntime,pytorch", "+scenario=bert_fp32", *FAST,
-        *_launcher_overrides(cluster), f"results_dir={results}",
-        cwd=root, env={"HARNESS_LOCK_DIR": str(root / "locks")}, timeout=1200,
+        "-m",
+        "hydra/launcher=submitit_slurm",
+        "backend=onnxruntime,pytorch",
+        "+scenario=bert_fp32",
+        *FAST,
+        *_launcher_overrides(cluster),
+        f"results_dir={results}",
+        cwd=root,
+        env={"HARNESS_LOCK_DIR": str(root / "locks")},
+        timeout=1200,
     )
     return proc, results
 
@@ -103,8 +107,7 @@ def test_two_jobs_on_one_node_never_overlap_their_measurements(sweep: tuple) -> 
     assert len(recs) == 2
     missing = [r["backend"]["name"] for r in recs if "host_lock" not in r]
     assert not missing, (
-        f"records of {missing} carry no host_lock section "
-        "(fix: run harness.launcher.launch inside harness.hostlock.measurement_lock, see docs/fleet.md)"
+        f"records of {missing} carry no host_lock section (fix: run harness.launcher.launch inside harness.hostlock.measurement_lock, see docs/fleet.md)"
     )
     for record in recs:
         lock = record["host_lock"]
@@ -135,9 +138,17 @@ def test_srun_runs_a_single_harness_job(cluster: Cluster, tmp_path: Path) -> Non
     """The plain ``srun harness ...`` path (batch scripts, multi-node training) needs no launcher."""
     results = tmp_path / "results"
     command = [
-        "srun", "-N1", "-n1", "-c1", f"--partition={cluster.partition}", "--time=15",
+        "srun",
+        "-N1",
+        "-n1",
+        "-c1",
+        f"--partition={cluster.partition}",
+        "--time=15",
         str(BIN / "harness"),
-        "+scenario=bert_fp32", "backend=onnxruntime", *FAST, f"results_dir={results}",
+        "+scenario=bert_fp32",
+        "backend=onnxruntime",
+        *FAST,
+        f"results_dir={results}",
     ]
     env = {**os.environ, "HARNESS_LOCK_DIR": str(tmp_path / "locks")}
     proc = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
@@ -147,8 +158,15 @@ def test_srun_runs_a_single_harness_job(cluster: Cluster, tmp_path: Path) -> Non
 
 
 TINY_TRAINING = [
-    "+scenario=bert_train", "backend=pytorch", "model=bert_tiny", "scenario.max_steps=8", "scenario.eval_interval=0",
-    "scenario.log_interval=2", "scenario.warmup_steps_excluded=2", "scenario.target_accuracy=null", "scenario.batch_size=16",
+    "+scenario=bert_train",
+    "backend=pytorch",
+    "model=bert_tiny",
+    "scenario.max_steps=8",
+    "scenario.eval_interval=0",
+    "scenario.log_interval=2",
+    "scenario.warmup_steps_excluded=2",
+    "scenario.target_accuracy=null",
+    "scenario.batch_size=16",
 ]
 
 
@@ -157,10 +175,19 @@ def test_multi_node_training_through_harness_slurm_takes_its_rendezvous_from_the
     """Hydra's submitit launcher with 2 tasks (as 2 nodes, one harness each) and ``+distributed=slurm``."""
     results = tmp_path / "results"
     proc = run_cli(
-        "-m", "hydra/launcher=harness_slurm", f"hydra.launcher.partition={cluster.partition}",
-        "hydra.launcher.tasks_per_node=2", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=2",
-        "hydra.launcher.timeout_min=15", *TINY_TRAINING, "+distributed=slurm",
-        f"results_dir={results}", cwd=tmp_path, env={"HARNESS_LOCK_DIR": str(tmp_path / "locks")}, timeout=1200,
+        "-m",
+        "hydra/launcher=harness_slurm",
+        f"hydra.launcher.partition={cluster.partition}",
+        "hydra.launcher.tasks_per_node=2",
+        "hydra.launcher.cpus_per_task=1",
+        "hydra.launcher.mem_gb=2",
+        "hydra.launcher.timeout_min=15",
+        *TINY_TRAINING,
+        "+distributed=slurm",
+        f"results_dir={results}",
+        cwd=tmp_path,
+        env={"HARNESS_LOCK_DIR": str(tmp_path / "locks")},
+        timeout=1200,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     (record,) = records_in(results)
@@ -184,8 +211,17 @@ def test_multi_node_training_under_srun_writes_one_record_from_node_0(cluster: C
     """
     results = tmp_path / "results"
     command = [
-        "srun", "-N1", "-n2", "-c1", f"--partition={cluster.partition}", "--time=15", "--label",
-        str(BIN / "harness"), *TINY_TRAINING, "+distributed=slurm", f"results_dir={results}",
+        "srun",
+        "-N1",
+        "-n2",
+        "-c1",
+        f"--partition={cluster.partition}",
+        "--time=15",
+        "--label",
+        str(BIN / "harness"),
+        *TINY_TRAINING,
+        "+distributed=slurm",
+        f"results_dir={results}",
         "scenario.distributed.timeout_s=600",
     ]
     env = {**os.environ, "HARNESS_LOCK_DIR": str(tmp_path / "locks")}

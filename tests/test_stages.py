@@ -17,8 +17,24 @@ from conftest import FAST, records_in, run_cli
 from harness import records, stages
 
 #: Stages every isolated inference run passes through, in the parent and in the run process.
-PROCESS_STAGES = {"cli_start", "plugins", "precheck", "compose", "config_check", "spawn", "imports", "probe",
-                  "model_build", "data", "export", "prepare", "validate", "warmup", "measure", "exit"}
+PROCESS_STAGES = {
+    "cli_start",
+    "plugins",
+    "precheck",
+    "compose",
+    "config_check",
+    "spawn",
+    "imports",
+    "probe",
+    "model_build",
+    "data",
+    "export",
+    "prepare",
+    "validate",
+    "warmup",
+    "measure",
+    "exit",
+}
 HEAVY = ("torch", "transformers", "onnxruntime", "openvino")
 
 
@@ -103,8 +119,7 @@ def _check_contract(record: dict, outside_wall_s: float) -> dict[str, float]:
 @pytest.mark.slow
 def test_every_stage_of_an_isolated_run_is_in_its_record(tmp_path):
     started = time.monotonic()
-    proc = run_cli("+scenario=bert_fp32", *FAST, "scenario.accuracy.enabled=false", "scenario.mfu=false",
-                   "--verbose", cwd=tmp_path)
+    proc = run_cli("+scenario=bert_fp32", *FAST, "scenario.accuracy.enabled=false", "scenario.mfu=false", "--verbose", cwd=tmp_path)
     wall = time.monotonic() - started
     assert proc.returncode == 0, proc.stderr
     (record,) = records_in(tmp_path / "results")
@@ -126,8 +141,16 @@ def test_every_stage_of_an_isolated_run_is_in_its_record(tmp_path):
 @pytest.mark.slow
 def test_each_job_of_a_sweep_has_its_own_stages(tmp_path):
     started = time.monotonic()
-    proc = run_cli("-m", "+scenario=bert_fp32", *FAST, "scenario.accuracy.enabled=false", "scenario.mfu=false",
-                   "scenario.batch_size=1,2", "launcher.isolation=inline", cwd=tmp_path)
+    proc = run_cli(
+        "-m",
+        "+scenario=bert_fp32",
+        *FAST,
+        "scenario.accuracy.enabled=false",
+        "scenario.mfu=false",
+        "scenario.batch_size=1,2",
+        "launcher.isolation=inline",
+        cwd=tmp_path,
+    )
     wall = time.monotonic() - started
     assert proc.returncode == 0, proc.stderr
     found = sorted(records_in(tmp_path / "results"), key=lambda r: r["job"]["num"])
@@ -141,8 +164,16 @@ def test_each_job_of_a_sweep_has_its_own_stages(tmp_path):
 
 @pytest.mark.slow
 def test_a_sweep_on_a_reused_worker_says_so_and_pays_the_start_once(tmp_path):
-    proc = run_cli("-m", "+scenario=bert_fp32", *FAST, "scenario.accuracy.enabled=false", "scenario.mfu=false",
-                   "scenario.batch_size=1,2", "launcher.reuse_worker=true", cwd=tmp_path)
+    proc = run_cli(
+        "-m",
+        "+scenario=bert_fp32",
+        *FAST,
+        "scenario.accuracy.enabled=false",
+        "scenario.mfu=false",
+        "scenario.batch_size=1,2",
+        "launcher.reuse_worker=true",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     first, second = sorted(records_in(tmp_path / "results"), key=lambda r: r["job"]["num"])
     assert first["launcher"]["pid"] == second["launcher"]["pid"]
@@ -153,28 +184,27 @@ def test_a_sweep_on_a_reused_worker_says_so_and_pays_the_start_once(tmp_path):
 
 def _imported_after(code: str, cwd=None) -> tuple[subprocess.CompletedProcess[str], set[str]]:
     """A fresh interpreter running ``code``, and the top-level modules it imported (``-X importtime``)."""
-    proc = subprocess.run([sys.executable, "-X", "importtime", "-c", code], capture_output=True, text=True,
-                          timeout=300, cwd=cwd)
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-c", code], capture_output=True, text=True, timeout=300, cwd=cwd)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    names = {line.rsplit("|", 1)[1].strip().split(".")[0] for line in proc.stderr.splitlines()
-             if line.startswith("import time:") and "|" in line}
+    names = {line.rsplit("|", 1)[1].strip().split(".")[0] for line in proc.stderr.splitlines() if line.startswith("import time:") and "|" in line}
     return proc, names
 
 
 def test_the_cli_path_imports_no_heavy_library():
     """Importing the CLI, discovering the plugins and checking a run's config leave torch,
     transformers and the runtimes to the run process."""
-    code = ("from harness import cli, compose, precheck; from harness.plugins import get_plugins; "
-            "p = get_plugins(); sp = p.config_searchpath(); "
-            "c = precheck.check(['+scenario=bert_fp32', 'model=bert_tiny'], sp, compose.group_options(sp), p.registry); "
-            "assert not c.problem, c.problem")
+    code = (
+        "from harness import cli, compose, precheck; from harness.plugins import get_plugins; "
+        "p = get_plugins(); sp = p.config_searchpath(); "
+        "c = precheck.check(['+scenario=bert_fp32', 'model=bert_tiny'], sp, compose.group_options(sp), p.registry); "
+        "assert not c.problem, c.problem"
+    )
     _, imported = _imported_after(code)
     assert "harness" in imported and "hydra" in imported
     assert not imported & set(HEAVY), sorted(imported & set(HEAVY))
 
 
 def test_help_imports_no_heavy_library(tmp_path):
-    proc, imported = _imported_after("import sys; from harness.cli import main; sys.argv[1:] = ['--help']; main()",
-                                     cwd=tmp_path)
+    proc, imported = _imported_after("import sys; from harness.cli import main; sys.argv[1:] = ['--help']; main()", cwd=tmp_path)
     assert "scenario" in proc.stdout
     assert not imported & set(HEAVY), sorted(imported & set(HEAVY))

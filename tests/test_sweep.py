@@ -156,8 +156,9 @@ def test_killed_sweep_resumes_with_only_the_missing_jobs(tmp_path, fault_env, ho
     marker = tmp_path / "flaky.pid"
     args = ["-m", "backend=numpy,flaky,numpy", "+scenario=quick", f"++backend.marker={marker}", "scenario.size=8,16"]
     # backend=numpy appears twice: the duplicate jobs are skipped as already done
-    proc = subprocess.Popen([str(BIN / "harness"), *args], cwd=tmp_path, env={**os.environ, **fault_env},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [str(BIN / "harness"), *args], cwd=tmp_path, env={**os.environ, **fault_env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
         deadline = time.monotonic() + 120
         while not marker.exists() and time.monotonic() < deadline and proc.poll() is None:
@@ -179,8 +180,9 @@ def test_killed_sweep_resumes_with_only_the_missing_jobs(tmp_path, fault_env, ho
     else:
         assert proc.returncode == 128 + how
         errors = [line for line in err.splitlines() if "harness: error:" in line]
-        assert errors == [f"harness: error: interrupted by {how.name}; the records written so far are kept "
-                          "(fix: run the same command again to finish the missing jobs)"], err
+        assert errors == [
+            f"harness: error: interrupted by {how.name}; the records written so far are kept (fix: run the same command again to finish the missing jobs)"
+        ], err
         assert "sweep summary" in out and "sweep: 6 jobs: 2 ok, 1 interrupted, 3 not started" in out
         assert [r["status"] for r in recs].count("interrupted") == 1 and len(recs) == 3
         (stopped,) = [r for r in recs if r["status"] == "interrupted"]
@@ -200,8 +202,16 @@ def test_killed_sweep_resumes_with_only_the_missing_jobs(tmp_path, fault_env, ho
 
 def test_concurrent_jobs_leave_one_valid_record_each(tmp_path, fault_env):
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher", reason="hydra-joblib-launcher is not installed")
-    proc = run_cli("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=4", "backend=numpy,segfault",
-                   "+scenario=quick", "scenario.size=8,16,24,32", cwd=tmp_path, env=fault_env)
+    proc = run_cli(
+        "-m",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=4",
+        "backend=numpy,segfault",
+        "+scenario=quick",
+        "scenario.size=8,16,24,32",
+        cwd=tmp_path,
+        env=fault_env,
+    )
     assert proc.returncode == 1, proc.stderr
     recs = records_in(tmp_path / "results")
     assert len(recs) == 8
@@ -241,9 +251,7 @@ def test_the_nodes_of_one_run_share_its_job_key():
     from harness.sweep import job_key
 
     def config(rank: int, endpoint: str, steps: int = 8) -> dict:
-        return {"scenario": {"name": "bert_train", "max_steps": steps,
-                             "distributed": {"nnodes": 2, "node_rank": rank, "rdzv_endpoint": endpoint}}}
+        return {"scenario": {"name": "bert_train", "max_steps": steps, "distributed": {"nnodes": 2, "node_rank": rank, "rdzv_endpoint": endpoint}}}
 
     assert job_key(config(0, "n1:20001")) == job_key(config(1, "n1:20001")) == job_key(config(0, "n1:20002"))
     assert job_key(config(0, "n1:20001")) != job_key(config(0, "n1:20001", steps=16))
-

@@ -223,9 +223,7 @@ def test_plugin_manager_loads_the_module():
 @pytest.mark.tensorrt
 @pytest.mark.cuda
 def test_build_and_run_real_engine(tmp_path, monkeypatch):
-    trt = pytest.importorskip(
-        "tensorrt", reason="tensorrt not installed (pip install tensorrt from NVIDIA's index)"
-    )
+    trt = pytest.importorskip("tensorrt", reason="tensorrt not installed (pip install tensorrt from NVIDIA's index)")
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device visible (torch.cuda.is_available() is False)")

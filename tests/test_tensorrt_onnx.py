@@ -74,6 +74,7 @@ def qdq_model(tmp_path, zp_type=TensorProto.INT8, zp_value=0, domain="", name="q
     onnx.save(model, str(path))
     return path
 
+
 # --- ONNX facts ------------------------------------------------------------------------
 
 
@@ -132,9 +133,7 @@ def test_onnx_input_dims_excludes_initializers(tmp_path):
 
 
 def test_onnx_sha256_covers_external_weights(tmp_path):
-    path = matmul_model(
-        tmp_path, name="ext.onnx", save_as_external_data=True, location="ext.data", size_threshold=0
-    )
+    path = matmul_model(tmp_path, name="ext.onnx", save_as_external_data=True, location="ext.data", size_threshold=0)
     first = onnx_sha256(path)
     assert first == onnx_sha256(path)
     data = tmp_path / "ext.data"

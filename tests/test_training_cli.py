@@ -13,8 +13,14 @@ from harness import records
 pytestmark = pytest.mark.slow
 
 #: bert_tiny on a small slice of the embedded task: a few seconds of training.
-TINY = ["model=bert_tiny", "dataset.train_size=512", "dataset.eval_size=128", "scenario.epochs=1",
-        "scenario.eval_interval=8", "scenario.warmup_steps_excluded=2"]
+TINY = [
+    "model=bert_tiny",
+    "dataset.train_size=512",
+    "dataset.eval_size=128",
+    "scenario.epochs=1",
+    "scenario.eval_interval=8",
+    "scenario.warmup_steps_excluded=2",
+]
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +64,7 @@ def test_bert_train_writes_tensorboard_and_a_checkpoint(trained):
 
 def test_ddp_two_processes_write_one_record_with_scaling(trained):
     cwd, single = trained
-    proc = run_cli("+scenario=bert_train", "backend=pytorch", *TINY, "scenario.distributed.nproc_per_node=2",
-                   cwd=cwd, timeout=300)
+    proc = run_cli("+scenario=bert_train", "backend=pytorch", *TINY, "scenario.distributed.nproc_per_node=2", cwd=cwd, timeout=300)
     assert proc.returncode == 0, proc.stderr
     recs = [r for r in records_in(cwd / "results") if r["run_id"] != single["run_id"]]
     assert len(recs) == 1
@@ -67,13 +72,20 @@ def test_ddp_two_processes_write_one_record_with_scaling(trained):
     assert recs[0]["status"] == "ok" and training["world_size"] == 2
     assert training["samples_per_step"] == 64 and training["steps"] == 8  # 512 // (32 x 2)
     assert training["scaling_baseline"]["run_id"] == single["run_id"]
-    assert training["scaling_efficiency"] == pytest.approx(
-        training["samples_per_s"] / (2 * single["metrics"]["training"]["samples_per_s"]))
+    assert training["scaling_efficiency"] == pytest.approx(training["samples_per_s"] / (2 * single["metrics"]["training"]["samples_per_s"]))
 
 
 def test_ddp_without_a_baseline_says_why(tmp_path):
-    proc = run_cli("+scenario=bert_train", "backend=pytorch", *TINY, "scenario.epochs=0", "scenario.max_steps=4",
-                   "scenario.distributed.nproc_per_node=2", cwd=tmp_path, timeout=300)
+    proc = run_cli(
+        "+scenario=bert_train",
+        "backend=pytorch",
+        *TINY,
+        "scenario.epochs=0",
+        "scenario.max_steps=4",
+        "scenario.distributed.nproc_per_node=2",
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     (rec,) = records_in(tmp_path / "results")
     training = rec["metrics"]["training"]
@@ -94,9 +106,17 @@ def test_two_nodes_train_as_one_world_and_node_0_writes_the_record(tmp_path):
     (the second joins the first's) instead of waiting for each other."""
     from conftest import run_two_nodes
 
-    common = ["+scenario=bert_train", "backend=pytorch", *TINY, "scenario.epochs=0", "scenario.max_steps=4",
-              "scenario.distributed.nnodes=2", f"scenario.distributed.rdzv_endpoint=127.0.0.1:{_free_port()}",
-              "scenario.distributed.timeout_s=240", f"results_dir={tmp_path / 'results'}"]
+    common = [
+        "+scenario=bert_train",
+        "backend=pytorch",
+        *TINY,
+        "scenario.epochs=0",
+        "scenario.max_steps=4",
+        "scenario.distributed.nnodes=2",
+        f"scenario.distributed.rdzv_endpoint=127.0.0.1:{_free_port()}",
+        "scenario.distributed.timeout_s=240",
+        f"results_dir={tmp_path / 'results'}",
+    ]
     node0, (code1, out1, err1) = run_two_nodes(*common, cwd=tmp_path, timeout=300)
     assert node0.returncode == 0, node0.stderr[-3000:]
     assert code1 == 0, err1[-3000:]
@@ -110,10 +130,19 @@ def test_two_nodes_train_as_one_world_and_node_0_writes_the_record(tmp_path):
 
 @pytest.mark.parametrize("node_rank", [0, 1])
 def test_a_node_whose_peers_never_come_times_out_with_a_record(tmp_path, node_rank):
-    proc = run_cli("+scenario=bert_train", "backend=pytorch", *TINY, "scenario.epochs=0", "scenario.max_steps=2",
-                   "scenario.distributed.nnodes=2", f"scenario.distributed.node_rank={node_rank}",
-                   f"scenario.distributed.rdzv_endpoint=127.0.0.1:{_free_port()}",
-                   "scenario.distributed.timeout_s=10", cwd=tmp_path, timeout=300)
+    proc = run_cli(
+        "+scenario=bert_train",
+        "backend=pytorch",
+        *TINY,
+        "scenario.epochs=0",
+        "scenario.max_steps=2",
+        "scenario.distributed.nnodes=2",
+        f"scenario.distributed.node_rank={node_rank}",
+        f"scenario.distributed.rdzv_endpoint=127.0.0.1:{_free_port()}",
+        "scenario.distributed.timeout_s=10",
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert proc.returncode != 0
     (rec,) = records_in(tmp_path / "results")
     assert rec["status"] == "timeout" and "scenario.distributed.timeout_s=10" in rec["reason"]
@@ -123,8 +152,9 @@ def test_a_node_whose_peers_never_come_times_out_with_a_record(tmp_path, node_ra
 
 def test_a_resolver_error_keeps_its_fix(tmp_path):
     """``+distributed=slurm`` in a job whose id gives no port: the resolver's own one line, with its fix."""
-    proc = run_cli("+scenario=bert_train", "+distributed=slurm", cwd=tmp_path, timeout=120,
-                   env={"SLURM_JOB_NODELIST": "n1", "MASTER_ADDR": "n1", "SLURM_JOB_ID": "12_3"})
+    proc = run_cli(
+        "+scenario=bert_train", "+distributed=slurm", cwd=tmp_path, timeout=120, env={"SLURM_JOB_NODELIST": "n1", "MASTER_ADDR": "n1", "SLURM_JOB_ID": "12_3"}
+    )
     assert proc.returncode == 2
     errors = [line for line in proc.stderr.splitlines() if "error" in line]
     assert len(errors) == 1 and "not a job number" in errors[0] and "fix: export MASTER_PORT" in errors[0]
@@ -147,8 +177,16 @@ def test_bad_training_option_is_one_line(tmp_path):
 
 
 def test_resnet_train_runs_on_digits(tmp_path):
-    proc = run_cli("+scenario=resnet_train", "backend=pytorch", "scenario.epochs=0", "scenario.max_steps=6",
-                   "scenario.eval_interval=0", "scenario.warmup_steps_excluded=1", cwd=tmp_path, timeout=300)
+    proc = run_cli(
+        "+scenario=resnet_train",
+        "backend=pytorch",
+        "scenario.epochs=0",
+        "scenario.max_steps=6",
+        "scenario.eval_interval=0",
+        "scenario.warmup_steps_excluded=1",
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     (rec,) = records_in(tmp_path / "results")
     assert rec["status"] == "ok" and rec["model"]["name"] == "resnet_small" and rec["config"]["dataset"]["name"] == "digits"
@@ -161,9 +199,20 @@ def test_bert_train_on_a_local_csv(tmp_path):
     words = ["the movie was good .", "the plot was bad .", "the cast was not bad .", "the film was not good ."]
     rows = [{"review": words[i % 4], "mood": ["pos", "neg", "pos", "neg"][i % 4]} for i in range(80)]
     pd.DataFrame(rows).to_csv(tmp_path / "reviews.csv", index=False)
-    proc = run_cli("+scenario=bert_train", "backend=pytorch", "model=bert_tiny", "dataset=files",
-                   f"dataset.path={tmp_path / 'reviews.csv'}", "dataset.text_column=review", "dataset.label_column=mood",
-                   "scenario.batch_size=8", "scenario.max_steps=4", "scenario.warmup_steps_excluded=1", cwd=tmp_path, timeout=300)
+    proc = run_cli(
+        "+scenario=bert_train",
+        "backend=pytorch",
+        "model=bert_tiny",
+        "dataset=files",
+        f"dataset.path={tmp_path / 'reviews.csv'}",
+        "dataset.text_column=review",
+        "dataset.label_column=mood",
+        "scenario.batch_size=8",
+        "scenario.max_steps=4",
+        "scenario.warmup_steps_excluded=1",
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     (rec,) = records_in(tmp_path / "results")
     assert rec["status"] == "ok" and rec["config"]["dataset"]["kind"] == "files"

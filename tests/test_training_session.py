@@ -27,13 +27,15 @@ def tiny_bert():
 
 def batch(n=4, seq=8, seed=0):
     rng = np.random.default_rng(seed)
-    return {"input_ids": rng.integers(5, 200, (n, seq)).astype(np.int64),
-            "attention_mask": np.ones((n, seq), np.int64), "labels": rng.integers(0, 2, n).astype(np.int64)}
+    return {
+        "input_ids": rng.integers(5, 200, (n, seq)).astype(np.int64),
+        "attention_mask": np.ones((n, seq), np.int64),
+        "labels": rng.integers(0, 2, n).astype(np.int64),
+    }
 
 
 def plan(model, **overrides):
-    return TrainingPlan.from_options(TrainingOptions(**{"warmup_steps": 0, "warmup_ratio": 0.0, **overrides}),
-                                     model.input_names, total_steps=10)
+    return TrainingPlan.from_options(TrainingOptions(**{"warmup_steps": 0, "warmup_ratio": 0.0, **overrides}), model.input_names, total_steps=10)
 
 
 def test_pytorch_session_trains_and_predicts():
@@ -66,8 +68,7 @@ def test_gradient_accumulation_updates_every_k_micro_batches():
 
 def test_gradient_clipping_bounds_the_update():
     model = tiny_bert()
-    session = pytorch_backend().prepare_training(model.module, plan(model, optimizer="sgd", lr=1.0, momentum=0.0,
-                                                                     weight_decay=0.0, grad_clip=1e-3))
+    session = pytorch_backend().prepare_training(model.module, plan(model, optimizer="sgd", lr=1.0, momentum=0.0, weight_decay=0.0, grad_clip=1e-3))
     before = [p.detach().clone() for p in model.module.parameters()]
     session.train_step(session.load(batch()))
     import torch
@@ -124,8 +125,7 @@ def test_dropout_sets_config_and_layers_and_resnet_refuses_it():
     assert layers and all(m.p == 0.25 for m in layers)
     assert model.module.model.config.hidden_dropout_prob == 0.25
     assert model.module.model.config.attention_probs_dropout_prob == 0.25
-    resnet = load_model(ModelOptions(name="r", family="resnet", num_labels=10,
-                                     config=dict(num_channels=1, embedding_size=8, hidden_sizes=[8], depths=[1])))
+    resnet = load_model(ModelOptions(name="r", family="resnet", num_labels=10, config=dict(num_channels=1, embedding_size=8, hidden_sizes=[8], depths=[1])))
     with pytest.raises(ConfigError, match="no dropout layers"):
         set_dropout(resnet, 0.1)
 
@@ -149,8 +149,7 @@ def test_train_model_runs_the_loop_and_reports_curves(tmp_path):
 
     model = tiny_bert()
     data = load_dataset(DatasetOptions(train_size=64, eval_size=16), seq_len=8)
-    options = TrainingOptions(batch_size=8, max_steps=6, eval_interval=3, log_interval=2, warmup_steps_excluded=1,
-                              target_accuracy=0.01, seq_len=8)
+    options = TrainingOptions(batch_size=8, max_steps=6, eval_interval=3, log_interval=2, warmup_steps_excluded=1, target_accuracy=0.01, seq_len=8)
     lines: list[str] = []
     trained = train_model(pytorch_backend(), model, data, options, tensorboard_dir=str(tmp_path / "tb"), report=lines.append)
     section = training_metrics(trained, options, data, World())
@@ -164,6 +163,7 @@ def test_train_model_runs_the_loop_and_reports_curves(tmp_path):
 
 
 # --- the shared torch session's fp16 loss-scaler branch, exercised on the CPU ---------------
+
 
 def _cpu_session(model, scaler, **overrides):
     """The shared session on the CPU with ``scaler`` (the pytorch backend sets one for fp16 on CUDA)."""

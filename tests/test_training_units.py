@@ -44,6 +44,7 @@ def lrs_at(plan: TrainingPlan, steps: list[int]) -> list[float]:
 
 # --- LR schedules: lr 0.1, 2 warm-up steps, 10 steps in all -------------------------------
 
+
 def test_linear_schedule_warms_up_then_decays_to_zero():
     # warm-up: 0.1 * k / 2; decay: 0.1 * (10 - k) / (10 - 2)
     assert lrs_at(plan_for(schedule="linear"), [0, 1, 2, 6, 9, 10]) == pytest.approx([0.0, 0.05, 0.1, 0.05, 0.0125, 0.0])
@@ -72,8 +73,8 @@ def test_max_steps_overrides_epochs():
 
 # --- optimizers ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name, cls", [("adamw", "AdamW"), ("adam", "Adam"), ("sgd", "SGD"),
-                                       ("adagrad", "Adagrad"), ("adadelta", "Adadelta")])
+
+@pytest.mark.parametrize("name, cls", [("adamw", "AdamW"), ("adam", "Adam"), ("sgd", "SGD"), ("adagrad", "Adagrad"), ("adadelta", "Adadelta")])
 def test_every_optimizer_is_the_torch_one(name, cls):
     import torch
 
@@ -99,6 +100,7 @@ def test_weight_decay_skips_biases_and_norms():
 
 
 # --- metrics ------------------------------------------------------------------------------
+
 
 def test_throughput_leaves_out_the_warm_up_steps():
     # kept steps: 20 + 30 + 50 ms = 0.1 s for 3 steps of 32 samples -> 960 samples/s
@@ -145,6 +147,7 @@ def test_loss_points_average_each_window():
 
 # --- batching -----------------------------------------------------------------------------
 
+
 def _split(n: int) -> Split:
     return Split({"x": np.arange(n)[:, None]}, np.arange(n) % 2)
 
@@ -175,20 +178,24 @@ def test_epochs_reshuffle_deterministically():
 
 # --- options ------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("node, key", [
-    ({"optimizer": "lamb"}, "scenario.optimizer"),
-    ({"schedule": "step"}, "scenario.schedule"),
-    ({"precision": "int8"}, "scenario.precision"),
-    ({"lr": 0}, "scenario.lr"),
-    ({"nesterov": True}, "scenario.nesterov"),
-    ({"dropout": 1.5}, "scenario.dropout"),
-    ({"target_accuracy": 2}, "scenario.target_accuracy"),
-    ({"distributed": {"nproc_per_node": 0}}, "scenario.distributed.nproc_per_node"),
-    ({"distributed": {"nnodes": 2}}, "scenario.distributed.rdzv_endpoint"),
-    ({"distributed": {"nnodes": 2, "rdzv_endpoint": "head"}}, "scenario.distributed.rdzv_endpoint"),
-    ({"distributed": {"nnodes": 2, "rdzv_endpoint": "head:http"}}, "scenario.distributed.rdzv_endpoint"),
-    ({"distributed": {"nnodes": 2, "node_rank": 2, "rdzv_endpoint": "head:29500"}}, "scenario.distributed.node_rank"),
-])
+
+@pytest.mark.parametrize(
+    "node, key",
+    [
+        ({"optimizer": "lamb"}, "scenario.optimizer"),
+        ({"schedule": "step"}, "scenario.schedule"),
+        ({"precision": "int8"}, "scenario.precision"),
+        ({"lr": 0}, "scenario.lr"),
+        ({"nesterov": True}, "scenario.nesterov"),
+        ({"dropout": 1.5}, "scenario.dropout"),
+        ({"target_accuracy": 2}, "scenario.target_accuracy"),
+        ({"distributed": {"nproc_per_node": 0}}, "scenario.distributed.nproc_per_node"),
+        ({"distributed": {"nnodes": 2}}, "scenario.distributed.rdzv_endpoint"),
+        ({"distributed": {"nnodes": 2, "rdzv_endpoint": "head"}}, "scenario.distributed.rdzv_endpoint"),
+        ({"distributed": {"nnodes": 2, "rdzv_endpoint": "head:http"}}, "scenario.distributed.rdzv_endpoint"),
+        ({"distributed": {"nnodes": 2, "node_rank": 2, "rdzv_endpoint": "head:29500"}}, "scenario.distributed.node_rank"),
+    ],
+)
 def test_bad_options_name_the_key(node, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         typed(TrainingOptions, node, "scenario")
@@ -201,6 +208,7 @@ def test_world_size_is_processes_times_nodes():
 
 # --- torchrun launch ----------------------------------------------------------------------
 
+
 def test_torchrun_command_one_node_is_standalone(tmp_path):
     from harness.training.ddp import torchrun_command
     from harness.training.options import DistributedOptions
@@ -208,8 +216,7 @@ def test_torchrun_command_one_node_is_standalone(tmp_path):
     command = torchrun_command(tmp_path / "job.json", DistributedOptions(nproc_per_node=2))
     assert command[1:4] == ["-m", "torch.distributed.run", "--nproc_per_node=2"] and "--standalone" in command
     assert command[-3:] == ["-m", "harness.training.ddp_worker", str(tmp_path / "job.json")]
-    multi = torchrun_command(tmp_path / "job.json", DistributedOptions(nproc_per_node=4, nnodes=2, node_rank=1,
-                                                                       rdzv_endpoint="head:29500"))
+    multi = torchrun_command(tmp_path / "job.json", DistributedOptions(nproc_per_node=4, nnodes=2, node_rank=1, rdzv_endpoint="head:29500"))
     assert {"--nnodes=2", "--node_rank=1", "--rdzv_endpoint=head:29500"} <= set(multi) and "--standalone" not in multi
     # static rendezvous: torchrun honours --node_rank, so global rank 0 is on node 0 (c10d would ignore it)
     assert "--rdzv_backend=static" in multi
@@ -221,6 +228,7 @@ def test_torchrun_command_one_node_is_standalone(tmp_path):
 
 
 # --- Slurm rendezvous (+distributed=slurm) ------------------------------------------------
+
 
 def _fake_scontrol(folder: Path, hosts: str) -> dict[str, str]:
     """A ``scontrol`` that expands any node list to ``hosts``: the unit under test is our use of it."""
@@ -260,16 +268,30 @@ def test_distributed_slurm_preset_reads_the_task(tmp_path, monkeypatch):
     from hydra import compose, initialize_config_module
     from omegaconf import OmegaConf
 
-    for key, value in {"SLURM_NTASKS": "2", "SLURM_PROCID": "1", "SLURM_JOB_NODELIST": "n[1-2]",
-                       "SLURM_JOB_ID": "7", **_fake_scontrol(tmp_path, "n1\nn2")}.items():
+    for key, value in {
+        "SLURM_NTASKS": "2",
+        "SLURM_PROCID": "1",
+        "SLURM_JOB_NODELIST": "n[1-2]",
+        "SLURM_JOB_ID": "7",
+        **_fake_scontrol(tmp_path, "n1\nn2"),
+    }.items():
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("MASTER_ADDR", raising=False)
     monkeypatch.delenv("MASTER_PORT", raising=False)
     with initialize_config_module(config_module="harness.conf", version_base="1.3"):
         cfg = compose(config_name="config", overrides=["+scenario=bert_train", "+distributed=slurm"])
     dist = OmegaConf.to_container(cfg.scenario.distributed, resolve=True)
-    assert dist == {"nproc_per_node": 1, "nnodes": 2, "node_rank": 1, "rdzv_endpoint": "n1:20007", "timeout_s": 1800,
-                    "strategy": "ddp", "mesh": None, "microbatches": 4, "pipeline_schedule": "1f1b"}
+    assert dist == {
+        "nproc_per_node": 1,
+        "nnodes": 2,
+        "node_rank": 1,
+        "rdzv_endpoint": "n1:20007",
+        "timeout_s": 1800,
+        "strategy": "ddp",
+        "mesh": None,
+        "microbatches": 4,
+        "pipeline_schedule": "1f1b",
+    }
 
 
 def test_worker_threads_split_the_cores(monkeypatch):

@@ -21,8 +21,7 @@ from harness.errors import ConfigError
 optuna = pytest.importorskip("optuna", reason="the tune extra (pip install 'harness[tune]') is not installed")
 
 TESTS = Path(__file__).parent
-QUICK = {"HARNESS_PLUGINS": "faultplugins.faulty",
-         "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))}
+QUICK = {"HARNESS_PLUGINS": "faultplugins.faulty", "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))}
 
 
 def record(status="ok", throughput=100.0, p99=10.0, **extra):
@@ -55,8 +54,7 @@ def test_p99_above_the_bound_is_infeasible_and_returns_the_penalty():
     assert tuning.evaluate(record(p99=10.0), opts(max_p99_ms=10.0)).status == "ok"  # the bound itself is allowed
 
 
-@pytest.mark.parametrize("rec", [record(status="failed"), record(status="timeout"), None,
-                                 {"status": "ok", "metrics": {}}, record(throughput=float("nan"))])
+@pytest.mark.parametrize("rec", [record(status="failed"), record(status="timeout"), None, {"status": "ok", "metrics": {}}, record(throughput=float("nan"))])
 def test_failed_runs_return_the_penalty_never_an_exception(rec):
     verdict = tuning.evaluate(rec, opts())
     assert verdict.status == "failed" and verdict.returned == 0.0 and verdict.reason
@@ -85,14 +83,25 @@ def test_a_named_objective_refuses_the_wrong_direction():
 
 def trial_record(n, status="ok", throughput=100.0, p99=1.0, threads=1, max_p99=None):
     tune = {"study": "s1", "params": {"backend.threads": "choice(1,2)"}, "max_p99_ms": max_p99}
-    return record(status, throughput, p99, created=f"2026-01-01T00:00:0{n}", run_id=f"r{n}",
-                  backend={"name": "pytorch"}, config={"tune": tune, "backend": {"name": "pytorch", "threads": threads}})
+    return record(
+        status,
+        throughput,
+        p99,
+        created=f"2026-01-01T00:00:0{n}",
+        run_id=f"r{n}",
+        backend={"name": "pytorch"},
+        config={"tune": tune, "backend": {"name": "pytorch", "threads": threads}},
+    )
 
 
 def test_trials_table_marks_each_status_and_the_best_feasible_trial():
-    recs = [trial_record(1, throughput=300.0, threads=2), trial_record(0, status="failed"),
-            trial_record(2, throughput=900.0, p99=50.0, max_p99=10.0), trial_record(3, throughput=200.0),
-            {"status": "ok", "config": {}}]  # not a trial
+    recs = [
+        trial_record(1, throughput=300.0, threads=2),
+        trial_record(0, status="failed"),
+        trial_record(2, throughput=900.0, p99=50.0, max_p99=10.0),
+        trial_record(3, throughput=200.0),
+        {"status": "ok", "config": {}},
+    ]  # not a trial
     frame = tuning.trials(recs)["s1"]
     assert list(frame["status"]) == ["failed", "ok", "infeasible", "ok"]  # in run order
     assert frame.attrs["best"] == 1 and frame.attrs["params"] == ["backend.threads"]
@@ -114,10 +123,19 @@ def test_importance_ranks_the_parameter_that_moves_the_objective():
 
 
 def test_suggest_proposes_the_generic_and_the_backends_keys_but_not_fixed_ones():
-    cfg = OmegaConf.create({"backend": {"name": "onnxruntime"}, "tune": {
-        "study": "s", "params": {"scenario.batch_size": "choice(1,8)"},
-        "space": {"onnxruntime": {"backend.intra_op_threads": "choice(1,2)", "backend.execution_mode": "choice(sequential,parallel)"},
-                  "openvino": {"backend.threads": "choice(1,2)"}}}})
+    cfg = OmegaConf.create(
+        {
+            "backend": {"name": "onnxruntime"},
+            "tune": {
+                "study": "s",
+                "params": {"scenario.batch_size": "choice(1,8)"},
+                "space": {
+                    "onnxruntime": {"backend.intra_op_threads": "choice(1,2)", "backend.execution_mode": "choice(sequential,parallel)"},
+                    "openvino": {"backend.threads": "choice(1,2)"},
+                },
+            },
+        }
+    )
     study = optuna.create_study()
     trial = study.ask()
     trial.set_user_attr("backend.execution_mode", "parallel")  # fixed on the command line
@@ -133,8 +151,12 @@ def test_thread_counts_above_the_cores_are_not_searched(monkeypatch):
     assert "backend.execution_mode" not in tuning.cores_bound_keys("onnxruntime")
     assert tuning.cores_bound_keys("no-such-backend") == set()
     monkeypatch.setattr(tuning, "usable_cores", lambda: 2)
-    cfg = OmegaConf.create({"backend": {"name": "onnxruntime"}, "tune": {
-        "study": "s", "params": {}, "space": {"onnxruntime": {"backend.intra_op_threads": "choice(0,1,2,4,8,16)"}}}})
+    cfg = OmegaConf.create(
+        {
+            "backend": {"name": "onnxruntime"},
+            "tune": {"study": "s", "params": {}, "space": {"onnxruntime": {"backend.intra_op_threads": "choice(0,1,2,4,8,16)"}}},
+        }
+    )
     study = optuna.create_study()
     for _ in range(12):
         trial = study.ask()
@@ -148,8 +170,7 @@ def test_presets_compose_with_the_optuna_sweeper_and_a_stable_study_name():
         from hydra import compose as hydra_compose
 
         for preset, scenario in (("inference", "bert_fp32"), ("training", "bert_train")):
-            cfg = hydra_compose(config_name="config", overrides=[f"+tune={preset}", f"scenario={scenario}", "model=bert_tiny"],
-                                return_hydra_config=True)
+            cfg = hydra_compose(config_name="config", overrides=[f"+tune={preset}", f"scenario={scenario}", "model=bert_tiny"], return_hydra_config=True)
             assert "Optuna" in cfg.hydra.sweeper._target_
             assert cfg.hydra.sweeper.study_name == f"{preset}-{scenario}-bert_tiny-onnxruntime"
             assert cfg.hydra.sweeper.custom_search_space == "harness.tuning.suggest"
@@ -163,14 +184,14 @@ def test_presets_compose_with_the_optuna_sweeper_and_a_stable_study_name():
 
 
 def test_fixed_part_keeps_fixed_overrides_and_leaves_distributions_to_the_sweeper():
-    job = precheck.fixed_part(["backend=onnxruntime", "scenario.lr=interval(1e-5,1e-2)", "scenario.batch_size=choice(4,8)",
-                               "backend.intra_op_threads=range(1,3)"])
+    job = precheck.fixed_part(
+        ["backend=onnxruntime", "scenario.lr=interval(1e-5,1e-2)", "scenario.batch_size=choice(4,8)", "backend.intra_op_threads=range(1,3)"]
+    )
     assert job == ["backend=onnxruntime", "scenario.batch_size=4", "backend.intra_op_threads=1"]
 
 
 def test_precheck_validates_the_fixed_part_of_a_tuning_sweep_without_expanding_it(plugins):
-    args = ["-m", "+tune=inference", "+scenario=bert_fp32", "model=bert_tiny", "scenario.seq_len=tag(log,interval(16,64))",
-            "hydra.sweeper.n_trials=3"]
+    args = ["-m", "+tune=inference", "+scenario=bert_fp32", "model=bert_tiny", "scenario.seq_len=tag(log,interval(16,64))", "hydra.sweeper.n_trials=3"]
     checked = precheck.check(args, [], compose.group_options([]), plugins.registry)
     assert checked.problem is None and checked.count is None
     bad = precheck.check([*args, "scenario.batch_size=0"], [], compose.group_options([]), plugins.registry)
@@ -193,8 +214,18 @@ def plugins():
 
 
 def tune_cli(tmp_path, results, *args):
-    return run_cli("-m", "+tune=inference", "+scenario=quick", "backend=numpy", f"results_dir={results}",
-                   "launcher.host_lock=false", "~tune.params", *args, cwd=tmp_path, env=QUICK)
+    return run_cli(
+        "-m",
+        "+tune=inference",
+        "+scenario=quick",
+        "backend=numpy",
+        f"results_dir={results}",
+        "launcher.host_lock=false",
+        "~tune.params",
+        *args,
+        cwd=tmp_path,
+        env=QUICK,
+    )
 
 
 def study_trials(db: Path) -> list[tuple[str, str]]:

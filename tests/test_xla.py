@@ -219,8 +219,19 @@ def _plan(model, precision="fp32", **changes):
     from harness.training.plan import TrainingPlan
 
     fields = dict(
-        input_names=model.input_names, optimizer="adamw", lr=1e-2, weight_decay=0.01, momentum=0.9, nesterov=False,
-        grad_clip=1.0, grad_accum_steps=1, schedule="linear", warmup_steps=2, total_steps=12, precision=precision, seed=0,
+        input_names=model.input_names,
+        optimizer="adamw",
+        lr=1e-2,
+        weight_decay=0.01,
+        momentum=0.9,
+        nesterov=False,
+        grad_clip=1.0,
+        grad_accum_steps=1,
+        schedule="linear",
+        warmup_steps=2,
+        total_steps=12,
+        precision=precision,
+        seed=0,
     )
     fields.update(changes)
     return TrainingPlan(**fields)
@@ -269,9 +280,17 @@ class TestTrainingOnXLA:
         from harness import records
 
         proc = run_cli(
-            "+scenario=bert_train", "backend=torch_xla", f"backend.device={XLA_DEVICE}", "model=bert_tiny",
-            "scenario.max_steps=12", "scenario.batch_size=8", "scenario.eval_interval=0", "scenario.warmup_steps_excluded=2",
-            "dataset.train_size=128", "dataset.eval_size=64", cwd=tmp_path,
+            "+scenario=bert_train",
+            "backend=torch_xla",
+            f"backend.device={XLA_DEVICE}",
+            "model=bert_tiny",
+            "scenario.max_steps=12",
+            "scenario.batch_size=8",
+            "scenario.eval_interval=0",
+            "scenario.warmup_steps_excluded=2",
+            "dataset.train_size=128",
+            "dataset.eval_size=64",
+            cwd=tmp_path,
         )
         assert proc.returncode == 0, proc.stdout + proc.stderr
         (rec,) = records_in(tmp_path / "results")

@@ -272,9 +272,7 @@ def _profile_for_artifact(path: Path, meta: Mapping[str, Any], options: TensorRT
     """The optimization profile for the artifact's measured shape and the ONNX's inputs."""
     if "batch_size" not in meta:
         raise ConfigError("artifact meta lacks 'batch_size'; tensorrt needs it for its optimization profile")
-    return profile_for_onnx(
-        onnx_input_dims(path), int(meta["batch_size"]), meta.get("seq_len"), options, meta.get("sample_shape")
-    )
+    return profile_for_onnx(onnx_input_dims(path), int(meta["batch_size"]), meta.get("seq_len"), options, meta.get("sample_shape"))
 
 
 @hookimpl

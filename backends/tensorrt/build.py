@@ -104,9 +104,7 @@ def _add_profile(builder: Any, config: Any, profile: Profile) -> None:
     for name, (lo, opt, hi) in profile.items():
         trt_profile.set_shape(name, lo, opt, hi)
     if config.add_optimization_profile(trt_profile) < 0:
-        shapes = ", ".join(
-            f"{name}: min {list(lo)} opt {list(opt)} max {list(hi)}" for name, (lo, opt, hi) in profile.items()
-        )
+        shapes = ", ".join(f"{name}: min {list(lo)} opt {list(opt)} max {list(hi)}" for name, (lo, opt, hi) in profile.items())
         raise HarnessError(f"tensorrt rejected the optimization profile ({shapes}); see the TensorRT log above")
 
 
@@ -158,9 +156,7 @@ def load_or_build_engine(
 ) -> tuple[bytes, Path]:
     """The serialized engine for these inputs and its cache file: loaded when cached, else built and stored."""
     version = str(trt.__version__)
-    key = engine_cache_key(
-        onnx_sha256, version, gpu_name, compute_capability, plan.precision, profile, builder_settings(options)
-    )
+    key = engine_cache_key(onnx_sha256, version, gpu_name, compute_capability, plan.precision, profile, builder_settings(options))
     path = engine_path(key)
     if path.exists():
         return path.read_bytes(), path

@@ -93,9 +93,7 @@ def pin_static_dims(profile: Profile, onnx_dims: Mapping[str, Sequence[int | Non
             pinned[name] = (lo, opt, hi)
             continue
         if len(dims) != len(opt):
-            raise ConfigError(
-                f"input '{name}' has rank {len(dims)} in the ONNX but the profile shape {list(opt)} has rank {len(opt)}"
-            )
+            raise ConfigError(f"input '{name}' has rank {len(dims)} in the ONNX but the profile shape {list(opt)} has rank {len(opt)}")
         new_lo, new_hi = list(lo), list(hi)
         for axis, static in enumerate(dims):
             if static is None:
@@ -232,8 +230,7 @@ def precision_plan(
     if precision == "int8":
         if not onnx_has_qdq:
             raise Unsupported(
-                "tensorrt int8 needs an explicit Q/DQ ONNX from the static QDQ quantization recipe "
-                "(TensorRT 11 removed implicit INT8 calibration)",
+                "tensorrt int8 needs an explicit Q/DQ ONNX from the static QDQ quantization recipe (TensorRT 11 removed implicit INT8 calibration)",
                 "run with recipe int8_qdq so the ONNX carries QuantizeLinear/DequantizeLinear nodes",
             )
         return PrecisionPlan(

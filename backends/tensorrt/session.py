@@ -122,9 +122,7 @@ class TensorRTSession(Session):
             for name in self._outputs:
                 shape = tuple(self._context.get_tensor_shape(name))
                 if any(d < 0 for d in shape):
-                    raise Unsupported(
-                        f"output '{name}' has a data-dependent shape {list(shape)}; this backend needs shapes known before run"
-                    )
+                    raise Unsupported(f"output '{name}' has a data-dependent shape {list(shape)}; this backend needs shapes known before run")
                 outputs[name] = torch.empty(shape, dtype=self._dtypes[name], device=self.device)
         self._stream.synchronize()
         bound = _Bound(inputs, outputs)

@@ -57,10 +57,7 @@ def sample_batches(data: Any, samples: int, batch_size: int = 8, seed: int = 0) 
     if samples < 1:
         raise ValueError(f"calibration needs at least 1 sample, got {samples}")
     names = data.input_names
-    return [
-        {name: np.ascontiguousarray(batch[name]) for name in names}
-        for batch in data.batches("train", batch_size, shuffle=True, seed=seed, limit=samples)
-    ]
+    return [{name: np.ascontiguousarray(batch[name]) for name in names} for batch in data.batches("train", batch_size, shuffle=True, seed=seed, limit=samples)]
 
 
 def calibration_set(data: Any, samples: int, workdir: Path, batch_size: int = 8, seed: int = 0) -> Calibration:

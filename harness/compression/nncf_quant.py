@@ -36,8 +36,9 @@ def _range_estimator(method: str) -> Any:
     if method == "default":
         return None
     if method == "Entropy":
-        raise Unsupported("NNCF has no entropy (KL) calibration for OpenVINO models",
-                          "use scenario.quantization.method=default, MinMax or Percentile with backend=openvino")
+        raise Unsupported(
+            "NNCF has no entropy (KL) calibration for OpenVINO models", "use scenario.quantization.method=default, MinMax or Percentile with backend=openvino"
+        )
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
     from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
@@ -51,8 +52,7 @@ def quantize(model: Any, batches: Sequence[dict[str, np.ndarray]], recipe: Recip
 
     _quiet()
     if not batches:
-        raise Unsupported("NNCF post-training quantization needs calibration samples and got none",
-                          "set scenario.quantization.calibration_samples >= 1")
+        raise Unsupported("NNCF post-training quantization needs calibration samples and got none", "set scenario.quantization.calibration_samples >= 1")
     names = {name for port in model.inputs for name in port.get_names()}
     items = [{k: v for k, v in b.items() if k in names} for b in batches]
     transformer = recipe.model_type == "transformer"
@@ -95,8 +95,7 @@ def compress_weights(model: Any, recipe: Recipe) -> tuple[Any, dict[str, Any]]:
         "nncf": nncf.__version__,
         "mode": "INT8_ASYM",
         "weights": "int8 (asymmetric, per channel)",
-        "activations": "float at the inference precision hint; the CPU plugin may quantize them "
-                       "per call (DYNAMIC_QUANTIZATION_GROUP_SIZE)",
+        "activations": "float at the inference precision hint; the CPU plugin may quantize them per call (DYNAMIC_QUANTIZATION_GROUP_SIZE)",
         "calibrated": False,
     }
 
@@ -136,8 +135,10 @@ def compress_decoder_weights(model: Any, recipe: WeightRecipe) -> tuple[Any, dic
     _quiet()
     if recipe.precision == "int8":
         if recipe.group_size not in (None, -1):
-            raise Unsupported(f"NNCF compresses int8 weights per output channel, not in groups of {recipe.group_size}",
-                              "leave scenario.quantization.group_size null (or -1) with llm_int8 on openvino")
+            raise Unsupported(
+                f"NNCF compresses int8 weights per output channel, not in groups of {recipe.group_size}",
+                "leave scenario.quantization.group_size null (or -1) with llm_int8 on openvino",
+            )
         compressed = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM)
         group, ratio = -1, 1.0
     else:
@@ -146,8 +147,10 @@ def compress_decoder_weights(model: Any, recipe: WeightRecipe) -> tuple[Any, dic
         try:
             compressed = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT4_ASYM, group_size=group, ratio=ratio)
         except nncf.errors.InvalidGroupSizeError as exc:  # a layer's input size is not a multiple of the group
-            raise Unsupported(f"NNCF cannot split every layer into groups of {group}: {' '.join(str(exc).split())[:200]}",
-                              "set scenario.quantization.group_size to a divisor of the model's widths") from None
+            raise Unsupported(
+                f"NNCF cannot split every layer into groups of {group}: {' '.join(str(exc).split())[:200]}",
+                "set scenario.quantization.group_size to a divisor of the model's widths",
+            ) from None
     return compressed, {
         "name": recipe.name,
         "tool": "nncf.compress_weights",
@@ -158,8 +161,7 @@ def compress_decoder_weights(model: Any, recipe: WeightRecipe) -> tuple[Any, dic
         "ratio": ratio,
         "backup": "INT8_ASYM (embeddings, last layer" + (", the 1 - ratio share)" if ratio < 1 else ")"),
         "parameters_by_precision": weights_by_precision(compressed),
-        "activations": "float at the inference precision hint; the CPU plugin may quantize them "
-                       "per call (DYNAMIC_QUANTIZATION_GROUP_SIZE, in metrics.backend)",
+        "activations": "float at the inference precision hint; the CPU plugin may quantize them per call (DYNAMIC_QUANTIZATION_GROUP_SIZE, in metrics.backend)",
         "calibrated": False,
     }
 

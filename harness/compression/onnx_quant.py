@@ -110,8 +110,14 @@ def quantize_dynamic(src: Path, dst: Path, per_channel: bool = False) -> dict[st
         out = tmp / "out.onnx"
         ort_quantize_dynamic(str(pre), str(out), per_channel=per_channel, weight_type=QuantType.QInt8)
         os.replace(out, dst)
-    return {**details, "tool": "onnxruntime.quantization.quantize_dynamic", "weights": "int8 (symmetric)",
-            "activations": "uint8, per call", "per_channel": per_channel, "calibrated": False}
+    return {
+        **details,
+        "tool": "onnxruntime.quantization.quantize_dynamic",
+        "weights": "int8 (symmetric)",
+        "activations": "uint8, per call",
+        "per_channel": per_channel,
+        "calibrated": False,
+    }
 
 
 def quantize_static(
@@ -133,8 +139,7 @@ def quantize_static(
     from onnxruntime.quantization import quantize_static as ort_quantize_static
 
     if not batches:
-        raise HarnessError("static quantization needs calibration samples and got none",
-                           "set scenario.quantization.calibration_samples >= 1")
+        raise HarnessError("static quantization needs calibration samples and got none", "set scenario.quantization.calibration_samples >= 1")
     src, dst = Path(src), Path(dst)
     method = "MinMax" if method == "default" else method
     activations = "int8" if symmetric else static_activation_type()
@@ -159,14 +164,23 @@ def quantize_static(
             extra_options=extra,
         )
         os.replace(out, dst)
-    return {**details, "tool": "onnxruntime.quantization.quantize_static", "format": "QDQ",
-            "weights": "int8 (symmetric)", "activations": f"{activations} ({'symmetric' if symmetric else 'asymmetric'})",
-            "per_channel": per_channel, "method": method, "op_types": ops or "all supported",
-            "calibrated": True, "calibration_samples": int(sum(len(next(iter(b.values()))) for b in batches))}
+    return {
+        **details,
+        "tool": "onnxruntime.quantization.quantize_static",
+        "format": "QDQ",
+        "weights": "int8 (symmetric)",
+        "activations": f"{activations} ({'symmetric' if symmetric else 'asymmetric'})",
+        "per_channel": per_channel,
+        "method": method,
+        "op_types": ops or "all supported",
+        "calibrated": True,
+        "calibration_samples": int(sum(len(next(iter(b.values()))) for b in batches)),
+    }
 
 
-def quantize_qdq(src: Path, dst: Path, batches: Sequence[dict[str, np.ndarray]], method: str = "default",
-                 per_channel: bool = True, model_type: str = "transformer") -> dict[str, Any]:
+def quantize_qdq(
+    src: Path, dst: Path, batches: Sequence[dict[str, np.ndarray]], method: str = "default", per_channel: bool = True, model_type: str = "transformer"
+) -> dict[str, Any]:
     """Symmetric int8 QDQ (zero points 0, no bias Q/DQ): the ``int8_qdq`` recipe for TensorRT."""
     return quantize_static(src, dst, batches, method, per_channel, symmetric=True, model_type=model_type)
 
@@ -243,11 +257,15 @@ def weight_only(src: Path, dst: Path, recipe: WeightRecipe) -> dict[str, Any]:
 
     block = DEFAULT_BLOCK if recipe.group_size is None else recipe.group_size
     if block < 16 or block & (block - 1):
-        raise Unsupported(f"ORT's MatMulNBits takes blocks of a power of two >= 16 weights, not group_size={recipe.group_size}",
-                          "set scenario.quantization.group_size to 16, 32, 64, 128 or 256 (or null: 128)")
+        raise Unsupported(
+            f"ORT's MatMulNBits takes blocks of a power of two >= 16 weights, not group_size={recipe.group_size}",
+            "set scenario.quantization.group_size to 16, 32, 64, 128 or 256 (or null: 128)",
+        )
     if recipe.ratio != 1:
-        raise Unsupported(f"ORT's MatMulNBits quantizer gives every layer one bit width; ratio={recipe.ratio} mixes int4 and int8",
-                          "use scenario.quantization.ratio=1.0 with backend=onnxruntime, or backend=openvino (NNCF) for mixed precision")
+        raise Unsupported(
+            f"ORT's MatMulNBits quantizer gives every layer one bit width; ratio={recipe.ratio} mixes int4 and int8",
+            "use scenario.quantization.ratio=1.0 with backend=onnxruntime, or backend=openvino (NNCF) for mixed precision",
+        )
     src, dst = Path(src), Path(dst)
     model = onnx.load(str(src))
     folded = _fold_transposed_weights(model)
@@ -261,22 +279,28 @@ def weight_only(src: Path, dst: Path, recipe: WeightRecipe) -> dict[str, Any]:
         # adds nodes), so: the body first with the head excluded, then the head, the one left.
         for bits, excluded in ((recipe.bits, head), (8, [])):
             config = nbits.DefaultWeightOnlyQuantConfig(block_size=block, is_symmetric=False, bits=bits)
-            quantizer = nbits.MatMulNBitsQuantizer(model, bits=bits, block_size=block, is_symmetric=False,
-                                                   nodes_to_exclude=excluded, algo_config=config)
+            quantizer = nbits.MatMulNBitsQuantizer(model, bits=bits, block_size=block, is_symmetric=False, nodes_to_exclude=excluded, algo_config=config)
             quantizer.process()
             model = quantizer.model.model
         out = tmp / "model.onnx"
         external = weight_bytes > EXTERNAL_DATA_BYTES
-        onnx.save(model, str(out), save_as_external_data=external, all_tensors_to_one_file=True,
-                  location=f"{dst.name}.data")
+        onnx.save(model, str(out), save_as_external_data=external, all_tensors_to_one_file=True, location=f"{dst.name}.data")
         if external:
             os.replace(tmp / f"{dst.name}.data", dst.parent / f"{dst.name}.data")
         os.replace(out, dst)
-    return {"name": recipe.name, "tool": "onnxruntime.quantization.matmul_nbits_quantizer (MatMulNBits, RTN)",
-            "weights": f"int{recipe.bits} (asymmetric, blocks of {block})", "group_size": block, "ratio": 1.0,
-            "layers": {f"int{recipe.bits}": len(body), "int8 (LM head)": len(head)}, "lm_head": "int8",
-            "embeddings": "fp32 (Gather)", "tied_weights_unshared": folded,
-            "activations": "fp32 (MatMulNBits accuracy_level unset)", "calibrated": False}
+    return {
+        "name": recipe.name,
+        "tool": "onnxruntime.quantization.matmul_nbits_quantizer (MatMulNBits, RTN)",
+        "weights": f"int{recipe.bits} (asymmetric, blocks of {block})",
+        "group_size": block,
+        "ratio": 1.0,
+        "layers": {f"int{recipe.bits}": len(body), "int8 (LM head)": len(head)},
+        "lm_head": "int8",
+        "embeddings": "fp32 (Gather)",
+        "tied_weights_unshared": folded,
+        "activations": "fp32 (MatMulNBits accuracy_level unset)",
+        "calibrated": False,
+    }
 
 
 def realise(src: Path, dst: Path, recipe: Recipe, batches: Sequence[dict[str, np.ndarray]]) -> dict[str, Any]:

@@ -120,21 +120,31 @@ def compress(
     def build(work: Path) -> dict[str, Any]:
         calibration = Calibration(batches, samples, calib_fp, work)
         out = backend.compress(artifact, recipe, calibration)
-        return {"recipe": recipe.describe(), "calibration": calibration.describe(), "artifact": {
-            "onnx_path": os.path.relpath(out.onnx_path, work) if out.onnx_path else None,
-            "meta": _encode(_own_meta(out, artifact), work),
-        }}
+        return {
+            "recipe": recipe.describe(),
+            "calibration": calibration.describe(),
+            "artifact": {
+                "onnx_path": os.path.relpath(out.onnx_path, work) if out.onnx_path else None,
+                "meta": _encode(_own_meta(out, artifact), work),
+            },
+        }
 
-    message = (f"compressing with {recipe.name} on {backend.name}" + (f" ({samples} calibration samples)" if samples else ""))
+    message = f"compressing with {recipe.name} on {backend.name}" + (f" ({samples} calibration samples)" if samples else "")
     folder, stored, cached = cached_build(key, cache_root, build, message, status, required=("artifact",))
     out = _restore(stored["artifact"], artifact, folder)
     calibration = Calibration(batches, samples, calib_fp, folder)
     return out, _metrics(out, recipe, calibration, stored["seconds"], cached=cached, key=key, size=files_size(folder))
 
 
-def compress_decoder(backend: Backend, recipe: WeightRecipe, source_key: str, tools: dict[str, str],
-                     build: Callable[[Path], dict[str, Any]], cache_root: str | None = None,
-                     status: Callable[[str], None] = print) -> tuple[Path, dict[str, Any]]:
+def compress_decoder(
+    backend: Backend,
+    recipe: WeightRecipe,
+    source_key: str,
+    tools: dict[str, str],
+    build: Callable[[Path], dict[str, Any]],
+    cache_root: str | None = None,
+    status: Callable[[str], None] = print,
+) -> tuple[Path, dict[str, Any]]:
     """A decoder's weight-only compressed artifact, cached like every compressed artifact.
 
     ``build(workdir)`` is the backend's realisation (an ORT MatMulNBits graph, an
@@ -145,22 +155,29 @@ def compress_decoder(backend: Backend, recipe: WeightRecipe, source_key: str, to
     realised recipe, seconds, cached, key, size on disk).
     """
     key = cache.content_key("compressed-decoder", REVISION, backend.name, backend.version(), tools, recipe.key(), source_key)
-    folder, stored, cached = cached_build(key, cache_root, lambda work: {"recipe": build(work)},
-                                          f"compressing the weights with {recipe.name} on {backend.name}", status,
-                                          required=("recipe",))
+    folder, stored, cached = cached_build(
+        key, cache_root, lambda work: {"recipe": build(work)}, f"compressing the weights with {recipe.name} on {backend.name}", status, required=("recipe",)
+    )
     return folder, decoder_stage(recipe, stored["recipe"], stored["seconds"], cached, key, files_size(folder))
 
 
-def decoder_stage(recipe: WeightRecipe, realised: dict[str, Any], seconds: float, cached: bool, key: str | None,
-                  size_bytes: int) -> dict[str, Any]:
+def decoder_stage(recipe: WeightRecipe, realised: dict[str, Any], seconds: float, cached: bool, key: str | None, size_bytes: int) -> dict[str, Any]:
     """``metrics.compression`` of a weight-only decoder (also for torch modules, which are
     compressed in memory in seconds and, like every torch artifact, not cached)."""
-    return {"requested": recipe.describe(), "recipe": realised, "calibration": None, "seconds": round(seconds, 3),
-            "cached": cached, "key": key, "size_bytes": size_bytes}
+    return {
+        "requested": recipe.describe(),
+        "recipe": realised,
+        "calibration": None,
+        "seconds": round(seconds, 3),
+        "cached": cached,
+        "key": key,
+        "size_bytes": size_bytes,
+    }
 
 
-def cached_build(key: str, cache_root: str | None, build: Callable[[Path], dict[str, Any]], message: str,
-                 status: Callable[[str], None], required: tuple[str, ...] = ()) -> tuple[Path, dict[str, Any], bool]:
+def cached_build(
+    key: str, cache_root: str | None, build: Callable[[Path], dict[str, Any]], message: str, status: Callable[[str], None], required: tuple[str, ...] = ()
+) -> tuple[Path, dict[str, Any], bool]:
     """The entry ``<cache>/compressed/<key>``: ``(folder, its meta.json, was cached)``.
 
     An intact entry (checksums match, meta parses with ``seconds`` and every ``required``
@@ -204,8 +221,7 @@ def _cached_entry(folder: Path, required: tuple[str, ...] = ()) -> tuple[dict[st
     return stored, ""
 
 
-def _metrics(out: Artifact, recipe: Recipe, calibration: Calibration, seconds: float, cached: bool,
-             key: str | None, size: int | None) -> dict[str, Any]:
+def _metrics(out: Artifact, recipe: Recipe, calibration: Calibration, seconds: float, cached: bool, key: str | None, size: int | None) -> dict[str, Any]:
     """``metrics.compression`` of the record: the requested and the realised recipe."""
     realised = out.meta.get("recipe", {"name": recipe.name})
     used = realised.get("calibrated", bool(calibration.samples))

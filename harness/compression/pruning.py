@@ -82,6 +82,7 @@ class PruningOptions:
 
 # --- measuring ---------------------------------------------------------------------------------
 
+
 def count_params(module: Any) -> int:
     return int(sum(p.numel() for p in module.parameters()))
 
@@ -104,6 +105,7 @@ def sparsity(module: Any) -> dict[str, float]:
 
 # --- unstructured ------------------------------------------------------------------------------
 
+
 def magnitude_prune(module: Any, amount: float) -> None:
     """Zero the ``amount`` smallest-|w| Linear weights model-wide (global L1), permanently."""
     import torch.nn.utils.prune as prune
@@ -115,6 +117,7 @@ def magnitude_prune(module: Any, amount: float) -> None:
 
 
 # --- structured (BERT) -------------------------------------------------------------------------
+
 
 def bert_layers(module: Any) -> list[Any]:
     """The encoder layers of a BERT classifier wrapped by :mod:`harness.models`."""
@@ -161,9 +164,9 @@ def _gated_losses(module: Any, layers: list[Any], batches: list[dict[str, np.nda
             inputs = {n: torch.from_numpy(np.ascontiguousarray(batch[n])) for n in names}
             loss = torch.nn.functional.cross_entropy(module(**inputs), torch.from_numpy(batch["labels"]))
             grads = torch.autograd.grad(loss, head_gates + ffn_gates)
-            for i, g in enumerate(grads[:len(layers)]):
+            for i, g in enumerate(grads[: len(layers)]):
                 head_scores[i] += g.abs()
-            for i, g in enumerate(grads[len(layers):]):
+            for i, g in enumerate(grads[len(layers) :]):
                 ffn_scores[i] += g.abs()
     finally:
         for hook in hooks:
@@ -244,23 +247,37 @@ def structured_plan(module: Any, options: PruningOptions, batches: list[dict[str
 
 # --- fine-tuning ----------------------------------------------------------------------------
 
+
 def finetune(model: Any, data: Any, options: PruningOptions, trainer: Any, report: Callable[[str], None]) -> dict[str, Any]:
     """Train the pruned ``model`` in place with the harness training loop; return what it saw."""
     from harness.training.job import train_model
     from harness.training.options import TrainingOptions
 
     plan = TrainingOptions(
-        batch_size=options.finetune_batch_size, seq_len=options.finetune_seq_len, lr=options.finetune_lr,
-        max_steps=options.finetune_steps, warmup_ratio=0.1, eval_interval=0, warmup_steps_excluded=0,
-        min_iters=1, min_duration_s=0.0,
+        batch_size=options.finetune_batch_size,
+        seq_len=options.finetune_seq_len,
+        lr=options.finetune_lr,
+        max_steps=options.finetune_steps,
+        warmup_ratio=0.1,
+        eval_interval=0,
+        warmup_steps_excluded=0,
+        min_iters=1,
+        min_duration_s=0.0,
     )
     trained = train_model(trainer, model, data, plan, report=report, label="fine-tuning the pruned model")
-    return {"steps": options.finetune_steps, "lr": options.finetune_lr, "batch_size": options.finetune_batch_size,
-            "seq_len": options.finetune_seq_len, "backend": trainer.name,
-            "final_accuracy": trained.loop.final_accuracy, "seconds": round(trained.loop.wall_seconds, 2)}
+    return {
+        "steps": options.finetune_steps,
+        "lr": options.finetune_lr,
+        "batch_size": options.finetune_batch_size,
+        "seq_len": options.finetune_seq_len,
+        "backend": trainer.name,
+        "final_accuracy": trained.loop.final_accuracy,
+        "seconds": round(trained.loop.wall_seconds, 2),
+    }
 
 
 # --- the stage -------------------------------------------------------------------------------
+
 
 def _versions() -> dict[str, str]:
     return {name: metadata.version(name) for name in ("torch", "transformers")}
@@ -269,8 +286,7 @@ def _versions() -> dict[str, str]:
 def _pruned_model(loaded: Any, module: Any, info: dict[str, Any]) -> Any:
     """A :class:`LoadedModel` for ``module``, with a config that names the pruning."""
     config = {**loaded.config, "pruning": {k: info[k] for k in ("method", "key")}}
-    return replace(loaded, module=module, params=count_params(module), config=config,
-                   source=f"{loaded.source} pruned:{info['method']}")
+    return replace(loaded, module=module, params=count_params(module), config=config, source=f"{loaded.source} pruned:{info['method']}")
 
 
 def prune(
@@ -321,8 +337,10 @@ def prune(
         magnitude_prune(module, options.sparsity)
     else:
         batches = list(data.batches("train", 16, shuffle=True, seed=1, limit=options.importance_samples))
-        report(f"structured pruning: scoring heads and FFN neurons by {options.criterion}"
-               + (f" on {options.importance_samples} train samples" if options.criterion == "importance" else ""))
+        report(
+            f"structured pruning: scoring heads and FFN neurons by {options.criterion}"
+            + (f" on {options.importance_samples} train samples" if options.criterion == "importance" else "")
+        )
         plan = structured_plan(module, options, batches)
         apply_plan(module, plan)
         info["heads_kept"] = [len(h) for h in plan["heads"]]
@@ -332,8 +350,9 @@ def prune(
     info["plan"] = plan
     if options.finetune_steps:
         if trainer is None:
-            raise Unsupported("pruning.finetune_steps > 0 needs a backend that can train",
-                              "install torch (backend=pytorch) or set scenario.pruning.finetune_steps=0")
+            raise Unsupported(
+                "pruning.finetune_steps > 0 needs a backend that can train", "install torch (backend=pytorch) or set scenario.pruning.finetune_steps=0"
+            )
         pruned = _pruned_model(loaded, module, {"method": options.method, "key": key})
         info["finetune"] = finetune(pruned, data, options, trainer, report)
         module = pruned.module

@@ -140,8 +140,7 @@ class QuantizationOptions:
         choice(self.mode, INT8_MODES, "quantization.mode")
         choice(self.method, METHODS, "quantization.method")
         require(self.calibration_samples >= 1, "quantization.calibration_samples", f"must be >= 1, got {self.calibration_samples}")
-        require(self.calibration_batch_size >= 1, "quantization.calibration_batch_size",
-                f"must be >= 1, got {self.calibration_batch_size}")
+        require(self.calibration_batch_size >= 1, "quantization.calibration_batch_size", f"must be >= 1, got {self.calibration_batch_size}")
 
 
 def recipe_for(precision: str, quantization: QuantizationOptions, family: str, backend_recipes: frozenset[str]) -> "Recipe | None":
@@ -153,8 +152,7 @@ def recipe_for(precision: str, quantization: QuantizationOptions, family: str, b
     """
     model_type = MODEL_TYPE_OF.get(family, "transformer")
     if precision == "int8":
-        return Recipe("int8", quantization.mode, quantization.method, quantization.per_channel,
-                      quantization.calibration_samples, model_type)
+        return Recipe("int8", quantization.mode, quantization.method, quantization.per_channel, quantization.calibration_samples, model_type)
     if precision in ("fp16", "bf16") and precision in backend_recipes:
         return replace(conversion(precision), model_type=model_type)
     return None
@@ -185,11 +183,17 @@ class WeightRecipe:
 
     def __post_init__(self) -> None:
         choice(self.precision, tuple(WEIGHT_BITS), "precision")
-        require(self.group_size is None or self.group_size == -1 or self.group_size >= 2, "quantization.group_size",
-                f"must be null (the backend's default), -1 (per channel) or >= 2, got {self.group_size}")
+        require(
+            self.group_size is None or self.group_size == -1 or self.group_size >= 2,
+            "quantization.group_size",
+            f"must be null (the backend's default), -1 (per channel) or >= 2, got {self.group_size}",
+        )
         require(0 < self.ratio <= 1, "quantization.ratio", f"must be in (0, 1], got {self.ratio}")
-        require(self.ratio == 1 or self.precision == "int4", "quantization.ratio",
-                f"mixes int4 with int8 layers, so it needs precision int4 (got {self.precision} with ratio {self.ratio})")
+        require(
+            self.ratio == 1 or self.precision == "int4",
+            "quantization.ratio",
+            f"mixes int4 with int8 layers, so it needs precision int4 (got {self.precision} with ratio {self.ratio})",
+        )
 
     @property
     def name(self) -> str:

@@ -40,8 +40,9 @@ def quantize_dynamic(module: Any) -> Any:
     try:
         from torch.ao.quantization import quantize_dynamic as ao_quantize_dynamic
     except ImportError as exc:  # pragma: no cover - depends on the torch build
-        raise Unavailable(f"torch.ao.quantization is missing from torch {torch.__version__} ({exc})",
-                          "install a torch build with quantization support") from exc
+        raise Unavailable(
+            f"torch.ao.quantization is missing from torch {torch.__version__} ({exc})", "install a torch build with quantization support"
+        ) from exc
     engines = torch.backends.quantized.supported_engines
     if not any(e in engines for e in ("x86", "fbgemm", "qnnpack")):
         raise Unavailable(f"torch {torch.__version__} has no int8 CPU engine (has {engines})")
@@ -156,17 +157,23 @@ def weight_only(module: Any, recipe: Any) -> tuple[Any, dict[str, Any]]:
     import torch
 
     if recipe.ratio != 1:
-        raise Unsupported(f"the pytorch weight-only recipe gives every layer one bit width; ratio={recipe.ratio} mixes int4 and int8",
-                          "use scenario.quantization.ratio=1.0 with backend=pytorch, or backend=openvino (NNCF) for mixed precision")
+        raise Unsupported(
+            f"the pytorch weight-only recipe gives every layer one bit width; ratio={recipe.ratio} mixes int4 and int8",
+            "use scenario.quantization.ratio=1.0 with backend=pytorch, or backend=openvino (NNCF) for mixed precision",
+        )
     group = -1
     if recipe.bits == 8 and recipe.group_size not in (None, -1):
-        raise Unsupported(f"torch's int8 weight-only kernel takes one scale per output channel, not groups of {recipe.group_size}",
-                          "leave scenario.quantization.group_size null (or -1) with llm_int8 on pytorch")
+        raise Unsupported(
+            f"torch's int8 weight-only kernel takes one scale per output channel, not groups of {recipe.group_size}",
+            "leave scenario.quantization.group_size null (or -1) with llm_int8 on pytorch",
+        )
     if recipe.bits == 4:
         group = DEFAULT_INT4_GROUP if recipe.group_size is None else recipe.group_size
         if group not in INT4_GROUPS:
-            raise Unsupported(f"torch's CPU int4 kernel takes groups of {', '.join(map(str, INT4_GROUPS))} weights, not {group}",
-                              "set scenario.quantization.group_size to one of those (or null: 128)")
+            raise Unsupported(
+                f"torch's CPU int4 kernel takes groups of {', '.join(map(str, INT4_GROUPS))} weights, not {group}",
+                "set scenario.quantization.group_size to one of those (or null: 128)",
+            )
     model = copy.deepcopy(module).eval()
     head = model.get_output_embeddings()
     layers = {"int4": 0, "int8": 0, "int8 (LM head)": 0, "int8 (width not a multiple of the group)": 0}
@@ -183,8 +190,10 @@ def weight_only(module: Any, recipe: Any) -> tuple[Any, dict[str, Any]]:
             setattr(parent, name, _weight_only_linear(child, bits, group))
             layers[kind] += 1
     if recipe.bits == 4 and not layers["int4"]:
-        raise Unsupported(f"no linear layer of this model has an input width that is a multiple of {group}, so none would be int4",
-                          "set scenario.quantization.group_size to a divisor of the model's widths (32, 64, 128 or 256)")
+        raise Unsupported(
+            f"no linear layer of this model has an input width that is a multiple of {group}, so none would be int4",
+            "set scenario.quantization.group_size to a divisor of the model's widths (32, 64, 128 or 256)",
+        )
     return model, {
         "name": recipe.name,
         "tool": "torch weight-only CPU kernels (aten._weight_int8pack_mm, aten._weight_int4pack_mm_for_cpu)",

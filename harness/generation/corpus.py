@@ -27,25 +27,103 @@ from harness.errors import ConfigError
 #: Separates documents in the token stream; the tokenizer's eos/bos/pad token.
 END_OF_TEXT = "<|endoftext|>"
 
-_NAMES = (("Alice", "she"), ("Bruno", "he"), ("Chloe", "she"), ("Daniel", "he"), ("Elena", "she"),
-          ("Felix", "he"), ("Greta", "she"), ("Hugo", "he"), ("Irene", "she"), ("Jonas", "he"),
-          ("Karin", "she"), ("Leon", "he"), ("Maya", "she"), ("Nico", "he"), ("Olga", "she"),
-          ("Pavel", "he"), ("Quinn", "she"), ("Rafael", "he"), ("Sofia", "she"), ("Tomas", "he"),
-          ("Ursula", "she"), ("Victor", "he"), ("Wanda", "she"), ("Xavier", "he"), ("Yara", "she"),
-          ("Zeno", "he"), ("Agnes", "she"), ("Boris", "he"), ("Clara", "she"), ("Dmitri", "he"),
-          ("Edith", "she"), ("Frank", "he"))
-_CITIES = ("paris", "lisbon", "oslo", "vienna", "madrid", "prague", "dublin", "berlin",
-           "rome", "athens", "warsaw", "zurich", "helsinki", "lyon", "porto", "munich")
-_JOBS = ("baker", "teacher", "doctor", "pilot", "farmer", "painter", "nurse", "engineer",
-         "lawyer", "chef", "writer", "driver", "singer", "gardener", "carpenter", "banker")
+_NAMES = (
+    ("Alice", "she"),
+    ("Bruno", "he"),
+    ("Chloe", "she"),
+    ("Daniel", "he"),
+    ("Elena", "she"),
+    ("Felix", "he"),
+    ("Greta", "she"),
+    ("Hugo", "he"),
+    ("Irene", "she"),
+    ("Jonas", "he"),
+    ("Karin", "she"),
+    ("Leon", "he"),
+    ("Maya", "she"),
+    ("Nico", "he"),
+    ("Olga", "she"),
+    ("Pavel", "he"),
+    ("Quinn", "she"),
+    ("Rafael", "he"),
+    ("Sofia", "she"),
+    ("Tomas", "he"),
+    ("Ursula", "she"),
+    ("Victor", "he"),
+    ("Wanda", "she"),
+    ("Xavier", "he"),
+    ("Yara", "she"),
+    ("Zeno", "he"),
+    ("Agnes", "she"),
+    ("Boris", "he"),
+    ("Clara", "she"),
+    ("Dmitri", "he"),
+    ("Edith", "she"),
+    ("Frank", "he"),
+)
+_CITIES = (
+    "paris",
+    "lisbon",
+    "oslo",
+    "vienna",
+    "madrid",
+    "prague",
+    "dublin",
+    "berlin",
+    "rome",
+    "athens",
+    "warsaw",
+    "zurich",
+    "helsinki",
+    "lyon",
+    "porto",
+    "munich",
+)
+_JOBS = (
+    "baker",
+    "teacher",
+    "doctor",
+    "pilot",
+    "farmer",
+    "painter",
+    "nurse",
+    "engineer",
+    "lawyer",
+    "chef",
+    "writer",
+    "driver",
+    "singer",
+    "gardener",
+    "carpenter",
+    "banker",
+)
 _ANIMALS = ("cat", "dog", "horse", "parrot", "rabbit", "goat", "turtle", "hamster", "duck", "pony")
 _COLORS = ("red", "blue", "green", "black", "white", "brown", "grey", "yellow")
-_FOODS = ("bread", "soup", "rice", "apples", "cheese", "fish", "pasta", "cake", "beans", "plums",
-          "eggs", "salad")
+_FOODS = ("bread", "soup", "rice", "apples", "cheese", "fish", "pasta", "cake", "beans", "plums", "eggs", "salad")
 _DAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
-_NUMBERS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
-            "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen",
-            "eighteen", "nineteen", "twenty")
+_NUMBERS = (
+    "zero",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+    "eleven",
+    "twelve",
+    "thirteen",
+    "fourteen",
+    "fifteen",
+    "sixteen",
+    "seventeen",
+    "eighteen",
+    "nineteen",
+    "twenty",
+)
 #: Document kinds and how often each is drawn.
 _KINDS = (("story", 0.55), ("questions", 0.25), ("arithmetic", 0.12), ("counting", 0.08))
 
@@ -67,8 +145,7 @@ def world(seed: int = 0) -> tuple[Person, ...]:
     people = []
     for index, (name, pronoun) in enumerate(_NAMES):
         sibling = _NAMES[(index + 1 + int(rng.integers(len(_NAMES) - 1))) % len(_NAMES)][0]
-        people.append(Person(name, pronoun, _pick(rng, _CITIES), _pick(rng, _JOBS),
-                             (_pick(rng, _COLORS), _pick(rng, _ANIMALS)), _pick(rng, _FOODS), sibling))
+        people.append(Person(name, pronoun, _pick(rng, _CITIES), _pick(rng, _JOBS), (_pick(rng, _COLORS), _pick(rng, _ANIMALS)), _pick(rng, _FOODS), sibling))
     return tuple(people)
 
 
@@ -166,23 +243,24 @@ class Corpus:
 def build_corpus(train_size: int, eval_size: int, seed: int = 0) -> Corpus:
     """The corpus with ``train_size`` train and ``eval_size`` eval documents."""
     if train_size < 1 or eval_size < 1:
-        raise ConfigError(f"the corpus needs at least one train and one eval document (got {train_size}, {eval_size})",
-                          "set dataset.train_size and dataset.eval_size >= 1")
+        raise ConfigError(
+            f"the corpus needs at least one train and one eval document (got {train_size}, {eval_size})", "set dataset.train_size and dataset.eval_size >= 1"
+        )
     train = documents(train_size, seed, 0)
     seen = set(train)
     pool = documents(eval_size * 4, seed, 1)
     eval_ = [text for text in dict.fromkeys(pool) if text not in seen][:eval_size]
     if len(eval_) < eval_size:
-        raise ConfigError(f"the corpus generator found only {len(eval_)} eval documents unseen in train",
-                          "lower dataset.eval_size")
+        raise ConfigError(f"the corpus generator found only {len(eval_)} eval documents unseen in train", "lower dataset.eval_size")
     return Corpus(tuple(train), tuple(eval_), seed)
 
 
 def load_corpus(options: Any) -> Corpus:
     """The corpus a ``dataset`` config (``kind: corpus``) describes."""
     if getattr(options, "kind", None) != "corpus":
-        raise ConfigError(f"dataset '{options.name}' (kind {options.kind}) is not a text corpus",
-                          "use dataset=corpus for generation and language-model scenarios")
+        raise ConfigError(
+            f"dataset '{options.name}' (kind {options.kind}) is not a text corpus", "use dataset=corpus for generation and language-model scenarios"
+        )
     return build_corpus(options.train_size, options.eval_size, options.seed)
 
 
@@ -209,7 +287,8 @@ def windows(stream: np.ndarray, length: int, count: int) -> np.ndarray:
         raise ValueError(f"window length must be >= 1, got {length}")
     available = len(stream) // length
     if available < 1:
-        raise ConfigError(f"the eval text has {len(stream)} tokens, fewer than one window of {length}",
-                          "raise dataset.eval_size or lower the prompt / window length")
+        raise ConfigError(
+            f"the eval text has {len(stream)} tokens, fewer than one window of {length}", "raise dataset.eval_size or lower the prompt / window length"
+        )
     n = min(count, available)
     return stream[: n * length].reshape(n, length)

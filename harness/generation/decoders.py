@@ -98,7 +98,6 @@ def positions(attention_mask: np.ndarray, seq: int) -> np.ndarray:
     return np.maximum(pos, 0)[:, -seq:].astype(np.int64)
 
 
-
 def vocab_size(config: Mapping[str, Any]) -> int:
     return int(config["vocab_size"])
 

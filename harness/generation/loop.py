@@ -40,8 +40,8 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[np.ndar
     ids = np.full((len(prompts), longest), pad_id, dtype=np.int64)
     mask = np.zeros((len(prompts), longest), dtype=np.int64)
     for row, prompt in enumerate(prompts):
-        ids[row, longest - len(prompt):] = prompt
-        mask[row, longest - len(prompt):] = 1
+        ids[row, longest - len(prompt) :] = prompt
+        mask[row, longest - len(prompt) :] = 1
     return ids, mask
 
 
@@ -71,8 +71,7 @@ class TokenPicker:
         return int(order[self.rng.choice(len(order), p=probs)])
 
 
-def run_loop(stepper: Stepper, prompts: Sequence[Sequence[int]], max_new_tokens: int,
-             decoding: Decoding, pad_id: int = 0) -> list[GenerationOutput]:
+def run_loop(stepper: Stepper, prompts: Sequence[Sequence[int]], max_new_tokens: int, decoding: Decoding, pad_id: int = 0) -> list[GenerationOutput]:
     """Generate ``max_new_tokens`` per prompt with ``stepper``; every token timed on the host."""
     if max_new_tokens < 1:
         raise ValueError("max_new_tokens must be >= 1")
@@ -89,8 +88,7 @@ def run_loop(stepper: Stepper, prompts: Sequence[Sequence[int]], max_new_tokens:
             break
         mask = np.concatenate([mask, np.ones((len(prompts), 1), dtype=np.int64)], axis=1)
         logits = stepper.decode(tokens[:, step], mask)
-    return [GenerationOutput(tokens[row].tolist(), list(times), start, len(prompt))
-            for row, prompt in enumerate(prompts)]
+    return [GenerationOutput(tokens[row].tolist(), list(times), start, len(prompt)) for row, prompt in enumerate(prompts)]
 
 
 def next_token_logprobs(logits: np.ndarray, ids: np.ndarray) -> np.ndarray:

@@ -63,8 +63,7 @@ def _with_past(model: Any, layers: int) -> Any:
             kv = DynamicCache(config=self.model.config)
             for i in range(layers):
                 kv.update(past[2 * i], past[2 * i + 1], i)
-            out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                             cache=kv, use_cache=True)
+            out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=kv, use_cache=True)
             presents = [t for layer in kv.layers[:layers] for t in (layer.keys, layer.values)]
             return (out.logits, *presents)
 
@@ -87,8 +86,7 @@ def _validation_feeds(layout: KVLayout, vocab: int) -> dict[str, np.ndarray]:
     mask = np.ones((2, 8), dtype=np.int64)
     mask[1, :3] = 0
     names = io_names(layout.layers)[0]
-    return {"input_ids": ids, "attention_mask": mask, "position_ids": positions(mask, 8),
-            **dict(zip(names[3:], empty_past(layout, 2)))}
+    return {"input_ids": ids, "attention_mask": mask, "position_ids": positions(mask, 8), **dict(zip(names[3:], empty_past(layout, 2)))}
 
 
 def validate(path: Path, wrapper: Any, layout: KVLayout, vocab: int) -> float:
@@ -102,12 +100,11 @@ def validate(path: Path, wrapper: Any, layout: KVLayout, vocab: int) -> float:
     for _ in range(2):  # prefill, then a decode step on the graph's own presents
         got = session.run(None, feeds)
         want = _eager(wrapper, feeds, inputs)
-        real = feeds["attention_mask"][:, -feeds["input_ids"].shape[1]:].astype(bool)
+        real = feeds["attention_mask"][:, -feeds["input_ids"].shape[1] :].astype(bool)
         diff = max(diff, float(np.max(np.abs(got[0] - want[0])[real])))  # padded rows' logits are unused
         step = got[0][:, -1].argmax(-1)[:, None].astype(np.int64)
         mask = np.concatenate([feeds["attention_mask"], np.ones((2, 1), dtype=np.int64)], axis=1)
-        feeds = {"input_ids": step, "attention_mask": mask, "position_ids": positions(mask, 1),
-                 **dict(zip(inputs[3:], got[1:]))}
+        feeds = {"input_ids": step, "attention_mask": mask, "position_ids": positions(mask, 1), **dict(zip(inputs[3:], got[1:]))}
     return diff
 
 
@@ -150,9 +147,19 @@ def _export(wrapper: Any, layout: KVLayout, path: Path, external: bool) -> None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(wrapper, example, str(tmp), dynamo=True, dynamic_shapes=shapes, input_names=inputs,
-                              output_names=outputs, opset_version=OPSET, external_data=external, optimize=True,
-                              verbose=False)
+            torch.onnx.export(
+                wrapper,
+                example,
+                str(tmp),
+                dynamo=True,
+                dynamic_shapes=shapes,
+                input_names=inputs,
+                output_names=outputs,
+                opset_version=OPSET,
+                external_data=external,
+                optimize=True,
+                verbose=False,
+            )
         if external:  # the weights file is named after the graph file: rename both
             os.replace(f"{tmp}.data", f"{path}.data")
             import onnx

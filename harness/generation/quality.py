@@ -56,7 +56,7 @@ def prefix_agreement(tokens: Sequence[Sequence[int]], reference: Sequence[Sequen
 
 def score_in_batches(score: Any, windows: np.ndarray, batch_size: int) -> np.ndarray:
     """``score`` (ids -> next-token log-probs) over ``windows`` in batches of ``batch_size``."""
-    parts = [np.asarray(score(windows[i:i + batch_size]), dtype=np.float64) for i in range(0, len(windows), batch_size)]
+    parts = [np.asarray(score(windows[i : i + batch_size]), dtype=np.float64) for i in range(0, len(windows), batch_size)]
     return np.concatenate(parts)
 
 
@@ -77,12 +77,11 @@ def eager_greedy(module: Any, prompts: np.ndarray, new_tokens: int, pad_id: int 
     import torch
     from transformers import GenerationConfig
 
-    config = GenerationConfig(do_sample=False, max_new_tokens=new_tokens, min_new_tokens=0,
-                              eos_token_id=None, pad_token_id=pad_id)
+    config = GenerationConfig(do_sample=False, max_new_tokens=new_tokens, min_new_tokens=0, eos_token_id=None, pad_token_id=pad_id)
     ids = torch.from_numpy(np.ascontiguousarray(prompts))
     with torch.inference_mode():
         out = module.generate(ids, attention_mask=torch.ones_like(ids), generation_config=config)
-    return out[:, ids.shape[1]:].numpy()
+    return out[:, ids.shape[1] :].numpy()
 
 
 def _cached_array(kind: str, key_parts: tuple[Any, ...], cache_root: Optional[str], compute: Any) -> tuple[np.ndarray, bool]:
@@ -106,29 +105,34 @@ REFERENCE_BATCH = 8
 def reference_logprobs(source: Any, windows: np.ndarray, cache_root: Optional[str]) -> tuple[np.ndarray, bool]:
     """Eager fp32 next-token log-probs of ``windows``, cached per weights and windows."""
     parts = ("llm-reference-logprobs/1", source.weights_digest, windows.tobytes(), list(windows.shape))
-    return _cached_array("llm_reference", parts, cache_root,
-                         lambda: score_in_batches(lambda ids: eager_logprobs(source.module, ids), windows, REFERENCE_BATCH))
+    return _cached_array("llm_reference", parts, cache_root, lambda: score_in_batches(lambda ids: eager_logprobs(source.module, ids), windows, REFERENCE_BATCH))
 
 
 def reference_greedy(source: Any, prompts: np.ndarray, new_tokens: int, cache_root: Optional[str]) -> tuple[np.ndarray, bool]:
     """Eager fp32 greedy tokens for ``prompts``, cached per weights, prompts and length."""
     parts = ("llm-reference-greedy/1", source.weights_digest, prompts.tobytes(), list(prompts.shape), new_tokens)
-    return _cached_array("llm_reference", parts, cache_root,
-                         lambda: eager_greedy(source.module, prompts, new_tokens))
+    return _cached_array("llm_reference", parts, cache_root, lambda: eager_greedy(source.module, prompts, new_tokens))
 
 
-def accuracy_metrics(session: Any, source: Any, windows: np.ndarray, prompts: np.ndarray,
-                     greedy_tokens: Optional[np.ndarray], batch_size: int, cache_root: Optional[str]) -> dict[str, Any]:
+def accuracy_metrics(
+    session: Any, source: Any, windows: np.ndarray, prompts: np.ndarray, greedy_tokens: Optional[np.ndarray], batch_size: int, cache_root: Optional[str]
+) -> dict[str, Any]:
     """``metrics.accuracy``: perplexity beside the eager fp32 reference, and greedy agreement.
 
     ``greedy_tokens`` are the session's greedy tokens for ``prompts`` (None when the run
     sampled: sampled tokens are not comparable across engines).
     """
     reference, ref_cached = reference_logprobs(source, windows, cache_root)
-    out: dict[str, Any] = {"metric": "perplexity", "value": None, "reference": perplexity(reference),
-                           "relative": None, "agreement": None, "windows": int(len(windows)),
-                           "window_tokens": int(windows.shape[1]),
-                           "reference_source": "eager fp32 pytorch" + (", cached" if ref_cached else "")}
+    out: dict[str, Any] = {
+        "metric": "perplexity",
+        "value": None,
+        "reference": perplexity(reference),
+        "relative": None,
+        "agreement": None,
+        "windows": int(len(windows)),
+        "window_tokens": int(windows.shape[1]),
+        "reference_source": "eager fp32 pytorch" + (", cached" if ref_cached else ""),
+    }
     try:
         value = perplexity(score_in_batches(session.score, windows, batch_size))
         out.update(value=value, relative=out["reference"] / value)
@@ -136,7 +140,5 @@ def accuracy_metrics(session: Any, source: Any, windows: np.ndarray, prompts: np
         out["value_reason"] = exc.one_line()
     if greedy_tokens is not None:
         want, _ = reference_greedy(source, prompts, greedy_tokens.shape[1], cache_root)
-        out.update(agreement=agreement(greedy_tokens, want), prefix_agreement=prefix_agreement(greedy_tokens, want),
-                   agreement_prompts=int(len(prompts)))
+        out.update(agreement=agreement(greedy_tokens, want), prefix_agreement=prefix_agreement(greedy_tokens, want), agreement_prompts=int(len(prompts)))
     return out
-

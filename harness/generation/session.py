@@ -201,8 +201,7 @@ class GenerationSession(abc.ABC):
     device: str = "cpu"
 
     @abc.abstractmethod
-    def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int,
-                 decoding: Decoding = GREEDY) -> list[GenerationOutput]:
+    def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, decoding: Decoding = GREEDY) -> list[GenerationOutput]:
         """Generate ``max_new_tokens`` tokens after each prompt (token-id lists), timed per token."""
 
     def score(self, ids: np.ndarray) -> np.ndarray:
@@ -211,8 +210,7 @@ class GenerationSession(abc.ABC):
 
         Optional. The default raises ``Unsupported``, and the run reports no perplexity.
         """
-        raise Unsupported(f"{type(self).__name__} cannot score tokens (no logits or log-probs)",
-                          "perplexity needs a backend whose session implements score()")
+        raise Unsupported(f"{type(self).__name__} cannot score tokens (no logits or log-probs)", "perplexity needs a backend whose session implements score()")
 
     def begin_measurement(self) -> None:
         """Called once, after the warm-up calls: forget anything accumulated for
@@ -239,10 +237,12 @@ def now() -> float:
 def check_outputs(outputs: Sequence[GenerationOutput], prompts: int, backend: str) -> None:
     """Raise a one-line error unless a session honoured the contract for one call."""
     if len(outputs) != prompts:
-        raise HarnessError(f"backend '{backend}' returned {len(outputs)} outputs for {prompts} prompts",
-                           "a GenerationSession returns one GenerationOutput per prompt")
+        raise HarnessError(
+            f"backend '{backend}' returned {len(outputs)} outputs for {prompts} prompts", "a GenerationSession returns one GenerationOutput per prompt"
+        )
     for index, output in enumerate(outputs):
         problem = output.problem()
         if problem:
-            raise HarnessError(f"backend '{backend}' request {index}: {problem}",
-                               "timestamps must be time.perf_counter() taken when each token reached the host")
+            raise HarnessError(
+                f"backend '{backend}' request {index}: {problem}", "timestamps must be time.perf_counter() taken when each token reached the host"
+            )

@@ -40,8 +40,9 @@ def corpus_tokenizer(cache_root: Optional[str] = None, vocab_size: int = VOCAB_S
         tmp = folder / f".tmp-{os.getpid()}.json"
         core.save(str(tmp))
         os.replace(tmp, path)
-    return PreTrainedTokenizerFast(tokenizer_object=core, model_max_length=1 << 20, bos_token=END_OF_TEXT,
-                                   eos_token=END_OF_TEXT, pad_token=END_OF_TEXT, unk_token=END_OF_TEXT)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core, model_max_length=1 << 20, bos_token=END_OF_TEXT, eos_token=END_OF_TEXT, pad_token=END_OF_TEXT, unk_token=END_OF_TEXT
+    )
 
 
 def text_tokenizer(family: str, own: Any, cache_root: Optional[str] = None) -> Any:
@@ -61,7 +62,8 @@ def _train(texts: Any, vocab_size: int) -> Any:
     core = Tokenizer(models.BPE())
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     core.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[END_OF_TEXT], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=[END_OF_TEXT], show_progress=False, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
     core.train_from_iterator(texts, trainer)
     return core

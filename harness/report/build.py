@@ -109,8 +109,10 @@ def _sane(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
         if above.any():
             frame = frame.copy()
             frame.loc[above, s.MFU] = np.nan
-            notes.append(f"{int(above.sum())} record(s) carry an MFU above 100% (a GEMM peak measured too low by an "
-                         "older harness); their MFU is left blank. Re-run them to get an honest figure.")
+            notes.append(
+                f"{int(above.sum())} record(s) carry an MFU above 100% (a GEMM peak measured too low by an "
+                "older harness); their MFU is left blank. Re-run them to get an honest figure."
+            )
     return frame, notes
 
 
@@ -180,9 +182,7 @@ def _unique(labels: pd.Series, machines: pd.Series) -> pd.Series:
     return pd.Series(out, index=labels.index, dtype="object")
 
 
-def _pooled_samples(
-    runs: pd.DataFrame, rows: pd.DataFrame, labels: pd.Series, samples: pd.Series
-) -> dict[tuple[str, str], list[float]]:
+def _pooled_samples(runs: pd.DataFrame, rows: pd.DataFrame, labels: pd.Series, samples: pd.Series) -> dict[tuple[str, str], list[float]]:
     """Finite raw latency samples per (configuration label, machine), repeats concatenated.
 
     A run belongs to the summary row with its identity and machine (the row's label);

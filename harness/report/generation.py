@@ -40,8 +40,7 @@ WEIGHTS = "model.checkpoint"
 Pool = Callable[[pd.DataFrame, pd.DataFrame, pd.Series, pd.Series], Mapping[tuple[str, str], list[float]]]
 
 
-def figures(ok: pd.DataFrame, summary: pd.DataFrame, colors: Mapping[str, object], name: Callable[..., str],
-            pool: Pool) -> list[tuple[str, str, bytes]]:
+def figures(ok: pd.DataFrame, summary: pd.DataFrame, colors: Mapping[str, object], name: Callable[..., str], pool: Pool) -> list[tuple[str, str, bytes]]:
     """``(name, title, png)`` of every generation figure the runs fill."""
     if summary.empty or DECODE not in summary.columns:
         return []
@@ -80,13 +79,25 @@ def _pareto(rows: pd.DataFrame, model: str, colors: Mapping[str, object], name: 
         if group["scenario.precision"].nunique() < 2:
             continue
         suffix = f", model.checkpoint={weights}" if several else ""
-        title = (f"Compression Pareto: decode tokens/s vs perplexity ratio — {model}, batch {_plain(batch)}, "
-                 f"prompt {_plain(prompt)}{suffix}")
+        title = f"Compression Pareto: decode tokens/s vs perplexity ratio — {model}, batch {_plain(batch)}, prompt {_plain(prompt)}{suffix}"
         front = s.pareto_front(group, DECODE, s.RELATIVE_ACCURACY)
         parts = (_plain(batch), _plain(prompt), *((str(weights),) if several else ()))
-        out.append((name("pareto", model, *parts), title, plots.accuracy_chart(
-            group, front, title, colors, x=DECODE, y=s.RELATIVE_ACCURACY, x_label="decode tokens/s (median)",
-            y_label="perplexity ratio to eager fp32 (1.0 = no loss)")))
+        out.append(
+            (
+                name("pareto", model, *parts),
+                title,
+                plots.accuracy_chart(
+                    group,
+                    front,
+                    title,
+                    colors,
+                    x=DECODE,
+                    y=s.RELATIVE_ACCURACY,
+                    x_label="decode tokens/s (median)",
+                    y_label="perplexity ratio to eager fp32 (1.0 = no loss)",
+                ),
+            )
+        )
     return out
 
 
@@ -115,7 +126,6 @@ def _lines(rows: pd.DataFrame, labels: pd.Series, x: str, y: str) -> dict[str, l
     for (label, *rest), group in rows.assign(_label=labels).groupby(["_label", *others], sort=True, dropna=False):
         points = group[[x, y]].apply(pd.to_numeric, errors="coerce").dropna().groupby(x)[y].median()
         if len(points) >= 2:
-            suffix = ", ".join(f"{'batch' if key == BATCH else 'prompt'} {_plain(value)}"
-                               for key, value in zip(others, rest) if key != "scenario.name")
+            suffix = ", ".join(f"{'batch' if key == BATCH else 'prompt'} {_plain(value)}" for key, value in zip(others, rest) if key != "scenario.name")
             lines[f"{label} ({suffix})" if suffix else label] = [[float(a), float(b)] for a, b in points.items()]
     return lines

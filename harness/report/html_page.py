@@ -72,8 +72,12 @@ def render(report: Report) -> str:
     if report.training:
         body += ["<h2>Training</h2>", _figures(report.training)]
     for study in report.tuning:
-        body += [f"<h2>Tuning: {escape(study.name)}</h2>", f'<p class="meta">{escape(study.headline)}</p>',
-                 f"<p><strong>{escape(study.best)}</strong></p>", _table(study.table)]
+        body += [
+            f"<h2>Tuning: {escape(study.name)}</h2>",
+            f'<p class="meta">{escape(study.headline)}</p>',
+            f"<p><strong>{escape(study.best)}</strong></p>",
+            _table(study.table),
+        ]
         if not study.importance.empty:
             body.append(_table(study.importance))
         body.append(_figures(study.figures))
@@ -85,11 +89,9 @@ def render(report: Report) -> str:
         items = "".join(f"<li>{escape(item)}</li>" for item in report.skipped)
         body += ["<h2>Skipped files</h2>", f"<ul>{items}</ul>"]
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-        f"<title>{escape(report.title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n"
-        + "\n".join(body)
-        + "\n</body>\n</html>\n"
+        f"<title>{escape(report.title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n" + "\n".join(body) + "\n</body>\n</html>\n"
     )
 
 

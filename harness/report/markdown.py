@@ -60,8 +60,7 @@ def render(report: Report, plots_dir: str = PLOTS_DIR) -> str:
         lines += ["", "## Training", ""]
         lines += [f"![{cell(figure.title)}]({plots_dir}/{figure.name}.png)\n" for figure in report.training]
     for study in report.tuning:
-        lines += ["", f"## Tuning: {cell(study.name)}", "", cell(study.headline), "", f"**{cell(study.best)}**", "",
-                  _table(study.table)]
+        lines += ["", f"## Tuning: {cell(study.name)}", "", cell(study.headline), "", f"**{cell(study.best)}**", "", _table(study.table)]
         if not study.importance.empty:
             lines += ["", _table(study.importance)]
         lines += [f"\n![{cell(figure.title)}]({plots_dir}/{figure.name}.png)" for figure in study.figures]

@@ -110,8 +110,9 @@ def throughput_chart(rows: pd.DataFrame, title: str, colors: Mapping[str, object
         return _png(figure)
 
 
-def latency_chart(samples: Mapping[tuple[str, str], Sequence[float]], title: str, colors: Mapping[str, object],
-                  x_label: str = "latency per batch (ms)") -> bytes:
+def latency_chart(
+    samples: Mapping[tuple[str, str], Sequence[float]], title: str, colors: Mapping[str, object], x_label: str = "latency per batch (ms)"
+) -> bytes:
     """Box plot of raw latency samples per (configuration, machine); repeats pooled.
 
     A log axis is used when the fastest and slowest medians are far apart, so a
@@ -146,9 +147,17 @@ def latency_chart(samples: Mapping[tuple[str, str], Sequence[float]], title: str
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
 
 
-def accuracy_chart(rows: pd.DataFrame, front: pd.Series, title: str, colors: Mapping[str, object], *,
-                   x: str = s.THROUGHPUT, y: str = s.ACCURACY, x_label: str = "throughput (samples/s, median)",
-                   y_label: str = "accuracy (median)") -> bytes:
+def accuracy_chart(
+    rows: pd.DataFrame,
+    front: pd.Series,
+    title: str,
+    colors: Mapping[str, object],
+    *,
+    x: str = s.THROUGHPUT,
+    y: str = s.ACCURACY,
+    x_label: str = "throughput (samples/s, median)",
+    y_label: str = "accuracy (median)",
+) -> bytes:
     """Accuracy against throughput: colour is the machine, marker the backend configuration.
 
     The Pareto front (no other point is both faster and more accurate) is ringed,
@@ -202,8 +211,9 @@ def training_chart(curves: Mapping[str, Sequence[Sequence[float]]], title: str) 
         return _png(figure)
 
 
-def serving_latency_chart(curves: Mapping[str, pd.DataFrame], slos: Sequence[Mapping[str, float | None]],
-                          saturation: Mapping[str, float | None], title: str) -> bytes:
+def serving_latency_chart(
+    curves: Mapping[str, pd.DataFrame], slos: Sequence[Mapping[str, float | None]], saturation: Mapping[str, float | None], title: str
+) -> bytes:
     """TTFT p99 and ITL p99 against offered rate, one line per configuration @ machine.
 
     ``curves[label]`` has one row per load step (``offered_rate``, ``ttft_p99_ms``,
@@ -218,8 +228,7 @@ def serving_latency_chart(curves: Mapping[str, pd.DataFrame], slos: Sequence[Map
     with _style():
         figure = Figure(figsize=(11.0, 4.2))
         panels = figure.subplots(1, 2)
-        for axes, key, slo_key, name in ((panels[0], "ttft_p99_ms", "ttft_ms", "TTFT p99 (ms)"),
-                                         (panels[1], "itl_p99_ms", "tpot_ms", "ITL p99 (ms)")):
+        for axes, key, slo_key, name in ((panels[0], "ttft_p99_ms", "ttft_ms", "TTFT p99 (ms)"), (panels[1], "itl_p99_ms", "tpot_ms", "ITL p99 (ms)")):
             for i, label in enumerate(sorted(curves)):
                 color = palette(i % palette.N)
                 steps = curves[label].sort_values("offered_rate")
@@ -232,8 +241,13 @@ def serving_latency_chart(curves: Mapping[str, pd.DataFrame], slos: Sequence[Map
                     axes.axvline(float(saturation[label] or 0), color=color, linestyle=":", linewidth=1)
             bounds = sorted({float(b) for slo in slos if (b := slo.get(slo_key)) is not None})
             for n, bound in enumerate(bounds):
-                axes.axhline(bound, color="#cf222e", linestyle=("--", "-.", ":")[n % 3], linewidth=1,
-                             label=f"SLO {'TTFT' if slo_key == 'ttft_ms' else 'TPOT'} {bound:g} ms")
+                axes.axhline(
+                    bound,
+                    color="#cf222e",
+                    linestyle=("--", "-.", ":")[n % 3],
+                    linewidth=1,
+                    label=f"SLO {'TTFT' if slo_key == 'ttft_ms' else 'TPOT'} {bound:g} ms",
+                )
             axes.set_xlabel("offered rate (requests/s)")
             axes.set_ylabel(name)
             axes.set_xlim(left=0)
@@ -267,8 +281,9 @@ def goodput_chart(rows: pd.DataFrame, title: str, colors: Mapping[str, object]) 
         for i, machine in enumerate(machines):
             mine = rows[rows["machine"].astype(str) == machine].set_index("label").reindex(configs)
             at = positions - 0.4 + width * (i + 0.5)
-            axes.bar(at, np.nan_to_num(_floats(mine["request_throughput"])), width, fill=False,
-                     edgecolor=colors.get(machine, "grey"), linestyle="--", linewidth=1)
+            axes.bar(
+                at, np.nan_to_num(_floats(mine["request_throughput"])), width, fill=False, edgecolor=colors.get(machine, "grey"), linestyle="--", linewidth=1
+            )
             axes.bar(at, np.nan_to_num(_floats(mine["goodput"])), width, color=colors.get(machine), label=machine)
         axes.set_xticks(positions)
         axes.set_xticklabels(configs, rotation=20, ha="right")

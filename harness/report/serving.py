@@ -40,8 +40,24 @@ def step_frame(ok: pd.DataFrame) -> pd.DataFrame:
     ``request_throughput``, ``output_tokens_per_s``, ``ttft_p99_ms``, ``itl_p99_ms``,
     ``tpot_p99_ms``, ``goodput``, ``verdict``, ``saturation`` (this step is the closed-loop
     throughput step the sweep measured saturation with)."""
-    columns = ["label", "machine", "model", "scenario", "run_id", "step", "load", "offered_rate", "request_throughput",
-               "output_tokens_per_s", "ttft_p99_ms", "itl_p99_ms", "tpot_p99_ms", "goodput", "verdict", "saturation"]
+    columns = [
+        "label",
+        "machine",
+        "model",
+        "scenario",
+        "run_id",
+        "step",
+        "load",
+        "offered_rate",
+        "request_throughput",
+        "output_tokens_per_s",
+        "ttft_p99_ms",
+        "itl_p99_ms",
+        "tpot_p99_ms",
+        "goodput",
+        "verdict",
+        "saturation",
+    ]
     if ok.empty or "scenario.kind" not in ok.columns:
         return pd.DataFrame(columns=columns)
     runs = ok[ok["scenario.kind"] == "serving"]
@@ -56,16 +72,26 @@ def step_frame(ok: pd.DataFrame) -> pd.DataFrame:
         for number, step in enumerate(run_steps, 1):
             if not isinstance(step, dict):
                 continue
-            rows.append({
-                "label": str(labels[index]), "machine": str(runs.at[index, "machine"]), "model": str(runs.at[index, "model.label"]),
-                "scenario": str(runs.at[index, "scenario.name"]), "run_id": str(runs.at[index, "run_id"]), "step": number,
-                "load": str(step.get("name") or step.get("kind") or ""), "offered_rate": _number(step.get("offered_rate")),
-                "request_throughput": _number(step.get("request_throughput")),
-                "output_tokens_per_s": _number(step.get("output_tokens_per_s")),
-                "ttft_p99_ms": _p99(step, "ttft_ms"), "itl_p99_ms": _p99(step, "itl_ms"), "tpot_p99_ms": _p99(step, "tpot_ms"),
-                "goodput": _number(step.get("goodput")), "verdict": step.get("verdict"),
-                "saturation": step.get("name") == "throughput",
-            })
+            rows.append(
+                {
+                    "label": str(labels[index]),
+                    "machine": str(runs.at[index, "machine"]),
+                    "model": str(runs.at[index, "model.label"]),
+                    "scenario": str(runs.at[index, "scenario.name"]),
+                    "run_id": str(runs.at[index, "run_id"]),
+                    "step": number,
+                    "load": str(step.get("name") or step.get("kind") or ""),
+                    "offered_rate": _number(step.get("offered_rate")),
+                    "request_throughput": _number(step.get("request_throughput")),
+                    "output_tokens_per_s": _number(step.get("output_tokens_per_s")),
+                    "ttft_p99_ms": _p99(step, "ttft_ms"),
+                    "itl_p99_ms": _p99(step, "itl_ms"),
+                    "tpot_p99_ms": _p99(step, "tpot_ms"),
+                    "goodput": _number(step.get("goodput")),
+                    "verdict": step.get("verdict"),
+                    "saturation": step.get("name") == "throughput",
+                }
+            )
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -86,18 +112,27 @@ def sections(ok: pd.DataFrame, colors: Mapping[str, object], name: Callable[...,
         section = Section(str(model), str(scenario), step_table(steps), topic=TOPIC)
         if figures:
             runs = ok[ok["run_id"].isin(steps["run_id"])]
-            slos = [dict(zip(SLO_KEYS, values)) for values in
-                    {tuple(_number(run.get(column)) for column in SLO_KEYS.values()) for _, run in runs.iterrows()}]
+            slos = [dict(zip(SLO_KEYS, values)) for values in {tuple(_number(run.get(column)) for column in SLO_KEYS.values()) for _, run in runs.iterrows()}]
             slos = [{k: (None if math.isnan(v) else v) for k, v in slo.items()} for slo in slos]
             series = steps.assign(series=steps["label"] + " @ " + steps["machine"])
             curves = {label: rows for label, rows in series.groupby("series", sort=True)}
             saturation = {label: _first(rows[rows["saturation"]], "request_throughput") for label, rows in curves.items()}
-            section.figures.append(Plot(name("serving-latency", model, scenario), f"Latency vs offered rate — {model} · {scenario}",
-                                        plots.serving_latency_chart(curves, slos, saturation, f"{model} · {scenario}")))
+            section.figures.append(
+                Plot(
+                    name("serving-latency", model, scenario),
+                    f"Latency vs offered rate — {model} · {scenario}",
+                    plots.serving_latency_chart(curves, slos, saturation, f"{model} · {scenario}"),
+                )
+            )
             best = goodput_rows(steps)
             if not best.empty:
-                section.figures.append(Plot(name("goodput", model, scenario), f"Goodput by backend and machine — {model} · {scenario}",
-                                            plots.goodput_chart(best, f"Goodput — {model} · {scenario}", colors)))
+                section.figures.append(
+                    Plot(
+                        name("goodput", model, scenario),
+                        f"Goodput by backend and machine — {model} · {scenario}",
+                        plots.goodput_chart(best, f"Goodput — {model} · {scenario}", colors),
+                    )
+                )
         out.append(section)
     return out
 
@@ -121,18 +156,23 @@ def goodput_rows(steps: pd.DataFrame) -> pd.DataFrame:
 
 def step_table(steps: pd.DataFrame) -> pd.DataFrame:
     """The display table: one row per step, numbers formatted, the saturation step marked."""
+
     def fixed(value: float, digits: int) -> str:
         return "" if math.isnan(value) else f"{value:.{digits}f}"
 
     ordered = steps.sort_values(["label", "machine", "run_id", "step"])
-    return pd.DataFrame({
-        "Configuration": ordered["label"], "Machine": ordered["machine"], "Step": ordered["step"].astype(int),
-        "Load": [f"{load} (saturation)" if sat else load for load, sat in zip(ordered["load"], ordered["saturation"])],
-        "Offered req/s": [fixed(v, 3) for v in ordered["offered_rate"]],
-        "Req/s": [fixed(v, 3) for v in ordered["request_throughput"]],
-        "Out tok/s": [fixed(v, 1) for v in ordered["output_tokens_per_s"]],
-        "TTFT p99 ms": [fixed(v, 1) for v in ordered["ttft_p99_ms"]],
-        "ITL p99 ms": [fixed(v, 1) for v in ordered["itl_p99_ms"]],
-        "Goodput req/s": [fixed(v, 3) for v in ordered["goodput"]],
-        "SLO": [v if isinstance(v, str) else "" for v in ordered["verdict"]],
-    }).reset_index(drop=True)
+    return pd.DataFrame(
+        {
+            "Configuration": ordered["label"],
+            "Machine": ordered["machine"],
+            "Step": ordered["step"].astype(int),
+            "Load": [f"{load} (saturation)" if sat else load for load, sat in zip(ordered["load"], ordered["saturation"])],
+            "Offered req/s": [fixed(v, 3) for v in ordered["offered_rate"]],
+            "Req/s": [fixed(v, 3) for v in ordered["request_throughput"]],
+            "Out tok/s": [fixed(v, 1) for v in ordered["output_tokens_per_s"]],
+            "TTFT p99 ms": [fixed(v, 1) for v in ordered["ttft_p99_ms"]],
+            "ITL p99 ms": [fixed(v, 1) for v in ordered["itl_p99_ms"]],
+            "Goodput req/s": [fixed(v, 3) for v in ordered["goodput"]],
+            "SLO": [v if isinstance(v, str) else "" for v in ordered["verdict"]],
+        }
+    ).reset_index(drop=True)

@@ -48,14 +48,17 @@ def build(frame: pd.DataFrame, names: Callable[..., str], figures: bool = True) 
     out = []
     for name, trials in tuning.trials([records.read(path) for path in paths]).items():
         ranked = tuning.importance(trials)
-        study = Study(name, headline(trials), tuning.best_text(trials), tuning.display(trials),
-                      pd.DataFrame({"parameter": list(ranked), "importance": [f"{v:.2f}" for v in ranked.values()]}))
+        study = Study(
+            name,
+            headline(trials),
+            tuning.best_text(trials),
+            tuning.display(trials),
+            pd.DataFrame({"parameter": list(ranked), "importance": [f"{v:.2f}" for v in ranked.values()]}),
+        )
         if figures:
-            study.figures.append(Plot(names("tuning", name), f"{trials.attrs['objective']} by trial — {name}",
-                                      objective_chart(trials, name)))
+            study.figures.append(Plot(names("tuning", name), f"{trials.attrs['objective']} by trial — {name}", objective_chart(trials, name)))
             if ranked:
-                study.figures.append(Plot(names("importance", name), f"Parameter importance — {name}",
-                                          importance_chart(ranked, name)))
+                study.figures.append(Plot(names("importance", name), f"Parameter importance — {name}", importance_chart(ranked, name)))
         out.append(study)
     return out
 
@@ -67,8 +70,7 @@ def headline(trials: pd.DataFrame) -> str:
     unit = f" ({trials.attrs['unit']})" if trials.attrs.get("unit") else ""
     bound = trials.attrs.get("max_p99_ms")
     constraint = f"; constraint p99 <= {bound:g} ms" if bound is not None else ""
-    return (f"{trials.attrs['direction']} {trials.attrs['objective']}{unit} on {trials.attrs.get('backend')} "
-            f"over {len(trials)} trials: {parts}{constraint}")
+    return f"{trials.attrs['direction']} {trials.attrs['objective']}{unit} on {trials.attrs.get('backend')} over {len(trials)} trials: {parts}{constraint}"
 
 
 def objective_chart(trials: pd.DataFrame, title: str) -> bytes:

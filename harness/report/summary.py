@@ -14,12 +14,33 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from harness.columns import (ACCURACY, COMMON_COLUMNS, DEVICE_PEAK, LATENCY_P50, LATENCY_P99, MFU, MODEL_SIZE,
-                             PEAK_RSS, RELATIVE_ACCURACY, THROUGHPUT, Column, missing)
+from harness.columns import (
+    ACCURACY,
+    COMMON_COLUMNS,
+    DEVICE_PEAK,
+    LATENCY_P50,
+    LATENCY_P99,
+    MFU,
+    MODEL_SIZE,
+    PEAK_RSS,
+    RELATIVE_ACCURACY,
+    THROUGHPUT,
+    Column,
+    missing,
+)
 from harness.identity import flat
 
-__all__ = ["ACCURACY", "DEVICE_PEAK", "LATENCY_P50", "LATENCY_P99", "MFU", "MODEL_SIZE", "PEAK_RSS",
-           "RELATIVE_ACCURACY", "THROUGHPUT"]  # the common figures' keys, for the renderers
+__all__ = [
+    "ACCURACY",
+    "DEVICE_PEAK",
+    "LATENCY_P50",
+    "LATENCY_P99",
+    "MFU",
+    "MODEL_SIZE",
+    "PEAK_RSS",
+    "RELATIVE_ACCURACY",
+    "THROUGHPUT",
+]  # the common figures' keys, for the renderers
 
 #: The metrics a report summarises (the common columns); the ones a frame lacks are left out.
 METRICS: tuple[str, ...] = tuple(column.key for column in COMMON_COLUMNS)
@@ -263,7 +284,13 @@ _ABSENT = object()
 
 #: Rows compared by a column's ``vs`` share these (and differ only in what ``vs`` selects).
 REFERENCE_KEYS: tuple[str, ...] = (
-    "machine", "backend.name", "backend.device", "model.name", "scenario.batch_size", "scenario.seq_len", "world_size",
+    "machine",
+    "backend.name",
+    "backend.device",
+    "model.name",
+    "scenario.batch_size",
+    "scenario.seq_len",
+    "world_size",
 )
 
 
@@ -279,8 +306,7 @@ def relative_values(summary: pd.DataFrame, column: Column) -> pd.Series:
     if column.key not in summary.columns:
         return out
     values = pd.to_numeric(summary[column.key], errors="coerce")
-    has_when = summary[column.when].map(lambda v: not missing(v)) if column.when in summary.columns else (
-        pd.Series(column.when is None, index=summary.index))
+    has_when = summary[column.when].map(lambda v: not missing(v)) if column.when in summary.columns else (pd.Series(column.when is None, index=summary.index))
     references = summary[matches(summary, column.vs) & ~has_when & values.gt(0)]
     keys = [key for key in REFERENCE_KEYS if key in summary.columns]
     for index, row in summary[has_when & values.notna()].iterrows():

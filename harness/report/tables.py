@@ -71,10 +71,7 @@ def config_labels(rows: pd.DataFrame, *, device: bool = True, variant: bool = Fa
     ``variant=True`` appends the config keys that vary between the rows)."""
     devices = rows["backend.device"] if device else pd.Series(None, index=rows.index, dtype="object")
     labels = pd.Series(
-        [
-            config_label(*values)
-            for values in zip(rows["backend.name"], rows["scenario.precision"], devices, rows["world_size"])
-        ],
+        [config_label(*values) for values in zip(rows["backend.name"], rows["scenario.precision"], devices, rows["world_size"])],
         index=rows.index,
         dtype="object",
     )
@@ -92,9 +89,16 @@ def data_parallel(rows: pd.DataFrame) -> bool:
 # --- keys that vary between rows become columns ---------------------------------------------------
 
 #: Identity-config keys already shown elsewhere (title, Backend/Precision/Device/Machine columns).
-SHOWN_KEYS = frozenset({
-    "model.name", "scenario.name", "scenario.kind", "scenario.precision", "backend.name", "backend.device",
-})
+SHOWN_KEYS = frozenset(
+    {
+        "model.name",
+        "scenario.name",
+        "scenario.kind",
+        "scenario.precision",
+        "backend.name",
+        "backend.device",
+    }
+)
 #: Shown by the Processes column when that column is there.
 PROCESS_KEYS = frozenset({"scenario.distributed.nproc_per_node", "scenario.distributed.nnodes"})
 _ABSENT = "(unset)"
@@ -176,7 +180,7 @@ def key_labels(keys: list[str]) -> dict[str, str]:
     """Column names for config keys: ``scenario.`` and ``backend.`` dropped (``batch_size``,
     ``graph_optimization_level``, ``quantization.mode``), other sections kept
     (``dataset.name``, ``model.path``); the full key where two would read the same."""
-    short = {key: next((key[len(p):] for p in _IMPLIED if key.startswith(p)), key) for key in keys}
+    short = {key: next((key[len(p) :] for p in _IMPLIED if key.startswith(p)), key) for key in keys}
     clashes = {label for label in short.values() if list(short.values()).count(label) > 1}
     return {key: key if label in clashes else label for key, label in short.items()}
 
@@ -318,8 +322,13 @@ def throughput_matrix(summary: pd.DataFrame) -> pd.DataFrame:
         section = section.assign(_variant=variants, _machine=section["machine"].map(str))
         for _, group in section.groupby(keys, sort=True, dropna=False):
             first = group.iloc[0]
-            row = {"Model": str(model), "Scenario": str(scenario), "Backend": str(first["backend.name"]),
-                   "Precision": str(first["scenario.precision"]), "Device": str(first["backend.device"])}
+            row = {
+                "Model": str(model),
+                "Scenario": str(scenario),
+                "Backend": str(first["backend.name"]),
+                "Precision": str(first["scenario.precision"]),
+                "Device": str(first["backend.device"]),
+            }
             if parallel:
                 row["Processes"] = str(int(first["world_size"]))
             row["Config"] = str(first["_variant"])
@@ -338,16 +347,21 @@ def throughput_matrix(summary: pd.DataFrame) -> pd.DataFrame:
 def machines_table(frame: pd.DataFrame) -> pd.DataFrame:
     """Each machine seen: its CPU, cores, accelerator, fingerprint(s) and record count."""
     grouped = frame.groupby("machine", sort=True, dropna=False)
-    return pd.DataFrame(
-        {
-            "Machine": grouped["machine"].first(),
-            "CPU": grouped["hardware.cpu_model"].first(),
-            "Cores": grouped["hardware.cores"].first().map(lambda value: "" if pd.isna(value) else str(int(value))),
-            "Accelerator": grouped["hardware.accelerator.name"].first(),
-            "Fingerprint": grouped["hardware.fingerprint"].agg(lambda values: ", ".join(sorted(set(map(str, values))))),
-            "Records": grouped.size().astype(str),
-        }
-    ).fillna("").astype(str).reset_index(drop=True)
+    return (
+        pd.DataFrame(
+            {
+                "Machine": grouped["machine"].first(),
+                "CPU": grouped["hardware.cpu_model"].first(),
+                "Cores": grouped["hardware.cores"].first().map(lambda value: "" if pd.isna(value) else str(int(value))),
+                "Accelerator": grouped["hardware.accelerator.name"].first(),
+                "Fingerprint": grouped["hardware.fingerprint"].agg(lambda values: ", ".join(sorted(set(map(str, values))))),
+                "Records": grouped.size().astype(str),
+            }
+        )
+        .fillna("")
+        .astype(str)
+        .reset_index(drop=True)
+    )
 
 
 def problems_table(frame: pd.DataFrame) -> pd.DataFrame:
@@ -355,15 +369,20 @@ def problems_table(frame: pd.DataFrame) -> pd.DataFrame:
     rows = frame[frame["status"].isin(PROBLEM_STATUSES)].copy()
     rows["_order"] = rows["status"].map(PROBLEM_STATUSES.index)
     rows = rows.sort_values(["_order", "model.name", "scenario.name", "backend.name", "machine"])
-    return pd.DataFrame(
-        {
-            "Status": rows["status"],
-            "Model": rows["model.name"],
-            "Scenario": rows["scenario.name"],
-            "Backend": rows["backend.name"],
-            "Precision": rows["scenario.precision"],
-            "Machine": rows["machine"],
-            "Reason": rows["reason"],
-            "Record": rows["path"].map(lambda path: Path(path).name if isinstance(path, str) else ""),
-        }
-    ).fillna("").astype(str).reset_index(drop=True)
+    return (
+        pd.DataFrame(
+            {
+                "Status": rows["status"],
+                "Model": rows["model.name"],
+                "Scenario": rows["scenario.name"],
+                "Backend": rows["backend.name"],
+                "Precision": rows["scenario.precision"],
+                "Machine": rows["machine"],
+                "Reason": rows["reason"],
+                "Record": rows["path"].map(lambda path: Path(path).name if isinstance(path, str) else ""),
+            }
+        )
+        .fillna("")
+        .astype(str)
+        .reset_index(drop=True)
+    )

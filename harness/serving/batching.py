@@ -32,8 +32,19 @@ from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable, Optional
 
 from harness.config import choice, require
-from harness.serving.session import (Failure, GenerationRequest, ServerGone, ServingPlan, ServingSession, StreamEnd,
-                                     StreamEvent, TokenChunk, Tokenizer, now, relay)
+from harness.serving.session import (
+    Failure,
+    GenerationRequest,
+    ServerGone,
+    ServingPlan,
+    ServingSession,
+    StreamEnd,
+    StreamEvent,
+    TokenChunk,
+    Tokenizer,
+    now,
+    relay,
+)
 
 MODES = ("continuous", "fifo")
 
@@ -91,9 +102,12 @@ class BatchStats:
             sizes, self.sizes = self.sizes, Counter()
         steps = sum(sizes.values())
         total = sum(size * count for size, count in sizes.items())
-        return {"engine_steps": steps, "batch_size_max": max(sizes, default=0),
-                "batch_size_mean": total / steps if steps else None,
-                "batch_size_histogram": {str(size): sizes[size] for size in sorted(sizes)}}
+        return {
+            "engine_steps": steps,
+            "batch_size_max": max(sizes, default=0),
+            "batch_size_mean": total / steps if steps else None,
+            "batch_size_histogram": {str(size): sizes[size] for size in sorted(sizes)},
+        }
 
 
 class LazyScorer:
@@ -170,8 +184,15 @@ class EngineThreadSession(ServingSession):
     the engine is gone, as a crashed server would be.
     """
 
-    def __init__(self, engine: SteppedEngine, tokenizer: Optional[Tokenizer], precision: str,
-                 facts: dict[str, Any], scorer: Optional[LazyScorer] = None, device: str = "cpu") -> None:
+    def __init__(
+        self,
+        engine: SteppedEngine,
+        tokenizer: Optional[Tokenizer],
+        precision: str,
+        facts: dict[str, Any],
+        scorer: Optional[LazyScorer] = None,
+        device: str = "cpu",
+    ) -> None:
         self.engine = engine
         self.precision = precision
         self.device = device
@@ -265,8 +286,15 @@ class EngineThreadSession(ServingSession):
             ticket.produced += len(tokens)
             if finished:
                 self._active.remove(ticket)
-                self._post(ticket, StreamEnd(now(), prompt_tokens=len(ticket.prompt), output_tokens=ticket.produced,
-                                             finish_reason="length" if ticket.produced >= ticket.request.max_tokens else "stop"))
+                self._post(
+                    ticket,
+                    StreamEnd(
+                        now(),
+                        prompt_tokens=len(ticket.prompt),
+                        output_tokens=ticket.produced,
+                        finish_reason="length" if ticket.produced >= ticket.request.max_tokens else "stop",
+                    ),
+                )
 
     @staticmethod
     def _post(ticket: _Ticket, item: Any) -> None:

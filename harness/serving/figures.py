@@ -118,8 +118,7 @@ def step_figures(records: Sequence[RequestRecord], started: float, slo: SLO, kee
     outcomes = {name: sum(1 for r in records if r.outcome == name) for name in ("ok", "error", "incomplete")}
     valid, reason = verdict(records, slo)
     figures: dict[str, Any] = {
-        "requests": {"issued": len(records), "finished": outcomes["ok"], "failed": outcomes["error"],
-                     "incomplete": outcomes["incomplete"], "good": good},
+        "requests": {"issued": len(records), "finished": outcomes["ok"], "failed": outcomes["error"], "incomplete": outcomes["incomplete"], "good": good},
         "duration_s": seconds,
         "request_throughput": rate(len(finished), seconds),
         "output_tokens_per_s": rate(sum(r.output_tokens for r in finished), seconds),
@@ -143,6 +142,7 @@ def step_figures(records: Sequence[RequestRecord], started: float, slo: SLO, kee
 
 def per_request_arrays(records: Sequence[RequestRecord], started: float) -> dict[str, list[Any]]:
     """Columnar per-request samples (one entry per request, in issue order)."""
+
     def ms(value: Optional[float]) -> Optional[float]:
         return None if value is None else round(value, 4)
 

@@ -79,20 +79,27 @@ def folder_digest(folder: Path) -> str:
 
 def gguf_type(precision: str) -> str:
     if precision not in GGUF_TYPES:
-        raise Unsupported(f"llama.cpp has no GGUF type for precision '{precision}'",
-                          f"use one of {', '.join(GGUF_TYPES)} ({', '.join(f'{k}={v}' for k, v in GGUF_TYPES.items())})")
+        raise Unsupported(
+            f"llama.cpp has no GGUF type for precision '{precision}'",
+            f"use one of {', '.join(GGUF_TYPES)} ({', '.join(f'{k}={v}' for k, v in GGUF_TYPES.items())})",
+        )
     return GGUF_TYPES[precision]
 
 
-def gguf_for(folder: Path, precision: str, cache_root: Optional[str] = None,
-             status: Callable[[str], None] = print) -> tuple[Path, dict[str, Any]]:
+def gguf_for(folder: Path, precision: str, cache_root: Optional[str] = None, status: Callable[[str], None] = print) -> tuple[Path, dict[str, Any]]:
     """The cached GGUF of ``folder`` at ``precision``, and the stage's figures for the record."""
     kind = gguf_type(precision)
     digest = folder_digest(Path(folder))
     started = time.perf_counter()
     path, was_cached = _cached(Path(folder), digest, kind, cache_root, status)
-    return path, {"gguf_type": kind, "path": str(path), "size_bytes": path.stat().st_size, "cached": was_cached,
-                  "seconds": time.perf_counter() - started, "llama_cpp_python": LLAMACPP_VERSION}
+    return path, {
+        "gguf_type": kind,
+        "path": str(path),
+        "size_bytes": path.stat().st_size,
+        "cached": was_cached,
+        "seconds": time.perf_counter() - started,
+        "llama_cpp_python": LLAMACPP_VERSION,
+    }
 
 
 def _cached(folder: Path, digest: str, kind: str, cache_root: Optional[str], status: Callable[[str], None]) -> tuple[Path, bool]:
@@ -120,8 +127,10 @@ def _convert(folder: Path, outtype: str, out: Path) -> None:
     done = subprocess.run(command, capture_output=True, text=True, timeout=3600, env=env)
     if done.returncode != 0 or not out.is_file():
         last = next((ln for ln in reversed(done.stderr.strip().splitlines()) if ln.strip()), "no output")
-        raise HarnessError(f"llama.cpp's converter failed on {folder}: {' '.join(last.split())[:300]}",
-                           "the folder must be a Hugging Face causal LM llama.cpp supports (config.json, safetensors, tokenizer)")
+        raise HarnessError(
+            f"llama.cpp's converter failed on {folder}: {' '.join(last.split())[:300]}",
+            "the folder must be a Hugging Face causal LM llama.cpp supports (config.json, safetensors, tokenizer)",
+        )
 
 
 def _quantize(source: Path, out: Path, kind: str) -> None:
@@ -132,8 +141,9 @@ def _quantize(source: Path, out: Path, kind: str) -> None:
     params.nthread = os.cpu_count() or 1
     code = llama_cpp.llama_model_quantize(str(source).encode(), str(out).encode(), params)
     if code != 0 or not out.is_file():
-        raise HarnessError(f"llama.cpp could not quantize {source.name} to {kind} (code {code})",
-                           "check that the model's tensor shapes suit this quantization type")
+        raise HarnessError(
+            f"llama.cpp could not quantize {source.name} to {kind} (code {code})", "check that the model's tensor shapes suit this quantization type"
+        )
 
 
 def main(argv: Optional[list[str]] = None) -> None:

@@ -14,8 +14,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from harness.serving.session import (Emit, GenerationRequest, ServingModel, ServingPlan, StreamEnd, ThreadedSession,
-                                     TokenChunk, Tokenizer, now)
+from harness.serving.session import Emit, GenerationRequest, ServingModel, ServingPlan, StreamEnd, ThreadedSession, TokenChunk, Tokenizer, now
 
 
 #: ``metrics.backend.concurrency`` of an engine that serves one request at a time.
@@ -27,8 +26,7 @@ def fifo_session(backend: Any, model: ServingModel, plan: ServingPlan) -> "Gener
     from harness.generation.session import GenerationPlan
 
     precision = "fp32" if plan.precision == "auto" else plan.precision
-    generation = backend.prepare_generation(model.source(), GenerationPlan(precision, 1, plan.max_prompt_tokens,
-                                                                           plan.max_output_tokens))
+    generation = backend.prepare_generation(model.source(), GenerationPlan(precision, 1, plan.max_prompt_tokens, plan.max_output_tokens))
     return GenerationServingSession(generation, model.tokenizer(), precision, backend.name)
 
 

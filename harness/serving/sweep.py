@@ -58,8 +58,7 @@ class SearchResult:
     reason: str = ""
 
     def as_dict(self) -> dict[str, Any]:
-        return {"max_rate_meeting_slo": self.best_rate, "low": self.low, "high": self.high,
-                "trials": self.trials, "reason": self.reason}
+        return {"max_rate_meeting_slo": self.best_rate, "low": self.low, "high": self.high, "trials": self.trials, "reason": self.reason}
 
 
 async def search_max_rate(

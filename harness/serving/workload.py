@@ -153,11 +153,9 @@ class PromptPool:
 def build_requests(pool: PromptPool, options: WorkloadOptions, count: int) -> tuple[list[GenerationRequest], dict[str, Any]]:
     """``count`` requests from ``pool`` and a description of the workload for the record."""
     rng = np.random.default_rng(options.seed)
-    outputs = sample_lengths(options.output_tokens, options.output_tokens_stdev, options.output_tokens_min,
-                             options.output_tokens_max, count, rng)
+    outputs = sample_lengths(options.output_tokens, options.output_tokens_stdev, options.output_tokens_min, options.output_tokens_max, count, rng)
     if options.source == "corpus":
-        lengths = sample_lengths(options.prompt_tokens, options.prompt_tokens_stdev, options.prompt_tokens_min,
-                                 options.prompt_tokens_max, count, rng)
+        lengths = sample_lengths(options.prompt_tokens, options.prompt_tokens_stdev, options.prompt_tokens_min, options.prompt_tokens_max, count, rng)
         prompts = pool.slices(lengths, rng)
     else:
         prompts = pool.whole(count, options.prompt_tokens_max, rng)

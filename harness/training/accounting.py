@@ -75,8 +75,11 @@ def state_bytes(module: Any, optimizer: Any) -> dict[str, int]:
     (after the optimizer step, before the gradients are cleared): then FSDP's parameters
     are the sharded ones, which its root module leaves unsharded between an evaluation's
     forward and the next backward."""
-    return {"params": tensor_bytes(module.parameters()), "grads": tensor_bytes(p.grad for p in module.parameters()),
-            "optimizer": tensor_bytes(optimizer_tensors(optimizer))}
+    return {
+        "params": tensor_bytes(module.parameters()),
+        "grads": tensor_bytes(p.grad for p in module.parameters()),
+        "optimizer": tensor_bytes(optimizer_tensors(optimizer)),
+    }
 
 
 def state_mib(peak: dict[str, int]) -> dict[str, float]:
@@ -143,8 +146,7 @@ class SavedActivations:
 
         modules = list(module.modules()) if module is not None else []
         handles = [m.register_forward_pre_hook(self._note_parameters) for m in modules]
-        handles += [block.register_forward_pre_hook(self._keep_input, with_kwargs=True)
-                    for block in modules if getattr(block, "harness_checkpointed", False)]
+        handles += [block.register_forward_pre_hook(self._keep_input, with_kwargs=True) for block in modules if getattr(block, "harness_checkpointed", False)]
         try:
             with torch.autograd.graph.saved_tensors_hooks(self._pack, _unpack):
                 yield self
@@ -195,8 +197,11 @@ def union_us(intervals: Sequence[Interval]) -> float:
 
 def split_step(step_ms: float, comm_intervals: Sequence[Interval], window: Interval) -> dict[str, float]:
     """``communication_ms`` (in-flight union clipped to the step's window) and ``compute_ms`` (the rest)."""
-    clipped = [Interval(max(i.start_us, window.start_us), min(i.end_us, window.end_us))
-               for i in comm_intervals if i.end_us > window.start_us and i.start_us < window.end_us]
+    clipped = [
+        Interval(max(i.start_us, window.start_us), min(i.end_us, window.end_us))
+        for i in comm_intervals
+        if i.end_us > window.start_us and i.start_us < window.end_us
+    ]
     comm_ms = min(union_us(clipped) / 1000.0, step_ms)
     return {"step_ms": step_ms, "communication_ms": comm_ms, "compute_ms": step_ms - comm_ms}
 
@@ -227,8 +232,7 @@ class StepProfiler:
     def summary(self, profiled: Sequence[int]) -> dict[str, Any]:
         """The mean split over the profiled steps, with what was measured."""
         if not self.steps:
-            return {"profiled_steps": [], "reason": "no step profiled (one process, or scenario.profile_steps=0, "
-                                                    "or no warm-up step after step 1)"}
+            return {"profiled_steps": [], "reason": "no step profiled (one process, or scenario.profile_steps=0, or no warm-up step after step 1)"}
         n = len(self.steps)
         mean = {key: sum(s[key] for s in self.steps) / n for key in ("step_ms", "communication_ms", "compute_ms")}
         return {
@@ -237,5 +241,5 @@ class StepProfiler:
             "communication_share": mean["communication_ms"] / mean["step_ms"] if mean["step_ms"] > 0 else None,
             "communication_ops_per_step": sum(s["communication_ops"] for s in self.steps) / n,
             "method": "torch.profiler on warm-up steps: communication = union of gloo/nccl operation intervals "
-                      "in the step, compute = the rest (overlap counts as communication)",
+            "in the step, compute = the rest (overlap counts as communication)",
         }

@@ -66,8 +66,9 @@ def find_blocks(module: Any) -> tuple[str, Any]:
             if count > best[0]:
                 best = (count, name, child)
     if best[2] is None:
-        raise Unsupported(f"model {describe(module)} has no list of repeated blocks to shard, split or checkpoint",
-                          "train it with scenario.distributed.strategy=ddp")
+        raise Unsupported(
+            f"model {describe(module)} has no list of repeated blocks to shard, split or checkpoint", "train it with scenario.distributed.strategy=ddp"
+        )
     return best[1], best[2]
 
 
@@ -80,9 +81,10 @@ def tp_plan(module: Any) -> dict[str, str]:
         declared = dict(TP_PLANS.get(getattr(config, "model_type", ""), {}))
     plan = {key: style for key, style in declared.items() if style in ("colwise", "rowwise")}
     if not plan:
-        raise Unsupported(f"tp: model {describe(module)} has no tensor-parallel plan (transformers declares none "
-                          "and harness.training.architectures.TP_PLANS has none)",
-                          "use scenario.distributed.strategy=fsdp or ddp for this model")
+        raise Unsupported(
+            f"tp: model {describe(module)} has no tensor-parallel plan (transformers declares none and harness.training.architectures.TP_PLANS has none)",
+            "use scenario.distributed.strategy=fsdp or ddp for this model",
+        )
     prefix = getattr(model, "base_model_prefix", "")
     base = prefix if prefix and hasattr(model, prefix) else ""
     outer = "model." if model is not module else ""
@@ -112,16 +114,19 @@ def check_layout(config: Mapping[str, Any], model: str, strategy: str, mesh: Map
     for field in HEAD_FIELDS if tp > 1 else ():
         heads = config.get(field)
         if isinstance(heads, int) and heads % tp:
-            raise ConfigError(f"tp={tp} does not divide model {model}'s {field}={heads}: each rank must hold "
-                              "whole attention heads", f"use a tensor-parallel size that divides {heads}")
+            raise ConfigError(
+                f"tp={tp} does not divide model {model}'s {field}={heads}: each rank must hold whole attention heads",
+                f"use a tensor-parallel size that divides {heads}",
+            )
 
 
 def split_stages(layers: int, stages: int, model: str) -> list[range]:
     """Consecutive, equal block ranges, one per pipeline stage; refuse an uneven split."""
     if layers < stages or layers % stages:
-        raise ConfigError(f"model {model} has {layers} blocks, which do not split into {stages} equal pipeline stages",
-                          "use a number of processes (stages) that divides the block count, "
-                          "or another model.config.num_hidden_layers")
+        raise ConfigError(
+            f"model {model} has {layers} blocks, which do not split into {stages} equal pipeline stages",
+            "use a number of processes (stages) that divides the block count, or another model.config.num_hidden_layers",
+        )
     per = layers // stages
     return [range(stage * per, (stage + 1) * per) for stage in range(stages)]
 
@@ -156,10 +161,8 @@ def _llama_context(parts: Mapping[str, Any], config: Any, hidden: Any, mask: Any
     from transformers.masking_utils import create_causal_mask
 
     positions = torch.arange(hidden.shape[1], device=hidden.device).unsqueeze(0)
-    causal = create_causal_mask(config=config, inputs_embeds=hidden, attention_mask=mask, cache=None,
-                                position_ids=positions)
-    return {"attention_mask": causal, "position_ids": positions,
-            "position_embeddings": parts["model.rotary_emb"](hidden, position_ids=positions)}
+    causal = create_causal_mask(config=config, inputs_embeds=hidden, attention_mask=mask, cache=None, position_ids=positions)
+    return {"attention_mask": causal, "position_ids": positions, "position_embeddings": parts["model.rotary_emb"](hidden, position_ids=positions)}
 
 
 _BERT_CLASSIFIER = PipelineAdapter(
@@ -193,8 +196,8 @@ def pipeline_adapter(module: Any) -> PipelineAdapter:
     """The adapter for ``module``'s task-model class, or a one-line refusal."""
     name = type(hf_model(module)).__name__
     if name not in PIPELINE_ADAPTERS:
-        raise Unsupported(f"pp: no pipeline-stage adapter for {describe(module)} "
-                          f"(known: {', '.join(sorted(PIPELINE_ADAPTERS))})",
-                          "use scenario.distributed.strategy=fsdp or ddp, or add an adapter to "
-                          "harness.training.architectures.PIPELINE_ADAPTERS")
+        raise Unsupported(
+            f"pp: no pipeline-stage adapter for {describe(module)} (known: {', '.join(sorted(PIPELINE_ADAPTERS))})",
+            "use scenario.distributed.strategy=fsdp or ddp, or add an adapter to harness.training.architectures.PIPELINE_ADAPTERS",
+        )
     return PIPELINE_ADAPTERS[name]

@@ -53,8 +53,13 @@ def torchrun_command(job_path: Path, dist: DistributedOptions) -> list[str]:
     if dist.nnodes == 1:
         command.append("--standalone")
     else:
-        command += [f"--nnodes={dist.nnodes}", f"--node_rank={dist.node_rank}", "--rdzv_backend=static",
-                    f"--rdzv_endpoint={dist.rdzv_endpoint}", f"--rdzv_conf=timeout={math.ceil(dist.timeout_s) + 30}"]
+        command += [
+            f"--nnodes={dist.nnodes}",
+            f"--node_rank={dist.node_rank}",
+            "--rdzv_backend=static",
+            f"--rdzv_endpoint={dist.rdzv_endpoint}",
+            f"--rdzv_conf=timeout={math.ceil(dist.timeout_s) + 30}",
+        ]
     return command + ["-m", "harness.training.ddp_worker", str(job_path)]
 
 
@@ -81,8 +86,9 @@ def _raise_worker_error(folder: Path, returncode: int, tail: list[str]) -> None:
         exc.exit_code = EXIT_CODES.get(exc.status, 1)
         raise exc
     last = " | ".join(line.strip() for line in tail[-3:] if line.strip())
-    raise HarnessError(f"torchrun exited with code {returncode} and no result: {last}"[:500],
-                       "rerun with scenario.distributed.nproc_per_node=1 to see the error in-process")
+    raise HarnessError(
+        f"torchrun exited with code {returncode} and no result: {last}"[:500], "rerun with scenario.distributed.nproc_per_node=1 to see the error in-process"
+    )
 
 
 def _die_with_parent() -> None:
@@ -107,8 +113,7 @@ def launch(job: dict[str, Any], dist: DistributedOptions, status: Callable[[str]
         command = torchrun_command(job_path, dist)
         where = f" (node {dist.node_rank}, rendezvous at {dist.rdzv_endpoint})" if dist.nnodes > 1 else ""
         status(f"launching torchrun: {dist.nproc_per_node} process(es) per node x {dist.nnodes} node(s){where}")
-        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                env=worker_env(dist), preexec_fn=_die_with_parent)
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=worker_env(dist), preexec_fn=_die_with_parent)
         tail: deque[str] = deque(maxlen=40)
 
         def pump() -> None:
@@ -129,8 +134,7 @@ def launch(job: dict[str, Any], dist: DistributedOptions, status: Callable[[str]
             except subprocess.TimeoutExpired:
                 proc.kill()
             if dist.nnodes > 1:
-                fix = (f"start all {dist.nnodes} nodes with rdzv_endpoint={dist.rdzv_endpoint} (node 0 listens "
-                       "there), or raise scenario.distributed.timeout_s")
+                fix = f"start all {dist.nnodes} nodes with rdzv_endpoint={dist.rdzv_endpoint} (node 0 listens there), or raise scenario.distributed.timeout_s"
             else:
                 fix = "raise scenario.distributed.timeout_s or train for fewer steps"
             raise LaunchTimeout(f"torchrun ran past scenario.distributed.timeout_s={dist.timeout_s:g}", fix) from None

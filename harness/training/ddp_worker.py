@@ -24,11 +24,9 @@ def world_from_env(distributed: Any) -> Any:
     from harness.training.plan import World
 
     try:
-        return World.of(int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]),
-                        distributed)
+        return World.of(int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), distributed)
     except KeyError as exc:
-        raise HarnessError(f"ddp_worker runs under torchrun, but {exc.args[0]} is not set",
-                           "launch it through scenario.distributed.nproc_per_node") from None
+        raise HarnessError(f"ddp_worker runs under torchrun, but {exc.args[0]} is not set", "launch it through scenario.distributed.nproc_per_node") from None
 
 
 def _write(path: Path, payload: dict[str, Any]) -> None:

@@ -39,8 +39,7 @@ def set_dropout(model: LoadedModel, p: float) -> None:
     hf_model = transformers_model(model.module)
     layers = [m for m in model.module.modules() if isinstance(m, torch.nn.Dropout)]
     if not layers:
-        raise ConfigError(f"scenario.dropout={p} but model {model.name} has no dropout layers",
-                          "leave scenario.dropout=null for this model")
+        raise ConfigError(f"scenario.dropout={p} but model {model.name} has no dropout layers", "leave scenario.dropout=null for this model")
     for layer in layers:
         layer.p = p
     config = getattr(hf_model, "config", None)
@@ -55,14 +54,19 @@ def check_fit(model: LoadedModel, data: TaskData, model_options: ModelOptions) -
 
     missing = [n for n in model.input_names if n not in data.train.features]
     if missing:
-        raise ConfigError(f"model {model.name} takes {', '.join(model.input_names)} but the dataset gives "
-                          f"{', '.join(data.input_names)}", "pair text models with text datasets and image models with images")
+        raise ConfigError(
+            f"model {model.name} takes {', '.join(model.input_names)} but the dataset gives {', '.join(data.input_names)}",
+            "pair text models with text datasets and image models with images",
+        )
     if is_decoder(model_options.family) != (data.task == "causal-lm"):
-        raise ConfigError(f"model {model.name} (family {model_options.family}) cannot learn the dataset's {data.task} task",
-                          "train decoder LLMs on dataset=corpus (+scenario=llm_train) and classifiers on labelled data")
+        raise ConfigError(
+            f"model {model.name} (family {model_options.family}) cannot learn the dataset's {data.task} task",
+            "train decoder LLMs on dataset=corpus (+scenario=llm_train) and classifiers on labelled data",
+        )
     if data.task != "causal-lm" and data.num_labels != model_options.num_labels:
-        raise ConfigError(f"the dataset has {data.num_labels} labels but model.num_labels={model_options.num_labels}",
-                          f"set model.num_labels={data.num_labels}")
+        raise ConfigError(
+            f"the dataset has {data.num_labels} labels but model.num_labels={model_options.num_labels}", f"set model.num_labels={data.num_labels}"
+        )
 
 
 def open_writer(folder: Optional[str], report: Callable[[str], None]) -> tuple[Any, Optional[str]]:
@@ -89,17 +93,27 @@ class Trained:
     tensorboard_reason: Optional[str]
 
 
-def train_model(backend: Backend, model: LoadedModel, data: TaskData, options: TrainingOptions, *,
-                world: World = World(), loss: Optional[LossFn] = None, tensorboard_dir: Optional[str] = None,
-                report: Callable[[str], None] = print, label: str = "training") -> Trained:
+def train_model(
+    backend: Backend,
+    model: LoadedModel,
+    data: TaskData,
+    options: TrainingOptions,
+    *,
+    world: World = World(),
+    loss: Optional[LossFn] = None,
+    tensorboard_dir: Optional[str] = None,
+    report: Callable[[str], None] = print,
+    label: str = "training",
+) -> Trained:
     """Train ``model`` in place on ``data`` through ``backend``'s training session."""
     if options.dropout is not None:
         set_dropout(model, options.dropout)
     per_epoch = loop.steps_per_epoch(data.train, options, world)
     total = options.total_steps(per_epoch)
     if options.warmup_steps_excluded >= total:
-        raise ConfigError(f"scenario.warmup_steps_excluded={options.warmup_steps_excluded} leaves none of the "
-                          f"{total} steps to measure", "lower it or train for more steps")
+        raise ConfigError(
+            f"scenario.warmup_steps_excluded={options.warmup_steps_excluded} leaves none of the {total} steps to measure", "lower it or train for more steps"
+        )
     plan = TrainingPlan.from_options(options, model.input_names, total, world, loss or objectives.of(data.task).loss)
     session = backend.prepare_training(model.module, plan)
     writer, why_not = open_writer(tensorboard_dir, report) if world.is_main else (None, "not rank 0")
@@ -185,8 +199,7 @@ def whole_model(trained: Trained, model_options: ModelOptions) -> LoadedModel:
     # Every parameter under one of its names (a tied one under its first); buffers are rebuilt.
     missing = {name for name, _ in fresh.module.named_parameters()} - set(state)
     if unexpected or missing:
-        raise HarnessError(f"gathered weights do not match model {model_options.name}: missing "
-                           f"{sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}")
+        raise HarnessError(f"gathered weights do not match model {model_options.name}: missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}")
     fresh.module.eval()
     return fresh
 
@@ -198,28 +211,41 @@ def close(session: TrainingSession) -> None:
         closer()
 
 
-def train_recipe(backend: Backend, model_options: ModelOptions, dataset_options: DatasetOptions,
-                 options: TrainingOptions, *, cache_root: Optional[str] = None, world: World = World(),
-                 tensorboard_dir: Optional[str] = None, data: Optional[TaskData] = None,
-                 report: Callable[[str], None] = print, label: str = "training") -> dict[str, Any]:
+def train_recipe(
+    backend: Backend,
+    model_options: ModelOptions,
+    dataset_options: DatasetOptions,
+    options: TrainingOptions,
+    *,
+    cache_root: Optional[str] = None,
+    world: World = World(),
+    tensorboard_dir: Optional[str] = None,
+    data: Optional[TaskData] = None,
+    report: Callable[[str], None] = print,
+    label: str = "training",
+) -> dict[str, Any]:
     """Build, train, evaluate and (rank 0) save; return ``{"training", "model", "device"}``."""
     started = time.perf_counter()
     from harness.generation.tokenizer import text_tokenizer
 
     model = load_model(model_options)
     if data is None:
-        data = load_dataset(dataset_options, seq_len=options.seq_len,
-                            tokenizer=text_tokenizer(model_options.family, model.tokenizer, cache_root))
+        data = load_dataset(dataset_options, seq_len=options.seq_len, tokenizer=text_tokenizer(model_options.family, model.tokenizer, cache_root))
     check_fit(model, data, model_options)
     key = checkpoints.checkpoint_key(model_options, data.fingerprint(), options)
-    trained = train_model(backend, model, data, options, world=world, tensorboard_dir=tensorboard_dir,
-                          report=report, label=label)
+    trained = train_model(backend, model, data, options, world=world, tensorboard_dir=tensorboard_dir, report=report, label=label)
     section = training_metrics(trained, options, data, world)
     model = whole_model(trained, model_options)
     if world.is_main:
         metric = section["eval_metric"]
-        meta = {"recipe": options.__class__.__name__, "model": model_options.name, "dataset": dataset_options.name,
-                f"final_{metric}": section[f"final_{metric}"], "steps": section["steps"], "world_size": world.size}
+        meta = {
+            "recipe": options.__class__.__name__,
+            "model": model_options.name,
+            "dataset": dataset_options.name,
+            f"final_{metric}": section[f"final_{metric}"],
+            "steps": section["steps"],
+            "world_size": world.size,
+        }
         section["checkpoint"] = str(checkpoints.save(model, data.tokenizer, key, cache_root, meta))
         section["checkpoint_key"] = key
     close(trained.session)

@@ -15,10 +15,9 @@ def kd_loss(student_logits: Any, teacher_logits: Any, labels: Any, temperature: 
     """The distillation loss as a scalar tensor (see the module docstring)."""
     import torch.nn.functional as F
 
-    soft = F.kl_div(F.log_softmax(student_logits / temperature, dim=-1),
-                    F.softmax(teacher_logits / temperature, dim=-1), reduction="batchmean")
+    soft = F.kl_div(F.log_softmax(student_logits / temperature, dim=-1), F.softmax(teacher_logits / temperature, dim=-1), reduction="batchmean")
     hard = F.cross_entropy(student_logits, labels)
-    return alpha * temperature ** 2 * soft + (1.0 - alpha) * hard
+    return alpha * temperature**2 * soft + (1.0 - alpha) * hard
 
 
 class KDLoss:

@@ -58,8 +58,7 @@ def steps_per_epoch(train: Split, options: TrainingOptions, world: World) -> int
     steps = len(train) // samples_per_step(options, world)
     if steps < 1:
         raise ConfigError(
-            f"the train split has {len(train)} examples, fewer than one step's "
-            f"{samples_per_step(options, world)} (batch x accumulation x world size)",
+            f"the train split has {len(train)} examples, fewer than one step's {samples_per_step(options, world)} (batch x accumulation x world size)",
             "lower scenario.batch_size or scenario.grad_accum_steps, or use a larger dataset",
         )
     return steps
@@ -79,11 +78,11 @@ def step_batches(train: Split, options: TrainingOptions, world: World) -> Iterat
     while True:
         order = np.random.default_rng(options.seed + epoch).permutation(len(train))
         for start in range(0, len(order) - per_step + 1, per_step):
-            index = order[start:start + per_step]
+            index = order[start : start + per_step]
             micro = []
             for accum in range(options.grad_accum_steps):
                 lo = (accum * world.dp_size + world.dp_rank) * size
-                take = index[lo:lo + size]
+                take = index[lo : lo + size]
                 micro.append({**{k: v[take] for k, v in train.features.items()}, "labels": train.labels[take]})
             yield micro
         epoch += 1
@@ -133,8 +132,10 @@ def train(
         result.losses.append(loss)
         bad = bad + 1 if not math.isfinite(loss) else 0
         if bad >= DIVERGED_AFTER:
-            raise HarnessError(f"training diverged: the loss was not finite for {bad} steps up to step {step}",
-                               "lower scenario.lr, keep scenario.grad_clip > 0, or train in fp32/bf16")
+            raise HarnessError(
+                f"training diverged: the loss was not finite for {bad} steps up to step {step}",
+                "lower scenario.lr, keep scenario.grad_clip > 0, or train in fp32/bf16",
+            )
         lr = getattr(session, "lr", None)  # optional: sessions that expose their learning rate
         if lr is not None:
             result.lrs.append(lr)

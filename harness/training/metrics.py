@@ -43,8 +43,7 @@ class TargetResult:
     reason: Optional[str]
 
 
-def time_to_target(evals: Sequence[tuple[int, float, float]], target: Optional[float],
-                   metric: str = "accuracy", higher_is_better: bool = True) -> TargetResult:
+def time_to_target(evals: Sequence[tuple[int, float, float]], target: Optional[float], metric: str = "accuracy", higher_is_better: bool = True) -> TargetResult:
     """First evaluation at or past ``target``; ``evals`` are ``(step, elapsed_s, value)``.
 
     Past means ``>= target`` for a metric where higher is better (accuracy) and
@@ -75,15 +74,14 @@ def loss_points(losses: Sequence[float], interval: int) -> list[list[float]]:
     """``[step, mean loss]`` every ``interval`` steps (steps count from 1), plus a last partial window."""
     points = []
     for end in range(interval, len(losses) + interval, interval):
-        window = losses[end - interval:min(end, len(losses))]
+        window = losses[end - interval : min(end, len(losses))]
         if window:
             points.append([min(end, len(losses)), sum(window) / len(window)])
     return points
 
 
 #: Per-rank memory figures summarised for report columns (the busiest rank bounds the device).
-RANK_MEMORY_KEYS = ("params_mib", "grads_mib", "optimizer_mib", "model_state_mib", "activations_mib",
-                    "peak_rss_mib", "peak_allocated_mib")
+RANK_MEMORY_KEYS = ("params_mib", "grads_mib", "optimizer_mib", "model_state_mib", "activations_mib", "peak_rss_mib", "peak_allocated_mib")
 
 
 def max_over_ranks(per_rank: Optional[Sequence[dict[str, Any]]]) -> Optional[dict[str, float]]:

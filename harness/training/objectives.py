@@ -90,8 +90,7 @@ class Objective:
         metric a training record carries (None for the metrics this task does not use)."""
         best = (max(values) if self.higher_is_better else min(values)) if values else None
         final = values[-1] if values else None
-        return {f"{kind}_{metric}": (value if metric == self.metric else None)
-                for metric in METRICS for kind, value in (("final", final), ("best", best))}
+        return {f"{kind}_{metric}": (value if metric == self.metric else None) for metric in METRICS for kind, value in (("final", final), ("best", best))}
 
 
 #: Every eval metric a training record may carry.

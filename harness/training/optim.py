@@ -30,8 +30,10 @@ def parameter_groups(module: Any, weight_decay: float) -> list[dict[str, Any]]:
         if parameter.requires_grad:
             mesh = getattr(parameter, "device_mesh", None)  # DTensor only
             groups.setdefault((parameter.ndim >= 2, None if mesh is None else id(mesh)), []).append(parameter)
-    return [{"params": params, "weight_decay": weight_decay if decays else 0.0}
-            for (decays, _), params in sorted(groups.items(), key=lambda kv: (not kv[0][0], kv[0][1] is not None))]
+    return [
+        {"params": params, "weight_decay": weight_decay if decays else 0.0}
+        for (decays, _), params in sorted(groups.items(), key=lambda kv: (not kv[0][0], kv[0][1] is not None))
+    ]
 
 
 def build_optimizer(module: Any, plan: TrainingPlan) -> Any:
@@ -56,5 +58,4 @@ def build_schedule(optimizer: Any, plan: TrainingPlan) -> Any:
     """A ``torch.optim.lr_scheduler.LambdaLR`` from ``transformers.get_scheduler``, stepped once per update."""
     from transformers import get_scheduler
 
-    return get_scheduler(TRANSFORMERS_SCHEDULES[plan.schedule], optimizer,
-                         num_warmup_steps=plan.warmup_steps, num_training_steps=max(plan.total_steps, 1))
+    return get_scheduler(TRANSFORMERS_SCHEDULES[plan.schedule], optimizer, num_warmup_steps=plan.warmup_steps, num_training_steps=max(plan.total_steps, 1))

@@ -43,49 +43,61 @@ class DistributedOptions:
     nnodes: int = 1
     node_rank: int = 0
     rdzv_endpoint: Optional[str] = None  # host:port of the rendezvous; None = this machine
-    timeout_s: float = 1800.0            # whole torchrun launch, start-up included
+    timeout_s: float = 1800.0  # whole torchrun launch, start-up included
     strategy: str = "ddp"
-    mesh: Optional[list[int]] = None     # fsdp+tp only: [dp, tp]; None = derived (mesh_shape)
-    microbatches: int = 4                # pp only: micro-batches per step through the stages
-    pipeline_schedule: str = "1f1b"      # pp only: 1f1b | gpipe
+    mesh: Optional[list[int]] = None  # fsdp+tp only: [dp, tp]; None = derived (mesh_shape)
+    microbatches: int = 4  # pp only: micro-batches per step through the stages
+    pipeline_schedule: str = "1f1b"  # pp only: 1f1b | gpipe
 
     def __post_init__(self) -> None:
         require(self.nproc_per_node >= 1, "distributed.nproc_per_node", f"must be >= 1, got {self.nproc_per_node}")
         require(self.nnodes >= 1, "distributed.nnodes", f"must be >= 1, got {self.nnodes}")
-        require(0 <= self.node_rank < self.nnodes, "distributed.node_rank",
-                f"must be in 0..nnodes-1 ({self.nnodes - 1}), got {self.node_rank}")
-        require(self.nnodes == 1 or bool(self.rdzv_endpoint), "distributed.rdzv_endpoint",
-                "nnodes > 1 needs node 0's host:port, the same on every node")
+        require(0 <= self.node_rank < self.nnodes, "distributed.node_rank", f"must be in 0..nnodes-1 ({self.nnodes - 1}), got {self.node_rank}")
+        require(self.nnodes == 1 or bool(self.rdzv_endpoint), "distributed.rdzv_endpoint", "nnodes > 1 needs node 0's host:port, the same on every node")
         if self.rdzv_endpoint:
             host, _, port = self.rdzv_endpoint.rpartition(":")
-            require(bool(host) and port.isdigit() and 0 < int(port) < 65536, "distributed.rdzv_endpoint",
-                    f"must be host:port (node 0's address and a free port), got {self.rdzv_endpoint!r}")
+            require(
+                bool(host) and port.isdigit() and 0 < int(port) < 65536,
+                "distributed.rdzv_endpoint",
+                f"must be host:port (node 0's address and a free port), got {self.rdzv_endpoint!r}",
+            )
         require(self.timeout_s > 0, "distributed.timeout_s", f"must be > 0, got {self.timeout_s}")
         choice(self.strategy, STRATEGIES, "distributed.strategy")
         choice(self.pipeline_schedule, PIPELINE_SCHEDULES, "distributed.pipeline_schedule")
         require(self.microbatches >= 1, "distributed.microbatches", f"must be >= 1, got {self.microbatches}")
-        require(self.strategy == "ddp" or self.world_size > 1, "distributed.strategy",
-                f"{self.strategy} splits the model over processes but nproc_per_node x nnodes is 1: "
-                "set scenario.distributed.nproc_per_node=2 or more, or strategy=ddp")
+        require(
+            self.strategy == "ddp" or self.world_size > 1,
+            "distributed.strategy",
+            f"{self.strategy} splits the model over processes but nproc_per_node x nnodes is 1: "
+            "set scenario.distributed.nproc_per_node=2 or more, or strategy=ddp",
+        )
         if self.mesh is not None:
             self.mesh = [int(size) for size in self.mesh]
-            require(self.strategy == "fsdp+tp", "distributed.mesh",
-                    f"only strategy fsdp+tp takes a [dp, tp] mesh; {self.strategy} uses all {self.world_size} "
-                    "processes on one dimension: drop scenario.distributed.mesh")
-            require(len(self.mesh) == 2 and all(size >= 1 for size in self.mesh), "distributed.mesh",
-                    f"must be [dp, tp] with sizes >= 1, got {self.mesh}")
+            require(
+                self.strategy == "fsdp+tp",
+                "distributed.mesh",
+                f"only strategy fsdp+tp takes a [dp, tp] mesh; {self.strategy} uses all {self.world_size} "
+                "processes on one dimension: drop scenario.distributed.mesh",
+            )
+            require(len(self.mesh) == 2 and all(size >= 1 for size in self.mesh), "distributed.mesh", f"must be [dp, tp] with sizes >= 1, got {self.mesh}")
         if self.strategy == "fsdp+tp":
             dp, tp = self.mesh_shape.values()
-            require(dp * tp == self.world_size, "distributed.mesh",
-                    f"[{dp}, {tp}] holds {dp * tp} processes but the world has {self.world_size} "
-                    "(nproc_per_node x nnodes); make dp x tp equal it")
-            require(dp >= 2 and tp >= 2, "distributed.mesh",
-                    f"fsdp+tp needs dp >= 2 and tp >= 2, got [{dp}, {tp}]: use 4 or more processes, "
-                    "or strategy=fsdp / strategy=tp")
+            require(
+                dp * tp == self.world_size,
+                "distributed.mesh",
+                f"[{dp}, {tp}] holds {dp * tp} processes but the world has {self.world_size} (nproc_per_node x nnodes); make dp x tp equal it",
+            )
+            require(
+                dp >= 2 and tp >= 2,
+                "distributed.mesh",
+                f"fsdp+tp needs dp >= 2 and tp >= 2, got [{dp}, {tp}]: use 4 or more processes, or strategy=fsdp / strategy=tp",
+            )
         if self.strategy == "pp" and self.pipeline_schedule == "1f1b":
-            require(self.microbatches >= self.world_size, "distributed.microbatches",
-                    f"1f1b needs at least one micro-batch per stage ({self.world_size}), got {self.microbatches}: "
-                    "raise it or use pipeline_schedule=gpipe")
+            require(
+                self.microbatches >= self.world_size,
+                "distributed.microbatches",
+                f"1f1b needs at least one micro-batch per stage ({self.world_size}), got {self.microbatches}: raise it or use pipeline_schedule=gpipe",
+            )
 
     @property
     def world_size(self) -> int:
@@ -136,8 +148,7 @@ class InferenceTiming:
         require(self.warmup_iters >= 0, "warmup_iters", f"must be >= 0, got {self.warmup_iters}")
         require(self.min_iters >= 1, "min_iters", f"must be >= 1, got {self.min_iters}")
         require(self.min_duration_s >= 0, "min_duration_s", f"must be >= 0, got {self.min_duration_s}")
-        require(self.max_duration_s >= self.min_duration_s, "max_duration_s",
-                f"must be >= min_duration_s ({self.min_duration_s}), got {self.max_duration_s}")
+        require(self.max_duration_s >= self.min_duration_s, "max_duration_s", f"must be >= min_duration_s ({self.min_duration_s}), got {self.max_duration_s}")
 
 
 @dataclass
@@ -157,25 +168,25 @@ class TrainingOptions:
     optimizer: str = "adamw"
     lr: float = 1e-3
     weight_decay: float = 0.01
-    momentum: float = 0.9       # sgd only
-    nesterov: bool = False      # sgd only
+    momentum: float = 0.9  # sgd only
+    nesterov: bool = False  # sgd only
     dropout: Optional[float] = None
-    grad_clip: float = 1.0      # max global grad norm; 0 = no clipping
+    grad_clip: float = 1.0  # max global grad norm; 0 = no clipping
     grad_accum_steps: int = 1
     schedule: str = "linear"
     warmup_steps: int = 0
     warmup_ratio: float = 0.1
     epochs: int = 2
     max_steps: int = 0
-    eval_interval: int = 50     # steps between evaluations; 0 = only after the last step
+    eval_interval: int = 50  # steps between evaluations; 0 = only after the last step
     eval_batch_size: int = 256
-    log_interval: int = 10      # steps averaged into one loss-curve point
+    log_interval: int = 10  # steps averaged into one loss-curve point
     target_accuracy: Optional[float] = None
     target_perplexity: Optional[float] = None  # causal LMs: eval perplexity to reach (lower is better)
     seed: int = 0
     warmup_steps_excluded: int = 5  # first steps left out of throughput and latency
     activation_checkpointing: bool = False  # recompute each block's activations in backward
-    profile_steps: int = 2      # multi-process: warm-up steps profiled for the compute/communication split
+    profile_steps: int = 2  # multi-process: warm-up steps profiled for the compute/communication split
     distributed: DistributedOptions = field(default_factory=DistributedOptions)
 
     def __post_init__(self) -> None:
@@ -188,8 +199,7 @@ class TrainingOptions:
         require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
         require(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
         require(0 <= self.momentum < 1, "momentum", f"must be in [0, 1), got {self.momentum}")
-        require(not self.nesterov or (self.optimizer == "sgd" and self.momentum > 0), "nesterov",
-                "needs optimizer=sgd with momentum > 0")
+        require(not self.nesterov or (self.optimizer == "sgd" and self.momentum > 0), "nesterov", "needs optimizer=sgd with momentum > 0")
         require(self.dropout is None or 0 <= self.dropout < 1, "dropout", f"must be in [0, 1) or null, got {self.dropout}")
         require(self.grad_clip >= 0, "grad_clip", f"must be >= 0 (0 = off), got {self.grad_clip}")
         require(self.warmup_steps >= 0, "warmup_steps", f"must be >= 0, got {self.warmup_steps}")
@@ -197,18 +207,22 @@ class TrainingOptions:
         require(self.epochs >= 1 or self.max_steps >= 1, "epochs", "set epochs >= 1 or max_steps >= 1")
         require(self.max_steps >= 0, "max_steps", f"must be >= 0 (0 = use epochs), got {self.max_steps}")
         require(self.eval_interval >= 0, "eval_interval", f"must be >= 0, got {self.eval_interval}")
-        require(self.target_accuracy is None or 0 < self.target_accuracy <= 1, "target_accuracy",
-                f"must be in (0, 1] or null, got {self.target_accuracy}")
-        require(self.target_perplexity is None or self.target_perplexity >= 1, "target_perplexity",
-                f"must be >= 1 (perplexity's floor) or null, got {self.target_perplexity}")
+        require(self.target_accuracy is None or 0 < self.target_accuracy <= 1, "target_accuracy", f"must be in (0, 1] or null, got {self.target_accuracy}")
+        require(
+            self.target_perplexity is None or self.target_perplexity >= 1,
+            "target_perplexity",
+            f"must be >= 1 (perplexity's floor) or null, got {self.target_perplexity}",
+        )
         require(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
         require(self.warmup_steps_excluded >= 0, "warmup_steps_excluded", f"must be >= 0, got {self.warmup_steps_excluded}")
         require(self.profile_steps >= 0, "profile_steps", f"must be >= 0 (0 = off), got {self.profile_steps}")
         dist = self.distributed
         if dist.strategy == "pp":
-            require(self.batch_size % dist.microbatches == 0, "distributed.microbatches",
-                    f"batch_size {self.batch_size} does not split into {dist.microbatches} equal micro-batches: "
-                    "make scenario.batch_size a multiple of it")
+            require(
+                self.batch_size % dist.microbatches == 0,
+                "distributed.microbatches",
+                f"batch_size {self.batch_size} does not split into {dist.microbatches} equal micro-batches: make scenario.batch_size a multiple of it",
+            )
 
     def profiled_steps(self) -> list[int]:
         """The steps profiled for the compute/communication split: the last ``profile_steps``
@@ -236,6 +250,17 @@ RENDEZVOUS_KEYS = ("distributed.node_rank", "distributed.rdzv_endpoint", "distri
 
 #: Options that change what is measured or logged but never the trained weights;
 #: the checkpoint key leaves them out so a re-run with another eval cadence reuses it.
-MEASUREMENT_ONLY = ("warmup_iters", "min_iters", "min_duration_s", "max_duration_s", "eval_interval",
-                    "eval_batch_size", "log_interval", "target_accuracy", "target_perplexity",
-                    "warmup_steps_excluded", "activation_checkpointing", "profile_steps")
+MEASUREMENT_ONLY = (
+    "warmup_iters",
+    "min_iters",
+    "min_duration_s",
+    "max_duration_s",
+    "eval_interval",
+    "eval_batch_size",
+    "log_interval",
+    "target_accuracy",
+    "target_perplexity",
+    "warmup_steps_excluded",
+    "activation_checkpointing",
+    "profile_steps",
+)

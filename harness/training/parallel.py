@@ -40,8 +40,7 @@ def join_process_group(plan: TrainingPlan, cuda: bool) -> bool:
     try:
         dist.init_process_group(backend="nccl" if cuda else "gloo")
     except ValueError as exc:  # torch names the missing env variable
-        raise Unsupported(f"world size {plan.world.size} needs torchrun's environment: {exc}",
-                          "launch through scenario.distributed.nproc_per_node") from None
+        raise Unsupported(f"world size {plan.world.size} needs torchrun's environment: {exc}", "launch through scenario.distributed.nproc_per_node") from None
     return True
 
 
@@ -66,8 +65,7 @@ def checkpoint_blocks(blocks: Iterable[Any]) -> None:
         block.harness_checkpointed = True  # the activation meter counts what the checkpoint keeps
 
 
-def clip_grad_norm(parameters: Iterable[Any], max_norm: float, group: Any = None,
-                   exclude_from_norm: Optional[set[int]] = None) -> float:
+def clip_grad_norm(parameters: Iterable[Any], max_norm: float, group: Any = None, exclude_from_norm: Optional[set[int]] = None) -> float:
     """Clip the global L2 norm of the gradients to ``max_norm``; return that norm.
 
     Works on any mix of plain and ``DTensor`` gradients (TP leaves embeddings and norms

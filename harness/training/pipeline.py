@@ -33,8 +33,7 @@ def _stage_module_class() -> type:
         """One pipeline stage: ``(input_ids, mask)`` or ``(hidden, mask)`` in;
         ``(hidden, mask)`` out, or the logits on the last stage."""
 
-        def __init__(self, adapter: Any, parts: Mapping[str, Any], blocks: list[Any], config: Any,
-                     first: bool, last: bool) -> None:
+        def __init__(self, adapter: Any, parts: Mapping[str, Any], blocks: list[Any], config: Any, first: bool, last: bool) -> None:
             super().__init__()
             self.adapter, self.config, self.first, self.last = adapter, config, first, last
             self.parts = torch.nn.ModuleDict({name.replace(".", "__"): part for name, part in parts.items()})
@@ -106,13 +105,13 @@ class PipelineParallel(Strategy):
                     p.data = torch.empty(0, dtype=p.dtype, device=p.device)
         stage = PipelineStage(self.stage_module, self.index, self.stages, torch.device(self.device))
         schedule = {"1f1b": Schedule1F1B, "gpipe": ScheduleGPipe}[self.plan.parallel.pipeline_schedule]
-        self.schedule = schedule(stage, n_microbatches=self.plan.parallel.microbatches, loss_fn=self._loss,
-                                 scale_grads=False)
+        self.schedule = schedule(stage, n_microbatches=self.plan.parallel.microbatches, loss_fn=self._loss, scale_grads=False)
         return self.stage_module, self.stage_module
 
     @staticmethod
     def _tied(model: Any, adapter: Any, blocks: Any, ranges: list[range]) -> set[int]:
         """Parameters the first and the last stage both hold (tied input/output embeddings)."""
+
         def ids(names: tuple[str, ...], block_range: range) -> set[int]:
             found = {id(p) for name in names for p in model.get_submodule(name).parameters()}
             return found | {id(p) for i in block_range for p in blocks[i].parameters()}

@@ -56,11 +56,11 @@ class ParallelPlan:
     """How the backend spreads the model: strategy, mesh, pipeline and memory options."""
 
     strategy: str = "ddp"
-    mesh: tuple[tuple[str, int], ...] = ()     # (dimension, size), outermost first; () = one process
+    mesh: tuple[tuple[str, int], ...] = ()  # (dimension, size), outermost first; () = one process
     microbatches: int = 1
     pipeline_schedule: str = "1f1b"
     activation_checkpointing: bool = False
-    profile_steps: tuple[int, ...] = ()        # steps whose compute/communication split is profiled
+    profile_steps: tuple[int, ...] = ()  # steps whose compute/communication split is profiled
 
     @classmethod
     def from_options(cls, options: TrainingOptions) -> "ParallelPlan":
@@ -101,8 +101,9 @@ class TrainingPlan:
     parallel: ParallelPlan = field(default_factory=ParallelPlan)
 
     @classmethod
-    def from_options(cls, options: TrainingOptions, input_names: tuple[str, ...], total_steps: int,
-                     world: World = World(), loss: Optional[LossFn] = None) -> "TrainingPlan":
+    def from_options(
+        cls, options: TrainingOptions, input_names: tuple[str, ...], total_steps: int, world: World = World(), loss: Optional[LossFn] = None
+    ) -> "TrainingPlan":
         return cls(
             input_names=input_names,
             optimizer=options.optimizer,

@@ -12,7 +12,11 @@ from harness.training.pipeline import PipelineParallel
 from harness.training.plan import TrainingPlan
 
 STRATEGY_CLASSES: dict[str, type[Strategy]] = {
-    "ddp": Strategy, "fsdp": FSDP, "tp": TensorParallel, "fsdp+tp": FSDPTensorParallel, "pp": PipelineParallel,
+    "ddp": Strategy,
+    "fsdp": FSDP,
+    "tp": TensorParallel,
+    "fsdp+tp": FSDPTensorParallel,
+    "pp": PipelineParallel,
 }
 
 

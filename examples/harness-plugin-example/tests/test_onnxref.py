@@ -32,7 +32,8 @@ def test_gemm_outputs_are_computed(tmp_path, backend):
     a, b = rng.standard_normal((3, 4)).astype(np.float32), rng.standard_normal((4, 5)).astype(np.float32)
     node = helper.make_node("MatMul", ["a", "b"], ["y"])
     artifact = _save(
-        tmp_path, node,
+        tmp_path,
+        node,
         [helper.make_tensor_value_info("a", TensorProto.FLOAT, [3, 4]), helper.make_tensor_value_info("b", TensorProto.FLOAT, [4, 5])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 5])],
     )
@@ -48,7 +49,8 @@ def test_gather_elements_over_a_long_axis(tmp_path, backend):
     index[1, 0] = -1  # negative indices count from the end
     node = helper.make_node("GatherElements", ["x", "i"], ["y"], axis=1)
     artifact = _save(
-        tmp_path, node,
+        tmp_path,
+        node,
         [helper.make_tensor_value_info("x", TensorProto.INT64, [2, 512]), helper.make_tensor_value_info("i", TensorProto.INT64, [2, 32])],
         [helper.make_tensor_value_info("y", TensorProto.INT64, [2, 32])],
     )
