@@ -84,6 +84,7 @@ def test_every_planned_run_composes_into_a_valid_spec():
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
 
+    from harness.compose import normalise
     from harness.spec import build_spec
     from harness.plugins import load_plugins
 
@@ -94,7 +95,7 @@ def test_every_planned_run_composes_into_a_valid_spec():
             continue
         GlobalHydra.instance().clear()
         with initialize_config_module(config_module="harness.conf", version_base="1.3"):
-            cfg = compose(config_name="config", overrides=args)
+            cfg = compose(config_name="config", overrides=normalise(args))  # the card's +scenario=, as the CLI reads it
         spec = build_spec(cfg, registry)
         assert spec.hardware.label == "compose-check", name
         assert str(spec.results_dir).endswith("results/reference/compose-check"), name
