@@ -150,6 +150,8 @@ DOCS = Path(__file__).resolve().parents[1] / "docs" / "plugins.md"
 #: A stand-in for the vendor SDK the quick start imports (``import myaccel``): the same calls
 #: (``device_count``, ``compile``, ``infer``), computed for real by ONNX Runtime on the CPU.
 MYACCEL_SDK = """
+import shutil
+
 import onnxruntime
 
 __version__ = "3.0.0"
@@ -168,8 +170,14 @@ class Engine:
         return self.session.run(None, {name: inputs[name] for name in self.inputs})
 
 
-def compile(path, device=0):
+def compile(path, device=0, save_to=None):
+    if save_to is not None:  # the "engine": here a copy of the graph, which load() reads back
+        shutil.copyfile(path, save_to)
     return Engine(path)
+
+
+def load(plan):
+    return Engine(str(plan))
 """
 
 
