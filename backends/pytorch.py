@@ -272,8 +272,15 @@ class PyTorchTrainingSession(TorchTrainingSession):
         return self.strategy.full_state_dict(self.module)
 
     def close(self) -> None:
-        """Leave the process group this session joined, after every rank got here."""
+        """Leave the process group this session joined, after every rank got here; a
+        distributed session then stays alive until the process exits (freeing it can
+        deadlock in gloo: :func:`harness.training.parallel.keep_until_exit`)."""
+        distributed = self.strategy.owns_group
         self.strategy.close()
+        if distributed:
+            from harness.training.parallel import keep_until_exit
+
+            keep_until_exit(self)
 
 
 def process_memory(cuda_device: str | None) -> dict[str, float]:

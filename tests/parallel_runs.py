@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from typing import Any
 
 import numpy as np
@@ -161,6 +162,9 @@ def _worker(rank: int, world: int, port: int, kind: str, strategy: str, extra: d
     result = train(kind, opts, World.of(world, rank, rank, opts.distributed))
     if rank == 0:  # a file, not a queue: a large result would block rank 0 until the parent reads
         torch.save(result, out)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # as harness.training.ddp_worker: no teardown of the retired process group
 
 
 def free_port() -> int:

@@ -86,4 +86,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Not sys.exit: the interpreter's teardown would free the retired distributed session,
+    # whose gloo process group can deadlock in its destructor (parallel.keep_until_exit).
+    os._exit(code)

@@ -195,6 +195,22 @@ class Strategy:
             self.owns_group = False
 
 
+#: Sessions of this process that left their process group, kept alive until it ends.
+_RETIRED: list[Any] = []
+
+
+def keep_until_exit(session: Any) -> None:
+    """Keep ``session`` (its DDP reducer, DTensors, device mesh) alive until the process ends.
+
+    Freeing a process group from Python runs gloo's ``ProcessGroupGloo`` destructor with
+    the GIL held; it joins the group's worker thread, which may still be releasing a
+    finished collective's tensors and needs the GIL for that: a deadlock, seen as a rank
+    that hangs after training. So nothing frees them: a worker process ends with
+    ``os._exit`` once its result is written (:mod:`harness.training.ddp_worker`).
+    """
+    _RETIRED.append(session)
+
+
 class ShardedStrategy(Strategy):
     """Common to fsdp, tp and fsdp+tp: a device mesh, DTensor parameters, whole-model
     evaluation on every rank, and weights gathered back with ``get_model_state_dict``."""
