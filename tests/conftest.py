@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +24,25 @@ def isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # A private host lock, so the suite never queues behind a real measurement on this machine.
     os.environ["HARNESS_LOCK_DIR"] = str(tmp_path_factory.mktemp("locks"))
     return root
+
+
+def start_cli(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.Popen[str]:
+    """Start ``harness`` in the background, as a terminal would: Ctrl-C (SIGINT) reaches it.
+
+    A shell starts background commands with SIGINT ignored, and an ignored signal stays
+    ignored in the processes they start (Python then installs no KeyboardInterrupt
+    handler); so a test suite run from ``cmd &`` or a CI runner would send its SIGINT to a
+    harness that cannot see it. The child gets the default disposition back.
+    """
+    return subprocess.Popen(
+        [str(BIN / "harness"), *args],
+        cwd=cwd,
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
 
 
 def run_cli(*args: str, cwd: Path, command: str = "harness", env: dict[str, str] | None = None, timeout: int = 600) -> subprocess.CompletedProcess[str]:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BIN, FAST, records_in, run_cli
+from conftest import FAST, records_in, run_cli, start_cli
 
 from harness import records
 
@@ -171,14 +171,10 @@ def test_a_planted_lock_symlink_is_refused_and_its_target_untouched(tmp_path):
 # --- signals ---------------------------------------------------------------------------------------
 
 
-def _start(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Popen[str]:
-    return subprocess.Popen([str(BIN / "harness"), *args], cwd=cwd, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
 @pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_a_signal_to_a_single_run_records_it_interrupted(how, tmp_path):
     marker = tmp_path / "hang.pid"
-    proc = _start(["backend=flaky", "backend.fault=hang", f"++backend.marker={marker}", "+scenario=quick"], tmp_path, FAULTS)
+    proc = start_cli("backend=flaky", "backend.fault=hang", f"++backend.marker={marker}", "+scenario=quick", cwd=tmp_path, env=FAULTS)
     try:
         deadline = time.monotonic() + 120
         while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:

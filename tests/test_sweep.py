@@ -10,13 +10,12 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import BIN, records_in, run_cli
+from conftest import records_in, run_cli, start_cli
 
 from harness import records, sweep
 
@@ -156,9 +155,7 @@ def test_killed_sweep_resumes_with_only_the_missing_jobs(tmp_path, fault_env, ho
     marker = tmp_path / "flaky.pid"
     args = ["-m", "backend=numpy,flaky,numpy", "+scenario=quick", f"++backend.marker={marker}", "scenario.size=8,16"]
     # backend=numpy appears twice: the duplicate jobs are skipped as already done
-    proc = subprocess.Popen(
-        [str(BIN / "harness"), *args], cwd=tmp_path, env={**os.environ, **fault_env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+    proc = start_cli(*args, cwd=tmp_path, env=fault_env)
     try:
         deadline = time.monotonic() + 120
         while not marker.exists() and time.monotonic() < deadline and proc.poll() is None:
