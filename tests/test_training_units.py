@@ -268,6 +268,8 @@ def test_distributed_slurm_preset_reads_the_task(tmp_path, monkeypatch):
     from hydra import compose, initialize_config_module
     from omegaconf import OmegaConf
 
+    from harness.compose import normalise
+
     for key, value in {
         "SLURM_NTASKS": "2",
         "SLURM_PROCID": "1",
@@ -279,7 +281,7 @@ def test_distributed_slurm_preset_reads_the_task(tmp_path, monkeypatch):
     monkeypatch.delenv("MASTER_ADDR", raising=False)
     monkeypatch.delenv("MASTER_PORT", raising=False)
     with initialize_config_module(config_module="harness.conf", version_base="1.3"):
-        cfg = compose(config_name="config", overrides=["+scenario=bert_train", "+distributed=slurm"])
+        cfg = compose(config_name="config", overrides=normalise(["+scenario=bert_train", "+distributed=slurm"]))  # as the CLI reads +scenario=
     dist = OmegaConf.to_container(cfg.scenario.distributed, resolve=True)
     assert dist == {
         "nproc_per_node": 1,
