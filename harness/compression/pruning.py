@@ -261,8 +261,6 @@ def finetune(model: Any, data: Any, options: PruningOptions, trainer: Any, repor
         warmup_ratio=0.1,
         eval_interval=0,
         warmup_steps_excluded=0,
-        min_iters=1,
-        min_duration_s=0.0,
     )
     trained = train_model(trainer, model, data, plan, report=report, label="fine-tuning the pruned model")
     return {
