@@ -75,4 +75,4 @@ def test_missing_library_or_device_is_an_unavailable_record(backend, needle, sce
     records.validate(rec)
     assert rec["status"] == "unavailable"
     assert needle in rec["reason"] and "\n" not in rec["reason"]
-    assert rec["metrics"] == {}
+    assert set(rec["metrics"]) <= {"stages", "wall_s", "outside_window_s"}  # where the time went; nothing measured
