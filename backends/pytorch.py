@@ -300,10 +300,19 @@ class PyTorchBackend(Backend):
 
     @classmethod
     def probe(cls, options: PyTorchOptions) -> Availability:
-        import torch
+        from importlib import metadata
 
-        versions = {cls.name: torch.__version__}
+        # Read from the package metadata, not ``import torch`` (1-1.5 s): harness-backends
+        # probes every config and must answer quickly. A CPU run imports torch anyway.
+        version = metadata.version("torch")
+        versions = {cls.name: version}
         if is_cuda(options.device):
+            if version.endswith("+cpu"):
+                return Availability(
+                    False, f"no CUDA device visible: this torch build is CPU-only ({version}); install a CUDA build of torch", versions=versions
+                )
+            import torch
+
             if not torch.cuda.is_available():
                 return Availability(False, "no CUDA device visible (torch.cuda.is_available() is False)", versions=versions)
             count = torch.cuda.device_count()

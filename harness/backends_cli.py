@@ -49,8 +49,8 @@ def choices(searchpath: list[str], registered: Sequence[str]) -> list[Choice]:
     try:
         with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
             for option in group_options(searchpath)["backend"]:
-                try:
-                    cfg = compose(config_name="config", overrides=[f"backend={option}", *extra])
+                try:  # the option's own file (with its defaults), not the whole config: 3x quicker
+                    cfg = compose(config_name=f"backend/{option}", overrides=extra)
                     section: dict[str, Any] = OmegaConf.to_container(cfg.backend, resolve=True)  # type: ignore[assignment]
                 except Exception:  # a config that does not compose is a run-time error; listed as such below
                     section = {"name": option}
