@@ -149,7 +149,7 @@ def weight_compressed_folder(backend: Any, source: Any, recipe: WeightRecipe) ->
 
     def build(work: Path) -> dict[str, Any]:
         for path in fp32.iterdir():
-            if path.is_file() and path.name not in MODEL_FILES:
+            if path.is_file() and path.name not in MODEL_FILES and not cache.is_stamp(path):
                 shutil.copy2(path, work / path.name)
         model = backend.core.read_model(str(fp32 / "openvino_model.xml"))
         compressed, details = nncf_quant.compress_decoder_weights(model, recipe)

@@ -17,6 +17,15 @@ and read one way, here:
 - **verified on read** (:func:`verified`, :func:`folder_verified`): a truncated file,
   flipped bytes or a missing checksum fail, and the caller rebuilds the entry after one
   warning line (:func:`discard`). A later run therefore heals the cache itself.
+- **stamped once verified** (:func:`stamp`, :func:`stamped`): re-hashing a 400 MB entry on
+  every run costs seconds, so a folder that passed a full check gets a stamp with the
+  size, inode, mtime and ctime of each of its files. While none of them changed, the
+  check is not repeated. Any write to a file (a flipped byte, a truncation, a copy, a
+  re-seal, even one that restores the mtime) changes its ctime and voids the stamp; only
+  damage below the file system (bit rot on the disk) would go unseen, as it would by
+  any cache that does not re-read every byte. A stamp is written only :data:`SETTLED_S`
+  after the newest write in the folder: file timestamps come from a coarse clock (one
+  tick is 1-10 ms), and a second write within the same tick would keep them.
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +48,11 @@ from harness.identity import content_key as content_key  # cache keys and job ke
 CHECKSUM_SUFFIX = ".sha256"
 #: Checksum manifest of a folder entry (every other file of the folder, relative paths).
 MANIFEST = "checksums.json"
+#: Verification stamps of a folder entry: ``.verified-<purpose>.json`` (never sealed).
+STAMP_PREFIX = ".verified-"
+#: A stamp is written at least this many seconds after the newest write in its folder
+#: (many clock ticks), so that any later write gets a timestamp the stamp does not hold.
+SETTLED_S = 0.1
 _CHUNK = 1 << 20
 
 
@@ -132,7 +147,7 @@ def _checksum_file(path: Path) -> Path:
 def seal_folder(folder: str | os.PathLike[str]) -> None:
     """Write :data:`MANIFEST`: the checksum of every file under ``folder``."""
     folder = Path(folder)
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST and not is_stamp(p))
     manifest = {p.relative_to(folder).as_posix(): _checksum_of(p) for p in files}
     atomic_write(folder / MANIFEST, json.dumps(manifest, indent=1))
 
@@ -171,7 +186,75 @@ def folder_verified(folder: str | os.PathLike[str], required: Iterable[str] = ()
         return False
     if not isinstance(manifest, dict) or any(name not in manifest for name in required):
         return False
-    return all(_matches(folder / name, expected) for name, expected in manifest.items())
+    if stamped(folder, "checksums") is not None:
+        return True
+    if not all(_matches(folder / name, expected) for name, expected in manifest.items()):
+        return False
+    stamp(folder, "checksums")
+    return True
+
+
+# --- verification stamps ---------------------------------------------------------------------
+
+
+def is_stamp(path: Path) -> bool:
+    """A stamp, or the temp file of one being written (never part of an entry's content)."""
+    return path.name.startswith(STAMP_PREFIX) or (path.name.startswith(".tmp-") and STAMP_PREFIX in path.name)
+
+
+def _signature(folder: Path) -> dict[str, list[int]]:
+    """Size, inode, mtime and ctime (ns) of every file of ``folder`` but its stamps."""
+    out = {}
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and not is_stamp(path):
+            st = path.stat()
+            out[path.relative_to(folder).as_posix()] = [st.st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns]
+    return out
+
+
+def _stamp_file(folder: Path, purpose: str) -> Path:
+    return folder / f"{STAMP_PREFIX}{purpose}.json"
+
+
+def stamped(folder: str | os.PathLike[str], purpose: str, context: Optional[dict[str, Any]] = None) -> Optional[dict[str, Any]]:
+    """The facts :func:`stamp` recorded when ``folder`` passed the ``purpose`` check in the
+    same ``context`` (e.g. the library versions the check ran with), if no file of the
+    folder changed since; else None and the caller runs the full check."""
+    folder = Path(folder)
+    try:
+        recorded = json.loads(_stamp_file(folder, purpose).read_text(encoding="utf-8"))
+        if recorded.get("context") != (context or {}) or recorded.get("files") != _signature(folder):
+            return None
+    except (OSError, ValueError, AttributeError):
+        return None
+    facts = recorded.get("facts")
+    return facts if isinstance(facts, dict) else None
+
+
+def stamp(
+    folder: str | os.PathLike[str], purpose: str, context: Optional[dict[str, Any]] = None, facts: Optional[dict[str, Any]] = None, *, wait: bool = False
+) -> None:
+    """Record that ``folder`` just passed the full ``purpose`` check (see :func:`stamped`).
+
+    Skipped when a file changed under :data:`SETTLED_S` ago (``wait``: sleep until it has
+    settled; for an entry just built, where that is nothing beside the build), and when
+    the folder cannot be written (a read-only shared cache): the check then simply runs
+    again next time.
+    """
+    folder = Path(folder)
+    try:
+        files = _signature(folder)
+        newest = max((max(sig[2], sig[3]) for sig in files.values()), default=0)
+        young = SETTLED_S - (time.time_ns() - newest) / 1e9
+        if young > 0 and wait:
+            time.sleep(young)
+            files = _signature(folder)
+        elif young > 0:
+            return
+        record = {"context": context or {}, "facts": facts or {}, "files": files}
+        atomic_write(_stamp_file(folder, purpose), json.dumps(record, indent=1))
+    except OSError:
+        pass
 
 
 def discard(path: str | os.PathLike[str], problem: str, warn: Optional[Callable[[str], None]] = None) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -115,6 +116,95 @@ def test_discard_warns_once_and_removes(tmp_path, capsys):
     assert err.count("\n") == 1 and "does not match its checksums; rebuilding it" in err
 
 
+def _settled_entry(folder: Path, monkeypatch) -> Path:
+    """A sealed folder entry whose files count as settled for stamping (without waiting 2 s)."""
+    monkeypatch.setattr(cache, "SETTLED_S", 0.05)
+    (folder / "sub").mkdir(parents=True)
+    (folder / "model.onnx").write_bytes(b"graph" * 100)
+    (folder / "sub" / "weights.bin").write_bytes(b"w" * 100)
+    cache.seal_folder(folder)
+    time.sleep(0.1)  # past SETTLED_S, and past the file system's coarse timestamp tick
+    return folder
+
+
+def _no_hashing(*_args):
+    raise AssertionError("a stamped entry was hashed again")
+
+
+def test_a_verified_folder_is_stamped_and_not_hashed_again(tmp_path, monkeypatch):
+    folder = _settled_entry(tmp_path / "entry", monkeypatch)
+    assert cache.folder_verified(folder, ("model.onnx",))
+    assert (folder / ".verified-checksums.json").is_file()
+    monkeypatch.setattr(cache, "file_digest", _no_hashing)
+    assert cache.folder_verified(folder, ("model.onnx",))
+    assert cache.stamped(folder, "checksums") == {}
+
+
+@pytest.mark.parametrize("damage", ["flip", "flip_keeping_mtime", "truncate", "extra_file", "reseal"])
+def test_any_change_to_a_stamped_folder_voids_its_stamp(tmp_path, monkeypatch, damage):
+    folder = _settled_entry(tmp_path / "entry", monkeypatch)
+    assert cache.folder_verified(folder) and cache.stamped(folder, "checksums") is not None
+    weights = folder / "sub" / "weights.bin"
+    before = weights.stat()
+    if damage.startswith("flip"):
+        with open(weights, "r+b") as handle:  # in place: same inode, same size
+            handle.seek(50)
+            handle.write(b"x")
+        if damage == "flip_keeping_mtime":
+            os.utime(weights, ns=(before.st_atime_ns, before.st_mtime_ns))  # ctime still moves
+    elif damage == "truncate":
+        with open(weights, "r+b") as handle:
+            handle.truncate(10)
+    elif damage == "extra_file":
+        (folder / "stray.bin").write_bytes(b"?")
+    else:
+        cache.seal_folder(folder)
+    assert cache.stamped(folder, "checksums") is None
+    if damage not in ("extra_file", "reseal"):
+        assert not cache.folder_verified(folder)
+
+
+def test_a_stamp_needs_the_same_context_and_settled_files(tmp_path, monkeypatch):
+    folder = _settled_entry(tmp_path / "entry", monkeypatch)
+    cache.stamp(folder, "check", {"runtime": "1.0"}, {"max_abs_diff": 1e-6})
+    assert cache.stamped(folder, "check", {"runtime": "1.0"}) == {"max_abs_diff": 1e-6}
+    assert cache.stamped(folder, "check", {"runtime": "1.1"}) is None  # another library version checks again
+    assert cache.stamped(folder, "other") is None
+    monkeypatch.setattr(cache, "SETTLED_S", 3600.0)
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / "model.onnx").write_bytes(b"just written")
+    cache.stamp(fresh, "check")
+    assert cache.stamped(fresh, "check") is None and not list(fresh.glob(".verified-*"))
+
+
+def test_stamps_are_not_content(tmp_path, monkeypatch):
+    """A stamp never enters a manifest, an artifact's size or a model folder's digest."""
+    from harness.compression.pipeline import files_size
+    from harness.serving.gguf import folder_digest
+
+    folder = _settled_entry(tmp_path / "entry", monkeypatch)
+    (folder / "config.json").write_text("{}")
+    cache.seal_folder(folder)
+    time.sleep(0.1)
+    size, digest = files_size(folder), folder_digest(folder)
+    assert cache.folder_verified(folder) and cache.stamped(folder, "checksums") is not None
+    assert files_size(folder) == size and folder_digest(folder) == digest
+    cache.seal_folder(folder)
+    assert not any(".verified-" in name for name in json.loads((folder / cache.MANIFEST).read_text()))
+
+
+def test_read_only_cache_is_still_verified(tmp_path, monkeypatch):
+    folder = _settled_entry(tmp_path / "entry", monkeypatch)
+
+    def refuse(*_args, **_kwargs):
+        raise PermissionError("read-only file system")
+
+    monkeypatch.setattr(cache, "atomic_write", refuse)
+    assert cache.folder_verified(folder) and cache.folder_verified(folder)
+    assert cache.stamped(folder, "checksums") is None
+
+
 # --- the caches that use them ----------------------------------------------------------------------
 
 
@@ -179,6 +269,26 @@ def test_onnx_with_flipped_bytes_or_other_numbers_is_rebuilt(tiny_model, tiny_ba
     assert "no longer matches eager PyTorch" in capsys.readouterr().err
     assert export_onnx(tiny_model, tiny_batch, str(tmp_path)).cached  # healed, reused again
     assert not [p for p in third.path.parent.parent.iterdir() if p.name.startswith((".tmp-", ".old-"))]
+
+
+@pytest.mark.slow
+def test_a_stamped_onnx_entry_is_reused_without_loading_it(tiny_model, tiny_batch, tmp_path, monkeypatch):
+    """Once checked in full, a reuse neither hashes nor checks nor runs the file, until a
+    file or the onnxruntime version changes; then the full check runs again."""
+    from harness import export
+
+    monkeypatch.setattr(cache, "SETTLED_S", 0.05)
+    first = export.export_onnx(tiny_model, tiny_batch, str(tmp_path))
+    time.sleep(0.1)
+    checked = export.export_onnx(tiny_model, tiny_batch, str(tmp_path))  # the full check, which stamps
+    assert checked.cached and (checked.path.parent / ".verified-onnx-reuse.json").is_file()
+    for name, module in (("file_digest", cache), ("_is_valid", export), ("onnx_outputs", export), ("eager_outputs", export)):
+        monkeypatch.setattr(module, name, _no_hashing)
+    again = export.export_onnx(tiny_model, tiny_batch, str(tmp_path))
+    assert again.cached and again.max_abs_diff == checked.max_abs_diff and again.path == first.path
+    monkeypatch.setattr(export, "_check_context", lambda: {"onnxruntime": "another version"})
+    with pytest.raises(AssertionError, match="hashed again"):
+        export.export_onnx(tiny_model, tiny_batch, str(tmp_path))
 
 
 @pytest.mark.slow

@@ -46,8 +46,8 @@ def check_supported(backend: Backend, recipe: Recipe) -> None:
 
 def files_size(folder: Path) -> int:
     """Bytes on disk of a compressed artifact's files (its cache folder minus meta.json and
-    the checksum manifest)."""
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and p.name not in ("meta.json", cache.MANIFEST))
+    the checksum manifest and its verification stamps)."""
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and p.name not in ("meta.json", cache.MANIFEST) and not cache.is_stamp(p))
 
 
 def _encode(value: Any, root: Path) -> Any:

@@ -69,7 +69,7 @@ def folder_digest(folder: Path) -> str:
     """sha256 over the files that define the model (config, weights, tokenizer)."""
     digest = hashlib.sha256()
     for path in sorted(folder.iterdir()):
-        if path.is_file() and path.suffix in (".json", ".safetensors", ".model", ".txt"):
+        if path.is_file() and path.suffix in (".json", ".safetensors", ".model", ".txt") and not cache.is_stamp(path):
             digest.update(path.name.encode())
             with path.open("rb") as handle:
                 for block in iter(lambda: handle.read(1 << 20), b""):
