@@ -74,9 +74,9 @@ class RunContext:
                 folder: Path | None = self.auto_checkpoint
             else:
                 folder = checkpoint_folder(key) if key else None
-            self.status(f"building model {self.spec.model.name}" + (f" from {folder}" if folder else ""))
-            with stages.timed("model_build"):
-                self._model_cache[key] = load_model(self.spec.model, str(folder) if folder else None)
+            self.status(f"loading model {self.spec.model.name}" + (f" from {folder}" if folder else ""))
+            with stages.timed("model_build"):  # a random init with a cached card is built only when used
+                self._model_cache[key] = load_model(self.spec.model, str(folder) if folder else None, defer=True, cache_root=self.cache_root)
         return self._model_cache[key]
 
     def trainer(self) -> Backend:

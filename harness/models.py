@@ -13,7 +13,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from harness.errors import ConfigError
 from harness.validation import choice, require
@@ -51,7 +51,14 @@ class ModelOptions:
 
 @dataclass
 class LoadedModel:
-    """An eval-mode torch module that maps named inputs to logits, plus what describes it."""
+    """An eval-mode torch module that maps named inputs to logits, plus what describes it.
+
+    A *deferred* model (:func:`load_model` with ``defer=True``) has everything but the
+    module, read from its model card (:mod:`harness.model_cards`); ``module`` is built on
+    first use. A run whose artifacts are all cached (an ONNX backend reusing its export,
+    eager references cached) then never imports transformers' model code or initialises
+    110M random weights: seconds of every run's fixed cost.
+    """
 
     name: str
     module: Any
@@ -61,14 +68,45 @@ class LoadedModel:
     params: int
     config: dict[str, Any]
     tokenizer: Any = None
+    #: The card's weights digest and structure while the module is not built.
+    card: Optional[dict[str, Any]] = field(default=None, repr=False, compare=False)
+    #: Builds the module of a deferred model (on first access to ``module``).
+    build: Optional[Callable[[], Any]] = field(default=None, repr=False, compare=False)
+
+    def __getattr__(self, name: str) -> Any:
+        # Reached only for attributes that are not set: ``module`` of a deferred model.
+        build = self.__dict__.get("build")
+        if name != "module" or build is None:
+            raise AttributeError(name)
+        self.__dict__["module"] = build()
+        return self.__dict__["module"]
+
+    @property
+    def built(self) -> bool:
+        """Whether the torch module exists (a deferred model builds it on first use)."""
+        return "module" in self.__dict__
 
     def weights_digest(self) -> str:
-        """sha256 over every parameter and buffer: the identity of the weights for caches."""
-        digest = hashlib.sha256()
-        for key, tensor in sorted(self.module.state_dict().items()):
-            digest.update(key.encode())
-            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-        return digest.hexdigest()
+        """sha256 over every parameter and buffer: the identity of the weights for caches
+        (a deferred model's card holds it until the module is built)."""
+        if not self.built and self.card is not None:
+            return str(self.card["digest"])
+        return module_digest(self.module)
+
+    def structure(self) -> str:
+        """The module's ``repr`` (layer types and sizes), without building a deferred one."""
+        if not self.built and self.card is not None:
+            return str(self.card["structure"])
+        return repr(self.module)
+
+
+def module_digest(module: Any) -> str:
+    """sha256 over every parameter and buffer of a torch module, in name order."""
+    digest = hashlib.sha256()
+    for key, tensor in sorted(module.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def transformers_model(module: Any) -> Any:
@@ -275,13 +313,55 @@ def _loading_problem(info: dict[str, Any]) -> Optional[str]:
     return None
 
 
-def load_model(options: ModelOptions, checkpoint: str | None = None) -> LoadedModel:
-    """Build the model ``options`` describe, from ``checkpoint`` (a folder) when given."""
+def load_model(options: ModelOptions, checkpoint: str | None = None, *, defer: bool = False, cache_root: str | None = None) -> LoadedModel:
+    """Build the model ``options`` describe, from ``checkpoint`` (a folder) when given.
+
+    ``defer``: a randomly initialised model whose card is cached (under ``cache_root``)
+    comes back without its module, which is built on first use (:class:`LoadedModel`).
+    Every randomly initialised model that is built gets its card written.
+    """
+    from harness import model_cards
+
+    folder = checkpoint or options.path
+    if defer and not folder:
+        card = model_cards.read(options, cache_root)
+        if card is not None:
+            return _deferred(options, card, cache_root)
+    loaded = _build(options, folder)
+    if not folder:
+        model_cards.write_if_missing(options, loaded, cache_root)
+    return loaded
+
+
+def _deferred(options: ModelOptions, card: dict[str, Any], cache_root: str | None) -> LoadedModel:
+    from harness import model_cards, stages
+
+    def build() -> Any:
+        with stages.timed("model_build"):
+            module = _build(options, None).module
+        model_cards.check_built(options, card, module, cache_root)
+        return module
+
+    model = LoadedModel(
+        name=options.name,
+        module=None,
+        input_names=family_of(options.family).input_names,
+        output_names=("logits",),
+        source=f"config:{options.name}",
+        params=int(card["params"]),
+        config=card["config"],
+        card=card,
+        build=build,
+    )
+    del model.__dict__["module"]  # unset, so the first access builds it (LoadedModel.__getattr__)
+    return model
+
+
+def _build(options: ModelOptions, folder: str | None) -> LoadedModel:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import transformers
 
     transformers.utils.logging.disable_progress_bar()  # no bars between the harness's stage lines
-    folder = checkpoint or options.path
     tokenizer = None
     if folder:
         model, source, tokenizer = _from_folder(folder, options)

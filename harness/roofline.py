@@ -401,7 +401,7 @@ def flops_per_sample(module: Any, batch: Mapping[str, np.ndarray]) -> float:
 FLOPS_METHOD = "torch.utils.flop_counter, sdpa math path, v1"
 
 
-def cached_flops_per_sample(module: Any, batch: Mapping[str, np.ndarray], cache_root: str | None = None) -> tuple[float, bool]:
+def cached_flops_per_sample(module: Any, batch: Mapping[str, np.ndarray], cache_root: str | None = None, structure: str | None = None) -> tuple[float, bool]:
     """:func:`flops_per_sample`, counted once per architecture and input shape: ``(flops, cached)``.
 
     Counting runs one eager forward pass under the counter (most of a second for
@@ -409,11 +409,14 @@ def cached_flops_per_sample(module: Any, batch: Mapping[str, np.ndarray], cache_
     (its ``repr``: layer types and sizes, so a pruned model is another entry) and the
     batch's shapes, never on the weights. The count is kept beside the GEMM peak, with a
     checksum; a damaged entry is counted again.
+
+    With ``structure`` (the module's ``repr``, e.g. from a model card), ``module`` is a
+    function that builds the module, called only when the count is not cached.
     """
-    import torch
+    from importlib import metadata
 
     shapes = {name: [list(np.shape(value)), str(np.asarray(value).dtype)] for name, value in batch.items()}
-    key = cache.content_key(FLOPS_METHOD, repr(module), shapes, torch.__version__)
+    key = cache.content_key(FLOPS_METHOD, repr(module) if structure is None else structure, shapes, metadata.version("torch"))
     try:
         path = cache.entry("flops", key, cache_root) / "flops.json"
         stored = json.loads(path.read_text(encoding="utf-8"))
@@ -421,7 +424,7 @@ def cached_flops_per_sample(module: Any, batch: Mapping[str, np.ndarray], cache_
             return float(stored["payload"]["flops_per_sample"]), True
     except (OSError, ValueError, TypeError, KeyError):
         pass
-    value = flops_per_sample(module, batch)
+    value = flops_per_sample(module if structure is None else module(), batch)
     with contextlib.suppress(OSError):  # an unwritable cache costs the next run a count, never this run its record
         write_peak(cache.entry("flops", key, cache_root) / "flops.json", {"flops_per_sample": value})
     return value, False
@@ -436,16 +439,18 @@ def roofline_metrics(
     fingerprint: str,
     cache_root: str | None = None,
     host_lock_held: bool = False,
+    structure: str | None = None,
 ) -> dict[str, Any]:
     """The record's ``roofline`` section and MFU: FLOPs/sample of the eager model, the
     measured GEMM peak of (device kind, precision), and their ratio at ``samples_per_s``.
+    ``module`` and ``structure`` are as in :func:`cached_flops_per_sample`.
 
     ``mfu`` is null, with ``roofline.reason``, when there is no honest figure.
     """
     kind = "cuda" if device.lower().startswith("cuda") else "cpu" if device.lower().startswith("cpu") else None
     if kind is None or precision not in DTYPES:
         return {"mfu": None, "roofline": {"reason": f"no GEMM peak for device '{device}' at {precision}"}}
-    per_sample, counted_before = cached_flops_per_sample(module, batch, cache_root)
+    per_sample, counted_before = cached_flops_per_sample(module, batch, cache_root, structure)
     achieved = per_sample * samples_per_s
     where = device if kind == "cuda" else "cpu"
     try:

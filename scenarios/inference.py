@@ -25,7 +25,7 @@ from harness.compression.recipes import QuantizationOptions, recipe_for
 from harness.columns import Column
 from harness.config import choice, require
 from harness.errors import Mismatch
-from harness.export import eager_outputs
+from harness.export import cached_eager_outputs
 from harness.hookspecs import hookimpl
 from harness.loadgen import server_metrics
 from harness.measure import MeasurePlan, measure
@@ -180,7 +180,7 @@ class InferenceScenario(Scenario):
             session = backend.prepare(artifact, opts.precision)
             inputs = session.load(batch)
         with stages.timed("validate"):
-            metrics["validation"] = self._validate(session, inputs, model, batch, backend)
+            metrics["validation"] = self._validate(session, inputs, model, batch, backend, ctx.cache_root)
 
         ctx.status(f"measuring: {opts.warmup_iters} warm-up calls, then >= {opts.min_iters} calls and >= {opts.min_duration_s:g} s")
         plan = MeasurePlan(opts.warmup_iters, opts.min_iters, opts.min_duration_s, opts.max_duration_s)
@@ -227,7 +227,7 @@ class InferenceScenario(Scenario):
             metrics=metrics,
             batch_size=opts.batch_size,
             seq_len=seq_len,
-            model={"params": model.params, "source": model.source, "size_bytes": artifact_size(artifact)},
+            model={"params": model.params, "source": model.source, "size_bytes": artifact_size(artifact), "built": reference_model.built or model.built},
             backend={"device": session.device},
         )
 
@@ -240,11 +240,12 @@ class InferenceScenario(Scenario):
         trainer = ctx.trainer() if options.finetune_steps else None
         return prune(reference_model, train_data, options, cache_root=ctx.cache_root, trainer=trainer, report=ctx.status)
 
-    def _validate(self, session: Any, inputs: Any, model: Any, batch: Any, backend: Any) -> dict[str, Any]:
-        """Outputs within the backend's tolerance of the eager fp32 model that was exported."""
+    def _validate(self, session: Any, inputs: Any, model: Any, batch: Any, backend: Any, cache_root: str | None) -> dict[str, Any]:
+        """Outputs within the backend's tolerance of the eager fp32 model that was exported
+        (its outputs on this batch are cached: see :func:`harness.export.cached_eager_outputs`)."""
         precision = self.options.precision
         got = session.fetch(session.run(inputs))[model.output_names[0]]
-        reference = eager_outputs(model, batch)
+        reference = cached_eager_outputs(model, batch, cache_root)
         diff = float(np.max(np.abs(got.astype(np.float64) - reference)))
         tolerance = backend.capabilities().tolerance.get(precision, 1e-3)
         if not diff <= tolerance:
@@ -261,7 +262,17 @@ class InferenceScenario(Scenario):
         fingerprint = hardware.fingerprint(hardware.cpu_model(), os.cpu_count() or 1, ctx.backend.device_info())
         ctx.status("roofline: FLOPs per sample and this host's measured GEMM peak (measured once under the host lock, cached)")
         held = bool((ctx.spec.config.get("launcher") or {}).get("host_lock"))  # the launcher took it for this run
-        return roofline_metrics(model.module, batch, samples_per_s, self.options.precision, device, fingerprint, ctx.cache_root, host_lock_held=held)
+        return roofline_metrics(
+            lambda: model.module,
+            batch,
+            samples_per_s,
+            self.options.precision,
+            device,
+            fingerprint,
+            ctx.cache_root,
+            host_lock_held=held,
+            structure=model.structure(),
+        )
 
     def _offline(self, ctx: RunContext, session: Any, inputs: Any, metrics: dict[str, Any], seq_len: int | None) -> None:
         """Offline throughput with the session's in-flight calls; single-stream figures kept beside it."""
