@@ -16,6 +16,7 @@ never see pandas, tokenizers or torch.
 from __future__ import annotations
 
 import hashlib
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Sequence
@@ -197,7 +198,22 @@ def load_dataset(options: DatasetOptions, *, seq_len: int = 128, tokenizer: Any 
     """
     if seq_len < 2:
         raise ConfigError(f"seq_len={seq_len} cannot hold [CLS] and [SEP]", "use seq_len >= 2")
-    return _LOADERS[options.kind](options, seq_len, tokenizer)
+    if tokenizer is not None or options.kind not in _GENERATED:
+        return _LOADERS[options.kind](options, seq_len, tokenizer)
+    key = repr((options, seq_len))
+    if key not in _BUILT:
+        _BUILT[key] = _LOADERS[options.kind](options, seq_len, None)
+        while len(_BUILT) > 4:
+            _BUILT.popitem(last=False)
+    return _BUILT[key]
+
+
+#: Kinds generated from their options alone (no files): the same options give the same data.
+_GENERATED = ("sentiment", "digits", "corpus")
+#: Generated datasets built in this process, by options and sequence length: a worker that
+#: runs a sweep's jobs (``launcher.reuse_worker``) builds each one once. Nothing changes a
+#: built dataset's arrays in place.
+_BUILT: "OrderedDict[str, TaskData]" = OrderedDict()
 
 
 def vocabulary() -> list[str]:
@@ -207,13 +223,9 @@ def vocabulary() -> list[str]:
     return [*SPECIAL_TOKENS, *sorted(words)]
 
 
-def embedded_tokenizer() -> "PreTrainedTokenizerFast":
-    """A BERT-style word-level tokenizer over :func:`vocabulary`, built without downloads.
-
-    Wrapped in ``PreTrainedTokenizerFast`` so checkpoints can save and reload it.
-    """
+def _embedded_core() -> Any:
+    """The ``tokenizers`` tokenizer behind :func:`embedded_tokenizer`."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
 
     vocab = {word: i for i, word in enumerate(vocabulary())}
     core = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
@@ -222,9 +234,55 @@ def embedded_tokenizer() -> "PreTrainedTokenizerFast":
     core.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])]
     )
+    return core
+
+
+def embedded_tokenizer() -> "PreTrainedTokenizerFast":
+    """A BERT-style word-level tokenizer over :func:`vocabulary`, built without downloads.
+
+    Wrapped in ``PreTrainedTokenizerFast`` so checkpoints can save and reload it.
+    """
+    from transformers import PreTrainedTokenizerFast
+
     return PreTrainedTokenizerFast(
-        tokenizer_object=core, model_max_length=512, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]"
+        tokenizer_object=_embedded_core(), model_max_length=512, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]"
     )
+
+
+def _encode_embedded(texts: list[str], seq_len: int) -> dict[str, np.ndarray]:
+    """:func:`_encode` with the embedded tokenizer, through ``tokenizers`` alone: the same
+    ids (tested) without importing transformers (about a second of every run's start)."""
+    core = _embedded_core()
+    core.enable_truncation(max_length=seq_len)
+    core.enable_padding(length=seq_len, pad_id=SPECIAL_TOKENS.index("[PAD]"), pad_token="[PAD]")
+    encoded = core.encode_batch(list(texts))
+    return {
+        "input_ids": np.asarray([e.ids for e in encoded], dtype=np.int64).reshape(len(encoded), seq_len),
+        "attention_mask": np.asarray([e.attention_mask for e in encoded], dtype=np.int64).reshape(len(encoded), seq_len),
+    }
+
+
+class DeferredTokenizer:
+    """Stands in for the tokenizer a factory makes, built on first use: the data of a
+    run is encoded without it, and most runs never touch it again (a training run saves it
+    with its checkpoint)."""
+
+    def __init__(self, build: Callable[[], Any]) -> None:
+        self._build = build
+        self._real: Any = None
+
+    def _tokenizer(self) -> Any:
+        if self._real is None:
+            self._real = self._build()
+        return self._real
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name in ("_build", "_real"):
+            raise AttributeError(name)
+        return getattr(self._tokenizer(), name)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._tokenizer()(*args, **kwargs)
 
 
 # --- sentiment -------------------------------------------------------------------------
@@ -543,10 +601,14 @@ def _encode_labels(raw: list["pd.Series"], names: Optional[list[str]], remap: bo
 
 
 def _text_task(texts: Sequence[list[str]], labels: Sequence[np.ndarray], names: list[str], seq_len: int, tokenizer: Any) -> TaskData:
-    tokenizer = tokenizer if tokenizer is not None else embedded_tokenizer()
-    if tokenizer.pad_token is None:
-        raise ConfigError("the tokenizer has no padding token", "set tokenizer.pad_token or use another")
-    splits = [Split(_encode(tokenizer, t, seq_len), np.asarray(y, dtype=np.int64), list(t)) for t, y in zip(texts, labels)]
+    if tokenizer is None:  # the embedded tokenizer: encoded by tokenizers alone
+        tokenizer = DeferredTokenizer(embedded_tokenizer)
+        encode: Callable[[list[str]], dict[str, np.ndarray]] = lambda t: _encode_embedded(t, seq_len)  # noqa: E731
+    else:
+        if tokenizer.pad_token is None:
+            raise ConfigError("the tokenizer has no padding token", "set tokenizer.pad_token or use another")
+        encode = lambda t: _encode(tokenizer, t, seq_len)  # noqa: E731
+    splits = [Split(encode(list(t)), np.asarray(y, dtype=np.int64), list(t)) for t, y in zip(texts, labels)]
     return TaskData("text-classification", len(names), names, tokenizer, seq_len, *splits)  # type: ignore[arg-type]
 
 

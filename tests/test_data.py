@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -320,3 +322,29 @@ def test_hf_folder_loads_splits_and_class_names(tmp_path):
     ).save_to_disk(str(tmp_path / "hf"))
     data = load_dataset(files_options(tmp_path / "hf"))
     assert data.label_names == ["neg", "pos"] and (len(data.train), len(data.eval)) == (10, 4)
+
+
+@pytest.mark.parametrize("seq_len", [4, 12, 128])
+def test_embedded_encoding_without_transformers_gives_the_tokenizers_ids(seq_len):
+    """The data stage encodes with ``tokenizers`` alone (no transformers import); its ids
+    and masks equal the saved ``PreTrainedTokenizerFast``'s, truncation and padding too."""
+    data = load_dataset(DatasetOptions(train_size=64, eval_size=32), seq_len=seq_len)
+    assert not isinstance(data.tokenizer, type(embedded_tokenizer()))  # not built yet
+    tokenizer = embedded_tokenizer()
+    texts = [*data.train.texts, *data.eval.texts, "an UNKNOWN word", ""]
+    from harness.data import _encode, _encode_embedded
+
+    slow, fast = _encode(tokenizer, texts, seq_len), _encode_embedded(texts, seq_len)
+    for key in ("input_ids", "attention_mask"):
+        np.testing.assert_array_equal(fast[key], slow[key])
+    assert data.tokenizer.pad_token == "[PAD]" and data.tokenizer.vocab_size == tokenizer.vocab_size  # built on first use
+
+
+def test_a_text_run_encodes_without_importing_transformers():
+    code = (
+        "import sys; from harness.data import DatasetOptions, load_dataset; "
+        "load_dataset(DatasetOptions(train_size=8, eval_size=8), seq_len=16); print('transformers' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
