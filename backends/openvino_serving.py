@@ -37,38 +37,12 @@ import numpy as np
 from harness import cache
 from harness.errors import HarnessError, Unsupported, exception_line
 from harness.generation.decoders import kv_layout
-from harness.generation.onnx_export import io_names
+from harness.generation.onnx_export import io_names, with_past
 from harness.serving.batching import BatchingOptions, EngineThreadSession, LazyScorer, SteppedEngine
 from harness.serving.session import GenerationRequest, ServingModel, ServingPlan
 
 #: Tokens per KV cache block of the CPU plugin's paged attention (GPU uses 16: more blocks, same bytes).
 BLOCK_TOKENS = {"CPU": 32, "GPU": 16}
-
-
-def _traceable(model: Any, layers: int) -> Any:
-    """``(ids, mask, positions, flat past) -> (logits, *flat presents)`` that traces.
-
-    Unlike the ONNX export's wrapper, the cache is filled by assigning each layer's past
-    tensors (``DynamicCache.update`` on an empty layer concatenates onto a 1-D empty
-    tensor, which OpenVINO's ``aten::cat`` rejects)."""
-    import torch
-    from transformers import DynamicCache
-
-    class TraceableDecoder(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.model = model
-
-        def forward(self, input_ids: Any, attention_mask: Any, position_ids: Any, past: list[Any]) -> tuple[Any, ...]:
-            kv = DynamicCache(config=self.model.config)
-            for i in range(layers):
-                layer = kv.layers[i]
-                layer.lazy_initialization(past[2 * i], past[2 * i + 1])
-                layer.keys, layer.values = past[2 * i], past[2 * i + 1]
-            out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=kv, use_cache=True)
-            return (out.logits, *[t for layer in kv.layers[:layers] for t in (layer.keys, layer.values)])
-
-    return TraceableDecoder().eval()
 
 
 def _convert(source: Any) -> Any:
@@ -98,7 +72,7 @@ def _convert(source: Any) -> Any:
         # tracing transformers' data-dependent branches warns once per branch; the example shapes
         # (past > 0, several query tokens) take the general path, and the greedy-token tests check it
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        model = ov.convert_model(_traceable(module, layout.layers), example_input=example)
+        model = ov.convert_model(with_past(module, layout.layers, assign=True), example_input=example)
     if not any(op.get_type_name() == "ScaledDotProductAttention" for op in model.get_ops()):
         raise Unsupported(
             f"{source.name}: OpenVINO's conversion produced no ScaledDotProductAttention op, so the continuous-batching pipeline cannot page its cache",

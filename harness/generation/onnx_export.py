@@ -49,8 +49,13 @@ def empty_past(layout: KVLayout, batch: int, dtype: Any = np.float32) -> list[np
     return [np.zeros((batch, layout.kv_heads, 0, layout.head_dim), dtype=dtype) for _ in range(2 * layout.layers)]
 
 
-def _with_past(model: Any, layers: int) -> Any:
-    """``model`` as ``(ids, mask, positions, flat past) -> (logits, *flat presents)``."""
+def with_past(model: Any, layers: int, *, assign: bool = False) -> Any:
+    """``model`` as ``(ids, mask, positions, flat past) -> (logits, *flat presents)``: the
+    graph the ONNX export and OpenVINO's serving conversion trace.
+
+    The cache is filled with ``DynamicCache.update``, or with ``assign`` by setting each
+    layer's tensors directly: ``update`` on an empty layer concatenates onto a 1-D empty
+    tensor, which OpenVINO's ``aten::cat`` rejects."""
     import torch
     from transformers import DynamicCache
 
@@ -62,7 +67,13 @@ def _with_past(model: Any, layers: int) -> Any:
         def forward(self, input_ids: Any, attention_mask: Any, position_ids: Any, past: list[Any]) -> tuple[Any, ...]:
             kv = DynamicCache(config=self.model.config)
             for i in range(layers):
-                kv.update(past[2 * i], past[2 * i + 1], i)
+                keys, values = past[2 * i], past[2 * i + 1]
+                if assign:
+                    layer = kv.layers[i]
+                    layer.lazy_initialization(keys, values)
+                    layer.keys, layer.values = keys, values
+                else:
+                    kv.update(keys, values, i)
             out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=kv, use_cache=True)
             presents = [t for layer in kv.layers[:layers] for t in (layer.keys, layer.values)]
             return (out.logits, *presents)
@@ -114,7 +125,7 @@ def export_decoder(source: DecoderModel, on_status: Any = None) -> ExportResult:
     options = {"graph": "decoder-with-past/1", "opset": OPSET, "dynamic": True, "dynamo": True}
     versions = _versions()
     key = cache.content_key(source.config, source.weights_digest, options, versions)
-    wrapper = _with_past(source.module, layout.layers)
+    wrapper = with_past(source.module, layout.layers)
     external = source.params * 4 > EXTERNAL_DATA_BYTES
     return cached_export(
         key,
