@@ -37,6 +37,35 @@ def parser() -> argparse.ArgumentParser:
 
 def choices(searchpath: list[str], registered: Sequence[str]) -> list[Choice]:
     """Every backend config option composed as a run would see it, plus registered backends without one."""
+    found = _composed(searchpath)
+    covered = {choice.backend for choice in found}
+    found += [Choice(name, name, {}) for name in registered if name not in covered]
+    return sorted(found, key=lambda choice: (choice.backend, choice.config != choice.backend, choice.config))
+
+
+def _composed(searchpath: list[str]) -> list[Choice]:
+    """Each backend option composed by Hydra (about 150 ms apiece), kept in the cache
+    under a key of every backend file's path, size and mtime, so only an edit composes again."""
+    import json
+
+    from harness import __version__, cache
+    from harness.compose import group_fingerprint
+
+    key = cache.content_key("backend-choices/1", __version__, group_fingerprint(searchpath, "backend"))
+    path = cache.cache_root() / "listings" / f"backends-{key}.json"
+    try:
+        return [Choice(**item) for item in json.loads(path.read_text(encoding="utf-8"))]
+    except (OSError, ValueError, TypeError):
+        pass
+    found = _compose_each(searchpath)
+    try:
+        cache.atomic_write(path, json.dumps([vars(choice) for choice in found]))
+    except (OSError, TypeError, ValueError):  # an unwritable cache or an option that is not JSON: compose next time too
+        pass
+    return found
+
+
+def _compose_each(searchpath: list[str]) -> list[Choice]:
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf
@@ -49,8 +78,8 @@ def choices(searchpath: list[str], registered: Sequence[str]) -> list[Choice]:
     try:
         with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
             for option in group_options(searchpath)["backend"]:
-                try:  # the option's own file (with its defaults), not the whole config: 3x quicker
-                    cfg = compose(config_name=f"backend/{option}", overrides=extra)
+                try:
+                    cfg = compose(config_name="config", overrides=[f"backend={option}", *extra])
                     section: dict[str, Any] = OmegaConf.to_container(cfg.backend, resolve=True)  # type: ignore[assignment]
                 except Exception:  # a config that does not compose is a run-time error; listed as such below
                     section = {"name": option}
@@ -58,9 +87,7 @@ def choices(searchpath: list[str], registered: Sequence[str]) -> list[Choice]:
                 found.append(Choice(option, name, section))
     finally:
         GlobalHydra.instance().clear()
-    covered = {choice.backend for choice in found}
-    found += [Choice(name, name, {}) for name in registered if name not in covered]
-    return sorted(found, key=lambda choice: (choice.backend, choice.config != choice.backend, choice.config))
+    return found
 
 
 def main(argv: Sequence[str] | None = None) -> None:

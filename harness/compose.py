@@ -68,18 +68,37 @@ def searchpath_overrides(searchpath: list[str]) -> list[str]:
     return [f"hydra.searchpath=[{','.join(searchpath)}]"] if searchpath else []
 
 
-def _list_options(entry: str, group: str) -> set[str]:
-    """Config names of ``group`` under one Hydra search-path entry (pkg:// or file://)."""
+def _group_files(entry: str, group: str) -> list[Any]:
+    """The ``.yaml`` files of ``group`` under one Hydra search-path entry (pkg:// or file://)."""
     if entry.startswith("pkg://"):
         try:
             folder: Any = resources.files(entry[len("pkg://") :]).joinpath(group)
         except ModuleNotFoundError:
-            return set()
+            return []
     else:
         folder = Path(entry[len("file://") :] if entry.startswith("file://") else entry) / group
     if not folder.is_dir():
-        return set()
-    return {item.name[: -len(".yaml")] for item in folder.iterdir() if item.name.endswith(".yaml")}
+        return []
+    return sorted((item for item in folder.iterdir() if item.name.endswith(".yaml")), key=lambda item: item.name)
+
+
+def _list_options(entry: str, group: str) -> set[str]:
+    """Config names of ``group`` under one Hydra search-path entry (pkg:// or file://)."""
+    return {item.name[: -len(".yaml")] for item in _group_files(entry, group)}
+
+
+def group_fingerprint(searchpath: list[str], group: str) -> list[list[Any]]:
+    """Where, how large and how recent every ``group`` file is: a key for what was
+    composed from them (any edit, added or removed file changes it)."""
+    out: list[list[Any]] = []
+    for entry in [f"pkg://{CONFIG_MODULE}", *searchpath]:
+        for item in _group_files(entry, group):
+            try:
+                st = Path(str(item)).stat()
+                out.append([str(item), st.st_size, st.st_mtime_ns])
+            except OSError:  # not a plain file (a zipped package): its name is all the key gets
+                out.append([entry, item.name])
+    return out
 
 
 def group_options(searchpath: list[str]) -> dict[str, list[str]]:
