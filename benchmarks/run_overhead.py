@@ -11,8 +11,8 @@ For each model and backend, with warm caches (one untimed run of each side first
 - **single**: one ``harness +scenario=bert_fp32`` run with the default launcher (a fresh
   run process); wall time measured here around the command, the measurement window from
   its record (``metrics.stages.measure``);
-- **sweep**: one ``harness -m`` command of ``--jobs`` jobs (``scenario.warmup_iters``
-  varies, nothing else); per job = (wall - sum of the windows) / jobs, and the last job's
+- **sweep**: one ``harness -m`` command of ``--jobs`` jobs (``hardware.label`` varies,
+  which names the machine in reports and changes no work); per job = (wall - sum of the windows) / jobs, and the last job's
   own ``metrics.outside_window_s`` (what one more job adds: the first pays the start-up);
 - **sweep, reused worker** (``--reuse``): the same sweep with ``launcher.reuse_worker=true``;
 - **bare** (the better of two runs): this file with ``--bare`` in a fresh interpreter doing the same work in one
@@ -183,7 +183,7 @@ def main() -> None:
                     "-m",
                     *base,
                     "overwrite=true",  # every job runs (no resume from an earlier record)
-                    "scenario.warmup_iters=" + ",".join(str(5 + i) for i in range(args.jobs)),
+                    "hardware.label=" + ",".join(f"job{i}" for i in range(args.jobs)),  # distinct jobs, the same work
                 ]
                 modes = [("single", base, 1), ("sweep", sweep, args.jobs)]
                 if args.reuse:
