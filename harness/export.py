@@ -216,13 +216,13 @@ def _max_diff(reference: np.ndarray, exported: np.ndarray) -> float:
 
 def _check_context() -> dict[str, str]:
     """What a reuse check's verdict depends on beyond the entry's own bytes (its stamp's context)."""
-    from harness import __version__
+    from harness.identity import harness_version
 
     try:
         runtime = metadata.version("onnxruntime")
     except metadata.PackageNotFoundError:
         runtime = "missing"
-    return {"onnxruntime": runtime, "harness": __version__, "tolerance": str(TOLERANCE)}
+    return {"onnxruntime": runtime, "harness": harness_version(), "tolerance": str(TOLERANCE)}
 
 
 def _cached_problem(folder: Path, check: Callable[[Path], float]) -> tuple[str | None, float]:

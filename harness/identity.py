@@ -81,6 +81,17 @@ def without(config: Mapping[str, Any], keys: Iterable[str]) -> dict[str, Any]:
     return out
 
 
+def harness_version() -> str:
+    """The installed harness's version, for cache keys (read from the package metadata, so
+    that modules below the ``harness`` package itself need not import it)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("harness")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
 def content_key(*parts: Any) -> str:
     """A 20-hex-digit key over JSON-serialisable parts (dicts are key-sorted)."""
     digest = hashlib.sha256()

@@ -33,9 +33,9 @@ _SPOT_VALUES = 1024
 
 
 def _versions() -> dict[str, str]:
-    from harness import __version__
+    from harness.identity import harness_version
 
-    return {"torch": metadata.version("torch"), "transformers": metadata.version("transformers"), "harness": __version__}
+    return {"torch": metadata.version("torch"), "transformers": metadata.version("transformers"), "harness": harness_version()}
 
 
 def card_path(options: Any, cache_root: str | None = None) -> Path:

@@ -44,6 +44,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "harness.config",
             "harness.families",
             "harness.models",
+            "harness.model_cards",
             "harness.data",
             "harness.training.options",
             "harness.training.plan",
