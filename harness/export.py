@@ -21,12 +21,12 @@ import os
 import time
 import warnings
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from harness.identity import harness_version, package_versions
 from harness import cache
 from harness.errors import HarnessError
 from harness.models import LoadedModel
@@ -57,13 +57,7 @@ class ExportResult:
 
 
 def _versions() -> dict[str, str]:
-    out = {}
-    for name in ("torch", "onnx", "onnxscript", "transformers"):
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = "missing"
-    return out
+    return package_versions(("torch", "onnx", "onnxscript", "transformers"))
 
 
 def _dynamic_shapes(input_names: tuple[str, ...]) -> dict[str, dict[int, Any]]:
@@ -216,13 +210,7 @@ def _max_diff(reference: np.ndarray, exported: np.ndarray) -> float:
 
 def _check_context() -> dict[str, str]:
     """What a reuse check's verdict depends on beyond the entry's own bytes (its stamp's context)."""
-    from harness.identity import harness_version
-
-    try:
-        runtime = metadata.version("onnxruntime")
-    except metadata.PackageNotFoundError:
-        runtime = "missing"
-    return {"onnxruntime": runtime, "harness": harness_version(), "tolerance": str(TOLERANCE)}
+    return {**package_versions(["onnxruntime"]), "harness": harness_version(), "tolerance": str(TOLERANCE)}
 
 
 def _cached_problem(folder: Path, check: Callable[[Path], float]) -> tuple[str | None, float]:

@@ -13,10 +13,11 @@ import platform
 import re
 import socket
 import sys
-from importlib import metadata
 from typing import Any, Mapping
 
 import psutil
+
+from harness.identity import package_versions
 
 
 def cpu_model() -> str:
@@ -61,14 +62,7 @@ SOFTWARE_PACKAGES = ("harness", "torch", "transformers", "onnx", "onnxruntime", 
 
 def software(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """Versions of Python and the libraries that shape a measurement."""
-    versions = {"python": sys.version.split()[0]}
-    for name in SOFTWARE_PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    versions.update(extra or {})
-    return versions
+    return {"python": sys.version.split()[0], **package_versions(SOFTWARE_PACKAGES, missing=None), **(extra or {})}
 
 
 def parse_driver_version(text: str) -> str | None:

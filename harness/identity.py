@@ -81,15 +81,26 @@ def without(config: Mapping[str, Any], keys: Iterable[str]) -> dict[str, Any]:
     return out
 
 
-def harness_version() -> str:
-    """The installed harness's version, for cache keys (read from the package metadata, so
-    that modules below the ``harness`` package itself need not import it)."""
+def package_versions(names: Iterable[str], missing: str | None = "missing") -> dict[str, str]:
+    """Installed versions of ``names`` from the package metadata (no import of the package):
+    a package that is not installed gets ``missing``, or is left out when that is None."""
     from importlib import metadata
 
-    try:
-        return metadata.version("harness")
-    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
-        return "unknown"
+    out = {}
+    for name in names:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            if missing is not None:
+                out[name] = missing
+    return out
+
+
+def harness_version() -> str:
+    """The installed harness's version, for cache keys (read from the package metadata, so
+    that modules below the ``harness`` package itself need not import it); ``unknown`` when
+    run from a source tree that was never installed."""
+    return package_versions(["harness"], missing="unknown")["harness"]
 
 
 def content_key(*parts: Any) -> str:

@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Optional
 
+from harness.identity import harness_version, package_versions
 from harness import cache
 from harness.errors import HarnessError
 
@@ -33,9 +33,7 @@ _SPOT_VALUES = 1024
 
 
 def _versions() -> dict[str, str]:
-    from harness.identity import harness_version
-
-    return {"torch": metadata.version("torch"), "transformers": metadata.version("transformers"), "harness": harness_version()}
+    return {**package_versions(("torch", "transformers")), "harness": harness_version()}
 
 
 def card_path(options: Any, cache_root: str | None = None) -> Path:

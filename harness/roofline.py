@@ -44,6 +44,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
+from harness.identity import package_versions
 from harness import cache
 
 #: GEMM sizes per device kind: small ones fit the caches, big ones amortise call overhead.
@@ -194,15 +195,7 @@ def libraries(precision: str, kind: str) -> dict[str, GemmFactory]:
 
 
 def library_versions() -> dict[str, str]:
-    from importlib import metadata
-
-    versions = {}
-    for name in ("torch", "onnxruntime", "openvino"):
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return versions
+    return package_versions(("torch", "onnxruntime", "openvino"), missing=None)
 
 
 def best_trial(run: Callable[[], Any], flops: float, trials: int = TRIALS, trial_s: float = TRIAL_S, budget_s: float = BUDGET_S) -> float:
@@ -413,10 +406,8 @@ def cached_flops_per_sample(module: Any, batch: Mapping[str, np.ndarray], cache_
     With ``structure`` (the module's ``repr``, e.g. from a model card), ``module`` is a
     function that builds the module, called only when the count is not cached.
     """
-    from importlib import metadata
-
     shapes = {name: [list(np.shape(value)), str(np.asarray(value).dtype)] for name, value in batch.items()}
-    key = cache.content_key(FLOPS_METHOD, repr(module) if structure is None else structure, shapes, metadata.version("torch"))
+    key = cache.content_key(FLOPS_METHOD, repr(module) if structure is None else structure, shapes, package_versions(["torch"])["torch"])
     try:
         path = cache.entry("flops", key, cache_root) / "flops.json"
         stored = json.loads(path.read_text(encoding="utf-8"))

@@ -25,12 +25,12 @@ import copy
 import json
 import time
 from dataclasses import asdict, dataclass, replace
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import numpy as np
 
+from harness.identity import package_versions
 from harness import cache
 from harness.validation import choice, require
 from harness.errors import Unsupported
@@ -278,7 +278,7 @@ def finetune(model: Any, data: Any, options: PruningOptions, trainer: Any, repor
 
 
 def _versions() -> dict[str, str]:
-    return {name: metadata.version(name) for name in ("torch", "transformers")}
+    return package_versions(("torch", "transformers"))
 
 
 def _pruned_model(loaded: Any, module: Any, info: dict[str, Any]) -> Any:
