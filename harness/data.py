@@ -249,12 +249,18 @@ def embedded_tokenizer() -> "PreTrainedTokenizerFast":
     )
 
 
-def _encode_embedded(texts: list[str], seq_len: int) -> dict[str, np.ndarray]:
-    """:func:`_encode` with the embedded tokenizer, through ``tokenizers`` alone: the same
-    ids (tested) without importing transformers (about a second of every run's start)."""
+def _embedded_encoder(seq_len: int) -> Any:
+    """The embedded tokenizer's ``tokenizers`` core, padding and truncating to ``seq_len``."""
     core = _embedded_core()
     core.enable_truncation(max_length=seq_len)
     core.enable_padding(length=seq_len, pad_id=SPECIAL_TOKENS.index("[PAD]"), pad_token="[PAD]")
+    return core
+
+
+def _encode_embedded(core: Any, texts: list[str], seq_len: int) -> dict[str, np.ndarray]:
+    """:func:`_encode` with the embedded tokenizer (``core`` from :func:`_embedded_encoder`),
+    through ``tokenizers`` alone: the same ids (tested) without importing transformers
+    (about a second of every run's start)."""
     encoded = core.encode_batch(list(texts))
     return {
         "input_ids": np.asarray([e.ids for e in encoded], dtype=np.int64).reshape(len(encoded), seq_len),
@@ -603,7 +609,8 @@ def _encode_labels(raw: list["pd.Series"], names: Optional[list[str]], remap: bo
 def _text_task(texts: Sequence[list[str]], labels: Sequence[np.ndarray], names: list[str], seq_len: int, tokenizer: Any) -> TaskData:
     if tokenizer is None:  # the embedded tokenizer: encoded by tokenizers alone
         tokenizer = DeferredTokenizer(embedded_tokenizer)
-        encode: Callable[[list[str]], dict[str, np.ndarray]] = lambda t: _encode_embedded(t, seq_len)  # noqa: E731
+        core = _embedded_encoder(seq_len)  # one for both splits
+        encode: Callable[[list[str]], dict[str, np.ndarray]] = lambda t: _encode_embedded(core, t, seq_len)  # noqa: E731
     else:
         if tokenizer.pad_token is None:
             raise ConfigError("the tokenizer has no padding token", "set tokenizer.pad_token or use another")

@@ -332,9 +332,9 @@ def test_embedded_encoding_without_transformers_gives_the_tokenizers_ids(seq_len
     assert not isinstance(data.tokenizer, type(embedded_tokenizer()))  # not built yet
     tokenizer = embedded_tokenizer()
     texts = [*data.train.texts, *data.eval.texts, "an UNKNOWN word", ""]
-    from harness.data import _encode, _encode_embedded
+    from harness.data import _embedded_encoder, _encode, _encode_embedded
 
-    slow, fast = _encode(tokenizer, texts, seq_len), _encode_embedded(texts, seq_len)
+    slow, fast = _encode(tokenizer, texts, seq_len), _encode_embedded(_embedded_encoder(seq_len), texts, seq_len)
     for key in ("input_ids", "attention_mask"):
         np.testing.assert_array_equal(fast[key], slow[key])
     assert data.tokenizer.pad_token == "[PAD]" and data.tokenizer.vocab_size == tokenizer.vocab_size  # built on first use
