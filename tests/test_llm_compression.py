@@ -20,6 +20,7 @@ from harness import records
 from harness.compression.recipes import WeightRecipe
 from harness.errors import Unsupported
 from harness.generation.session import GenerationPlan, check_outputs
+from harness.testing import GENERATION_OVERRIDES
 
 PROMPTS = [[734, 361, 412, 262, 377, 257, 380, 359, 525, 262, 379, 257], [299, 41, 87, 120, 99, 101, 77, 55, 66]]
 #: llama_tiny's widths are 64 and 176: int4 groups must divide them where the tool refuses otherwise.
@@ -168,20 +169,8 @@ def test_openvino_mixed_precision_follows_the_ratio(source) -> None:
 
 # --- the CLI ------------------------------------------------------------------------------------------
 
-QUICK = [
-    "model=llama_tiny",
-    "model.checkpoint=null",
-    "scenario.quantization.group_size=16",
-    "scenario.prompt_len=16",
-    "scenario.new_tokens=8",
-    "scenario.prompts=2",
-    "scenario.warmup_iters=1",
-    "scenario.min_iters=2",
-    "scenario.min_duration_s=0",
-    "scenario.accuracy.limit=2",
-    "scenario.accuracy.window=32",
-    "launcher.host_lock=false",
-]
+#: The conformance kit's quick generation run, at a group size that divides llama_tiny's widths.
+QUICK = [*GENERATION_OVERRIDES, "scenario.quantization.group_size=16", "launcher.host_lock=false"]
 
 
 @pytest.mark.slow

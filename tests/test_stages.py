@@ -138,16 +138,15 @@ def test_every_stage_of_an_isolated_run_is_in_its_record(tmp_path):
     assert table["Outside window (s)"].tolist() == [format_value(record["metrics"]["outside_window_s"], "seconds")]
 
 
+#: Two jobs of the same lean run (no accuracy pass, no roofline) that differ in batch size.
+TWO_JOB_SWEEP = ("-m", "+scenario=bert_fp32", *FAST, "scenario.accuracy.enabled=false", "scenario.mfu=false", "scenario.batch_size=1,2")
+
+
 @pytest.mark.slow
 def test_each_job_of_a_sweep_has_its_own_stages(tmp_path):
     started = time.monotonic()
     proc = run_cli(
-        "-m",
-        "+scenario=bert_fp32",
-        *FAST,
-        "scenario.accuracy.enabled=false",
-        "scenario.mfu=false",
-        "scenario.batch_size=1,2",
+        *TWO_JOB_SWEEP,
         "launcher.isolation=inline",
         cwd=tmp_path,
     )
@@ -165,12 +164,7 @@ def test_each_job_of_a_sweep_has_its_own_stages(tmp_path):
 @pytest.mark.slow
 def test_a_sweep_on_a_reused_worker_says_so_and_pays_the_start_once(tmp_path):
     proc = run_cli(
-        "-m",
-        "+scenario=bert_fp32",
-        *FAST,
-        "scenario.accuracy.enabled=false",
-        "scenario.mfu=false",
-        "scenario.batch_size=1,2",
+        *TWO_JOB_SWEEP,
         "launcher.reuse_worker=true",
         cwd=tmp_path,
     )
